@@ -1,0 +1,1 @@
+"""nli_routing.metrics."""
