@@ -1,0 +1,130 @@
+"""The routed layer: a router picks one function block per sample and step, executed in groups."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .routers import Router
+from .trajectory import Decision, Trajectory
+
+
+def grouped_apply(x: Tensor, groups: Tensor, blocks: Sequence[nn.Module]) -> Tensor:
+    """Apply ``blocks[g]`` to the samples of group g, each block once on its whole group.
+
+    ``x [B, ...]`` (any trailing shape: every token of a sample follows the sample's block),
+    ``groups [B]`` long in ``[0, len(blocks)]``; group ``len(blocks)`` (or higher) is the identity
+    (stopped samples: no computation, activation kept). Samples are sorted by group, split into
+    contiguous chunks, run through their block and put back with the inverse permutation, so the
+    result and its gradients equal running every sample alone through its block.
+    One host synchronisation (the group sizes) per call.
+    """
+    n = len(blocks)
+    groups = groups.clamp(max=n)
+    counts = torch.bincount(groups, minlength=n + 1).tolist()
+    nonempty = [g for g, c in enumerate(counts) if c]
+    if len(nonempty) == 1:  # the whole batch takes one block (or stops): no sorting needed
+        g = nonempty[0]
+        return x if g == n else blocks[g](x)
+    order = torch.argsort(groups, stable=True)
+    chunks = x.index_select(0, order).split(counts)
+    outs = [blocks[g](c) if g < n else c for g, c in enumerate(chunks) if counts[g]]
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return torch.cat(outs).index_select(0, inverse)
+
+
+def mean_state(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Pool a token-level activation ``[B, T, D]`` to ``[B, D]`` (masked mean); ``[B, D]`` passes."""
+    if x.dim() == 2:
+        return x
+    if mask is None:
+        return x.flatten(1, -2).mean(1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class RoutedLayer(nn.Module):
+    """A set of function blocks and a router that picks one block per sample and step.
+
+    * ``recursive=True``: up to ``depth`` steps through the same block list ``blocks``.
+    * ``recursive=False`` (per-step): ``blocks`` is a list of ``depth`` block lists, one per step,
+      all of the same width.
+    * ``allow_stop``: adds a stop action (index ``width``): the sample keeps its current activation
+      and takes no further decisions. Requires blocks that keep the activation's shape.
+
+    ``forward(x, meta, mask=None)`` returns ``(output, trajectory)``. ``x`` is ``[B, D]`` or
+    token-level ``[B, T, D]`` (all tokens of a sample follow the sample's path); ``mask [B, T]``
+    only matters for routers that read the activation (pooled as a masked mean).
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module] | Sequence[Sequence[nn.Module]],
+        router: Router,
+        depth: int,
+        recursive: bool = True,
+        allow_stop: bool = False,
+        state_fn: Callable[[Tensor, Tensor | None], Tensor] = mean_state,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth = depth
+        self.recursive = recursive
+        self.allow_stop = allow_stop
+        self.state_fn = state_fn
+        if recursive:
+            self.blocks = nn.ModuleList(blocks)
+            self.width = len(self.blocks)
+        else:
+            if len(blocks) != depth:
+                raise ValueError(f"per-step mode needs one block list per depth ({depth}), got {len(blocks)}")
+            self.blocks = nn.ModuleList(nn.ModuleList(step) for step in blocks)
+            widths = {len(step) for step in self.blocks}
+            if len(widths) != 1:
+                raise ValueError(f"per-step block lists must have the same width, got {sorted(widths)}")
+            self.width = widths.pop()
+        if self.width < 1:
+            raise ValueError("a routed layer needs at least one block")
+        self.num_actions = self.width + int(allow_stop)
+        if router.num_actions != self.num_actions:
+            raise ValueError(
+                f"router has {router.num_actions} actions but the layer needs {self.num_actions} "
+                f"({self.width} blocks{' + stop' if allow_stop else ''})"
+            )
+        self.router = router
+
+    @property
+    def stop_action(self) -> int | None:
+        return self.width if self.allow_stop else None
+
+    def step_blocks(self, t: int) -> Sequence[nn.Module]:
+        return self.blocks if self.recursive else self.blocks[t]
+
+    def forward(self, x: Tensor, meta: Tensor | None, mask: Tensor | None = None) -> tuple[Tensor, Trajectory]:
+        b = x.shape[0]
+        if meta is not None and hasattr(self.router, "check_meta"):
+            self.router.check_meta(meta)
+        active = torch.ones(b, dtype=torch.bool, device=x.device)
+        decisions: list[Decision] = []
+        actives: list[Tensor] = []
+        reads_state = getattr(self.router, "reads_state", False)
+        for t in range(self.depth):
+            state = self.state_fn(x, mask) if reads_state else x
+            dec = self.router.decide(state, meta, t)
+            groups = dec.actions.masked_fill(~active, self.width)
+            decisions.append(dec)
+            actives.append(active)
+            x = grouped_apply(x, groups, self.step_blocks(t))
+            if self.allow_stop:
+                active = active & (dec.actions != self.width)
+        traj = Trajectory.from_decisions(
+            meta if meta is not None else torch.zeros(b, dtype=torch.long, device=x.device),
+            decisions,
+            actives,
+            self.stop_action,
+        )
+        return x, traj

@@ -1,0 +1,138 @@
+"""Routing engine: grouped execution against a per-sample reference, stop action, token-level routing."""
+
+import pytest
+import torch
+from torch import nn
+
+from nli_routing.routing import RoutedLayer, TabularRouter, grouped_apply
+
+
+def per_sample_reference(layer: RoutedLayer, x: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Run every sample alone through the blocks its trajectory names (the obvious slow way)."""
+    outs = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1]
+        for t in range(layer.depth):
+            a = int(actions[i, t])
+            if a < 0 or a == layer.stop_action:
+                break
+            xi = layer.step_blocks(t)[a](xi)
+        outs.append(xi)
+    return torch.cat(outs)
+
+
+def make_blocks(n: int, dim: int) -> list[nn.Module]:
+    return [nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) for _ in range(n)]
+
+
+def clone_grads(module: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
+
+
+@pytest.mark.parametrize("shape", [(37, 8), (23, 5, 8)])
+@pytest.mark.parametrize("allow_stop", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_execution_matches_per_sample_reference(shape, allow_stop, seed):
+    torch.manual_seed(seed)
+    width, depth, num_meta = 4, 3, 5
+    router = TabularRouter(num_meta, depth, width + allow_stop, exploration="high", seed=seed)
+    with torch.no_grad():
+        router.table.normal_()  # different greedy paths per agent
+    layer = RoutedLayer(make_blocks(width, shape[-1]), router, depth=depth, allow_stop=allow_stop)
+    x = torch.randn(*shape, requires_grad=True)
+    meta = torch.randint(0, num_meta, (shape[0],))
+    y, traj = layer(x, meta)
+    assert traj.actions.shape == (shape[0], depth)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    gx, gparams = x.grad.clone(), clone_grads(layer.blocks)
+
+    layer.zero_grad()
+    x2 = x.detach().clone().requires_grad_(True)
+    y_ref = per_sample_reference(layer, x2, traj.actions)
+    (y_ref * upstream).sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, x2.grad, rtol=1e-5, atol=1e-6)
+    for g, g_ref in zip(gparams, clone_grads(layer.blocks)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_apply_identity_group_and_single_group():
+    blocks = [nn.Linear(3, 3), nn.Linear(3, 3)]
+    x = torch.randn(6, 3)
+    # all samples stopped: activation unchanged, no block computed
+    assert torch.equal(grouped_apply(x, torch.full((6,), 2), blocks), x)
+    # all samples in one block: same as calling the block
+    torch.testing.assert_close(grouped_apply(x, torch.ones(6, dtype=torch.long), blocks), blocks[1](x))
+
+
+def test_stop_action_keeps_activation_and_ends_trajectory():
+    torch.manual_seed(0)
+    width, depth = 3, 4
+    router = TabularRouter(2, depth, width + 1, exploration="none")
+    with torch.no_grad():
+        router.table.zero_()
+        router.table[0, :, 0] = 1.0  # agent 0: block 0 at every depth
+        router.table[1, 0, 1] = 1.0  # agent 1: block 1, then stop
+        router.table[1, 1:, width] = 1.0
+    layer = RoutedLayer(make_blocks(width, 6), router, depth=depth, allow_stop=True)
+    layer.eval()
+    x = torch.randn(4, 6)
+    meta = torch.tensor([0, 1, 0, 1])
+    y, traj = layer(x, meta)
+    assert traj.actions[1].tolist() == [1, width, -1, -1]
+    assert traj.active[1].tolist() == [True, True, False, False]
+    assert traj.last_active[1].tolist() == [False, True, False, False]
+    assert traj.path_length.tolist() == [4, 1, 4, 1]
+    torch.testing.assert_close(y[1], layer.blocks[1](x[1]))
+    expected0 = x[0]
+    for _ in range(depth):
+        expected0 = layer.blocks[0](expected0)
+    torch.testing.assert_close(y[0], expected0)
+
+
+def test_token_level_routing_every_token_follows_its_sample():
+    torch.manual_seed(3)
+    router = TabularRouter(3, 2, 3, exploration="high")
+    layer = RoutedLayer([nn.Linear(4, 4) for _ in range(3)], router, depth=2)
+    x = torch.randn(10, 7, 4)
+    meta = torch.randint(0, 3, (10,))
+    y, traj = layer(x, meta)
+    for i in range(10):
+        expected = x[i]
+        for t in range(2):
+            expected = layer.blocks[int(traj.actions[i, t])](expected)
+        torch.testing.assert_close(y[i], expected)
+
+
+def test_per_step_mode_uses_its_own_blocks_per_depth():
+    torch.manual_seed(0)
+    dims = [5, 7, 3]
+    blocks = [[nn.Linear(dims[t], dims[t + 1]) for _ in range(2)] for t in range(2)]
+    router = TabularRouter(2, 2, 2, exploration="high")
+    layer = RoutedLayer(blocks, router, depth=2, recursive=False)
+    x = torch.randn(9, 5)
+    y, traj = layer(x, torch.randint(0, 2, (9,)))
+    assert y.shape == (9, 3)
+    torch.testing.assert_close(y, per_sample_reference(layer, x, traj.actions))
+
+
+def test_layer_checks_router_width_and_meta_range():
+    with pytest.raises(ValueError, match="router has 3 actions but the layer needs 4"):
+        RoutedLayer([nn.Linear(2, 2)] * 3, TabularRouter(1, 1, 3), depth=1, allow_stop=True)
+    layer = RoutedLayer([nn.Linear(2, 2)] * 2, TabularRouter(2, 1, 2), depth=1)
+    with pytest.raises(ValueError, match=r"meta labels \[5\] are outside this router's 2 agents"):
+        layer(torch.randn(3, 2), torch.tensor([0, 5, 1]))
+
+
+def test_trajectory_records_exploration():
+    router = TabularRouter(1, 2, 4, exploration={"start": 1.0, "anneal": 1.0, "every": 1, "floor": 1.0})
+    layer = RoutedLayer([nn.Identity()] * 4, router, depth=2)
+    _, traj = layer(torch.zeros(500, 2), torch.zeros(500, dtype=torch.long))
+    assert traj.explored.all()
+    # uniform random actions under full exploration
+    counts = torch.bincount(traj.actions.flatten(), minlength=4).float()
+    assert (counts / counts.sum() - 0.25).abs().max() < 0.05
+    layer.eval()
+    _, traj = layer(torch.zeros(50, 2), torch.zeros(50, dtype=torch.long))
+    assert not traj.explored.any()
