@@ -1,0 +1,186 @@
+"""Offline dispatching: cluster CBOW encodings of the premise; cluster ids become meta labels.
+
+The clustering is fitted once on the training split and summarised by its centroids, so every
+row of every split (including unseen rows at test time) is assigned to its nearest centroid.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from datasets import ClassLabel, DatasetDict
+from sklearn.cluster import AgglomerativeClustering, KMeans
+from sklearn.metrics import pairwise_distances_argmin
+
+from nli_routing.models.embeddings import WordVectors, cbow_encode
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OfflineDispatcher", "dispatch_dataset", "METHODS"]
+
+METHODS = ("kmeans", "agglomerative")
+
+
+class OfflineDispatcher:
+    """Cluster vectors with k-means or Ward agglomerative clustering; assign by nearest centroid.
+
+    ``max_fit_samples`` bounds the rows used by agglomerative clustering (quadratic in memory and
+    time): larger inputs are subsampled without replacement using ``seed``. k-means uses all rows.
+    """
+
+    def __init__(
+        self,
+        method: str = "kmeans",
+        k: int = 5,
+        seed: int = 0,
+        max_fit_samples: int | None = 20000,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown dispatch method {method!r}; expected one of {list(METHODS)}")
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if max_fit_samples is not None and max_fit_samples < 1:
+            raise ValueError(f"max_fit_samples must be >= 1 or None, got {max_fit_samples}")
+        self.method = method
+        self.k = int(k)
+        self.seed = int(seed)
+        self.max_fit_samples = max_fit_samples
+        self.centroids_: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        fitted = "fitted" if self.centroids_ is not None else "unfitted"
+        return f"OfflineDispatcher(method={self.method!r}, k={self.k}, seed={self.seed}, {fitted})"
+
+    @staticmethod
+    def _check_2d(X: Any) -> np.ndarray:
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"expected a 2-D array [N, D], got shape {X.shape}")
+        if not np.issubdtype(X.dtype, np.floating):
+            X = X.astype(np.float64)
+        return X
+
+    def fit(self, X: np.ndarray) -> "OfflineDispatcher":
+        """Cluster the rows of ``X`` [N, D] and store the ``k`` centroids in ``centroids_``."""
+        X = self._check_2d(X)
+        n = X.shape[0]
+        if self.k > n:
+            raise ValueError(f"k={self.k} clusters requested but only {n} samples to fit on")
+        if self.method == "kmeans":
+            model = KMeans(n_clusters=self.k, n_init=10, random_state=self.seed)
+            model.fit(X)
+            centroids = np.asarray(model.cluster_centers_)
+        else:
+            if self.max_fit_samples is not None and n > self.max_fit_samples:
+                if self.k > self.max_fit_samples:
+                    raise ValueError(
+                        f"k={self.k} clusters requested but max_fit_samples={self.max_fit_samples}"
+                    )
+                rng = np.random.default_rng(self.seed)
+                rows = np.sort(rng.choice(n, size=self.max_fit_samples, replace=False))
+                X = X[rows]
+                logger.info("agglomerative dispatch: fitting on %d of %d rows", len(rows), n)
+            labels = AgglomerativeClustering(n_clusters=self.k, linkage="ward").fit_predict(X)
+            centroids = np.stack([X[labels == c].mean(axis=0) for c in range(self.k)])
+        self.centroids_ = centroids
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Index (int64) of the nearest centroid (Euclidean) of each row of ``X``."""
+        if self.centroids_ is None:
+            raise RuntimeError("OfflineDispatcher.predict called before fit (or load_state_dict)")
+        X = self._check_2d(X)
+        if X.shape[1] != self.centroids_.shape[1]:
+            raise ValueError(
+                f"X has dimension {X.shape[1]} but the centroids have {self.centroids_.shape[1]}"
+            )
+        if X.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64)
+        centroids = self.centroids_.astype(X.dtype, copy=False)
+        return pairwise_distances_argmin(X, centroids).astype(np.int64)
+
+    def fit_predict(self, X: np.ndarray) -> np.ndarray:
+        """Fit on ``X`` and return the nearest-centroid assignment of its rows.
+
+        For agglomerative clustering this is the Voronoi assignment of the cluster means, which
+        may differ from the raw Ward labels for a few border points; it is the same rule
+        :meth:`predict` applies to new rows.
+        """
+        return self.fit(X).predict(X)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (method, k, seed, max_fit_samples, centroids as nested lists)."""
+        return {
+            "method": self.method,
+            "k": self.k,
+            "seed": self.seed,
+            "max_fit_samples": self.max_fit_samples,
+            "centroids": None if self.centroids_ is None else self.centroids_.tolist(),
+            "dtype": None if self.centroids_ is None else str(self.centroids_.dtype),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> "OfflineDispatcher":
+        """Restore the state written by :meth:`state_dict`; returns ``self``."""
+        method = state.get("method", self.method)
+        if method not in METHODS:
+            raise ValueError(f"unknown dispatch method {method!r}; expected one of {list(METHODS)}")
+        self.method = method
+        self.k = int(state.get("k", self.k))
+        self.seed = int(state.get("seed", self.seed))
+        self.max_fit_samples = state.get("max_fit_samples", self.max_fit_samples)
+        centroids = state.get("centroids")
+        if centroids is None:
+            self.centroids_ = None
+        else:
+            arr = np.asarray(centroids, dtype=state.get("dtype") or np.float64)
+            if arr.ndim != 2 or arr.shape[0] != self.k:
+                raise ValueError(f"centroids of shape {arr.shape} do not match k={self.k}")
+            self.centroids_ = arr
+        return self
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "OfflineDispatcher":
+        """Build a dispatcher from :meth:`state_dict` output."""
+        return cls(method=state["method"], k=state["k"]).load_state_dict(state)
+
+
+def dispatch_dataset(
+    dsd: DatasetDict,
+    vectors: WordVectors,
+    method: str = "kmeans",
+    k: int = 5,
+    seed: int = 0,
+    text_column: str = "premise",
+    out_column: str = "cluster",
+    train_split: str = "train",
+    max_length: int = 64,
+) -> tuple[DatasetDict, OfflineDispatcher]:
+    """Fit an :class:`OfflineDispatcher` on the CBOW encodings of ``train_split``'s
+    ``text_column`` and add a ``ClassLabel`` column ``out_column`` (names ``cluster_0`` ...)
+    holding the nearest-centroid cluster of every row of every split.
+
+    An existing ``out_column`` is replaced.
+    """
+    if train_split not in dsd:
+        raise KeyError(f"dispatch_dataset needs a {train_split!r} split; got {list(dsd)}")
+    dispatcher = OfflineDispatcher(method=method, k=k, seed=seed)
+
+    def encode(split: str) -> np.ndarray:
+        if text_column not in dsd[split].column_names:
+            raise KeyError(f"split {split!r} has no column {text_column!r}")
+        texts = list(dsd[split].with_format(None)[text_column])  # respects indices
+        return cbow_encode(vectors, texts, max_length=max_length)
+
+    dispatcher.fit(encode(train_split))
+    feature = ClassLabel(names=[f"cluster_{i}" for i in range(dispatcher.k)])
+    out = {}
+    for name, split in dsd.items():
+        assignment = dispatcher.predict(encode(name))
+        if out_column in split.column_names:
+            split = split.remove_columns(out_column)
+        out[name] = split.add_column(out_column, assignment.tolist(), feature=feature)
+        sizes = np.bincount(assignment, minlength=dispatcher.k)
+        logger.info("dispatch_dataset[%s]: cluster sizes %s", name, sizes.tolist())
+    return DatasetDict(out), dispatcher
