@@ -136,3 +136,21 @@ def test_trajectory_records_exploration():
     layer.eval()
     _, traj = layer(torch.zeros(50, 2), torch.zeros(50, dtype=torch.long))
     assert not traj.explored.any()
+
+
+def test_packed_tokens_follow_their_sample_path_like_padded_input():
+    torch.manual_seed(5)
+    router = TabularRouter(4, 3, 3, exploration="none")
+    with torch.no_grad():
+        router.table.normal_()
+    layer = RoutedLayer(make_blocks(3, 6), router, depth=3)
+    layer.eval()
+    lengths = torch.tensor([3, 0, 5, 1])
+    padded = torch.randn(4, 5, 6)
+    mask = torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)
+    meta = torch.tensor([0, 1, 2, 3])
+    y_pad, traj_pad = layer(padded, meta, mask)
+    segments = torch.arange(4).repeat_interleave(lengths)
+    y_packed, traj_packed = layer(padded[mask], meta, segments=segments)
+    assert torch.equal(traj_pad.actions, traj_packed.actions)
+    torch.testing.assert_close(y_packed, y_pad[mask])

@@ -36,6 +36,13 @@ def grouped_apply(x: Tensor, groups: Tensor, blocks: Sequence[nn.Module]) -> Ten
     return torch.cat(outs).index_select(0, inverse)
 
 
+def segment_mean(x: Tensor, segments: Tensor, num_segments: int) -> Tensor:
+    """Mean of the rows of ``x [N, D]`` per segment id in ``segments [N]`` -> ``[num_segments, D]``."""
+    total = x.new_zeros(num_segments, *x.shape[1:]).index_add_(0, segments, x)
+    count = torch.bincount(segments, minlength=num_segments).clamp_min(1).to(x.dtype)
+    return total / count.view(-1, *([1] * (x.dim() - 1)))
+
+
 def mean_state(x: Tensor, mask: Tensor | None = None) -> Tensor:
     """Pool a token-level activation ``[B, T, D]`` to ``[B, D]`` (masked mean); ``[B, D]`` passes."""
     if x.dim() == 2:
@@ -55,9 +62,12 @@ class RoutedLayer(nn.Module):
     * ``allow_stop``: adds a stop action (index ``width``): the sample keeps its current activation
       and takes no further decisions. Requires blocks that keep the activation's shape.
 
-    ``forward(x, meta, mask=None)`` returns ``(output, trajectory)``. ``x`` is ``[B, D]`` or
-    token-level ``[B, T, D]`` (all tokens of a sample follow the sample's path); ``mask [B, T]``
-    only matters for routers that read the activation (pooled as a masked mean).
+    ``forward(x, meta, mask=None, segments=None)`` returns ``(output, trajectory)``. ``x`` is
+    ``[B, D]`` or token-level ``[B, T, D]`` (all tokens of a sample follow the sample's path);
+    ``mask [B, T]`` only matters for routers that read the activation (pooled as a masked mean).
+    Packed token-level input: ``x [N, D]`` holds the real tokens of all samples and
+    ``segments [N]`` names each row's sample; decisions are still one per sample (``meta [B]``),
+    and no padding is computed.
     """
 
     def __init__(
@@ -104,8 +114,12 @@ class RoutedLayer(nn.Module):
     def step_blocks(self, t: int) -> Sequence[nn.Module]:
         return self.blocks if self.recursive else self.blocks[t]
 
-    def forward(self, x: Tensor, meta: Tensor | None, mask: Tensor | None = None) -> tuple[Tensor, Trajectory]:
-        b = x.shape[0]
+    def forward(
+        self, x: Tensor, meta: Tensor | None, mask: Tensor | None = None, segments: Tensor | None = None
+    ) -> tuple[Tensor, Trajectory]:
+        if segments is not None and meta is None:
+            raise ValueError("packed input (segments=...) needs meta [B] to know the batch size")
+        b = x.shape[0] if segments is None else meta.shape[0]
         if meta is not None and hasattr(self.router, "check_meta"):
             self.router.check_meta(meta)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
@@ -113,12 +127,17 @@ class RoutedLayer(nn.Module):
         actives: list[Tensor] = []
         reads_state = getattr(self.router, "reads_state", False)
         for t in range(self.depth):
-            state = self.state_fn(x, mask) if reads_state else x
+            if not reads_state:
+                state = x
+            elif segments is None:
+                state = self.state_fn(x, mask)
+            else:
+                state = segment_mean(x, segments, b)
             dec = self.router.decide(state, meta, t)
             groups = dec.actions.masked_fill(~active, self.width)
             decisions.append(dec)
             actives.append(active)
-            x = grouped_apply(x, groups, self.step_blocks(t))
+            x = grouped_apply(x, groups if segments is None else groups[segments], self.step_blocks(t))
             if self.allow_stop:
                 active = active & (dec.actions != self.width)
         traj = Trajectory.from_decisions(

@@ -1,0 +1,81 @@
+"""Function blocks and the helpers that build routed layers from a small spec."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..routing import RoutedLayer, TabularRouter
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "identity": nn.Identity}
+
+
+class Residual(nn.Module):
+    """``x + f(x)``: a block that starts close to the identity (keeps word vectors informative)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+
+def fc_block(
+    in_dim: int, out_dim: int, activation: str = "relu", dropout: float = 0.0, residual: bool = False
+) -> nn.Module:
+    """``Linear -> activation [-> dropout]``: the thesis' fully connected function block.
+
+    ``residual=True`` (same in and out dims) returns ``x + activation(Linear(x))``.
+    """
+    if residual:
+        if in_dim != out_dim:
+            raise ValueError(f"a residual block keeps the dimension, got {in_dim} -> {out_dim}")
+        return Residual(fc_block(in_dim, out_dim, activation, dropout))
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim), ACTIVATIONS[activation]()]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def routed_fc_stack(
+    dims: list[int],
+    width: int,
+    num_meta: int,
+    activation: str = "relu",
+    recursive: bool = False,
+    allow_stop: bool = False,
+    learner: str = "qlearning",
+    exploration: str | dict = "med",
+    seed: int = 0,
+    learner_kwargs: dict | None = None,
+    residual: bool = False,
+) -> RoutedLayer:
+    """A routed stack of FC blocks with a tabular multi-agent router on meta labels.
+
+    ``dims = [d0, d1, ..., dk]`` gives k steps. Recursive mode needs all dims equal and reuses one
+    set of ``width`` blocks at every step; per-step mode gives each step its own ``width`` blocks.
+    """
+    depth = len(dims) - 1
+    if depth < 1:
+        raise ValueError(f"need at least two dims for one routed step, got {dims}")
+    if recursive:
+        if len(set(dims)) != 1:
+            raise ValueError(f"recursive routing keeps the dimension; got dims {dims}")
+        blocks = [fc_block(dims[0], dims[0], activation, residual=residual) for _ in range(width)]
+    else:
+        blocks = [
+            [fc_block(dims[t], dims[t + 1], activation, residual=residual) for _ in range(width)]
+            for t in range(depth)
+        ]
+    router = TabularRouter(
+        num_meta,
+        depth,
+        width + int(allow_stop),
+        learner=learner,
+        exploration=exploration,
+        seed=seed,
+        learner_kwargs=learner_kwargs,
+    )
+    return RoutedLayer(blocks, router, depth=depth, recursive=recursive, allow_stop=allow_stop)

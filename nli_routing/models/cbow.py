@@ -1,0 +1,88 @@
+"""CBOW sentence encoder with optionally routed word projections (WP).
+
+WP routing: ``CBOW_R(w_1..w_t) = sum_i FC_kd o ... o FC_k1 (w_i)`` where the path ``k1..kd`` is
+chosen per sample by the router; every word of the sample follows the same path.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..routing import RoutedLayer, Trajectory
+from ..routing.layer import segment_mean
+
+
+class CBOWEncoder(nn.Module):
+    """Bag of word vectors, optionally projected word by word through a routed layer.
+
+    ``pool`` is ``"sum"`` (the thesis' CBOW_R) or ``"mean"``; empty sentences encode to zeros.
+    ``meta_keyword``: number of meta classes for a learned keyword vector added to the premise bag
+    (the unrouted baseline's way of seeing the meta label, like a leading keyword token); 0 = off.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        pad_id: int,
+        projection: RoutedLayer | None = None,
+        freeze: bool = True,
+        pool: str = "sum",
+        meta_keyword: int = 0,
+    ) -> None:
+        super().__init__()
+        if pool not in ("sum", "mean"):
+            raise ValueError(f"pool must be 'sum' or 'mean', got {pool!r}")
+        self.embedding = nn.Embedding.from_pretrained(weight.float(), freeze=freeze, padding_idx=pad_id)
+        self.projection = projection
+        self.pool = pool
+        self.dim = int(weight.shape[1])
+        self.keyword = nn.Embedding(meta_keyword, self.dim) if meta_keyword else None
+        if self.keyword is not None:
+            nn.init.normal_(self.keyword.weight, std=float(weight.std()))
+
+    def bag(self, vectors: Tensor, mask: Tensor) -> Tensor:
+        """Pool ``[B, T, D]`` word vectors over the real tokens."""
+        m = mask.unsqueeze(-1).to(vectors.dtype)
+        total = (vectors * m).sum(1)
+        if self.pool == "mean":
+            total = total / m.sum(1).clamp_min(1.0)
+        return total
+
+    def pool_packed(self, words: Tensor, segments: Tensor, b: int) -> Tensor:
+        """Pool packed token rows ``[N, D]`` into ``[b, D]`` by their sample ids."""
+        if self.pool == "mean":
+            return segment_mean(words, segments, b)
+        return words.new_zeros(b, words.shape[-1]).index_add_(0, segments, words)
+
+    def forward(
+        self,
+        premise_ids: Tensor,
+        premise_mask: Tensor,
+        hypothesis_ids: Tensor,
+        hypothesis_mask: Tensor,
+        meta: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, list[Trajectory]]:
+        """Encode a premise/hypothesis batch; both sentences of a sample share the sample's path."""
+        trajectories: list[Trajectory] = []
+        if self.projection is not None:
+            # pack the real tokens of both sentences; every token follows its sample's path
+            b = premise_ids.shape[0]
+            rows = torch.arange(b, device=premise_ids.device)
+            seg_p = rows.unsqueeze(1).expand_as(premise_ids)[premise_mask]
+            seg_h = rows.unsqueeze(1).expand_as(hypothesis_ids)[hypothesis_mask]
+            words = self.embedding(torch.cat([premise_ids[premise_mask], hypothesis_ids[hypothesis_mask]]))
+            segments = torch.cat([seg_p, seg_h])
+            words, traj = self.projection(words, meta, segments=segments)
+            trajectories.append(traj)
+            n_p = seg_p.numel()
+            p_enc = self.pool_packed(words[:n_p], seg_p, b)
+            h_enc = self.pool_packed(words[n_p:], seg_h, b)
+        else:
+            p_enc = self.bag(self.embedding(premise_ids), premise_mask)
+            h_enc = self.bag(self.embedding(hypothesis_ids), hypothesis_mask)
+        if self.keyword is not None:
+            if meta is None:
+                raise ValueError("this encoder adds a meta keyword and needs meta labels")
+            p_enc = p_enc + self.keyword(meta)
+        return p_enc, h_enc, trajectories

@@ -1,0 +1,203 @@
+"""The accelerate training loop: blocks and routers trained together after each batch."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..analysis.entropy import selection_entropy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (plain SGD for the blocks by default: adaptive optimizers destabilise routing)."""
+
+    epochs: int = field(default=10, metadata={"help": "training epochs"})
+    batch_size: int = field(default=64, metadata={"help": "training batch size (per process)"})
+    eval_batch_size: int = field(default=512, metadata={"help": "evaluation batch size"})
+    lr: float = field(default=0.05, metadata={"help": "learning rate of the function blocks"})
+    momentum: float = field(default=0.0, metadata={"help": "SGD momentum of the blocks"})
+    block_optimizer: str = field(default="sgd", metadata={"help": "sgd (default) or adam for the blocks"})
+    router_lr_ratio: float = field(default=1.0, metadata={"help": "router lr = ratio * block lr (ratio >= 1)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the blocks"})
+    seed: int = field(default=0, metadata={"help": "seed of data order and initialisation"})
+    cpu: bool = field(default=False, metadata={"help": "force the CPU even when an accelerator is present"})
+    select_best: bool = field(default=True, metadata={"help": "report test metrics at the best validation epoch"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar on the main process"})
+
+    def __post_init__(self) -> None:
+        if self.router_lr_ratio < 1.0:
+            raise ValueError(f"router_lr_ratio must be >= 1 (router lr >= block lr), got {self.router_lr_ratio}")
+        if self.block_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"block_optimizer must be 'sgd' or 'adam', got {self.block_optimizer!r}")
+
+
+def make_optimizers(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """Separate optimizers: blocks (SGD by default) and routers (SGD at ``ratio * lr``)."""
+    router_params = model.router_parameters() if hasattr(model, "router_parameters") else []
+    ids = {id(p) for p in router_params}
+    block_params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    if cfg.block_optimizer == "sgd":
+        block_opt = torch.optim.SGD(block_params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        block_opt = torch.optim.Adam(block_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    router_opt = torch.optim.SGD(router_params, lr=cfg.lr * cfg.router_lr_ratio) if router_params else None
+    return block_opt, router_opt
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator, meta_names: list[str] | None = None
+) -> dict[str, Any]:
+    """Accuracy, accuracy per meta class and routing selection entropy over a data loader."""
+    model.eval()
+    preds, labels, metas = [], [], []
+    routes: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    for batch in loader:
+        out = model(**batch)
+        preds.append(accelerator.gather_for_metrics(out.logits.argmax(-1)))
+        labels.append(accelerator.gather_for_metrics(batch["labels"]))
+        meta = batch.get("meta", torch.zeros_like(batch["labels"]))
+        metas.append(accelerator.gather_for_metrics(meta))
+        for i, traj in enumerate(out.trajectories):
+            if len(routes) <= i:
+                routes.append([])
+            routes[i].append(
+                (accelerator.gather_for_metrics(traj.actions), accelerator.gather_for_metrics(traj.active))
+            )
+    model.train()
+    pred, label, meta = torch.cat(preds).cpu(), torch.cat(labels).cpu(), torch.cat(metas).cpu()
+    correct = (pred == label).float()
+    n_meta = max(int(meta.max()) + 1 if meta.numel() else 1, len(meta_names or []))
+    names = meta_names or [str(i) for i in range(n_meta)]
+    per_meta = {}
+    for m in range(n_meta):
+        sel = meta == m
+        if sel.any():
+            per_meta[names[m]] = float(correct[sel].mean())
+    result: dict[str, Any] = {
+        "accuracy": float(correct.mean()) if correct.numel() else math.nan,
+        "n": int(correct.numel()),
+        "accuracy_per_meta": per_meta,
+    }
+    unwrapped = accelerator.unwrap_model(model)
+    for i, parts in enumerate(routes):
+        actions = torch.cat([a for a, _ in parts]).cpu()
+        active = torch.cat([b for _, b in parts]).cpu()
+        num_actions = unwrapped.routed_layers[i].num_actions
+        result[f"routing_entropy_{i}"] = selection_entropy(actions, meta, active, num_actions, n_meta)
+    return result
+
+
+def train(
+    model: nn.Module,
+    train_loader: DataLoader,
+    eval_loaders: dict[str, DataLoader],
+    cfg: TrainConfig,
+    output_dir: str | Path | None = None,
+    meta_names: list[str] | None = None,
+    accelerator: Accelerator | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> dict[str, Any]:
+    """Train blocks and routers together; evaluate every epoch; write metrics and a checkpoint.
+
+    After each batch: the task loss (mean cross-entropy) trains the blocks, the router loss from
+    the batch's trajectories trains the routers, each with its own optimizer. ``eval_loaders``
+    should hold ``"validation"`` (used to pick the best epoch when ``select_best``) and ``"test"``.
+    Returns ``{"history": [...], "best_epoch": k, "final": {split: metrics}, "train_seconds": s}``.
+    """
+    accelerator = accelerator or Accelerator(cpu=cfg.cpu)
+    set_seed(cfg.seed)
+    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls by orders of magnitude
+    block_opt, router_opt = make_optimizers(model, cfg)
+    model, block_opt, train_loader = accelerator.prepare(model, block_opt, train_loader)
+    if router_opt is not None:
+        router_opt = accelerator.prepare(router_opt)
+    eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
+    unwrapped = accelerator.unwrap_model(model)
+    history: list[dict] = []
+    best_score, best_epoch, best_state = -math.inf, -1, None
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        unwrapped.set_epoch(epoch)
+        model.train()
+        total_loss, total_router, steps = 0.0, 0.0, 0
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and accelerator.is_local_main_process),
+            leave=False,
+        )
+        for batch in bar:
+            out = model(**batch)
+            task_loss = out.per_sample_loss.mean()
+            router_loss = unwrapped.router_loss(out, batch["labels"])
+            block_opt.zero_grad(set_to_none=True)
+            if router_opt is not None:
+                router_opt.zero_grad(set_to_none=True)
+            accelerator.backward(task_loss + router_loss)
+            block_opt.step()
+            if router_opt is not None:
+                router_opt.step()
+            total_loss += float(task_loss.detach())
+            total_router += float(router_loss.detach())
+            steps += 1
+            if steps % 20 == 0:
+                bar.set_postfix(loss=f"{total_loss / steps:.3f}")
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(steps, 1),
+            "router_loss": total_router / max(steps, 1),
+        }
+        for name, loader in eval_loaders.items():
+            if name == "test" and cfg.select_best:
+                continue  # test is evaluated once, at the selected epoch
+            record[name] = evaluate(model, loader, accelerator, meta_names)
+        history.append(record)
+        score = record.get("validation", {}).get("accuracy", -record["train_loss"])
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            if cfg.select_best:
+                best_state = copy.deepcopy(unwrapped.state_dict())
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+        if accelerator.is_main_process:
+            val = record.get("validation", {}).get("accuracy")
+            logger.info("epoch %d loss %.4f validation %s", epoch, record["train_loss"], val)
+    train_seconds = time.perf_counter() - start
+    if best_state is not None:
+        unwrapped.load_state_dict(best_state)
+    final = {name: evaluate(model, loader, accelerator, meta_names) for name, loader in eval_loaders.items()}
+    result = {"history": history, "best_epoch": best_epoch, "final": final, "train_seconds": train_seconds}
+    if output_dir is not None and accelerator.is_main_process:
+        save_run(unwrapped, result, cfg, output_dir)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def save_run(model: nn.Module, result: dict, cfg: TrainConfig, output_dir: str | Path) -> None:
+    """Write ``metrics.json``, ``train_config.json``, ``model_config.json`` and ``model.pt``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if hasattr(model, "config") and hasattr(model.config, "to_dict"):
+        (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+    tmp = out / "model.pt.tmp"
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(out / "model.pt")  # never leave a half-written checkpoint under the real name

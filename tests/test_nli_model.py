@@ -1,0 +1,148 @@
+"""CBOW/WP NLI model, training loop and the main recipe, end to end on generated data."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from nli_routing.models.embeddings import load_word_vectors
+from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
+from nli_routing.training.experiment import (
+    DEFAULT_DATA_DIR,
+    RECIPE_TRAIN_DEFAULTS,
+    DataArgs,
+    prepare_sci,
+    run_method,
+)
+from nli_routing.training.loop import TrainConfig
+
+from .conftest import REPO_ROOT
+
+VOCAB, DIM = 50, 16
+
+
+def batch(b=6, tp=5, th=4, num_meta=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pm = torch.ones(b, tp, dtype=torch.bool)
+    pm[0, 2:] = False  # a short premise
+    pm[1] = False  # an empty premise
+    return {
+        "premise_ids": torch.randint(1, VOCAB, (b, tp), generator=g) * pm,
+        "premise_mask": pm,
+        "hypothesis_ids": torch.randint(1, VOCAB, (b, th), generator=g),
+        "hypothesis_mask": torch.ones(b, th, dtype=torch.bool),
+        "meta": torch.randint(0, num_meta, (b,), generator=g),
+        "labels": torch.randint(0, 3, (b,), generator=g),
+    }
+
+
+def weight():
+    w = torch.randn(VOCAB, DIM)
+    w[0] = 0
+    return w
+
+
+@pytest.mark.parametrize(
+    "route,n_traj", [("none", 0), ("wp", 1), ("classifier", 1), ("wp+classifier", 2)]
+)
+def test_model_routes_shapes_and_router_loss(route, n_traj):
+    torch.manual_seed(0)
+    cfg = NLIModelConfig(num_meta=3, route=route, wp_width=3, wp_depth=2, classifier_hidden=32, meta_keyword=route == "none")
+    model = NLIRoutingModel(cfg, weight(), pad_id=0)
+    b = batch()
+    out = model(**b)
+    assert out.logits.shape == (6, 3)
+    assert out.per_sample_loss.shape == (6,)
+    assert len(out.trajectories) == n_traj
+    rloss = model.router_loss(out, b["labels"])
+    if n_traj:
+        assert rloss.requires_grad and float(rloss.detach()) > 0  # zero-initialised tables vs +-1 rewards
+        (out.per_sample_loss.mean() + rloss).backward()
+        for router in model.routers():
+            assert router.table.grad is not None and router.table.grad.abs().sum() > 0
+    else:
+        assert float(rloss) == 0.0
+    # routers and blocks are disjoint parameter sets
+    r_ids = {id(p) for p in model.router_parameters()}
+    assert not r_ids & {id(p) for p in model.block_parameters()}
+
+
+def test_wp_sentences_of_a_sample_share_its_path_and_empty_sentence_is_zero():
+    torch.manual_seed(0)
+    cfg = NLIModelConfig(num_meta=3, route="wp", wp_width=2, wp_depth=2, classifier_hidden=8)
+    model = NLIRoutingModel(cfg, weight(), pad_id=0)
+    b = batch()
+    p, h, trajs = model.encoder(b["premise_ids"], b["premise_mask"], b["hypothesis_ids"], b["hypothesis_mask"], b["meta"])
+    assert torch.equal(p[1], torch.zeros(DIM))  # empty premise
+    # recompute sample 2's hypothesis with its own path, word by word
+    path = trajs[0].actions[2].tolist()
+    words = model.encoder.embedding(b["hypothesis_ids"][2])
+    for a in path:
+        words = model.encoder.projection.blocks[a](words)
+    torch.testing.assert_close(h[2], words.sum(0))
+
+
+@pytest.fixture(scope="module")
+def generated():
+    args = DataArgs(data_dir=str(DEFAULT_DATA_DIR), max_train_samples=1500)
+    prepared = prepare_sci(args)
+    # small evaluation splits keep the test fast
+    prepared.data["validation"] = prepared.data["validation"].select(range(300))
+    prepared.data["test"] = prepared.data["test"].select(range(400))
+    return prepared
+
+
+def majority_rate(ds):
+    counts = torch.bincount(torch.tensor(ds["label"]))
+    return float(counts.max() / counts.sum())
+
+
+@pytest.mark.parametrize("method", ["cbow", "wp-signature"])
+def test_end_to_end_beats_majority_on_generated_data(generated, method, tmp_path):
+    cfg = TrainConfig(epochs=6, cpu=True, progress=False, seed=0, **RECIPE_TRAIN_DEFAULTS)
+    res = run_method(method, generated, NLIModelConfig(wp_residual=True), cfg, output_dir=tmp_path)
+    acc = res["summary"]["test_accuracy"]
+    majority = majority_rate(generated.data["test"])
+    assert acc > majority + 0.05, f"{method}: test accuracy {acc:.3f} vs majority {majority:.3f}"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["final"]["test"]["n"] == 400
+    assert set(metrics["final"]["test"]["accuracy_per_meta"]) <= set(generated.signature_names)
+    assert (tmp_path / "model.pt").exists()
+    if method.startswith("wp"):
+        ent = metrics["final"]["test"]["routing_entropy_0"]
+        assert 0.0 <= ent["overall"] <= 2.0 + 1e-6  # log2(4 blocks)
+
+
+def test_router_tables_learn_during_training(generated):
+    cfg = TrainConfig(epochs=1, cpu=True, progress=False, **RECIPE_TRAIN_DEFAULTS)
+    res = run_method("wp-signature", generated, NLIModelConfig(wp_depth=1), replace(cfg, select_best=False))
+    assert res["history"][0]["router_loss"] > 0
+
+
+def test_recipe_runs_end_to_end(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "recipes" / "sci_wp_dispatch.py"),
+        "--max_train_samples", "300",
+        "--epochs", "1",
+        "--cpu",
+        "--progress", "False",
+        "--output_dir", str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wp-kmeans" in proc.stdout and "test acc" in proc.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in results["summary"]] == ["cbow", "wp-signature", "wp-kmeans"]
+    for r in results["summary"]:
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+
+
+def test_unknown_method_is_an_error(generated):
+    with pytest.raises(ValueError, match="unknown method 'wp-magic'"):
+        run_method("wp-magic", generated, NLIModelConfig(), TrainConfig())
