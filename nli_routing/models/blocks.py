@@ -51,6 +51,7 @@ def routed_fc_stack(
     seed: int = 0,
     learner_kwargs: dict | None = None,
     residual: bool = False,
+    router_init: float = 0.0,
 ) -> RoutedLayer:
     """A routed stack of FC blocks with a tabular multi-agent router on meta labels.
 
@@ -77,5 +78,6 @@ def routed_fc_stack(
         exploration=exploration,
         seed=seed,
         learner_kwargs=learner_kwargs,
+        init=router_init,
     )
     return RoutedLayer(blocks, router, depth=depth, recursive=recursive, allow_stop=allow_stop)

@@ -24,9 +24,9 @@ class NLIModelConfig:
     route: str = field(default="wp", metadata={"help": f"what is routed: one of {ROUTES}"})
     num_classes: int = field(default=3, metadata={"help": "output classes (entails, contradicts, permits)"})
     wp_width: int = field(default=4, metadata={"help": "number of word-projection blocks b"})
-    wp_depth: int = field(default=3, metadata={"help": "routing depth d of the word projection"})
+    wp_depth: int = field(default=1, metadata={"help": "routing depth d of the word projection"})
     wp_activation: str = field(default="relu", metadata={"help": "activation of the projection blocks"})
-    wp_residual: bool = field(default=False, metadata={"help": "projection blocks compute x + f(x)"})
+    wp_residual: bool = field(default=True, metadata={"help": "projection blocks compute x + f(x)"})
     wp_recursive: bool = field(default=True, metadata={"help": "reuse one block set at every depth"})
     wp_stop: bool = field(default=False, metadata={"help": "add a stop action to the word projection"})
     classifier_width: int = field(default=4, metadata={"help": "blocks per routed classifier layer"})
@@ -37,7 +37,11 @@ class NLIModelConfig:
     meta_keyword: bool = field(default=False, metadata={"help": "add the meta label as a keyword vector"})
     freeze_embeddings: bool = field(default=True, metadata={"help": "keep the word vectors fixed"})
     learner: str = field(default="qlearning", metadata={"help": "decision-making algorithm (registry name)"})
-    exploration: str = field(default="med", metadata={"help": "exploration preset: high, med, low, none"})
+    router_init: float = field(
+        default=-1.0,
+        metadata={"help": "initial table values; -1 (the worst reward) keeps greedy choices stable"},
+    )
+    exploration: str = field(default="low", metadata={"help": "exploration preset: high, med, low, none"})
     reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
     rho: float = field(default=0.0, metadata={"help": "collaboration reward weight in [-1, 1]"})
     router_seed: int = field(default=0, metadata={"help": "seed of the routers' exploration (recipes set it from --seed)"})
@@ -78,6 +82,7 @@ class NLIRoutingModel(nn.Module):
                 exploration=c.exploration,
                 seed=c.router_seed,
                 residual=c.wp_residual,
+                router_init=c.router_init,
             )
             routed.append(projection)
         self.encoder = CBOWEncoder(
@@ -93,6 +98,7 @@ class NLIRoutingModel(nn.Module):
                 learner=c.learner,
                 exploration=c.exploration,
                 seed=c.router_seed + 1,
+                router_init=c.router_init,
             )
             routed.append(routed_cls)
         self.classifier = Classifier(
