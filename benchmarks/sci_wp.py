@@ -96,6 +96,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Bar chart of mean test accuracy (error bars: standard deviation over seeds) per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, axes = plt.subplots(1, len(variants), figsize=(5 * len(variants), 4.5), squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        rs = [r for r in rows if r["variant"] == variant]
+        ax.bar(range(len(rs)), [100 * r["test_mean"] for r in rs], yerr=[100 * r["test_std"] for r in rs],
+               color=["#888" if not r["name"].startswith("wp-sig") else "#3a7" for r in rs], capsize=3)
+        ax.set_xticks(range(len(rs)), [r["name"] for r in rs], rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(40, 100)
+        ax.set_title(f"SCI {variant}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sci_root", default="../shared/data/sci")
@@ -106,7 +128,14 @@ def main() -> None:
     ap.add_argument("--max_train_samples", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/sci_wp.json")
     ap.add_argument("--resume", action="store_true", help="skip runs already in --out")
+    ap.add_argument("--report_only", action="store_true", help="only print the table and plot of --out")
     args = ap.parse_args()
+    if args.report_only:
+        data = json.loads(Path(args.out).read_text())
+        rows = summarize(data["runs"])
+        plot(rows, Path(args.out).with_suffix(".png"))
+        print(f"{table(rows)}\n\nmachine: {data['machine']}; commit {data.get('commit')}")
+        return
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +161,7 @@ def main() -> None:
                       flush=True)
                 out.write_text(json.dumps({"machine": machine(), "commit": commit(), "args": vars(args), "runs": runs}, indent=1))
     rows = summarize(runs)
+    plot(rows, out.with_suffix(".png"))
     out.write_text(json.dumps({"machine": machine(), "commit": commit(), "args": vars(args), "runs": runs, "summary": rows}, indent=1))
     print(f"\n{table(rows)}\n\nmachine: {machine()}; wall time {time.time() - started:.0f}s; results: {out}")
 

@@ -146,3 +146,9 @@ def test_recipe_runs_end_to_end(tmp_path):
 def test_unknown_method_is_an_error(generated):
     with pytest.raises(ValueError, match="unknown method 'wp-magic'"):
         run_method("wp-magic", generated, NLIModelConfig(), TrainConfig())
+
+
+def test_meta_label_unseen_in_training_is_an_error_unless_allowed():
+    mismatch = DEFAULT_DATA_DIR.parent / "mismatch"
+    with pytest.raises(ValueError, match=r"never in train.*--allow_unseen_meta"):
+        prepare_sci(DataArgs(data_dir=str(mismatch)))

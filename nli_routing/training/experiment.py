@@ -60,6 +60,10 @@ class DataArgs:
     max_length: int = field(default=64, metadata={"help": "tokens kept per sentence"})
     dispatch_k: int = field(default=5, metadata={"help": "clusters of the offline dispatcher"})
     max_train_samples: int | None = field(default=None, metadata={"help": "cap the training set (quick runs)"})
+    allow_unseen_meta: bool = field(
+        default=False,
+        metadata={"help": "allow signatures in validation/test that training never saw (their agents stay untrained)"},
+    )
 
 
 @dataclass
@@ -77,10 +81,20 @@ def prepare_sci(args: DataArgs) -> PreparedData:
     dsd = load_sci(path, variant=args.variant)
     if args.max_train_samples:
         n = min(args.max_train_samples, len(dsd["train"]))
+        logger.info("using %d of %d training samples (--max_train_samples)", n, len(dsd["train"]))
         dsd["train"] = dsd["train"].shuffle(seed=0).select(range(n))
-    unseen = check_meta_coverage(dsd, "signature", allow_unseen=True)
-    if unseen:
-        logger.warning("signatures unseen in training (their agents stay untrained): %s", unseen)
+    if args.allow_unseen_meta:
+        unseen = check_meta_coverage(dsd, "signature", allow_unseen=True)
+        if unseen:
+            logger.warning("signatures unseen in training (their agents stay untrained): %s", sorted(unseen))
+    else:
+        try:
+            check_meta_coverage(dsd, "signature")
+        except ValueError as err:
+            raise ValueError(
+                f"{path}: {err}. A meta label unseen in training has no trained agent; pass "
+                "--allow_unseen_meta to train anyway (or route with a dispatcher)"
+            ) from None
     vectors = load_word_vectors(args.embeddings)
     dsd = encode_nli(dsd, vectors.tokenizer, max_length=args.max_length)
     names = dsd["train"].features["signature"].names
