@@ -1,0 +1,17 @@
+"""The nli-routing command line."""
+
+from nli_routing.cli import main
+from nli_routing.data.sci import load_sci
+
+
+def test_list_shows_learners_and_methods(capsys):
+    main(["list"])
+    out = capsys.readouterr().out
+    assert "qlearning" in out and "wp-signature" in out and "high" in out
+
+
+def test_generate_sci_writes_loadable_data(tmp_path):
+    main(["generate-sci", "--out", str(tmp_path), "--n_train", "40", "--n_validation", "10",
+          "--n_test", "10", "--variants", "joint"])
+    dsd = load_sci(tmp_path / "joint")
+    assert [len(dsd[s]) for s in ("train", "validation", "test")] == [40, 10, 10]
