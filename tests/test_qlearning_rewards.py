@@ -55,7 +55,7 @@ def test_q_targets_bootstrap_and_terminal():
 
 
 def test_tabular_qlearning_update_matches_watkins_by_hand():
-    router = TabularRouter(2, 2, 3)
+    router = TabularRouter(2, 2, 3, learner_kwargs={"target": "td"})
     with torch.no_grad():
         router.table.copy_(torch.tensor([[[0.0, 0.5, 0.0], [0.2, 0.0, -0.4]], [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]))
     before = router.table.detach().clone()
@@ -115,6 +115,18 @@ def test_collaboration_reward_uses_recent_action_shares():
     torch.testing.assert_close(collab(traj2), torch.tensor([[-0.5, 0.0]]))
     with pytest.raises(ValueError, match="rho must be in"):
         CollaborationReward(3, rho=1.5)
+
+
+def test_return_targets_give_each_agent_its_path_return():
+    router = TabularRouter(1, 2, 2)  # default target: the return from each step
+    traj = make_traj(router, [0, 0], [[0, 1], [1, 1]], [[True, True], [True, False]])
+    assign_rewards(traj, torch.tensor([1.0, -1.0]))
+    traj.step_rewards = torch.tensor([[0.25, 0.5], [0.0, 0.0]])
+    sgd_step(router, traj, 1.0)
+    # sample 0: G_0 = 0.25 + 0.5 + 1, G_1 = 0.5 + 1; sample 1 stopped after one decision: G_0 = -1
+    torch.testing.assert_close(router.table.detach()[0], torch.tensor([[1.75, -1.0], [0.0, 1.5]]))
+    with pytest.raises(ValueError, match="target must be one of"):
+        TabularRouter(1, 1, 2, learner_kwargs={"target": "sarsa"})
 
 
 def test_collaboration_reward_enters_q_targets():

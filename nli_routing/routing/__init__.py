@@ -1,23 +1,44 @@
 """Domain-agnostic routing engine: routed layers, routers, learners, rewards, trajectories."""
 
+from .approx import ApproxRouter
+from .baselines import FixedRandomRouter, NoUpdateLearner, SoftGate, SoftMixtureLayer
 from .exploration import EXPLORATION_PRESETS, ExplorationSchedule, get_schedule
 from .layer import RoutedLayer, grouped_apply, mean_state
-from .learners import LEARNERS, Learner, QLearner, build_learner, register_learner
+from .learners import (
+    LEARNERS,
+    RELAXED_WEIGHTS,
+    GumbelLearner,
+    Learner,
+    QLearner,
+    RelaxLearner,
+    build_learner,
+    register_learner,
+)
 from .rewards import REWARD_KINDS, CollaborationReward, assign_rewards, final_reward
-from .routers import Router, TabularRouter
+from .routers import DispatchedRouter, PerStepRouter, Router, TabularRouter, select_samples
 from .trajectory import Decision, Trajectory
 
 __all__ = [
     "EXPLORATION_PRESETS",
     "LEARNERS",
+    "RELAXED_WEIGHTS",
     "REWARD_KINDS",
+    "ApproxRouter",
     "CollaborationReward",
     "Decision",
+    "DispatchedRouter",
     "ExplorationSchedule",
+    "FixedRandomRouter",
+    "GumbelLearner",
     "Learner",
+    "NoUpdateLearner",
+    "PerStepRouter",
     "QLearner",
+    "RelaxLearner",
     "RoutedLayer",
     "Router",
+    "SoftGate",
+    "SoftMixtureLayer",
     "TabularRouter",
     "Trajectory",
     "assign_rewards",
@@ -27,4 +48,5 @@ __all__ = [
     "grouped_apply",
     "mean_state",
     "register_learner",
+    "select_samples",
 ]

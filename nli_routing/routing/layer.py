@@ -7,11 +7,19 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .learners import RELAXED_WEIGHTS
 from .routers import Router
 from .trajectory import Decision, Trajectory
 
 
-def grouped_apply(x: Tensor, groups: Tensor, blocks: Sequence[nn.Module]) -> Tensor:
+def _per_sample(scale: Tensor, like: Tensor) -> Tensor:
+    """``scale [B]`` reshaped to broadcast over ``like [B, ...]``."""
+    return scale.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def grouped_apply(
+    x: Tensor, groups: Tensor, blocks: Sequence[nn.Module], scale: Tensor | None = None
+) -> Tensor:
     """Apply ``blocks[g]`` to the samples of group g, each block once on its whole group.
 
     ``x [B, ...]`` (any trailing shape: every token of a sample follows the sample's block),
@@ -20,6 +28,10 @@ def grouped_apply(x: Tensor, groups: Tensor, blocks: Sequence[nn.Module]) -> Ten
     contiguous chunks, run through their block and put back with the inverse permutation, so the
     result and its gradients equal running every sample alone through its block.
     One host synchronisation (the group sizes) per call.
+
+    ``scale [B]`` (optional): each computed block output is multiplied by its sample's scale
+    (stopped samples stay unscaled). Relaxed routers pass straight-through weights (1 in value)
+    here so that the task loss reaches their logits.
     """
     n = len(blocks)
     groups = groups.clamp(max=n)
@@ -27,10 +39,22 @@ def grouped_apply(x: Tensor, groups: Tensor, blocks: Sequence[nn.Module]) -> Ten
     nonempty = [g for g, c in enumerate(counts) if c]
     if len(nonempty) == 1:  # the whole batch takes one block (or stops): no sorting needed
         g = nonempty[0]
-        return x if g == n else blocks[g](x)
+        if g == n:
+            return x
+        y = blocks[g](x)
+        return y if scale is None else y * _per_sample(scale, y)
     order = torch.argsort(groups, stable=True)
     chunks = x.index_select(0, order).split(counts)
-    outs = [blocks[g](c) if g < n else c for g, c in enumerate(chunks) if counts[g]]
+    if scale is None:
+        outs = [blocks[g](c) if g < n else c for g, c in enumerate(chunks) if counts[g]]
+    else:
+        outs = []
+        for g, (c, sc) in enumerate(zip(chunks, scale.index_select(0, order).split(counts))):
+            if counts[g] and g < n:
+                y = blocks[g](c)
+                outs.append(y * _per_sample(sc, y))
+            elif counts[g]:
+                outs.append(c)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     return torch.cat(outs).index_select(0, inverse)
@@ -68,6 +92,11 @@ class RoutedLayer(nn.Module):
     Packed token-level input: ``x [N, D]`` holds the real tokens of all samples and
     ``segments [N]`` names each row's sample; decisions are still one per sample (``meta [B]``),
     and no padding is computed.
+
+    Relaxed routers (``router.relaxed``, e.g. the ``"gumbel"`` and ``"relax"`` learners): each
+    sample's block output is multiplied by the straight-through weight of its chosen action
+    (1 in value, the soft gradient in the backward), so ``task_loss.backward()`` reaches the
+    router's logits at the cost of one block per sample (see :meth:`relaxed_scale`).
     """
 
     def __init__(
@@ -114,6 +143,20 @@ class RoutedLayer(nn.Module):
     def step_blocks(self, t: int) -> Sequence[nn.Module]:
         return self.blocks if self.recursive else self.blocks[t]
 
+    @staticmethod
+    def relaxed_scale(dec: Decision) -> Tensor:
+        """``[B]`` straight-through weight of each sample's chosen action (1 in value).
+
+        Only the chosen action's weight enters the forward, so the task loss differentiates the
+        relaxed sample through that entry (the standard cheap straight-through estimator).
+        """
+        w = dec.extra.get(RELAXED_WEIGHTS)
+        if w is None:
+            raise ValueError(
+                f"a relaxed router must return extra[{RELAXED_WEIGHTS!r}] (straight-through weights)"
+            )
+        return w.gather(1, dec.actions.clamp(0, w.shape[1] - 1).unsqueeze(1)).squeeze(1)
+
     def forward(
         self, x: Tensor, meta: Tensor | None, mask: Tensor | None = None, segments: Tensor | None = None
     ) -> tuple[Tensor, Trajectory]:
@@ -126,6 +169,7 @@ class RoutedLayer(nn.Module):
         decisions: list[Decision] = []
         actives: list[Tensor] = []
         reads_state = getattr(self.router, "reads_state", False)
+        relaxed = bool(getattr(self.router, "relaxed", False))
         for t in range(self.depth):
             if not reads_state:
                 state = x
@@ -137,7 +181,11 @@ class RoutedLayer(nn.Module):
             groups = dec.actions.masked_fill(~active, self.width)
             decisions.append(dec)
             actives.append(active)
-            x = grouped_apply(x, groups if segments is None else groups[segments], self.step_blocks(t))
+            scale = self.relaxed_scale(dec) if relaxed else None
+            if segments is not None:
+                groups = groups[segments]
+                scale = None if scale is None else scale[segments]
+            x = grouped_apply(x, groups, self.step_blocks(t), scale)
             if self.allow_stop:
                 active = active & (dec.actions != self.width)
         traj = Trajectory.from_decisions(

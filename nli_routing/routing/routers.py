@@ -6,16 +6,23 @@ chosen by name) and an exploration schedule; the learner owns the loss.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from .exploration import ExplorationSchedule, get_schedule
-from .learners import Learner, build_learner
+from .learners import RELAXED_WEIGHTS, Learner, build_learner
 from .trajectory import Decision, Trajectory
 
 
 class Router(nn.Module):
     """Base class. Subclasses implement :meth:`values` (``[B, A]`` estimates for a state)."""
+
+    #: the router reads the pooled activation (the routed layer then passes ``[B, D]`` states)
+    reads_state = False
+    #: ``values`` returns a flat tabular ``state_index`` (composite routers offset it)
+    indexes_states = False
 
     def __init__(
         self,
@@ -30,9 +37,17 @@ class Router(nn.Module):
             raise ValueError(f"a router needs at least one action, got {num_actions}")
         self.num_actions = num_actions
         self.learner = build_learner(learner, **(learner_kwargs or {}))
+        setup = getattr(self.learner, "setup_actions", None)
+        if callable(setup):  # learners with action-sized modules (e.g. RELAX's critic)
+            setup(num_actions)
         self.schedule = get_schedule(exploration)
         self.epoch = 0
         self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def relaxed(self) -> bool:
+        """Decisions carry straight-through weights that let the task loss reach the router."""
+        return bool(getattr(self.learner, "relaxed", False))
 
     @property
     def epsilon(self) -> float:
@@ -72,6 +87,8 @@ class TabularRouter(Router):
     ``[0, num_meta)``; anything else is an error naming the offending values.
     """
 
+    indexes_states = True
+
     def __init__(
         self,
         num_meta: int,
@@ -110,3 +127,216 @@ class TabularRouter(Router):
     def greedy_policy(self) -> Tensor:
         """``[num_meta, depth]`` greedy action of every agent at every depth."""
         return self.table.detach().argmax(-1)
+
+
+def _check_same_width(routers: Sequence[nn.Module], what: str) -> int:
+    widths = {int(r.num_actions) for r in routers}
+    if len(widths) != 1:
+        raise ValueError(f"{what} must all have the same number of actions, got {sorted(widths)}")
+    return widths.pop()
+
+
+def _check_meta_all(routers: Sequence[nn.Module], meta: Tensor) -> None:
+    for r in routers:
+        if hasattr(r, "check_meta"):
+            r.check_meta(meta)
+
+
+class PerStepRouter(Router):
+    """One subrouter per depth (e.g. one ``ApproxRouter`` or ``TabularRouter(depth=1)`` per step).
+
+    At depth t, ``values`` delegates to ``routers[t]``, called with depth 0 (each subrouter is a
+    single-step agent). The decision-making algorithm and exploration belong to this router (one
+    learner over the whole trajectory, so Q-learning bootstraps across the steps); the subrouters
+    only provide values and parameters, their own learners are unused. Tabular state indices are
+    offset per step (``index * depth + t``) so they never collide; they are kept only when every
+    subrouter is tabular.
+    """
+
+    def __init__(
+        self,
+        routers: Sequence[Router],
+        learner: str | Learner = "qlearning",
+        exploration: str | ExplorationSchedule | dict = "med",
+        seed: int = 0,
+        learner_kwargs: dict | None = None,
+    ) -> None:
+        if len(routers) < 1:
+            raise ValueError("PerStepRouter needs at least one subrouter")
+        width = _check_same_width(routers, "per-step subrouters")
+        super().__init__(width, learner, exploration, seed, learner_kwargs)
+        self.steps = nn.ModuleList(routers)
+        self.depth = len(routers)
+        self.reads_state = any(getattr(r, "reads_state", False) for r in routers)
+        self.indexes_states = all(getattr(r, "indexes_states", False) for r in routers)
+
+    def values(self, state: Tensor, meta: Tensor, depth: int) -> tuple[Tensor, Tensor | None]:
+        if depth >= self.depth:
+            raise ValueError(f"depth {depth} is beyond this router's {self.depth} steps")
+        values, index = self.steps[depth].values(state, meta, 0)
+        if not self.indexes_states or index is None:
+            return values, None
+        return values, index * self.depth + depth
+
+    def check_meta(self, meta: Tensor) -> None:
+        _check_meta_all(self.steps, meta)
+
+
+class DispatchedRouter(Router):
+    """A dispatcher assigns each sample to one of K subrouters, which then routes it at every depth.
+
+    ``dispatcher`` is a router with K actions deciding once per sample at depth 0 (e.g.
+    ``TabularRouter(num_meta, 1, K)`` over meta labels or ``ApproxRouter(..., depth=1)`` over the
+    activation), with its own learner and exploration. Every subrouter (any router type, same
+    number of actions, same learner family so that their ``extra`` tensors match) computes its
+    decision for the whole batch; each sample takes the one of its subrouter (gather, no Python
+    loop over samples). ``Decision.extra`` records ``dispatch [B]`` plus the dispatcher's
+    ``dispatch_values``, ``dispatch_explored``, ``dispatch_state_index`` and its learner's extras
+    (prefixed ``dispatch:``), repeated at every depth (with graph at depth 0 only).
+
+    The dispatch is decided at depth 0 and remembered (detached) for the later depths of the same
+    batch, so the depths of one batch must be decided in order. :meth:`loss` is the sum of each
+    subrouter's learner loss on its own samples and the dispatcher's learner loss on the one-step
+    trajectory of the dispatch decisions, rewarded with the same final reward.
+    With relaxed subrouters (Gumbel/RELAX) the layer scales block outputs by the merged
+    straight-through weights; a relaxed dispatcher multiplies its own weight in at depth 0.
+    """
+
+    def __init__(self, dispatcher: Router, subrouters: Sequence[Router]) -> None:
+        nn.Module.__init__(self)  # no learner/schedule of its own: its parts have theirs
+        if len(subrouters) < 1:
+            raise ValueError("DispatchedRouter needs at least one subrouter")
+        if dispatcher.num_actions != len(subrouters):
+            raise ValueError(
+                f"dispatcher has {dispatcher.num_actions} actions but there are {len(subrouters)} subrouters"
+            )
+        self.num_actions = _check_same_width(subrouters, "dispatched subrouters")
+        self.dispatcher = dispatcher
+        self.subrouters = nn.ModuleList(subrouters)
+        relaxed = {bool(r.relaxed) for r in subrouters}
+        if len(relaxed) != 1:
+            raise ValueError("subrouters must be all relaxed (Gumbel/RELAX) or all not")
+        if dispatcher.relaxed and not relaxed.issuperset({True}):
+            raise ValueError("a relaxed dispatcher needs relaxed subrouters")
+        self._relaxed = relaxed.pop()
+        self.reads_state = any(getattr(r, "reads_state", False) for r in [dispatcher, *subrouters])
+        self.indexes_states = all(getattr(r, "indexes_states", False) for r in subrouters)
+        self.epoch = 0
+        self.generator = torch.Generator()
+        self._cache: dict[str, Tensor] | None = None
+
+    @property
+    def relaxed(self) -> bool:
+        return self._relaxed
+
+    @property
+    def epsilon(self) -> float:
+        return self.dispatcher.epsilon
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        for r in [self.dispatcher, *self.subrouters]:
+            r.set_epoch(epoch)
+
+    def check_meta(self, meta: Tensor) -> None:
+        _check_meta_all([self.dispatcher, *self.subrouters], meta)
+
+    def _dispatch(self, state: Tensor, meta: Tensor, depth: int, b: int) -> dict[str, Tensor]:
+        """The dispatcher's decision tensors (decided at depth 0, cached detached for later depths)."""
+        if depth == 0:
+            d = self.dispatcher.decide(state, meta, 0)
+            out = {"dispatch": d.actions, "dispatch_explored": d.explored, "dispatch_values": d.values}
+            if d.state_index is not None:
+                out["dispatch_state_index"] = d.state_index
+            out.update({f"dispatch:{k}": v for k, v in d.extra.items()})
+            self._cache = {k: v.detach() for k, v in out.items()}
+            return out
+        if self._cache is None or self._cache["dispatch"].shape[0] != b:
+            raise RuntimeError("DispatchedRouter dispatches at depth 0: decide depth 0 of this batch first")
+        return dict(self._cache)
+
+    def decide(self, state: Tensor, meta: Tensor, depth: int) -> Decision:
+        b = meta.shape[0] if meta is not None else state.shape[0]
+        disp = self._dispatch(state, meta, depth, b)
+        k = disp["dispatch"]
+        rows = torch.arange(b, device=k.device)
+        subs = [r.decide(state, meta, depth) for r in self.subrouters]
+
+        def pick(tensors: list[Tensor]) -> Tensor:
+            return torch.stack(tensors, 0)[k, rows]
+
+        keys = set(subs[0].extra)
+        if any(set(s.extra) != keys for s in subs):
+            raise ValueError("subrouters return different extra tensors: give them the same learner family")
+        extra = {key: pick([s.extra[key] for s in subs]) for key in keys}
+        if depth == 0 and self.dispatcher.relaxed:
+            w = disp[f"dispatch:{RELAXED_WEIGHTS}"].gather(1, k.unsqueeze(1))
+            extra[RELAXED_WEIGHTS] = extra[RELAXED_WEIGHTS] * w
+        extra.update(disp)
+        state_index = None
+        if self.indexes_states and all(s.state_index is not None for s in subs):
+            n = len(subs)
+            state_index = pick([s.state_index * n + j for j, s in enumerate(subs)])
+        return Decision(
+            actions=pick([s.actions for s in subs]),
+            explored=pick([s.explored for s in subs]),
+            values=pick([s.values for s in subs]),
+            state_index=state_index,
+            extra=extra,
+        )
+
+    def values(self, state: Tensor, meta: Tensor, depth: int) -> tuple[Tensor, Tensor | None]:
+        """Merged values of this batch's dispatch (depth 0 decides a new dispatch)."""
+        dec = self.decide(state, meta, depth)
+        return dec.values, dec.state_index
+
+    def dispatch_trajectory(self, trajectory: Trajectory) -> Trajectory:
+        """The one-step trajectory of the dispatch decisions, with the layer's final reward."""
+        ex = trajectory.extra
+        b = trajectory.batch_size
+        device = trajectory.actions.device
+        prefix = "dispatch:"
+        return Trajectory(
+            meta=trajectory.meta,
+            actions=ex["dispatch"][:, :1],
+            explored=ex["dispatch_explored"][:, :1],
+            active=torch.ones(b, 1, dtype=torch.bool, device=device),
+            values=ex["dispatch_values"][:, :1],
+            state_index=ex["dispatch_state_index"][:, :1] if "dispatch_state_index" in ex else None,
+            extra={k[len(prefix):]: v[:, :1] for k, v in ex.items() if k.startswith(prefix)},
+            step_rewards=None if trajectory.final_reward is None else torch.zeros(b, 1, device=device),
+            final_reward=trajectory.final_reward,
+            num_actions=self.dispatcher.num_actions,
+            stop_action=None,
+        )
+
+    def loss(self, trajectory: Trajectory) -> Tensor:
+        """Subrouters' losses on their own samples plus the dispatcher's loss on its decisions."""
+        total = self.dispatcher.loss(self.dispatch_trajectory(trajectory))
+        k = trajectory.extra["dispatch"][:, 0]
+        for j, r in enumerate(self.subrouters):
+            idx = (k == j).nonzero().squeeze(1)
+            if idx.numel():
+                total = total + r.loss(select_samples(trajectory, idx))
+        return total
+
+
+def select_samples(trajectory: Trajectory, idx: Tensor) -> Trajectory:
+    """The trajectory of the samples ``idx [n]`` only (every batch tensor indexed on dim 0)."""
+
+    def take(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.index_select(0, idx)
+
+    return Trajectory(
+        meta=take(trajectory.meta),
+        actions=take(trajectory.actions),
+        explored=take(trajectory.explored),
+        active=take(trajectory.active),
+        values=take(trajectory.values),
+        state_index=take(trajectory.state_index),
+        extra={k: take(v) for k, v in trajectory.extra.items()},
+        step_rewards=take(trajectory.step_rewards),
+        final_reward=take(trajectory.final_reward),
+        num_actions=trajectory.num_actions,
+        stop_action=trajectory.stop_action,
+    )

@@ -1,4 +1,16 @@
-"""Q-learning (Watkins, one-step) for tabular and function-approximation routers."""
+"""Q-learning for tabular and function-approximation routers.
+
+Two targets:
+
+* ``target="return"`` (default): the estimate of the taken action regresses on the sample's return
+  from that step (later step rewards plus the final reward). Right for the multi-agent tabular
+  routers of Routing Networks, whose state (task, depth) does not record the actions taken so far:
+  there, a one-step target ``max_a Q(task, t+1, a)`` is the same for every action at step t and
+  gives earlier steps no signal.
+* ``target="td"``: Watkins' one-step targets ``r_t + gamma * max_a Q(s_{t+1}, a)``, for routers
+  whose state carries the path (approximators reading the activation). Identical to ``"return"``
+  at depth 1.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +19,13 @@ from torch import Tensor
 
 from ..trajectory import Trajectory
 from .base import Learner, epsilon_greedy, register_learner, state_action_weights
+from .critics import discounted_returns
+
+Q_TARGETS = ("return", "td")
 
 
 def q_targets(trajectory: Trajectory, gamma: float = 1.0) -> Tensor:
-    """``[B, d]`` one-step Q-learning targets (detached).
+    """``[B, d]`` one-step (Watkins) Q-learning targets (detached).
 
     ``y_t = r_t + gamma * max_a Q(s_{t+1}, a)`` while the sample goes on, and
     ``y_t = r_t + R_final`` on its last decision (a stop action or the maximum depth).
@@ -28,23 +43,31 @@ def q_targets(trajectory: Trajectory, gamma: float = 1.0) -> Tensor:
 
 @register_learner("qlearning")
 class QLearner(Learner):
-    """Epsilon-greedy selection; the router's estimate regresses on the one-step target.
+    """Epsilon-greedy selection; the router's estimate of the taken action regresses on a target.
 
     For tabular routers each table entry moves by ``lr * mean(target - Q)`` over the samples of
     the batch that took that state-action pair (see :func:`state_action_weights`); for approximators
     the loss is the mean squared error over all active decisions.
     """
 
-    def __init__(self, gamma: float = 1.0) -> None:
+    def __init__(self, gamma: float = 1.0, target: str = "return") -> None:
         super().__init__()
+        if target not in Q_TARGETS:
+            raise ValueError(f"Q-learning target must be one of {Q_TARGETS}, got {target!r}")
         self.gamma = gamma
+        self.target = target
 
     def select(self, values, epsilon, generator=None):
         actions, explored = epsilon_greedy(values, epsilon, generator)
         return actions, explored, {}
 
+    def targets(self, trajectory: Trajectory) -> Tensor:
+        if self.target == "td":
+            return q_targets(trajectory, self.gamma)
+        return discounted_returns(trajectory, self.gamma)
+
     def loss(self, trajectory: Trajectory) -> Tensor:
-        y = q_targets(trajectory, self.gamma)
+        y = self.targets(trajectory)
         q = trajectory.values.gather(-1, trajectory.actions.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         w = state_action_weights(trajectory)
         return 0.5 * (w * (q - y) ** 2).sum()
