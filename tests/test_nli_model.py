@@ -152,3 +152,25 @@ def test_meta_label_unseen_in_training_is_an_error_unless_allowed():
     mismatch = DEFAULT_DATA_DIR.parent / "mismatch"
     with pytest.raises(ValueError, match=r"never in train.*--allow_unseen_meta"):
         prepare_sci(DataArgs(data_dir=str(mismatch)))
+
+
+@pytest.mark.parametrize("learner", sorted(__import__("nli_routing.routing", fromlist=["LEARNERS"]).LEARNERS))
+def test_every_learner_trains_the_routed_nli_model(learner):
+    """Each registered algorithm routes WP and the classifier of the NLI model and takes a step."""
+    torch.manual_seed(0)
+    cfg = NLIModelConfig(num_meta=3, route="wp+classifier", wp_width=3, wp_depth=2, classifier_hidden=16,
+                         classifier_width=2, learner=learner)
+    model = NLIRoutingModel(cfg, weight(), pad_id=0)
+    before = [p.detach().clone() for p in model.router_parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for seed in range(3):
+        b = batch(b=16, seed=seed)
+        out = model(**b)
+        loss = out.per_sample_loss.mean() + model.router_loss(out, b["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+    changed = [not torch.equal(a, p.detach()) for a, p in zip(before, model.router_parameters())]
+    assert any(changed), f"{learner}: no router parameter changed"
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
-from ..routing import RoutedLayer, TabularRouter
+from ..routing import LEARNERS, RoutedLayer, TabularRouter
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "identity": nn.Identity}
 
@@ -77,6 +79,9 @@ def routed_fc_stack(
             [fc_block(dims[t], dims[t + 1], activation, residual=residual) for _ in range(width)]
             for t in range(depth)
         ]
+    learner_kwargs = dict(learner_kwargs or {})
+    if learner in LEARNERS and "num_states" in inspect.signature(LEARNERS[learner]).parameters:
+        learner_kwargs.setdefault("num_states", num_meta * depth)  # critic table: one entry per agent
     router = TabularRouter(
         num_meta,
         depth,

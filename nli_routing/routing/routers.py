@@ -83,7 +83,9 @@ class Router(nn.Module):
 class TabularRouter(Router):
     """Multi-agent tabular router: one table of action values per meta label (task) and depth.
 
-    ``table[m, t, a]`` is agent m's estimate for action a at depth t. Meta labels must lie in
+    ``table[m, t, a]`` is agent m's estimate for action a at depth t (for WPL, whose
+    ``tabular_init`` is ``"uniform"``, the policy itself, initialised at ``1/A`` whatever ``init``
+    says). Meta labels must lie in
     ``[0, num_meta)``; anything else is an error naming the offending values.
     """
 
@@ -105,7 +107,10 @@ class TabularRouter(Router):
             raise ValueError(f"need num_meta >= 1 and depth >= 1, got {num_meta}, {depth}")
         self.num_meta = num_meta
         self.depth = depth
+        if getattr(self.learner, "tabular_init", None) == "uniform":
+            init = 1.0 / num_actions  # the table is the policy itself (WPL)
         self.table = nn.Parameter(torch.full((num_meta, depth, num_actions), float(init)))
+
 
     def values(self, state: Tensor, meta: Tensor, depth: int) -> tuple[Tensor, Tensor]:
         if meta is None:
