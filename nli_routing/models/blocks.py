@@ -7,7 +7,17 @@ import inspect
 import torch
 from torch import nn
 
-from ..routing import LEARNERS, RoutedLayer, TabularRouter
+from ..routing import (
+    LEARNERS,
+    ApproxRouter,
+    DispatchedRouter,
+    FixedRandomRouter,
+    PerStepRouter,
+    RoutedLayer,
+    Router,
+    SoftMixtureLayer,
+    TabularRouter,
+)
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "identity": nn.Identity}
 
@@ -48,6 +58,77 @@ def fc_block(
     return nn.Sequential(*layers)
 
 
+ROUTER_TYPES = ("tabular", "approx", "per-step", "dispatched", "fixed-random", "soft")
+
+
+def parse_learner_args(spec: str) -> dict:
+    """``"entropy_coef=0.01,target=td"`` -> ``{"entropy_coef": 0.01, "target": "td"}``."""
+    out: dict = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if "=" not in item:
+            raise ValueError(f"learner argument {item!r} is not of the form key=value")
+        key, value = (x.strip() for x in item.split("=", 1))
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+def build_router(
+    router_type: str,
+    dims: list[int],
+    width: int,
+    num_meta: int,
+    allow_stop: bool = False,
+    learner: str = "qlearning",
+    exploration: str | dict = "med",
+    seed: int = 0,
+    learner_kwargs: dict | None = None,
+    router_init: float = 0.0,
+    detach_state: bool = True,
+    num_subrouters: int = 3,
+) -> Router:
+    """A router of the given architecture for a routed stack with step dims ``dims``.
+
+    ``tabular``: one table per meta label and depth; ``approx``: one MLP over (activation,
+    meta, depth; one per step when the step sizes differ); ``per-step``: one MLP per depth; ``dispatched``: an MLP dispatcher (activation
+    and meta) picks one of ``num_subrouters`` tabular subrouters per sample; ``fixed-random``:
+    routes drawn per meta label at initialisation and never trained.
+    """
+    depth = len(dims) - 1
+    actions = width + int(allow_stop)
+    kwargs = dict(learner_kwargs or {})
+    common = dict(learner=learner, exploration=exploration, learner_kwargs=kwargs)
+    if router_type == "tabular":
+        if learner in LEARNERS and "num_states" in inspect.signature(LEARNERS[learner]).parameters:
+            kwargs.setdefault("num_states", num_meta * depth)  # critic table: one entry per agent and depth
+        return TabularRouter(num_meta, depth, actions, init=router_init, seed=seed, **common)
+    if router_type == "approx" and len(set(dims[:-1])) == 1:
+        return ApproxRouter(dims[0], num_meta, depth, actions, detach_state=detach_state, seed=seed, **common)
+    if router_type in ("approx", "per-step"):  # approx with changing state sizes: one MLP per step
+        steps = [
+            ApproxRouter(dims[t], num_meta, 1, actions, detach_state=detach_state, seed=seed + t, **common)
+            for t in range(depth)
+        ]
+        return PerStepRouter(steps, seed=seed, **common)
+    if router_type == "dispatched":
+        dispatcher = ApproxRouter(dims[0], num_meta, 1, num_subrouters, detach_state=detach_state, seed=seed,
+                                  **common)
+        subrouters = [
+            TabularRouter(num_meta, depth, actions, init=router_init, seed=seed + 1 + k, **common)
+            for k in range(num_subrouters)
+        ]
+        return DispatchedRouter(dispatcher, subrouters)
+    if router_type == "fixed-random":
+        return FixedRandomRouter(num_meta, depth, actions, seed=seed, choices=width)
+    raise ValueError(f"unknown router type {router_type!r}; choose one of {ROUTER_TYPES}")
+
+
 def routed_fc_stack(
     dims: list[int],
     width: int,
@@ -55,17 +136,16 @@ def routed_fc_stack(
     activation: str = "relu",
     recursive: bool = False,
     allow_stop: bool = False,
-    learner: str = "qlearning",
-    exploration: str | dict = "med",
-    seed: int = 0,
-    learner_kwargs: dict | None = None,
     residual: bool = False,
-    router_init: float = 0.0,
+    router_type: str = "tabular",
+    **router_kwargs,
 ) -> RoutedLayer:
-    """A routed stack of FC blocks with a tabular multi-agent router on meta labels.
+    """A routed stack of FC blocks; the router comes from :func:`build_router` (``router_kwargs``).
 
     ``dims = [d0, d1, ..., dk]`` gives k steps. Recursive mode needs all dims equal and reuses one
     set of ``width`` blocks at every step; per-step mode gives each step its own ``width`` blocks.
+    ``router_type="soft"`` returns a :class:`SoftMixtureLayer` (every block on every sample,
+    softmax-gated per meta label and depth) instead of a routed layer.
     """
     depth = len(dims) - 1
     if depth < 1:
@@ -79,17 +159,7 @@ def routed_fc_stack(
             [fc_block(dims[t], dims[t + 1], activation, residual=residual) for _ in range(width)]
             for t in range(depth)
         ]
-    learner_kwargs = dict(learner_kwargs or {})
-    if learner in LEARNERS and "num_states" in inspect.signature(LEARNERS[learner]).parameters:
-        learner_kwargs.setdefault("num_states", num_meta * depth)  # critic table: one entry per agent
-    router = TabularRouter(
-        num_meta,
-        depth,
-        width + int(allow_stop),
-        learner=learner,
-        exploration=exploration,
-        seed=seed,
-        learner_kwargs=learner_kwargs,
-        init=router_init,
-    )
+    if router_type == "soft":
+        return SoftMixtureLayer(blocks, depth, num_meta, recursive=recursive)
+    router = build_router(router_type, dims, width, num_meta, allow_stop, **router_kwargs)
     return RoutedLayer(blocks, router, depth=depth, recursive=recursive, allow_stop=allow_stop)

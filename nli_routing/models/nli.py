@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..routing import CollaborationReward, RoutedLayer, Trajectory, assign_rewards, final_reward
-from .blocks import routed_fc_stack
+from .blocks import ROUTER_TYPES, parse_learner_args, routed_fc_stack
 from .cbow import CBOWEncoder
 from .classifier import Classifier
 
@@ -37,6 +37,14 @@ class NLIModelConfig:
     meta_keyword: bool = field(default=False, metadata={"help": "add the meta label as a keyword vector"})
     freeze_embeddings: bool = field(default=True, metadata={"help": "keep the word vectors fixed"})
     learner: str = field(default="qlearning", metadata={"help": "decision-making algorithm (registry name)"})
+    learner_args: str = field(
+        default="", metadata={"help": "learner options as key=value pairs, e.g. 'entropy_coef=0.01,target=td'"}
+    )
+    router: str = field(default="tabular", metadata={"help": f"router architecture: one of {ROUTER_TYPES}"})
+    num_subrouters: int = field(default=3, metadata={"help": "subrouters of the dispatched router"})
+    router_grad_to_activations: bool = field(
+        default=False, metadata={"help": "let router losses backpropagate into the activations (approximators)"}
+    )
     router_init: float = field(
         default=-1.0,
         metadata={"help": "initial table values; -1 (the worst reward) keeps greedy choices stable"},
@@ -49,6 +57,22 @@ class NLIModelConfig:
     def __post_init__(self) -> None:
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
+        if self.router not in ROUTER_TYPES:
+            raise ValueError(f"router must be one of {ROUTER_TYPES}, got {self.router!r}")
+        parse_learner_args(self.learner_args)  # fail early on a malformed spec
+
+    def router_kwargs(self, seed_offset: int = 0) -> dict:
+        """Arguments of :func:`~nli_routing.models.blocks.build_router` from this config."""
+        return dict(
+            router_type=self.router,
+            learner=self.learner,
+            exploration=self.exploration,
+            seed=self.router_seed + seed_offset,
+            learner_kwargs=parse_learner_args(self.learner_args),
+            router_init=self.router_init,
+            detach_state=not self.router_grad_to_activations,
+            num_subrouters=self.num_subrouters,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,11 +102,8 @@ class NLIRoutingModel(nn.Module):
                 activation=c.wp_activation,
                 recursive=c.wp_recursive,
                 allow_stop=c.wp_stop,
-                learner=c.learner,
-                exploration=c.exploration,
-                seed=c.router_seed,
                 residual=c.wp_residual,
-                router_init=c.router_init,
+                **c.router_kwargs(),
             )
             routed.append(projection)
         self.encoder = CBOWEncoder(
@@ -95,10 +116,7 @@ class NLIRoutingModel(nn.Module):
                 [2 * dim] + [c.classifier_hidden] * c.classifier_layers,
                 c.classifier_width,
                 c.num_meta,
-                learner=c.learner,
-                exploration=c.exploration,
-                seed=c.router_seed + 1,
-                router_init=c.router_init,
+                **c.router_kwargs(seed_offset=1),
             )
             routed.append(routed_cls)
         self.classifier = Classifier(

@@ -34,6 +34,15 @@ class TrainConfig:
     momentum: float = field(default=0.0, metadata={"help": "SGD momentum of the blocks"})
     block_optimizer: str = field(default="sgd", metadata={"help": "sgd (default) or adam for the blocks"})
     router_lr_ratio: float = field(default=1.0, metadata={"help": "router lr = ratio * block lr (ratio >= 1)"})
+    explore_kappa: float = field(
+        default=1.0,
+        metadata={"help": "weight of the task loss of samples whose path had an exploratory action (eq. 7.4)"},
+    )
+    router_data_fraction: float = field(
+        default=0.0,
+        metadata={"help": "share of training batches that update only the routers (the rest only the blocks)"},
+    )
+    max_grad_norm: float | None = field(default=None, metadata={"help": "clip block and router gradients"})
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the blocks"})
     seed: int = field(default=0, metadata={"help": "seed of data order and initialisation"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when an accelerator is present"})
@@ -43,6 +52,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.router_lr_ratio < 1.0:
             raise ValueError(f"router_lr_ratio must be >= 1 (router lr >= block lr), got {self.router_lr_ratio}")
+        if not 0.0 <= self.explore_kappa <= 1.0:
+            raise ValueError(f"explore_kappa must be in [0, 1], got {self.explore_kappa}")
+        if not 0.0 <= self.router_data_fraction < 1.0:
+            raise ValueError(f"router_data_fraction must be in [0, 1), got {self.router_data_fraction}")
         if self.block_optimizer not in ("sgd", "adam"):
             raise ValueError(f"block_optimizer must be 'sgd' or 'adam', got {self.block_optimizer!r}")
 
@@ -58,6 +71,24 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
         block_opt = torch.optim.Adam(block_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     router_opt = torch.optim.SGD(router_params, lr=cfg.lr * cfg.router_lr_ratio) if router_params else None
     return block_opt, router_opt
+
+
+def task_loss(per_sample_loss: torch.Tensor, trajectories: list, kappa: float) -> torch.Tensor:
+    """Mean task loss; samples whose path had an exploratory action weigh ``kappa`` (thesis eq. 7.4).
+
+    Squashing the blocks' learning signal on exploratory paths keeps random detours from
+    training blocks on samples they will not see once the router is greedy.
+    """
+    if kappa == 1.0 or not trajectories:
+        return per_sample_loss.mean()
+    explored = torch.stack([t.explored.any(1) for t in trajectories]).any(0)
+    weights = torch.where(explored, kappa, 1.0).to(per_sample_loss.dtype)
+    return (weights * per_sample_loss).mean()
+
+
+def is_router_batch(step: int, fraction: float) -> bool:
+    """Deterministic split of the batches: ``fraction`` of them go to the routers only."""
+    return fraction > 0 and int((step + 1) * fraction) > int(step * fraction)
 
 
 @torch.no_grad()
@@ -133,6 +164,7 @@ def train(
     history: list[dict] = []
     best_score, best_epoch, best_state = -math.inf, -1, None
     start = time.perf_counter()
+    global_step = 0
     for epoch in range(cfg.epochs):
         unwrapped.set_epoch(epoch)
         model.train()
@@ -145,16 +177,22 @@ def train(
         )
         for batch in bar:
             out = model(**batch)
-            task_loss = out.per_sample_loss.mean()
+            loss = task_loss(out.per_sample_loss, out.trajectories, cfg.explore_kappa)
             router_loss = unwrapped.router_loss(out, batch["labels"])
+            router_only = is_router_batch(global_step, cfg.router_data_fraction)
+            blocks_only = cfg.router_data_fraction > 0 and not router_only
             block_opt.zero_grad(set_to_none=True)
             if router_opt is not None:
                 router_opt.zero_grad(set_to_none=True)
-            accelerator.backward(task_loss + router_loss)
-            block_opt.step()
-            if router_opt is not None:
+            accelerator.backward(loss + router_loss)
+            if cfg.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if not router_only:
+                block_opt.step()
+            if router_opt is not None and not blocks_only:
                 router_opt.step()
-            total_loss += float(task_loss.detach())
+            global_step += 1
+            total_loss += float(loss.detach())
             total_router += float(router_loss.detach())
             steps += 1
             if steps % 20 == 0:

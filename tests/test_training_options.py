@@ -1,0 +1,108 @@
+"""Options the thesis studies: router architectures in the NLI model, kappa squashing, data split."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from nli_routing.data.encoding import NLICollator
+from nli_routing.models.blocks import ROUTER_TYPES, parse_learner_args
+from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
+from nli_routing.routing import Trajectory
+from nli_routing.training.loop import TrainConfig, is_router_batch, task_loss, train
+
+from .test_nli_model import batch, weight
+
+
+@pytest.mark.parametrize("router", ROUTER_TYPES)
+def test_every_router_architecture_trains_the_nli_model(router):
+    torch.manual_seed(0)
+    cfg = NLIModelConfig(num_meta=3, route="wp+classifier", wp_width=3, wp_depth=2, classifier_hidden=16,
+                         classifier_width=2, router=router, exploration="high")
+    model = NLIRoutingModel(cfg, weight(), pad_id=0)
+    router_params = model.router_parameters()
+    before = [p.detach().clone() for p in router_params]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for seed in range(3):
+        b = batch(b=16, seed=seed)
+        out = model(**b)
+        assert out.logits.shape == (16, 3) and len(out.trajectories) == 2
+        loss = out.per_sample_loss.mean() + model.router_loss(out, b["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    changed = any(not torch.equal(a, p.detach()) for a, p in zip(before, router_params))
+    if router == "fixed-random":
+        assert router_params == [] or not changed
+        fixed = [layer.router.routes.clone() for layer in model.routed_layers]
+        out = model(**batch(b=16, seed=0))
+        for layer, routes, traj in zip(model.routed_layers, fixed, out.trajectories):
+            assert torch.equal(layer.router.routes, routes)
+            assert torch.equal(traj.actions, routes[batch(b=16, seed=0)["meta"]])
+    else:
+        assert changed, f"{router}: routing parameters did not change"
+
+
+def test_router_gradient_into_activations_is_off_by_default():
+    for flag in (False, True):
+        cfg = NLIModelConfig(num_meta=2, route="wp", wp_width=2, wp_depth=2, classifier_hidden=8, router="approx",
+                             router_grad_to_activations=flag)
+        model = NLIRoutingModel(cfg, weight(), pad_id=0)
+        b = batch(num_meta=2)
+        out = model(**b)
+        model.zero_grad()
+        model.router_loss(out, b["labels"]).backward()
+        block = model.encoder.projection.blocks[0].inner[0].weight
+        got = block.grad is not None and bool(block.grad.abs().sum() > 0)
+        # the gate of the ReZero block is 0 at init: use the gate's gradient as the probe
+        gate = model.encoder.projection.blocks[0].gate
+        got = got or (gate.grad is not None and bool(gate.grad.abs().sum() > 0))
+        assert got == flag
+
+
+def test_kappa_squashes_the_task_loss_of_explored_samples():
+    loss = torch.tensor([1.0, 2.0, 3.0])
+    explored = torch.tensor([[False, True], [False, False], [True, True]])
+    traj = Trajectory(meta=torch.zeros(3, dtype=torch.long), actions=torch.zeros(3, 2, dtype=torch.long),
+                      explored=explored, active=torch.ones(3, 2, dtype=torch.bool), values=torch.zeros(3, 2, 2))
+    torch.testing.assert_close(task_loss(loss, [traj], 0.1), torch.tensor((0.1 * 1 + 2 + 0.1 * 3) / 3))
+    torch.testing.assert_close(task_loss(loss, [traj], 1.0), loss.mean())
+    with pytest.raises(ValueError, match="explore_kappa"):
+        TrainConfig(explore_kappa=1.5)
+
+
+def test_router_data_split_is_exact_and_deterministic():
+    picks = [is_router_batch(i, 0.25) for i in range(100)]
+    assert sum(picks) == 25 and picks == [is_router_batch(i, 0.25) for i in range(100)]
+    assert not any(is_router_batch(i, 0.0) for i in range(10))
+
+
+def tiny_loader(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = [
+        {"premise_ids": torch.randint(1, 50, (4,), generator=g).tolist(),
+         "hypothesis_ids": torch.randint(1, 50, (3,), generator=g).tolist(),
+         "label": int(torch.randint(0, 3, (1,), generator=g)), "signature": i % 3}
+        for i in range(n)
+    ]
+    return DataLoader(rows, batch_size=8, collate_fn=NLICollator(0, "signature"))
+
+
+def test_training_loop_with_split_data_and_kappa_runs():
+    cfg = NLIModelConfig(num_meta=3, route="wp", wp_width=2, wp_depth=1, classifier_hidden=8)
+    model = NLIRoutingModel(cfg, weight(), pad_id=0)
+    table_before = model.routers()[0].table.detach().clone()
+    tc = TrainConfig(epochs=1, cpu=True, progress=False, router_data_fraction=0.5, explore_kappa=0.5,
+                     max_grad_norm=1.0, select_best=False)
+    res = train(model, tiny_loader(), {"validation": tiny_loader(16, 1)}, tc)
+    assert res["history"][0]["validation"]["n"] == 16
+    assert not torch.equal(table_before, model.routers()[0].table.detach())
+
+
+def test_learner_args_parsing():
+    assert parse_learner_args("entropy_coef=0.01, target=td,num_states=4,flag=true") == {
+        "entropy_coef": 0.01, "target": "td", "num_states": 4, "flag": True}
+    with pytest.raises(ValueError, match="key=value"):
+        NLIModelConfig(learner_args="entropy_coef")
+    cfg = NLIModelConfig(num_meta=2, route="wp", wp_depth=2, learner="aac", learner_args="entropy_coef=0.05")
+    model = NLIRoutingModel(cfg, weight(), pad_id=0)
+    assert model.routers()[0].learner.entropy_coef == 0.05
