@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from nli_routing.routing import Decision, TabularRouter, Trajectory, assign_rewards, final_reward
 from nli_routing.routing.learners import LEARNERS, clip_projection, discounted_returns, q_targets, wpl_target
 
+from .test_qlearning_rewards import sgd_step
+
 
 def make_traj(router: TabularRouter, meta, actions, active) -> Trajectory:
     """A trajectory with the given actions, values read from the router's table (with graph)."""
@@ -18,13 +20,6 @@ def make_traj(router: TabularRouter, meta, actions, active) -> Trajectory:
         values, index = router.values(None, meta, t)
         decisions.append(Decision(actions[:, t], torch.zeros_like(active[:, t]), values, index))
     return Trajectory.from_decisions(meta, decisions, list(active.unbind(1)), None)
-
-
-def sgd_step(router: TabularRouter, traj: Trajectory, lr: float) -> None:
-    opt = torch.optim.SGD(router.parameters(), lr=lr)
-    opt.zero_grad()
-    router.loss(traj).backward()
-    opt.step()
 
 
 # ---------------------------------------------------------------- returns and advantage learning

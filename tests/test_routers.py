@@ -23,26 +23,14 @@ from nli_routing.routing import (
     grouped_apply,
 )
 
+from .test_routing_engine import per_sample_reference
+
 NO_EXPLORE = "none"
 ALWAYS = {"start": 1.0, "anneal": 1.0, "every": 1, "floor": 1.0}
 
 
 def make_blocks(n: int, dim: int) -> list[nn.Module]:
     return [nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) for _ in range(n)]
-
-
-def reference_path(layer: RoutedLayer, x: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Each sample alone through the blocks its trajectory names."""
-    outs = []
-    for i in range(x.shape[0]):
-        xi = x[i : i + 1]
-        for t in range(layer.depth):
-            a = int(actions[i, t])
-            if a < 0 or a == layer.stop_action:
-                break
-            xi = layer.step_blocks(t)[a](xi)
-        outs.append(xi)
-    return torch.cat(outs)
 
 
 def params_of(module: nn.Module) -> list[torch.Tensor]:
@@ -93,7 +81,7 @@ def test_approx_router_recurs_with_stop_in_a_routed_layer(meta_given):
     first_stop = torch.where(traj.actions == width, torch.arange(depth), depth).min(1).values
     for i in torch.nonzero(stopped).squeeze(1).tolist():
         assert (traj.actions[i, first_stop[i] + 1 :] == -1).all()
-    torch.testing.assert_close(y, reference_path(layer, x, traj.actions))
+    torch.testing.assert_close(y, per_sample_reference(layer, x, traj.actions))
 
 
 @pytest.mark.parametrize("detach", [True, False])
@@ -172,7 +160,7 @@ def test_dispatched_router_records_dispatch_and_uses_the_chosen_subrouter(approx
     assert k.shape == (60, 2) and torch.equal(k[:, 0], k[:, 1])
     assert set(k[:, 0].tolist()) == {0, 1}
     assert traj.extra["dispatch_values"].shape == (60, 2, 2)
-    torch.testing.assert_close(y, reference_path(layer, x, traj.actions))
+    torch.testing.assert_close(y, per_sample_reference(layer, x, traj.actions))
     for j, sub in enumerate(router.subrouters):
         alone = RoutedLayer(layer.blocks, sub, depth=2)
         _, traj_alone = alone(x, meta)
