@@ -163,11 +163,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text results table of run summaries."""
     head = f"{'method':<22}{'val acc':>9}{'test acc':>10}{'entropy':>9}{'best ep':>9}{'train s':>9}"
     lines = [head, "-" * len(head)]
+    def fmt(v: Any, spec: str) -> str:
+        width = int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
+        return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(width)
+
     for r in rows:
-
-        def fmt(v, spec):
-            return format(v, spec) if isinstance(v, (int, float)) else "-"
-
         lines.append(
             f"{r['method']:<22}{fmt(r['validation_accuracy'], '9.3f')}{fmt(r['test_accuracy'], '10.3f')}"
             f"{fmt(r['routing_entropy'], '9.2f')}{fmt(r['best_epoch'], '9d')}{fmt(r['train_seconds'], '9.1f')}"
