@@ -1,0 +1,126 @@
+"""Configurations of routing injected into pretrained Transformers and of the NLI model on top."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..blocks import ROUTER_TYPES, parse_learner_args
+
+INJECT_ROUTES = ("attention", "block")
+NLI_ROUTES = ("none", "classifier") + INJECT_ROUTES
+POOLINGS = ("mean", "cls", "last")
+ROUTERS = tuple(t for t in ROUTER_TYPES if t != "soft")  # the soft mixture is no router
+
+#: model_type -> {route: regex of the routed module names}; names are matched on a dot boundary at
+#: the end of the full module name, so ``encoder.layer.3`` matches ``bert.encoder.layer.3`` too.
+DEFAULT_TARGETS: dict[str, dict[str, str]] = {
+    "bert": {"block": r"encoder\.layer\.\d+", "attention": r"encoder\.layer\.\d+\.attention"},
+    "gpt2": {"block": r"h\.\d+", "attention": r"h\.\d+\.attn"},
+    "distilbert": {"block": r"transformer\.layer\.\d+", "attention": r"transformer\.layer\.\d+\.attention"},
+}
+for _alias in ("roberta", "xlm-roberta", "electra", "camembert"):
+    DEFAULT_TARGETS[_alias] = DEFAULT_TARGETS["bert"]
+
+
+@dataclass
+class RoutedTransformerConfig:
+    """How :func:`~nli_routing.models.transformer.inject_routing` routes a pretrained Transformer.
+
+    Each target module is replaced by ``num_blocks`` copies of itself; one router with one
+    decision step per routed position (depth = number of routed modules) picks a copy per sample.
+    """
+
+    route: str = field(
+        default="attention",
+        metadata={"help": "what is routed: attention sublayers or whole layers (block) get routed copies; "
+                          "classifier routes only the head; none is the plain fine-tuned model",
+                  "choices": list(NLI_ROUTES)},
+    )
+    num_blocks: int = field(default=2, metadata={"help": "copies b of every routed module"})
+    noise_std: float = field(
+        default=3e-4, metadata={"help": "std of the Gaussian noise added to each copy's weights (variance < 1e-7)"}
+    )
+    keep_original: bool = field(
+        default=True, metadata={"help": "copy 0 keeps the pretrained weights exactly (no noise)"}
+    )
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "regexes of the routed module names (matched at the end of the full name on a dot "
+                          "boundary); default per architecture, e.g. BERT encoder.layer.N[.attention], "
+                          "GPT-2 h.N[.attn]"},
+    )
+    num_meta: int = field(default=1, metadata={"help": "number of meta classes (set from the data by recipes)"})
+    router: str = field(default="tabular", metadata={"help": "router architecture", "choices": list(ROUTERS)})
+    learner: str = field(default="qlearning", metadata={"help": "decision-making algorithm (registry name)"})
+    learner_args: str = field(default="", metadata={"help": "learner options as key=value pairs"})
+    exploration: str = field(default="low", metadata={"help": "exploration preset: high, med, low, none"})
+    router_init: float = field(default=-1.0, metadata={"help": "initial table values of tabular routers"})
+    num_subrouters: int = field(default=3, metadata={"help": "subrouters of the dispatched router"})
+    router_grad_to_activations: bool = field(
+        default=False, metadata={"help": "let router losses backpropagate into the activations (approximators)"}
+    )
+    router_seed: int = field(default=0, metadata={"help": "seed of the routers' exploration"})
+    noise_seed: int = field(default=0, metadata={"help": "seed of the copies' noise"})
+
+    def __post_init__(self) -> None:
+        if self.route not in NLI_ROUTES:
+            raise ValueError(f"route must be one of {NLI_ROUTES}, got {self.route!r}")
+        if self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
+        for pattern in self.target_modules or []:
+            re.compile(pattern)  # fail early on a bad regex
+        parse_learner_args(self.learner_args)
+
+    def router_kwargs(self, seed_offset: int = 0) -> dict[str, Any]:
+        """Arguments of :func:`~nli_routing.models.blocks.build_router` from this config."""
+        return dict(
+            router_type=self.router,
+            learner=self.learner,
+            exploration=self.exploration,
+            seed=self.router_seed + seed_offset,
+            learner_kwargs=parse_learner_args(self.learner_args),
+            router_init=self.router_init,
+            detach_state=not self.router_grad_to_activations,
+            num_subrouters=self.num_subrouters,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TransformerNLIConfig(RoutedTransformerConfig):
+    """:class:`RoutedTransformerConfig` plus the NLI model around the Transformer."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "pretrained encoder (hub id or folder); default: the packaged MiniLM"}
+    )
+    pooling: str = field(
+        default="mean", metadata={"help": "pair encoding: mean of the real tokens, [CLS] (cls) or last real token",
+                                  "choices": list(POOLINGS)}
+    )
+    num_classes: int = field(default=3, metadata={"help": "output classes (entails, contradicts, permits)"})
+    classifier_hidden: int = field(default=256, metadata={"help": "classifier hidden size"})
+    classifier_layers: int = field(default=1, metadata={"help": "classifier hidden layers"})
+    classifier_width: int = field(default=4, metadata={"help": "blocks per routed classifier layer"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on the pooled pair encoding"})
+    reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
+    rho: float = field(default=0.0, metadata={"help": "collaboration reward weight in [-1, 1]"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.route == "classifier" and self.classifier_layers < 1:
+            raise ValueError("a routed classifier needs classifier_layers >= 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TransformerNLIConfig":
+        """Rebuild from :meth:`to_dict` output (unknown keys are an error)."""
+        return cls(**values)

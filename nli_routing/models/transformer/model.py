@@ -1,0 +1,222 @@
+"""NLI on a (routed) pretrained Transformer: pair encoding, pooling, (routed) classifier head."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ...routing import CollaborationReward, Router
+from ..blocks import routed_fc_stack
+from ..classifier import Classifier
+from ..embeddings import default_model_path
+from ..nli import NLIOutput, NLIRoutingModel
+from .config import INJECT_ROUTES, TransformerNLIConfig
+from .layer import RoutedModule, get_controller, inject_routing
+
+CONFIG_FILE = "routing_config.json"
+WEIGHTS_FILE = "model.safetensors"
+EXTRA_STATE_FILE = "extra_state.pt"
+BACKBONE_DIR = "backbone"
+
+
+def pool_hidden(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
+    """``[B, T, D]`` -> ``[B, D]``: ``cls`` (first token), ``mean`` (real tokens) or ``last`` real token."""
+    if how == "cls":
+        return hidden[:, 0]
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    if how == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    if how == "last":  # right padding: the last real token (token 0 for an all-padding row)
+        last = (mask.long().sum(1) - 1).clamp_min(0)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+class RoutedTransformerForNLI(NLIRoutingModel):
+    """A pretrained encoder reads ``[CLS] premise [SEP] hypothesis [SEP]``; pooled -> classifier -> 3 classes.
+
+    ``route``: ``"attention"`` / ``"block"`` inject routed copies into the encoder (one
+    trajectory per batch over all routed positions), ``"classifier"`` routes the classifier's hidden
+    layers (:func:`routed_fc_stack`), ``"none"`` is the plain fine-tuned model. The training-loop
+    interface (``router_loss``, ``routers``, ``router_parameters``, ``set_epoch``) is inherited
+    from :class:`NLIRoutingModel`; ``routed_layers`` lists the injected routing controller and/or
+    the routed classifier (each with ``router`` and ``num_actions``).
+    """
+
+    def __init__(self, config: TransformerNLIConfig, backbone: nn.Module | None = None) -> None:
+        nn.Module.__init__(self)  # NLIRoutingModel.__init__ would build a CBOW encoder
+        from transformers import AutoModel
+
+        self.config = c = config
+        if backbone is None:
+            backbone = AutoModel.from_pretrained(c.model_name_or_path or default_model_path())
+        self.backbone = backbone
+        routed: list[nn.Module] = []
+        if c.route in INJECT_ROUTES:
+            inject_routing(backbone, c)
+            routed.append(get_controller(backbone))
+        dim = int(backbone.config.hidden_size)
+        self.dropout = nn.Dropout(c.dropout)
+        routed_cls = None
+        if c.route == "classifier":
+            routed_cls = routed_fc_stack(
+                [dim] + [c.classifier_hidden] * c.classifier_layers, c.classifier_width, c.num_meta,
+                **c.router_kwargs(seed_offset=1),
+            )
+            routed.append(routed_cls)
+        self.classifier = Classifier(dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls)
+        self.routed_layers = routed  # plain list: the modules are registered through their parents
+        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
+
+    def encode(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+        meta: Tensor | None = None,
+    ) -> tuple[Tensor, list]:
+        """Pooled pair encodings ``[B, D]`` and the encoder's routing trajectories."""
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        trajectories = []
+        if self.config.route in INJECT_ROUTES:
+            out = self.backbone(**inputs, meta=meta)
+            trajectories.append(get_controller(self.backbone).last_trajectory)
+        else:
+            out = self.backbone(**inputs)
+        return pool_hidden(out.last_hidden_state, attention_mask, self.config.pooling), trajectories
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        meta: Tensor | None = None,
+        labels: Tensor | None = None,
+        **_: Tensor,
+    ) -> NLIOutput:
+        pooled, trajectories = self.encode(input_ids, attention_mask, token_type_ids, meta)
+        logits, cls_trajs = self.classifier(self.dropout(pooled), meta)
+        loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
+        return NLIOutput(logits, loss, trajectories + cls_trajs)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path, tokenizer: Any = None) -> None:
+        """Write the routing config, the backbone's config, all weights (copies and router tables
+        included) as safetensors, and the routers' non-tensor state (exploration RNG, epoch)."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        self.backbone.config.save_pretrained(out / BACKBONE_DIR)
+        tensors, extra, seen = {}, {}, {}
+        for key, value in self.state_dict().items():
+            if not isinstance(value, Tensor):
+                extra[key] = value
+                continue
+            value = value.detach().cpu().contiguous()
+            ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+            tensors[key] = value.clone() if ptr in seen else value  # safetensors refuses shared storage
+            seen[ptr] = key
+        save_file(tensors, str(out / WEIGHTS_FILE))
+        torch.save(extra, out / EXTRA_STATE_FILE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out / BACKBONE_DIR)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "RoutedTransformerForNLI":
+        """Rebuild a model written by :meth:`save_pretrained` (no download: the backbone comes from its config)."""
+        from transformers import AutoConfig, AutoModel
+
+        src = Path(path)
+        config = TransformerNLIConfig.from_dict(json.loads((src / CONFIG_FILE).read_text()))
+        backbone = AutoModel.from_config(AutoConfig.from_pretrained(src / BACKBONE_DIR))
+        model = cls(config, backbone)
+        state: dict[str, Any] = load_file(str(src / WEIGHTS_FILE), device=str(map_location))
+        extra_file = src / EXTRA_STATE_FILE
+        if extra_file.exists():
+            state.update(torch.load(extra_file, map_location=map_location, weights_only=False))
+        model.load_state_dict(state, strict=True)
+        return model
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter counts: ``total``, ``router`` (all routers), ``routed`` (all copies at routed
+    positions), ``copies`` (the ones injection added: all but copy 0), ``base`` (total minus routers
+    and added copies, i.e. the unrouted model) and ``trainable``."""
+    router_ids = {id(p) for m in model.modules() if isinstance(m, Router) for p in m.parameters()}
+    routed, added = set(), set()
+    for m in model.modules():
+        if isinstance(m, RoutedModule):
+            for i, c in enumerate(m.copies):
+                ids = {id(p) for p in c.parameters()}
+                routed |= ids
+                if i:
+                    added |= ids
+    params = {id(p): p for p in model.parameters()}
+
+    def size(ids: set) -> int:
+        return sum(params[i].numel() for i in ids if i in params)
+
+    total = size(set(params))
+    return {
+        "total": total,
+        "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
+        "router": size(router_ids),
+        "routed": size(routed),
+        "copies": size(added),
+        "base": total - size(router_ids | added),
+    }
+
+
+# ---------------------------------------------------------------------- data
+def encode_pairs(dataset: Dataset | DatasetDict, tokenizer: Any, max_length: int = 128,
+                 num_proc: int | None = None) -> Dataset | DatasetDict:
+    """Add ``input_ids``, ``attention_mask`` (and ``token_type_ids`` if the tokenizer makes them) of
+    ``tokenizer(premise, hypothesis)``, truncated to ``max_length`` tokens, to every split."""
+    if max_length < 4:
+        raise ValueError(f"max_length must be >= 4, got {max_length}")
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        premise = [t or "" for t in batch["premise"]]
+        hypothesis = [t or "" for t in batch["hypothesis"]]
+        enc = tokenizer(premise, hypothesis, truncation=True, max_length=max_length)
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        return {k: enc[k] for k in keys if k in enc}
+
+    return dataset.map(tokenize, batched=True, num_proc=num_proc, desc="tokenizing pairs")
+
+
+class PairCollator:
+    """Right-pad encoded pairs into ``input_ids`` / ``attention_mask`` / ``token_type_ids`` ``[B, T]``
+    (long), plus ``labels`` from ``label`` and ``meta`` from ``meta_column`` when present."""
+
+    def __init__(self, pad_id: int, meta_column: str | None = "signature") -> None:
+        self.pad_id = int(pad_id)
+        self.meta_column = meta_column
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
+        if not features:
+            raise ValueError("PairCollator got an empty batch")
+        width = max(max(len(f["input_ids"]) for f in features), 1)
+        batch: dict[str, Tensor] = {}
+        for key, fill in (("input_ids", self.pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            if key not in features[0]:
+                continue
+            rows = [list(f[key]) + [fill] * (width - len(f[key])) for f in features]
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+        if "attention_mask" not in batch:
+            lengths = torch.tensor([len(f["input_ids"]) for f in features])
+            batch["attention_mask"] = (torch.arange(width) < lengths.unsqueeze(1)).long()
+        if "label" in features[0]:
+            batch["labels"] = torch.tensor([int(f["label"]) for f in features], dtype=torch.long)
+        if self.meta_column is not None and self.meta_column in features[0]:
+            batch["meta"] = torch.tensor([int(f[self.meta_column]) for f in features], dtype=torch.long)
+        return batch
+
+    def __repr__(self) -> str:
+        return f"PairCollator(pad_id={self.pad_id}, meta_column={self.meta_column!r})"
