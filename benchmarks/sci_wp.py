@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--ablation_variant", default="joint", help="variant for the depth/width ablation ('' = none)")
+    ap.add_argument("--only_ablation", action="store_true", help="run only the depth/width ablation")
+    ap.add_argument("--models", nargs="+", default=None, help="run only these rows of the main comparison")
     ap.add_argument("--max_train_samples", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/sci_wp.json")
     ap.add_argument("--resume", action="store_true", help="skip runs already in --out")
@@ -145,7 +147,8 @@ def main() -> None:
     started = time.time()
     for variant in args.variants:
         prepared = prepare_sci(DataArgs(data_dir=str(Path(args.sci_root) / variant), max_train_samples=args.max_train_samples))
-        jobs = MAIN + (ABLATION if variant == args.ablation_variant else [])
+        main_jobs = [] if args.only_ablation else [j for j in MAIN if args.models is None or j[0] in args.models]
+        jobs = main_jobs + (ABLATION if variant == args.ablation_variant else [])
         for seed in args.seeds:
             for name, method, overrides in jobs:
                 if (variant, name, seed) in done:
