@@ -96,8 +96,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Bar chart of mean test accuracy (error bars: standard deviation over seeds) per variant."""
+def plot(rows: list[dict], path: Path, runs: list[dict] | None = None) -> None:
+    """Bar chart of mean test accuracy per variant; error bars: sd over seeds; dots: each seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,6 +109,9 @@ def plot(rows: list[dict], path: Path) -> None:
         rs = [r for r in rows if r["variant"] == variant]
         ax.bar(range(len(rs)), [100 * r["test_mean"] for r in rs], yerr=[100 * r["test_std"] for r in rs],
                color=["#888" if not r["name"].startswith("wp-sig") else "#3a7" for r in rs], capsize=3)
+        for i, r in enumerate(rs):
+            seeds = [x["test_accuracy"] for x in runs or [] if x["variant"] == variant and x["name"] == r["name"]]
+            ax.plot([i] * len(seeds), [100 * a for a in seeds], "o", color="black", ms=4, zorder=3)
         ax.set_xticks(range(len(rs)), [r["name"] for r in rs], rotation=45, ha="right", fontsize=8)
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(40, 100)
@@ -135,7 +138,7 @@ def main() -> None:
     if args.report_only:
         data = json.loads(Path(args.out).read_text())
         rows = summarize(data["runs"])
-        plot(rows, Path(args.out).with_suffix(".png"))
+        plot(rows, Path(args.out).with_suffix(".png"), data["runs"])
         print(f"{table(rows)}\n\nmachine: {data['machine']}; commit {data.get('commit')}")
         return
     logging.basicConfig(level=logging.WARNING)
@@ -164,7 +167,7 @@ def main() -> None:
                       flush=True)
                 out.write_text(json.dumps({"machine": machine(), "commit": commit(), "args": vars(args), "runs": runs}, indent=1))
     rows = summarize(runs)
-    plot(rows, out.with_suffix(".png"))
+    plot(rows, out.with_suffix(".png"), runs)
     out.write_text(json.dumps({"machine": machine(), "commit": commit(), "args": vars(args), "runs": runs, "summary": rows}, indent=1))
     print(f"\n{table(rows)}\n\nmachine: {machine()}; wall time {time.time() - started:.0f}s; results: {out}")
 
