@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from nli_routing.models.embeddings import load_word_vectors
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.training.experiment import (
     DEFAULT_DATA_DIR,

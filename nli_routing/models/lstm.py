@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..routing import CollaborationReward, RoutedLayer, Router, Trajectory
+from ..routing import RoutedLayer, Router, Trajectory
 from ..routing.layer import mean_state
-from .blocks import ACTIVATIONS, build_router, routed_fc_stack
-from .classifier import Classifier
+from .blocks import ACTIVATIONS, build_router
 from .nli import NLIModelConfig, NLIRoutingModel
 
 LSTM_ROUTES = ("none", "i2h", "h2h")
@@ -322,20 +321,5 @@ class LSTMNLIModel(NLIRoutingModel):
             meta_keyword=c.num_meta if c.meta_keyword else 0,
             router_kwargs=c.router_kwargs(),
         )
-        dim = c.lstm_hidden
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False) if c.normalize else nn.Identity()
         routed: list[RoutedLayer] = [self.encoder.routed] if self.encoder.routed is not None else []
-        routed_cls = None
-        if c.route == "classifier":
-            routed_cls = routed_fc_stack(
-                [2 * dim] + [c.classifier_hidden] * c.classifier_layers,
-                c.classifier_width,
-                c.num_meta,
-                **c.router_kwargs(seed_offset=1),
-            )
-            routed.append(routed_cls)
-        self.classifier = Classifier(
-            2 * dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls
-        )
-        self.routed_layers = routed
-        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
+        self.build_head(c.lstm_hidden, routed)

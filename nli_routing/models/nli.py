@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..routing import CollaborationReward, RoutedLayer, Trajectory, assign_rewards, final_reward
-from .blocks import ROUTER_TYPES, parse_learner_args, routed_fc_stack
+from .blocks import RouterConfig, routed_fc_stack
 from .cbow import CBOWEncoder
 from .classifier import Classifier
 
@@ -17,10 +17,9 @@ ROUTES = ("none", "wp", "classifier", "wp+classifier")
 
 
 @dataclass
-class NLIModelConfig:
+class NLIModelConfig(RouterConfig):
     """Configuration of :class:`NLIRoutingModel` (every field documented for the CLI)."""
 
-    num_meta: int = field(default=1, metadata={"help": "number of meta classes (signatures, genres, clusters)"})
     route: str = field(default="wp", metadata={"help": f"what is routed: one of {ROUTES}"})
     num_classes: int = field(default=3, metadata={"help": "output classes (entails, contradicts, permits)"})
     wp_width: int = field(default=4, metadata={"help": "number of word-projection blocks b"})
@@ -36,43 +35,13 @@ class NLIModelConfig:
     normalize: bool = field(default=False, metadata={"help": "layer-normalise the sentence encodings"})
     meta_keyword: bool = field(default=False, metadata={"help": "add the meta label as a keyword vector"})
     freeze_embeddings: bool = field(default=True, metadata={"help": "keep the word vectors fixed"})
-    learner: str = field(default="qlearning", metadata={"help": "decision-making algorithm (registry name)"})
-    learner_args: str = field(
-        default="", metadata={"help": "learner options as key=value pairs, e.g. 'entropy_coef=0.01,target=td'"}
-    )
-    router: str = field(default="tabular", metadata={"help": f"router architecture: one of {ROUTER_TYPES}"})
-    num_subrouters: int = field(default=3, metadata={"help": "subrouters of the dispatched router"})
-    router_grad_to_activations: bool = field(
-        default=False, metadata={"help": "let router losses backpropagate into the activations (approximators)"}
-    )
-    router_init: float = field(
-        default=-1.0,
-        metadata={"help": "initial table values; -1 (the worst reward) keeps greedy choices stable"},
-    )
-    exploration: str = field(default="low", metadata={"help": "exploration preset: high, med, low, none"})
     reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
     rho: float = field(default=0.0, metadata={"help": "collaboration reward weight in [-1, 1]"})
-    router_seed: int = field(default=0, metadata={"help": "seed of the routers' exploration (recipes set it from --seed)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
-        if self.router not in ROUTER_TYPES:
-            raise ValueError(f"router must be one of {ROUTER_TYPES}, got {self.router!r}")
-        parse_learner_args(self.learner_args)  # fail early on a malformed spec
-
-    def router_kwargs(self, seed_offset: int = 0) -> dict:
-        """Arguments of :func:`~nli_routing.models.blocks.build_router` from this config."""
-        return dict(
-            router_type=self.router,
-            learner=self.learner,
-            exploration=self.exploration,
-            seed=self.router_seed + seed_offset,
-            learner_kwargs=parse_learner_args(self.learner_args),
-            router_init=self.router_init,
-            detach_state=not self.router_grad_to_activations,
-            num_subrouters=self.num_subrouters,
-        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +78,14 @@ class NLIRoutingModel(nn.Module):
         self.encoder = CBOWEncoder(
             weight, pad_id, projection, c.freeze_embeddings, c.pool, c.num_meta if c.meta_keyword else 0
         )
+        self.build_head(dim, routed)
+
+    def build_head(self, dim: int, routed: list[RoutedLayer]) -> None:
+        """Normalisation, the (optionally routed) classifier on ``[p; h]`` and the reward parts.
+
+        ``routed`` holds the encoder's routed layers; a routed classifier is appended to it.
+        """
+        c = self.config
         self.norm = nn.LayerNorm(dim, elementwise_affine=False) if c.normalize else nn.Identity()
         routed_cls = None
         if "classifier" in c.route:
@@ -123,9 +100,7 @@ class NLIRoutingModel(nn.Module):
             2 * dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls
         )
         self.routed_layers = routed  # plain list: the modules are registered through their parents
-        self.collaboration = nn.ModuleList(
-            CollaborationReward(layer.num_actions, c.rho) for layer in routed
-        )
+        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
 
     def routers(self) -> list[nn.Module]:
         return [layer.router for layer in self.routed_layers]

@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..blocks import ROUTER_TYPES, parse_learner_args
+from ..blocks import ROUTER_TYPES, RouterConfig
 
 INJECT_ROUTES = ("attention", "block")
 NLI_ROUTES = ("none", "classifier") + INJECT_ROUTES
@@ -25,7 +25,7 @@ for _alias in ("roberta", "xlm-roberta", "electra", "camembert"):
 
 
 @dataclass
-class RoutedTransformerConfig:
+class RoutedTransformerConfig(RouterConfig):
     """How :func:`~nli_routing.models.transformer.inject_routing` routes a pretrained Transformer.
 
     Each target module is replaced by ``num_blocks`` copies of itself; one router with one
@@ -51,20 +51,10 @@ class RoutedTransformerConfig:
                           "boundary); default per architecture, e.g. BERT encoder.layer.N[.attention], "
                           "GPT-2 h.N[.attn]"},
     )
-    num_meta: int = field(default=1, metadata={"help": "number of meta classes (set from the data by recipes)"})
-    router: str = field(default="tabular", metadata={"help": "router architecture", "choices": list(ROUTERS)})
-    learner: str = field(default="qlearning", metadata={"help": "decision-making algorithm (registry name)"})
-    learner_args: str = field(default="", metadata={"help": "learner options as key=value pairs"})
-    exploration: str = field(default="low", metadata={"help": "exploration preset: high, med, low, none"})
-    router_init: float = field(default=-1.0, metadata={"help": "initial table values of tabular routers"})
-    num_subrouters: int = field(default=3, metadata={"help": "subrouters of the dispatched router"})
-    router_grad_to_activations: bool = field(
-        default=False, metadata={"help": "let router losses backpropagate into the activations (approximators)"}
-    )
-    router_seed: int = field(default=0, metadata={"help": "seed of the routers' exploration"})
     noise_seed: int = field(default=0, metadata={"help": "seed of the copies' noise"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.route not in NLI_ROUTES:
             raise ValueError(f"route must be one of {NLI_ROUTES}, got {self.route!r}")
         if self.num_blocks < 1:
@@ -75,20 +65,6 @@ class RoutedTransformerConfig:
             raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
         for pattern in self.target_modules or []:
             re.compile(pattern)  # fail early on a bad regex
-        parse_learner_args(self.learner_args)
-
-    def router_kwargs(self, seed_offset: int = 0) -> dict[str, Any]:
-        """Arguments of :func:`~nli_routing.models.blocks.build_router` from this config."""
-        return dict(
-            router_type=self.router,
-            learner=self.learner,
-            exploration=self.exploration,
-            seed=self.router_seed + seed_offset,
-            learner_kwargs=parse_learner_args(self.learner_args),
-            router_init=self.router_init,
-            detach_state=not self.router_grad_to_activations,
-            num_subrouters=self.num_subrouters,
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
