@@ -147,12 +147,9 @@ class SoftMixtureLayer(RoutedLayer):
     def forward(
         self, x: Tensor, meta: Tensor | None, mask: Tensor | None = None, segments: Tensor | None = None
     ) -> tuple[Tensor, Trajectory]:
-        if segments is not None and meta is None:
-            raise ValueError("packed input (segments=...) needs meta [B] to know the batch size")
-        b = x.shape[0] if segments is None else meta.shape[0]
+        b = self.batch_size(x, meta, segments)
         if meta is None:
             meta = torch.zeros(b, dtype=torch.long, device=x.device)
-        self.router.check_meta(meta)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         decisions: list[Decision] = []
         for t in range(self.depth):

@@ -157,14 +157,18 @@ class RoutedLayer(nn.Module):
             )
         return w.gather(1, dec.actions.clamp(0, w.shape[1] - 1).unsqueeze(1)).squeeze(1)
 
+    def batch_size(self, x: Tensor, meta: Tensor | None, segments: Tensor | None) -> int:
+        """Samples in the batch (rows of ``x``, or of ``meta`` for packed input); checks the meta labels."""
+        if segments is not None and meta is None:
+            raise ValueError("packed input (segments=...) needs meta [B] to know the batch size")
+        if meta is not None and hasattr(self.router, "check_meta"):
+            self.router.check_meta(meta)
+        return x.shape[0] if segments is None else meta.shape[0]
+
     def forward(
         self, x: Tensor, meta: Tensor | None, mask: Tensor | None = None, segments: Tensor | None = None
     ) -> tuple[Tensor, Trajectory]:
-        if segments is not None and meta is None:
-            raise ValueError("packed input (segments=...) needs meta [B] to know the batch size")
-        b = x.shape[0] if segments is None else meta.shape[0]
-        if meta is not None and hasattr(self.router, "check_meta"):
-            self.router.check_meta(meta)
+        b = self.batch_size(x, meta, segments)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         decisions: list[Decision] = []
         actives: list[Tensor] = []
