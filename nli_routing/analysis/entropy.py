@@ -51,3 +51,27 @@ def selection_entropy(
         "per_meta": meta_mean,
         "per_depth": per_depth,
     }
+
+
+def dispatch_statistics(record) -> dict:
+    """Entropy and per-meta distribution of the dispatcher's choices in a :class:`RoutingRecord`.
+
+    ``entropy``: entropy (bits) of the dispatch choices over all samples (``log2 K`` = uniform use
+    of the K subrouters); ``per_meta_entropy``: sample-weighted mean over meta classes of each
+    class's own dispatch entropy (0 = every sample of a class goes to one subrouter);
+    ``distribution``: for each meta class the number of its samples sent to each subrouter
+    (the data of thesis Figure 6.5).
+    """
+    k = max(int(record.num_dispatch), int(record.dispatch.max()) + 1 if len(record.dispatch) else 1)
+    n_meta = len(record.meta_names)
+    disp = torch.as_tensor(record.dispatch)
+    meta = torch.as_tensor(record.meta)
+    joint = torch.bincount(meta * k + disp, minlength=n_meta * k).view(n_meta, k).float()
+    rows = joint.sum(-1)
+    per_meta = float((_entropy_bits(joint) * rows).sum() / rows.sum().clamp_min(1))
+    return {
+        "num_dispatch": k,
+        "entropy": float(_entropy_bits(joint.sum(0))),
+        "per_meta_entropy": per_meta,
+        "distribution": {name: [int(x) for x in joint[m]] for m, name in enumerate(record.meta_names)},
+    }

@@ -322,4 +322,4 @@ class LSTMNLIModel(NLIRoutingModel):
             router_kwargs=c.router_kwargs(),
         )
         routed: list[RoutedLayer] = [self.encoder.routed] if self.encoder.routed is not None else []
-        self.build_head(c.lstm_hidden, routed)
+        self.build_head(c.lstm_hidden, routed, [f"lstm-{c.lstm_route}"] * len(routed))

@@ -78,12 +78,13 @@ class NLIRoutingModel(nn.Module):
         self.encoder = CBOWEncoder(
             weight, pad_id, projection, c.freeze_embeddings, c.pool, c.num_meta if c.meta_keyword else 0
         )
-        self.build_head(dim, routed)
+        self.build_head(dim, routed, ["wp"] * len(routed))
 
-    def build_head(self, dim: int, routed: list[RoutedLayer]) -> None:
+    def build_head(self, dim: int, routed: list[RoutedLayer], names: list[str] | None = None) -> None:
         """Normalisation, the (optionally routed) classifier on ``[p; h]`` and the reward parts.
 
-        ``routed`` holds the encoder's routed layers; a routed classifier is appended to it.
+        ``routed`` holds the encoder's routed layers (``names`` names them in routing records); a
+        routed classifier is appended to it.
         """
         c = self.config
         self.norm = nn.LayerNorm(dim, elementwise_affine=False) if c.normalize else nn.Identity()
@@ -99,6 +100,8 @@ class NLIRoutingModel(nn.Module):
         self.classifier = Classifier(
             2 * dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls
         )
+        names = list(names) if names is not None else [f"encoder{i}" for i in range(len(routed))]
+        self.routed_layer_names = names + ["classifier"] * (routed_cls is not None)
         self.routed_layers = routed  # plain list: the modules are registered through their parents
         self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
 

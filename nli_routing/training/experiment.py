@@ -68,9 +68,16 @@ class DataArgs:
 
 @dataclass
 class PreparedData:
+    """Tokenized splits, the word vectors, and the meta column routed on ("signature", "genre")."""
+
     data: DatasetDict
     vectors: WordVectors
-    signature_names: list[str]
+    meta_names: list[str]
+    meta_column: str = "signature"
+
+    @property
+    def signature_names(self) -> list[str]:  # the SCI name of the meta classes
+        return self.meta_names
 
 
 def prepare_sci(args: DataArgs) -> PreparedData:
@@ -103,8 +110,8 @@ def prepare_sci(args: DataArgs) -> PreparedData:
 
 def method_data(prepared: PreparedData, meta_source: str, k: int, seed: int) -> tuple[DatasetDict, str, list[str]]:
     """The data set with the meta column a method routes on, its name and its class names."""
-    if meta_source == "signature":
-        return prepared.data, "signature", prepared.signature_names
+    if meta_source in ("signature", "meta"):  # the data set's own meta column (signature, genre)
+        return prepared.data, prepared.meta_column, prepared.meta_names
     dsd, _ = dispatch_dataset(prepared.data, prepared.vectors, method=meta_source, k=k, seed=seed)
     return dsd, "cluster", [f"cluster_{i}" for i in range(k)]
 

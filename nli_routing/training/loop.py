@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..analysis.entropy import selection_entropy
+from ..analysis.entropy import dispatch_statistics, selection_entropy
+from ..analysis.records import LayerRecord, RoutingRecord
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,13 @@ def is_router_batch(step: int, fraction: float) -> bool:
 
 
 @torch.no_grad()
-def evaluate(
+def collect_record(
     model: nn.Module, loader: DataLoader, accelerator: Accelerator, meta_names: list[str] | None = None
-) -> dict[str, Any]:
-    """Accuracy, accuracy per meta class and routing selection entropy over a data loader."""
+) -> RoutingRecord:
+    """Predictions, labels, meta classes and every routing choice over a data loader (all processes)."""
+    was_training = model.training
     model.eval()
-    preds, labels, metas = [], [], []
+    preds, labels, metas, dispatch = [], [], [], []
     routes: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for batch in loader:
         out = model(**batch)
@@ -111,28 +113,69 @@ def evaluate(
             routes[i].append(
                 (accelerator.gather_for_metrics(traj.actions), accelerator.gather_for_metrics(traj.active))
             )
-    model.train()
-    pred, label, meta = torch.cat(preds).cpu(), torch.cat(labels).cpu(), torch.cat(metas).cpu()
-    correct = (pred == label).float()
+        disp = getattr(out, "dispatch", None)
+        if disp is not None:
+            dispatch.append(accelerator.gather_for_metrics(disp.actions[:, 0]))
+    model.train(was_training)
+    meta = torch.cat(metas).cpu() if metas else torch.zeros(0, dtype=torch.long)
     n_meta = max(int(meta.max()) + 1 if meta.numel() else 1, len(meta_names or []))
-    names = meta_names or [str(i) for i in range(n_meta)]
+    names = list(meta_names or [str(i) for i in range(n_meta)])
+    unwrapped = accelerator.unwrap_model(model)
+    layer_names = getattr(unwrapped, "routed_layer_names", None)
+    layers = []
+    for i, parts in enumerate(routes):
+        routed = unwrapped.routed_layers[i]
+        layers.append(
+            LayerRecord(
+                name=layer_names[i] if layer_names else f"layer{i}",
+                num_actions=routed.num_actions,
+                actions=torch.cat([a for a, _ in parts]).cpu().numpy(),
+                active=torch.cat([b for _, b in parts]).cpu().numpy(),
+                stop_action=getattr(routed, "stop_action", None),
+            )
+        )
+    dispatcher = getattr(unwrapped, "dispatcher", None)
+    return RoutingRecord(
+        meta=meta.numpy(),
+        meta_names=names,
+        layers=layers,
+        dispatch=torch.cat(dispatch).cpu().numpy() if dispatch else None,
+        num_dispatch=int(dispatcher.num_dispatch) if dispatch and dispatcher is not None else 0,
+        labels=torch.cat(labels).cpu().numpy() if labels else None,
+        preds=torch.cat(preds).cpu().numpy() if preds else None,
+    )
+
+
+def record_metrics(record: RoutingRecord) -> dict[str, Any]:
+    """Accuracy, accuracy per meta class, selection entropy per routed layer and dispatch statistics."""
+    pred, label, meta = (torch.as_tensor(x) for x in (record.preds, record.labels, record.meta))
+    correct = (pred == label).float()
+    n_meta = len(record.meta_names)
     per_meta = {}
     for m in range(n_meta):
         sel = meta == m
         if sel.any():
-            per_meta[names[m]] = float(correct[sel].mean())
+            per_meta[record.meta_names[m]] = float(correct[sel].mean())
     result: dict[str, Any] = {
         "accuracy": float(correct.mean()) if correct.numel() else math.nan,
         "n": int(correct.numel()),
         "accuracy_per_meta": per_meta,
     }
-    unwrapped = accelerator.unwrap_model(model)
-    for i, parts in enumerate(routes):
-        actions = torch.cat([a for a, _ in parts]).cpu()
-        active = torch.cat([b for _, b in parts]).cpu()
-        num_actions = unwrapped.routed_layers[i].num_actions
-        result[f"routing_entropy_{i}"] = selection_entropy(actions, meta, active, num_actions, n_meta)
+    for i, layer in enumerate(record.layers):
+        result[f"routing_entropy_{i}"] = selection_entropy(
+            torch.as_tensor(layer.actions), meta, torch.as_tensor(layer.active), layer.num_actions, n_meta
+        )
+    if record.dispatch is not None:
+        result["dispatch"] = dispatch_statistics(record)
     return result
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator, meta_names: list[str] | None = None
+) -> dict[str, Any]:
+    """Accuracy, accuracy per meta class and routing selection entropy over a data loader."""
+    return record_metrics(collect_record(model, loader, accelerator, meta_names))
 
 
 def train(
@@ -220,10 +263,13 @@ def train(
     train_seconds = time.perf_counter() - start
     if best_state is not None:
         unwrapped.load_state_dict(best_state)
-    final = {name: evaluate(model, loader, accelerator, meta_names) for name, loader in eval_loaders.items()}
+    records = {name: collect_record(model, loader, accelerator, meta_names) for name, loader in eval_loaders.items()}
+    final = {name: record_metrics(rec) for name, rec in records.items()}
     result = {"history": history, "best_epoch": best_epoch, "final": final, "train_seconds": train_seconds}
     if output_dir is not None and accelerator.is_main_process:
         save_run(unwrapped, result, cfg, output_dir)
+        for name, rec in records.items():
+            rec.save(Path(output_dir) / f"routing_{name}.npz")
     accelerator.wait_for_everyone()
     return result
 
