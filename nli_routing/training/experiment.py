@@ -6,7 +6,7 @@ Recipes parse arguments and call these functions; no recipe copies the training 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
 from ..dispatch.offline import dispatch_dataset
 from ..models.embeddings import WordVectors, load_word_vectors
+from ..models.lstm import LSTMModelConfig, LSTMNLIModel
 from ..models.nli import NLIModelConfig, NLIRoutingModel
 from .loop import TrainConfig, train
 
@@ -41,7 +42,28 @@ METHODS: dict[str, tuple[dict[str, Any], str]] = {
     "wp-kmeans": ({"route": "wp"}, "kmeans"),
     "wp-agglomerative": ({"route": "wp"}, "agglomerative"),
     "classifier-signature": ({"route": "classifier"}, "signature"),
+    # LSTM encoders (thesis 5.3.1.2): unrouted (meta keyword), routed classifier, routed I2H / H2H
+    "lstm": ({"model": "lstm", "route": "none", "lstm_route": "none", "meta_keyword": True}, "signature"),
+    "lstm-classifier": ({"model": "lstm", "route": "classifier", "lstm_route": "none"}, "signature"),
+    "lstm-i2h": ({"model": "lstm", "route": "none", "lstm_route": "i2h"}, "signature"),
+    "lstm-h2h": ({"model": "lstm", "route": "none", "lstm_route": "h2h"}, "signature"),
 }
+
+#: model kind (the "model" entry of a method's overrides) -> (config class, model class)
+MODEL_KINDS: dict[str, tuple[type, type]] = {
+    "cbow": (NLIModelConfig, NLIRoutingModel),
+    "lstm": (LSTMModelConfig, LSTMNLIModel),
+}
+
+
+def build_model(model_cfg: NLIModelConfig, overrides: dict[str, Any], vectors: WordVectors) -> NLIRoutingModel:
+    """The model of a method: ``model_cfg``'s fields (shared by every kind) plus the method's overrides."""
+    overrides = dict(overrides)
+    config_cls, model_cls = MODEL_KINDS[overrides.pop("model", "cbow")]
+    base = {f.name: getattr(model_cfg, f.name) for f in fields(model_cfg) if f.name not in overrides}
+    names = {f.name for f in fields(config_cls)}
+    cfg = config_cls(**{k: v for k, v in base.items() if k in names and (config_cls is NLIModelConfig or k != "route")}, **overrides)
+    return model_cls(cfg, vectors.weight, vectors.pad_id)
 
 
 @dataclass
@@ -149,8 +171,8 @@ def run_method(
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     overrides, meta_source = METHODS[method]
     dsd, meta_column, meta_names = method_data(prepared, meta_source, dispatch_k, train_cfg.seed)
-    cfg = replace(model_cfg, num_meta=len(meta_names), router_seed=train_cfg.seed, **overrides)
-    model = NLIRoutingModel(cfg, prepared.vectors.weight, prepared.vectors.pad_id)
+    overrides = {"num_meta": len(meta_names), "router_seed": train_cfg.seed, **overrides}
+    model = build_model(model_cfg, overrides, prepared.vectors)
     train_loader, eval_loaders = make_loaders(dsd, prepared.vectors.pad_id, meta_column, train_cfg)
     result = train(model, train_loader, eval_loaders, train_cfg, output_dir, meta_names, accelerator)
     final = result["final"]
