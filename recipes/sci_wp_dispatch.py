@@ -1,25 +1,49 @@
-"""SCI with routed word projections: unrouted CBOW vs WP routed by signature vs WP routed by offline dispatch.
+"""SCI with routed word projections: unrouted CBOW vs WP routed by signature vs WP routed by a dispatcher.
 
     accelerate launch recipes/sci_wp_dispatch.py                      # embedded generated data, < 5 min on 2 CPUs
     accelerate launch recipes/sci_wp_dispatch.py --data_dir ../shared/data/sci/joint
     python recipes/sci_wp_dispatch.py --methods cbow wp-signature --epochs 5 --cpu
+    python recipes/sci_wp_dispatch.py --dispatch rbae-cbow            # WP routed by a learned dispatcher
+    python recipes/sci_wp_dispatch.py --dispatch signature --two_stage   # WP+D: signatures, then a dispatcher
+    python recipes/sci_wp_dispatch.py --dispatch basic --nested_dir data/sci_synthetic/nested
 
-Prints a results table and writes ``results.json`` (and one folder per method with metrics and a
-checkpoint) under ``--output_dir``.
+``--dispatch`` picks what the word projection is routed on: ``signature`` (the meta label),
+``kmeans`` / ``agglomerative`` (offline clusters), or a learned dispatcher trained with the model
+(``basic``: LSTM agent with the routing objective; ``rbae-cbow|attn|onehot|seq``: the routed
+bottleneck autoencoder). ``--two_stage`` trains with the meta labels (or clusters) first, then a
+dispatcher with the model fixed; test accuracy is then measured without meta labels.
+``--nested_dir`` fine-tunes each trained model on the nested variant and reports it too.
+
+Prints a results table and writes ``results.json`` (and one folder per method with metrics, a
+checkpoint, routing records and, for dispatchers, ``dispatch_report.json`` + ``.png``: dispatch
+entropy and choices per signature on the test set) under ``--output_dir``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from accelerate import Accelerator
 from transformers import HfArgumentParser
 
 from nli_routing.models.nli import NLIModelConfig
-from nli_routing.training.experiment import METHODS, RECIPE_TRAIN_DEFAULTS, DataArgs, format_table, prepare_sci, run_method
+from nli_routing.analysis.plots import plot_dispatch_distribution
+from nli_routing.training.experiment import (
+    DISPATCH_CHOICES,
+    METHODS,
+    RECIPE_TRAIN_DEFAULTS,
+    DataArgs,
+    DispatchArgs,
+    align_meta,
+    dispatch_method,
+    format_table,
+    prepare_sci,
+    resolve_method,
+    run_method,
+)
 from nli_routing.training.loop import TrainConfig
 
 
@@ -30,35 +54,87 @@ class RecipeArgs:
         metadata={"help": f"methods to train, from {sorted(METHODS)}"},
     )
     output_dir: str = field(default="outputs/sci_wp_dispatch", metadata={"help": "where results go"})
+    dispatch: str | None = field(
+        default=None,
+        metadata={"help": f"route the WP on one strategy instead of --methods: one of {DISPATCH_CHOICES}"},
+    )
+    two_stage: bool = field(
+        default=False, metadata={"help": "with --dispatch signature/kmeans/agglomerative: train a dispatcher after the model"}
+    )
+    nested_dir: str | None = field(
+        default=None, metadata={"help": "fine-tune every trained model on this SCI folder (the nested variant)"}
+    )
+    nested_epochs: int = field(default=3, metadata={"help": "epochs of the nested fine-tuning"})
+
+    def __post_init__(self) -> None:
+        if self.dispatch is not None:
+            self.methods = [dispatch_method(self.dispatch, self.two_stage)]
+        elif self.two_stage:
+            raise ValueError("--two_stage needs --dispatch (or use a method name with the suffix +D)")
 
 
 def main() -> None:
-    parser = HfArgumentParser((RecipeArgs, DataArgs, NLIModelConfig, TrainConfig))
+    parser = HfArgumentParser((RecipeArgs, DataArgs, NLIModelConfig, TrainConfig, DispatchArgs))
     parser.set_defaults(**RECIPE_TRAIN_DEFAULTS)
-    recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses()
+    try:
+        recipe, data_args, model_cfg, train_cfg, dispatch_args = parser.parse_args_into_dataclasses()
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    bad = [m for m in recipe.methods if m not in METHODS]
-    if bad:
-        parser.error(f"unknown method(s) {bad}; choose from {sorted(METHODS)}")
+    for method in recipe.methods:
+        try:
+            resolve_method(method)
+        except ValueError as err:
+            parser.error(str(err))
     accelerator = Accelerator(cpu=train_cfg.cpu)
     prepared = prepare_sci(data_args)
+    nested = None
+    if recipe.nested_dir:
+        nested = prepare_sci(replace(data_args, data_dir=recipe.nested_dir, variant=None, max_train_samples=None,
+                                     allow_unseen_meta=True))
+        align_meta(prepared, nested)
     out = Path(recipe.output_dir)
-    rows, results = [], {}
+    rows, nested_rows, results = [], [], {}
     for method in recipe.methods:
         accelerator.print(f"== {method} ==")
-        res = run_method(method, prepared, model_cfg, train_cfg, data_args.dispatch_k, out / method, accelerator)
+        res = run_method(method, prepared, model_cfg, train_cfg, data_args.dispatch_k, out / method, accelerator,
+                         dispatch_args, finetune=nested, finetune_epochs=recipe.nested_epochs)
         rows.append(res["summary"])
+        if "finetune" in res:
+            nested_rows.append(res["finetune"]["summary"])
         results[method] = res
+        if accelerator.is_main_process:
+            write_dispatch_report(res, out / method)
     table = format_table(rows)
     accelerator.print(f"\nSCI data: {data_args.data_dir}\n{table}")
+    if nested_rows:
+        accelerator.print(f"\nfine-tuned on {recipe.nested_dir} for {recipe.nested_epochs} epochs\n{format_table(nested_rows)}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         payload = {"args": {"recipe": asdict(recipe), "data": asdict(data_args), "model": asdict(model_cfg),
-                            "train": asdict(train_cfg)}, "summary": rows, "runs": results}
+                            "train": asdict(train_cfg), "dispatch": asdict(dispatch_args)},
+                   "summary": rows, "nested_summary": nested_rows, "runs": results}
         (out / "results.json").write_text(json.dumps(payload, indent=2))
         accelerator.print(f"results written to {out / 'results.json'}")
+
+
+def write_dispatch_report(result: dict, out: Path) -> None:
+    """``dispatch_report.json`` + ``.png``: dispatch entropy and choices per signature on the test set."""
+    parts = {"": result, "nested_": result.get("finetune")}
+    for prefix, res in parts.items():
+        if res is None:
+            continue
+        split = "test" if "test" in res["final"] else "validation"
+        stats = res["final"][split].get("dispatch")
+        if stats is None:
+            continue
+        report = {"split": split, "accuracy": res["final"][split]["accuracy"], **stats}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{prefix}dispatch_report.json").write_text(json.dumps(report, indent=2))
+        plot_dispatch_distribution(stats, out / f"{prefix}dispatch_report.png",
+                                   title=f"{res['summary']['method']}: dispatch per signature ({split})")
 
 
 if __name__ == "__main__":

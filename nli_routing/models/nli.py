@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,7 @@ class NLIOutput:
     logits: Tensor
     per_sample_loss: Tensor | None
     trajectories: list[Trajectory]
+    dispatch: Any = None  # DispatchOutput of a learned dispatcher (None without one)
 
 
 class NLIRoutingModel(nn.Module):
@@ -104,12 +106,66 @@ class NLIRoutingModel(nn.Module):
         self.routed_layer_names = names + ["classifier"] * (routed_cls is not None)
         self.routed_layers = routed  # plain list: the modules are registered through their parents
         self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
+        #: a learned dispatcher choosing the meta class of each sample (see :meth:`attach_dispatcher`)
+        self.dispatcher: nn.Module | None = None
+        #: stage 2 of two-stage dispatch: blocks and routers fixed, only the dispatcher learns
+        self.routing_frozen = False
+
+    def attach_dispatcher(self, dispatcher: nn.Module) -> None:
+        """Route with the meta class a learned dispatcher picks from the tokens (the batch's meta
+        labels are then never read by the model; they stay in the batch for per-class reports).
+
+        The dispatcher's number of classes must equal the routers' number of meta classes.
+        """
+        if dispatcher.num_dispatch != self.config.num_meta:
+            raise ValueError(
+                f"the dispatcher chooses among {dispatcher.num_dispatch} classes but the model's routers "
+                f"have {self.config.num_meta} meta classes"
+            )
+        self.dispatcher = dispatcher
+
+    def freeze_routing(self) -> None:
+        """Fix every parameter and router outside the dispatcher (stage 2 of two-stage dispatch).
+
+        The frozen parts stay in eval mode (greedy routers, no dropout) even under ``model.train()``
+        and their router losses are not computed; only the dispatcher trains.
+        """
+        if self.dispatcher is None:
+            raise ValueError("attach a dispatcher before freezing the routing (nothing would learn)")
+        keep = {id(p) for p in self.dispatcher.parameters()}
+        self._unfrozen = [p for p in self.parameters() if id(p) not in keep and p.requires_grad]
+        for p in self._unfrozen:
+            p.requires_grad_(False)
+        self.routing_frozen = True
+        self.train(self.training)
+
+    def detach_dispatcher(self) -> nn.Module | None:
+        """Remove the dispatcher (routing reads the batch's meta labels again) and undo
+        :meth:`freeze_routing`; returns the removed dispatcher."""
+        dispatcher, self.dispatcher = self.dispatcher, None
+        for p in getattr(self, "_unfrozen", []):
+            p.requires_grad_(True)
+        self._unfrozen = []
+        self.routing_frozen = False
+        self.train(self.training)
+        return dispatcher
+
+    def train(self, mode: bool = True) -> "NLIRoutingModel":
+        super().train(mode)
+        if self.routing_frozen:
+            for name, child in self.named_children():
+                if child is not self.dispatcher:
+                    child.train(False)
+        return self
 
     def routers(self) -> list[nn.Module]:
         return [layer.router for layer in self.routed_layers]
 
     def router_parameters(self) -> list[nn.Parameter]:
-        return [p for r in self.routers() for p in r.parameters()]
+        params = [p for r in self.routers() for p in r.parameters()]
+        if self.dispatcher is not None:
+            params += self.dispatcher.router_parameters()
+        return params
 
     def block_parameters(self) -> list[nn.Parameter]:
         ids = {id(p) for p in self.router_parameters()}
@@ -118,6 +174,8 @@ class NLIRoutingModel(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         for r in self.routers():
             r.set_epoch(epoch)
+        if self.dispatcher is not None:
+            self.dispatcher.set_epoch(epoch)
 
     def forward(
         self,
@@ -129,19 +187,26 @@ class NLIRoutingModel(nn.Module):
         labels: Tensor | None = None,
         **_: Tensor,
     ) -> NLIOutput:
+        dispatch = None
+        if self.dispatcher is not None:  # the dispatcher's class replaces the meta label
+            dispatch = self.dispatcher(premise_ids, premise_mask, hypothesis_ids, hypothesis_mask)
+            meta = dispatch.meta
         p, h, trajs = self.encoder(premise_ids, premise_mask, hypothesis_ids, hypothesis_mask, meta)
         logits, cls_trajs = self.classifier(torch.cat([self.norm(p), self.norm(h)], -1), meta)
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
-        return NLIOutput(logits, loss, trajs + cls_trajs)
+        return NLIOutput(logits, loss, trajs + cls_trajs, dispatch)
 
     def router_loss(self, out: NLIOutput, labels: Tensor) -> Tensor:
-        """Assign rewards to every trajectory and return the summed router loss."""
-        if not out.trajectories:
+        """Assign rewards to every trajectory and return the summed router (and dispatcher) loss."""
+        if not out.trajectories and out.dispatch is None:
             return out.logits.new_zeros(())
         correct = out.logits.detach().argmax(-1) == labels
         reward = final_reward(self.config.reward, correct=correct, per_sample_loss=out.per_sample_loss)
         total = out.logits.new_zeros(())
-        for layer, collab, traj in zip(self.routed_layers, self.collaboration, out.trajectories):
-            assign_rewards(traj, reward, collab)
-            total = total + layer.router.loss(traj)
+        if not self.routing_frozen:
+            for layer, collab, traj in zip(self.routed_layers, self.collaboration, out.trajectories):
+                assign_rewards(traj, reward, collab)
+                total = total + layer.router.loss(traj)
+        if out.dispatch is not None and self.dispatcher.training:
+            total = total + self.dispatcher.loss(out.dispatch, reward)
         return total

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from datasets import DatasetDict
+from datasets import ClassLabel, DatasetDict
 from torch.utils.data import DataLoader
 
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
+from ..dispatch.learned import ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import dispatch_dataset
+from ..models.blocks import parse_learner_args
 from ..models.embeddings import WordVectors, load_word_vectors
 from ..models.lstm import LSTMModelConfig, LSTMNLIModel
 from ..models.nli import NLIModelConfig, NLIRoutingModel
@@ -33,7 +35,11 @@ DEFAULT_DATA_DIR = REPO_ROOT / "data" / "sci_synthetic" / "joint"
 #: at 50x (0.1) the greedy choices of the agents flipped about every batch.
 RECIPE_TRAIN_DEFAULTS: dict[str, Any] = {"block_optimizer": "adam", "lr": 0.002, "router_lr_ratio": 5.0}
 
-#: method name -> (model overrides, meta source). Meta source "signature" or a dispatch method.
+#: method name -> (model overrides, meta source). Meta source "signature" (the data set's own meta
+#: column, also genre) or an offline dispatch method. The overrides' "dispatch" entry attaches a
+#: learned dispatcher (the meta column is then used for reports only); "two_stage" trains a
+#: dispatcher after the model. Any method name with the suffix "+D" is that method followed by
+#: two-stage dispatch over its meta classes (e.g. "wp-signature+D" = "wp-two-stage").
 METHODS: dict[str, tuple[dict[str, Any], str]] = {
     "cbow": ({"route": "none", "meta_keyword": True}, "signature"),
     "wp-shared": ({"route": "wp", "wp_width": 1, "meta_keyword": True}, "signature"),
@@ -42,6 +48,14 @@ METHODS: dict[str, tuple[dict[str, Any], str]] = {
     "wp-kmeans": ({"route": "wp"}, "kmeans"),
     "wp-agglomerative": ({"route": "wp"}, "agglomerative"),
     "classifier-signature": ({"route": "classifier"}, "signature"),
+    # learned dispatchers trained online with the model (chapter 6): K virtual meta classes
+    "wp-basic": ({"route": "wp", "dispatch": "basic"}, "signature"),
+    "wp-rbae-cbow": ({"route": "wp", "dispatch": "rbae-cbow"}, "signature"),
+    "wp-rbae-attn": ({"route": "wp", "dispatch": "rbae-attn"}, "signature"),
+    "wp-rbae-onehot": ({"route": "wp", "dispatch": "rbae-onehot"}, "signature"),
+    "wp-rbae-seq": ({"route": "wp", "dispatch": "rbae-seq"}, "signature"),
+    # two-stage dispatch (5.3.3, the "+D" rows): train with signatures, then a dispatcher
+    "wp-two-stage": ({"route": "wp", "two_stage": True}, "signature"),
     # LSTM encoders (thesis 5.3.1.2): unrouted (meta keyword), routed classifier, routed I2H / H2H
     "lstm": ({"model": "lstm", "route": "none", "lstm_route": "none", "meta_keyword": True}, "signature"),
     "lstm-classifier": ({"model": "lstm", "route": "classifier", "lstm_route": "none"}, "signature"),
@@ -86,6 +100,84 @@ class DataArgs:
         default=False,
         metadata={"help": "allow signatures in validation/test that training never saw (their agents stay untrained)"},
     )
+
+
+@dataclass
+class DispatchArgs:
+    """Learned dispatchers: which encoder, agent and objective (thesis 5.3.3 and chapter 6)."""
+
+    dispatch_encoder: str = field(
+        default="lstm", metadata={"help": f"encoder of the two-stage dispatcher: one of {ENCODERS}"}
+    )
+    dispatch_input: str = field(default="premise", metadata={"help": "what the dispatcher reads: premise or pair"})
+    dispatch_learner: str = field(default="aac", metadata={"help": "decision-making algorithm of the dispatcher"})
+    dispatch_learner_args: str = field(
+        default="entropy_coef=0.01", metadata={"help": "dispatcher learner options, key=value pairs"}
+    )
+    dispatch_hidden: int = field(default=64, metadata={"help": "encoder/agent hidden size"})
+    dispatch_projection: int = field(default=64, metadata={"help": "RBAE projection size d_p"})
+    dispatch_bottleneck: int = field(default=16, metadata={"help": "RBAE bottleneck size d_bn"})
+    dispatch_alpha: float = field(
+        default=0.5, metadata={"help": "RBAE reward weight: alpha * task reward + (1 - alpha) * (-reconstruction loss)"}
+    )
+    stage2_epochs: int = field(default=3, metadata={"help": "epochs of the two-stage dispatcher (model fixed)"})
+
+    def __post_init__(self) -> None:
+        if self.dispatch_encoder not in ENCODERS:
+            raise ValueError(f"dispatch_encoder must be one of {ENCODERS}, got {self.dispatch_encoder!r}")
+        if self.dispatch_input not in ("premise", "pair"):
+            raise ValueError(f"dispatch_input must be 'premise' or 'pair', got {self.dispatch_input!r}")
+        if not 0.0 <= self.dispatch_alpha <= 1.0:
+            raise ValueError(f"dispatch_alpha must be in [0, 1], got {self.dispatch_alpha}")
+        parse_learner_args(self.dispatch_learner_args)
+
+    def build(self, kind: str, model: NLIRoutingModel, num_dispatch: int, vocab_map, seed: int) -> LearnedDispatcher:
+        """The dispatcher of ``kind`` for ``model`` (sharing its frozen word vectors)."""
+        return LearnedDispatcher(
+            kind,
+            model.encoder.embedding,
+            num_dispatch,
+            encoder=self.dispatch_encoder if kind == "two-stage" else None,
+            hidden=self.dispatch_hidden,
+            projection=self.dispatch_projection,
+            bottleneck=self.dispatch_bottleneck,
+            alpha=self.dispatch_alpha,
+            pair=self.dispatch_input == "pair",
+            vocab_map=vocab_map,
+            learner=self.dispatch_learner,
+            learner_kwargs=parse_learner_args(self.dispatch_learner_args),
+            seed=seed + 7,
+        )
+
+
+#: values of the recipes' --dispatch: meta labels, offline clusters, learned online dispatchers
+DISPATCH_CHOICES = ("signature", "kmeans", "agglomerative", *ONLINE_DISPATCHERS)
+
+
+def dispatch_method(dispatch: str, two_stage: bool = False) -> str:
+    """The WP method name of a ``--dispatch`` strategy (``+D`` appended for two-stage)."""
+    if dispatch not in DISPATCH_CHOICES:
+        raise ValueError(f"--dispatch must be one of {DISPATCH_CHOICES}, got {dispatch!r}")
+    if two_stage and dispatch in ONLINE_DISPATCHERS:
+        raise ValueError(
+            f"--two_stage trains a dispatcher after a model routed on meta labels or clusters; "
+            f"{dispatch!r} is already a learned dispatcher"
+        )
+    return f"wp-{dispatch}" + ("+D" if two_stage else "")
+
+
+def resolve_method(method: str) -> tuple[dict[str, Any], str]:
+    """``(overrides, meta source)`` of a method name, including the ``+D`` (two-stage) suffix."""
+    base, two_stage = (method[:-2], True) if method.endswith("+D") else (method, False)
+    if base not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)} (optionally with '+D')")
+    overrides, source = METHODS[base]
+    overrides = dict(overrides)
+    if two_stage:
+        if "dispatch" in overrides:
+            raise ValueError(f"{method!r}: a method with an online dispatcher has no meta labels to train stage 1 on")
+        overrides["two_stage"] = True
+    return overrides, source
 
 
 @dataclass
@@ -157,6 +249,78 @@ def make_loaders(
     return train_loader, evals
 
 
+def align_meta(*prepared: PreparedData) -> list[str]:
+    """Give several data sets one list of meta classes (the union, in first-seen order), in place.
+
+    Used before fine-tuning a model trained on one SCI variant on another (joint -> nested): the
+    model's agents are indexed by class name, so both data sets must number the classes alike.
+    Classes absent from a data set keep untrained agents until data of theirs arrives.
+    """
+    names: list[str] = []
+    for p in prepared:
+        names += [n for n in p.meta_names if n not in names]
+    for p in prepared:
+        if p.meta_names == names:
+            continue
+        index = {n: i for i, n in enumerate(names)}
+        old = list(p.meta_names)
+        col = p.meta_column
+        features = p.data["train"].features.copy()
+        features[col] = ClassLabel(names=names)
+        p.data = p.data.map(
+            lambda batch: {col: [index[old[v]] for v in batch[col]]}, batched=True, features=features,
+            desc=f"aligning {col} classes",
+        )
+        p.meta_names = names
+    return names
+
+
+def _fit(
+    model: NLIRoutingModel,
+    dsd: DatasetDict,
+    meta_column: str,
+    meta_names: list[str],
+    pad_id: int,
+    train_cfg: TrainConfig,
+    out: Path | None,
+    accelerator,
+    two_stage: bool,
+    dispatch_args: DispatchArgs,
+    vocab_map,
+) -> dict[str, Any]:
+    """Train ``model`` on ``dsd``; with ``two_stage``, then train a dispatcher with the model fixed."""
+    train_loader, eval_loaders = make_loaders(dsd, pad_id, meta_column, train_cfg)
+    result = train(model, train_loader, eval_loaders, train_cfg, out, meta_names, accelerator)
+    if two_stage:
+        stage1 = {k: result[k] for k in ("final", "best_epoch", "train_seconds")}
+        dispatcher = dispatch_args.build("two-stage", model, model.config.num_meta, vocab_map, train_cfg.seed)
+        model.attach_dispatcher(dispatcher)
+        model.freeze_routing()
+        cfg2 = replace(train_cfg, epochs=dispatch_args.stage2_epochs)
+        result = train(model, train_loader, eval_loaders, cfg2, out / "stage2" if out else None, meta_names, accelerator)
+        result["stage1"] = stage1
+        result["train_seconds"] += stage1["train_seconds"]
+    return result
+
+
+def summarize(method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The summary row of a run (accuracies, entropies, best epoch, time)."""
+    final = result["final"]
+    shown = final.get("test", final.get("validation", {}))
+    summary = {
+        "method": method,
+        "validation_accuracy": final.get("validation", {}).get("accuracy"),
+        "test_accuracy": final.get("test", {}).get("accuracy"),
+        "routing_entropy": shown.get("routing_entropy_0", {}).get("overall"),
+        "dispatch_entropy": shown.get("dispatch", {}).get("entropy"),
+        "best_epoch": result["best_epoch"],
+        "train_seconds": result["train_seconds"],
+    }
+    if "stage1" in result:
+        summary["test_accuracy_with_meta"] = result["stage1"]["final"].get("test", {}).get("accuracy")
+    return summary
+
+
 def run_method(
     method: str,
     prepared: PreparedData,
@@ -165,40 +329,79 @@ def run_method(
     dispatch_k: int = 5,
     output_dir: str | Path | None = None,
     accelerator=None,
+    dispatch_args: DispatchArgs | None = None,
+    finetune: PreparedData | None = None,
+    finetune_epochs: int = 3,
 ) -> dict[str, Any]:
-    """Train and evaluate one method (see :data:`METHODS`); returns the loop's result plus a summary."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    overrides, meta_source = METHODS[method]
+    """Train and evaluate one method (see :data:`METHODS`); returns the loop's result plus a summary.
+
+    Online dispatchers route on ``dispatch_k`` virtual classes. A two-stage method trains the model
+    on its meta classes, then (model fixed) a dispatcher for ``stage2_epochs``; its reported
+    accuracy is the dispatcher's, without meta labels, and ``result["stage1"]`` keeps the accuracy
+    with them. ``finetune`` (e.g. the nested variant; align its meta classes with
+    :func:`align_meta` first) continues training the same model on a second data set for
+    ``finetune_epochs`` (a two-stage method fine-tunes the model with meta labels, then trains a
+    new dispatcher there); its result is ``result["finetune"]``.
+    """
+    overrides, meta_source = resolve_method(method)
+    dispatch_args = dispatch_args or DispatchArgs()
+    kind = overrides.pop("dispatch", None)
+    two_stage = overrides.pop("two_stage", False)
     dsd, meta_column, meta_names = method_data(prepared, meta_source, dispatch_k, train_cfg.seed)
-    overrides = {"num_meta": len(meta_names), "router_seed": train_cfg.seed, **overrides}
-    model = build_model(model_cfg, overrides, prepared.vectors)
-    train_loader, eval_loaders = make_loaders(dsd, prepared.vectors.pad_id, meta_column, train_cfg)
-    result = train(model, train_loader, eval_loaders, train_cfg, output_dir, meta_names, accelerator)
-    final = result["final"]
-    entropy = final.get("test", final.get("validation", {})).get("routing_entropy_0", {})
-    result["summary"] = {
-        "method": method,
-        "validation_accuracy": final.get("validation", {}).get("accuracy"),
-        "test_accuracy": final.get("test", {}).get("accuracy"),
-        "routing_entropy": entropy.get("overall"),
-        "best_epoch": result["best_epoch"],
-        "train_seconds": result["train_seconds"],
-    }
+    num_meta = dispatch_k if kind else len(meta_names)
+    model = build_model(model_cfg, {"num_meta": num_meta, "router_seed": train_cfg.seed, **overrides}, prepared.vectors)
+    vocab_map = None
+    if kind or two_stage:
+        column = list(dsd["train"]["premise_ids"])
+        if dispatch_args.dispatch_input == "pair":
+            column += list(dsd["train"]["hypothesis_ids"])
+        vocab_map = compact_vocabulary(column, prepared.vectors.weight.shape[0])
+    if kind:
+        model.attach_dispatcher(dispatch_args.build(kind, model, dispatch_k, vocab_map, train_cfg.seed))
+    out = Path(output_dir) if output_dir is not None else None
+    pad = prepared.vectors.pad_id
+    result = _fit(model, dsd, meta_column, meta_names, pad, train_cfg, out, accelerator, two_stage, dispatch_args, vocab_map)
+    result["summary"] = summarize(method, result)
+    if finetune is not None:
+        if meta_source != "signature":
+            raise ValueError(f"{method!r}: fine-tuning needs a method routed on the data's meta column or a learned dispatcher")
+        if not kind and finetune.meta_names[: len(meta_names)] != meta_names:
+            raise ValueError("fine-tuning data numbers its meta classes differently: call align_meta first")
+        if two_stage:
+            model.detach_dispatcher()
+        cfg = replace(train_cfg, epochs=finetune_epochs)
+        sub = out / "finetune" if out else None
+        ft = _fit(model, finetune.data, finetune.meta_column, finetune.meta_names, pad, cfg, sub, accelerator,
+                  two_stage, dispatch_args, vocab_map)
+        ft["summary"] = summarize(method, ft)
+        result["finetune"] = ft
     return result
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text results table of run summaries."""
-    head = f"{'method':<22}{'val acc':>9}{'test acc':>10}{'entropy':>9}{'best ep':>9}{'train s':>9}"
-    lines = [head, "-" * len(head)]
+    """A plain-text results table of run summaries.
+
+    ``disp H``: entropy (bits) of a learned dispatcher's choices on the test set; ``w/ meta``: a
+    two-stage method's test accuracy with the meta labels (before its dispatcher replaced them).
+    """
+    cols = [
+        ("val acc", "validation_accuracy", "9.3f"),
+        ("test acc", "test_accuracy", "10.3f"),
+        ("entropy", "routing_entropy", "9.2f"),
+        ("disp H", "dispatch_entropy", "8.2f"),
+        ("w/ meta", "test_accuracy_with_meta", "9.3f"),
+        ("best ep", "best_epoch", "9d"),
+        ("train s", "train_seconds", "9.1f"),
+    ]
+
     def fmt(v: Any, spec: str) -> str:
         width = int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
         return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(width)
 
+    width = max([22] + [len(r["method"]) + 2 for r in rows])
+    head = f"{'method':<{width}}" + "".join(f"{name:>{int(''.join(c for c in spec.split('.')[0] if c.isdigit()))}}"
+                                              for name, _, spec in cols)
+    lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(
-            f"{r['method']:<22}{fmt(r['validation_accuracy'], '9.3f')}{fmt(r['test_accuracy'], '10.3f')}"
-            f"{fmt(r['routing_entropy'], '9.2f')}{fmt(r['best_epoch'], '9d')}{fmt(r['train_seconds'], '9.1f')}"
-        )
+        lines.append(f"{r['method']:<{width}}" + "".join(fmt(r.get(key), spec) for _, key, spec in cols))
     return "\n".join(lines)

@@ -61,12 +61,20 @@ class TrainConfig:
             raise ValueError(f"block_optimizer must be 'sgd' or 'adam', got {self.block_optimizer!r}")
 
 
-def make_optimizers(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
-    """Separate optimizers: blocks (SGD by default) and routers (SGD at ``ratio * lr``)."""
+def make_optimizers(
+    model: nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer | None, torch.optim.Optimizer | None]:
+    """Separate optimizers: blocks (SGD by default) and routers (SGD at ``ratio * lr``).
+
+    Frozen parameters are left out; either optimizer is ``None`` when it has nothing to train.
+    """
     router_params = model.router_parameters() if hasattr(model, "router_parameters") else []
     ids = {id(p) for p in router_params}
     block_params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    if cfg.block_optimizer == "sgd":
+    router_params = [p for p in router_params if p.requires_grad]
+    if not block_params:
+        block_opt = None  # e.g. two-stage dispatch with a parameter-free encoder: only the agent learns
+    elif cfg.block_optimizer == "sgd":
         block_opt = torch.optim.SGD(block_params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         block_opt = torch.optim.Adam(block_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -199,9 +207,13 @@ def train(
     set_seed(cfg.seed)
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls by orders of magnitude
     block_opt, router_opt = make_optimizers(model, cfg)
-    model, block_opt, train_loader = accelerator.prepare(model, block_opt, train_loader)
+    model, train_loader = accelerator.prepare(model, train_loader)
+    if block_opt is not None:
+        block_opt = accelerator.prepare(block_opt)
     if router_opt is not None:
         router_opt = accelerator.prepare(router_opt)
+    if block_opt is None and router_opt is None:
+        raise ValueError("the model has no trainable parameter (everything is frozen)")
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     unwrapped = accelerator.unwrap_model(model)
     history: list[dict] = []
@@ -224,13 +236,14 @@ def train(
             router_loss = unwrapped.router_loss(out, batch["labels"])
             router_only = is_router_batch(global_step, cfg.router_data_fraction)
             blocks_only = cfg.router_data_fraction > 0 and not router_only
-            block_opt.zero_grad(set_to_none=True)
+            if block_opt is not None:
+                block_opt.zero_grad(set_to_none=True)
             if router_opt is not None:
                 router_opt.zero_grad(set_to_none=True)
             accelerator.backward(loss + router_loss)
             if cfg.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if not router_only:
+            if block_opt is not None and not router_only:
                 block_opt.step()
             if router_opt is not None and not blocks_only:
                 router_opt.step()

@@ -1,0 +1,138 @@
+"""PNG heatmaps of routing analyses (matplotlib, no display needed).
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects directly (no ``pyplot`` state, no
+backend switch), so they work in tests, on headless machines and inside other programs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["plot_heatmap", "plot_dispatch_distribution", "plot_routing_map"]
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def _fmt(value: float) -> str:
+    value = float(value)
+    return f"{value:.0f}" if value == int(value) else f"{value:.2f}"
+
+
+def plot_heatmap(
+    matrix: Any,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    annotations: Any = None,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    colorbar_label: str = "",
+) -> Path:
+    """Write a labelled heatmap of ``matrix [rows, cols]`` to ``path`` (PNG); returns the path.
+
+    Each cell is annotated with its value (or with ``annotations[i][j]`` when given; ``""`` leaves
+    a cell blank). NaN cells are drawn blank.
+    """
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim != 2 or m.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"matrix shape {m.shape} does not match {len(row_labels)} rows x {len(col_labels)} columns")
+    rows, cols = m.shape
+    fig = Figure(figsize=(max(3.0, 0.6 * cols + 2.0), max(2.5, 0.45 * rows + 1.5)))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    bar = fig.colorbar(image, ax=ax)
+    if colorbar_label:
+        bar.set_label(colorbar_label)
+    ax.set_xticks(range(cols), labels=[str(c) for c in col_labels], rotation=45 if cols > 6 else 0, ha="right" if cols > 6 else "center")
+    ax.set_yticks(range(rows), labels=[str(r) for r in row_labels])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if rows * cols <= 900:
+        finite = m[np.isfinite(m)]
+        lo = finite.min() if vmin is None and finite.size else (vmin or 0.0)
+        hi = finite.max() if vmax is None and finite.size else (vmax if vmax is not None else 1.0)
+        mid = (lo + hi) / 2
+        for i in range(rows):
+            for j in range(cols):
+                text = annotations[i][j] if annotations is not None else ("" if not np.isfinite(m[i, j]) else _fmt(m[i, j]))
+                if text != "":
+                    color = "black" if np.isfinite(m[i, j]) and m[i, j] > mid else "white"
+                    ax.text(j, i, str(text), ha="center", va="center", fontsize=8, color=color)
+    return _save(fig, path)
+
+
+def plot_dispatch_distribution(
+    record_or_stats: Any, path: str | Path, normalize: bool = True, title: str | None = None
+) -> Path:
+    """Heatmap of the dispatcher's choices per meta class (thesis Figure 6.5); returns the PNG path.
+
+    ``record_or_stats`` is a :class:`~nli_routing.analysis.records.RoutingRecord` with a
+    ``dispatch`` column, or the dict of :func:`~nli_routing.analysis.entropy.dispatch_statistics`
+    (its ``distribution``: meta class -> samples sent to each subrouter). Rows are meta classes,
+    columns subrouters; with ``normalize`` a cell is the fraction of the class's samples (the
+    number of samples is written in the cell), otherwise the count.
+    """
+    stats = record_or_stats
+    if not isinstance(stats, Mapping):
+        from .entropy import dispatch_statistics
+
+        if getattr(stats, "dispatch", None) is None:
+            raise ValueError("the routing record has no dispatch column (the run had no learned dispatcher)")
+        stats = dispatch_statistics(stats)
+    distribution: Mapping[str, Sequence[int]] = stats["distribution"]
+    names = list(distribution)
+    counts = np.array([list(distribution[n]) for n in names], dtype=float)
+    k = counts.shape[1] if counts.ndim == 2 else 0
+    if normalize:
+        values = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        notes = [[str(int(c)) if c else "" for c in row] for row in counts]
+    else:
+        values, notes = counts, None
+    if title is None:
+        title = "Dispatch per meta class"
+        if "entropy" in stats:
+            title += f" (H={stats['entropy']:.2f} bits, per class {stats.get('per_meta_entropy', 0.0):.2f})"
+    return plot_heatmap(
+        values, names, [str(i) for i in range(k)], path, title=title, xlabel="subrouter (dispatch choice)",
+        ylabel="meta class", annotations=notes, vmin=0.0, vmax=1.0 if normalize else None,
+        colorbar_label="fraction of the class" if normalize else "samples",
+    )
+
+
+def plot_routing_map(
+    routing_map: Mapping[str, Any], path: str | Path, title: str = "Routing map"
+) -> Path:
+    """Heatmap of the module chosen at each depth for each meta class (thesis Figure 5.6).
+
+    ``routing_map`` is the dict of :func:`~nli_routing.analysis.overlap.routing_map`: ``classes``
+    (row names), ``depth_labels`` (column names), ``modules [classes, depths]`` (-1 = stopped /
+    no sample) and ``shares`` (fraction of the class's samples that took that module). The colour
+    is the module, the text the module and its share.
+    """
+    modules = np.asarray(routing_map["modules"], dtype=float)
+    shares = np.asarray(routing_map["shares"], dtype=float)
+    values = np.where(modules < 0, np.nan, modules)
+    notes = [
+        ["" if modules[i, j] < 0 else f"{int(modules[i, j])}\n{shares[i, j]:.0%}" for j in range(modules.shape[1])]
+        for i in range(modules.shape[0])
+    ]
+    n_actions = int(routing_map.get("num_actions", np.nanmax(values) + 1 if np.isfinite(values).any() else 1))
+    return plot_heatmap(
+        values, routing_map["classes"], routing_map["depth_labels"], path, title=title, xlabel="layer / depth",
+        ylabel="meta class", annotations=notes, cmap="tab10" if n_actions <= 10 else "tab20",
+        vmin=-0.5, vmax=max(n_actions, 10 if n_actions <= 10 else 20) - 0.5, colorbar_label="module",
+    )

@@ -1,0 +1,338 @@
+"""Learned dispatchers (thesis 5.3.3 and chapter 6): an agent that assigns each sample a meta class.
+
+A dispatcher reads the sample's tokens (never its meta label), encodes them, and picks one of K
+*virtual meta classes*; the routed model then routes the sample with the agent of that class, as it
+would with a signature or genre. The dispatcher is a one-step RL agent (an
+:class:`~nli_routing.routing.ApproxRouter` over the encoding, any registered learner) rewarded by the
+model's outcome on the task.
+
+Kinds:
+
+* ``"basic"`` (online dispatching with the routing objective only): an LSTM encodes the sample; the
+  dispatch loss is the only signal of the encoder (its gradient flows into the LSTM).
+* ``"rbae-cbow" | "rbae-attn" | "rbae-onehot" | "rbae-seq"``: the routed bottleneck autoencoder
+  (Figure 6.3). Encode (CBOW, attention-weighted CBOW, one-hot bag of words, LSTM), project to
+  ``d_p``, pass through the dispatcher's choice among K bottleneck blocks
+  ``fc(d_p -> d_bn) -> fc(d_bn -> d_p)``, reconstruct (the CBOW vector, the bag of words, or the
+  token sequence with an LSTM decoder). The autoencoder trains on the reconstruction loss; the
+  dispatcher's reward is ``alpha * R_dispatch + (1 - alpha) * (-L_reconstruction)``, where
+  ``R_dispatch`` is the routed model's task reward of the sample.
+* ``"two-stage"`` (the '+D' of Table 5.2): the same agent over one of the encoders, trained after
+  the routed model has been trained with meta labels and frozen; K is the number of meta classes
+  and the reward is the frozen model's task reward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from ..routing import ApproxRouter, Trajectory, assign_rewards
+from ..routing.layer import grouped_apply
+
+__all__ = [
+    "ONLINE_DISPATCHERS",
+    "ENCODERS",
+    "DispatchOutput",
+    "LearnedDispatcher",
+    "build_dispatcher",
+    "compact_vocabulary",
+]
+
+#: --dispatch values trained jointly with the routed model
+ONLINE_DISPATCHERS = ("basic", "rbae-cbow", "rbae-attn", "rbae-onehot", "rbae-seq")
+#: sample encoders a dispatcher can read
+ENCODERS = ("cbow", "attn", "onehot", "lstm")
+#: the encoder of each online kind
+KIND_ENCODER = {"basic": "lstm", "rbae-cbow": "cbow", "rbae-attn": "attn", "rbae-onehot": "onehot", "rbae-seq": "lstm"}
+
+
+def compact_vocabulary(token_lists, vocab_size: int) -> Tensor:
+    """``[vocab_size]`` map from token id to a compact index (1..V'; 0 = unseen) over ``token_lists``.
+
+    The one-hot encoder and the reconstructing decoders work on the compact vocabulary of the
+    training split (a few thousand words for SCI) instead of the tokenizer's 30k entries.
+    """
+    seen = torch.zeros(vocab_size, dtype=torch.bool)
+    for ids in token_lists:
+        if len(ids):
+            seen[torch.as_tensor(ids, dtype=torch.long)] = True
+    mapping = torch.zeros(vocab_size, dtype=torch.long)
+    mapping[seen] = torch.arange(1, int(seen.sum()) + 1)
+    return mapping
+
+
+class _Encoder(nn.Module):
+    """``(ids [B, T], mask [B, T]) -> [B, out_dim]``."""
+
+    out_dim: int
+
+
+class CBOWFeatures(_Encoder):
+    """Mean of the (frozen) word vectors of the real tokens."""
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.out_dim = embedding.embedding_dim
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        m = mask.unsqueeze(-1).to(self.embedding.weight.dtype)
+        return (self.embedding(ids) * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class AttentionCBOW(_Encoder):
+    """Attention-weighted CBOW: ``sum_i softmax_i(v . tanh(W e_i)) e_i`` over the real tokens."""
+
+    def __init__(self, embedding: nn.Embedding, hidden: int = 64) -> None:
+        super().__init__()
+        self.embedding = embedding
+        dim = embedding.embedding_dim
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1, bias=False))
+        self.out_dim = dim
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        e = self.embedding(ids)
+        s = self.score(e).squeeze(-1).masked_fill(~mask, float("-inf"))
+        a = torch.softmax(s, -1).nan_to_num(0.0)  # an empty sentence has no token to attend to
+        return (a.unsqueeze(-1) * e).sum(1)
+
+
+class OneHotBagOfWords(_Encoder):
+    """One-hot bag of words over the compact training vocabulary, through a learned linear map."""
+
+    def __init__(self, vocab_map: Tensor, hidden: int = 64) -> None:
+        super().__init__()
+        self.register_buffer("vocab_map", vocab_map.clone(), persistent=True)
+        self.vocab_size = int(vocab_map.max()) + 1
+        self.bag = nn.EmbeddingBag(self.vocab_size, hidden, mode="sum", padding_idx=None)
+        self.out_dim = hidden
+
+    def counts(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """``[B, V']`` word counts of each sample (index 0 = words unseen in training)."""
+        compact = self.vocab_map[ids].masked_fill(~mask, 0)
+        out = torch.zeros(ids.shape[0], self.vocab_size, device=ids.device)
+        return out.scatter_add_(1, compact, mask.float())
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.counts(ids, mask) @ self.bag.weight
+
+
+class LSTMFeatures(_Encoder):
+    """Last hidden state of an LSTM over the (frozen) word vectors."""
+
+    def __init__(self, embedding: nn.Embedding, hidden: int = 64) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.lstm = nn.LSTM(embedding.embedding_dim, hidden, batch_first=True)
+        self.out_dim = hidden
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        lengths = mask.sum(1)
+        packed = pack_padded_sequence(
+            self.embedding(ids), lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, (h, _) = self.lstm(packed)
+        return h[-1] * (lengths > 0).unsqueeze(1).to(h.dtype)
+
+
+def build_encoder(name: str, embedding: nn.Embedding, hidden: int, vocab_map: Tensor | None) -> _Encoder:
+    if name == "cbow":
+        return CBOWFeatures(embedding)
+    if name == "attn":
+        return AttentionCBOW(embedding, hidden)
+    if name == "lstm":
+        return LSTMFeatures(embedding, hidden)
+    if name == "onehot":
+        if vocab_map is None:
+            raise ValueError("the one-hot encoder needs the training vocabulary (vocab_map)")
+        return OneHotBagOfWords(vocab_map, hidden)
+    raise ValueError(f"unknown dispatch encoder {name!r}; choose one of {ENCODERS}")
+
+
+class SequenceDecoder(nn.Module):
+    """LSTM decoder reconstructing the compact token sequence from the bottleneck output (teacher forcing)."""
+
+    def __init__(self, embedding: nn.Embedding, vocab_map: Tensor, code_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.register_buffer("vocab_map", vocab_map.clone(), persistent=True)
+        self.init_h = nn.Linear(code_dim, hidden)
+        self.lstm = nn.LSTM(embedding.embedding_dim, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, int(vocab_map.max()) + 1)
+
+    def forward(self, code: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        """``[B]`` mean token cross-entropy of reconstructing ``ids`` (0 for empty sentences)."""
+        b = ids.shape[0]
+        h0 = torch.tanh(self.init_h(code)).unsqueeze(0)
+        inputs = self.embedding(ids[:, :-1]) if ids.shape[1] > 1 else self.embedding(ids[:, :0])
+        start = code.new_zeros(b, 1, self.embedding.embedding_dim)
+        out, _ = self.lstm(torch.cat([start, inputs], 1), (h0, torch.zeros_like(h0)))
+        logits = self.out(out)
+        target = self.vocab_map[ids]
+        ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none") * mask
+        return ce.sum(1) / mask.sum(1).clamp_min(1)
+
+
+@dataclass
+class DispatchOutput:
+    """A dispatch of one batch: the chosen virtual meta class, its trajectory, the reconstruction loss."""
+
+    meta: Tensor  # [B] long, detached
+    trajectory: Trajectory  # one-step trajectory of the dispatch decisions
+    recon_loss: Tensor | None = None  # [B] with graph (RBAE), else None
+
+    @property
+    def actions(self) -> Tensor:
+        return self.trajectory.actions
+
+
+class LearnedDispatcher(nn.Module):
+    """Encode a sample (premise, or premise and hypothesis), choose one of ``num_dispatch`` classes.
+
+    ``kind``: ``"basic"``, an ``"rbae-*"`` kind or ``"two-stage"`` (see the module docstring);
+    ``encoder`` overrides the kind's encoder (two-stage: default ``"lstm"``). ``alpha`` weighs the
+    task reward against the reconstruction reward (RBAE only). ``detach_state``: keep the dispatch
+    loss out of the encoder (default: the RBAE encoders learn from the reconstruction only; the
+    basic and two-stage encoders learn from the dispatch loss).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        embedding: nn.Embedding,
+        num_dispatch: int,
+        encoder: str | None = None,
+        hidden: int = 64,
+        projection: int = 64,
+        bottleneck: int = 16,
+        alpha: float = 0.5,
+        pair: bool = False,
+        vocab_map: Tensor | None = None,
+        learner: str = "aac",
+        learner_kwargs: dict | None = None,
+        exploration: str = "med",
+        detach_state: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if kind not in (*ONLINE_DISPATCHERS, "two-stage"):
+            raise ValueError(f"unknown dispatcher kind {kind!r}; choose one of {(*ONLINE_DISPATCHERS, 'two-stage')}")
+        if num_dispatch < 1:
+            raise ValueError(f"num_dispatch must be >= 1, got {num_dispatch}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.kind = kind
+        self.num_dispatch = int(num_dispatch)
+        self.alpha = float(alpha)
+        self.pair = pair
+        self.rbae = kind.startswith("rbae-")
+        enc_name = encoder or KIND_ENCODER.get(kind, "lstm")
+        if enc_name == "onehot" and vocab_map is None:
+            raise ValueError(f"dispatcher {kind!r} with the one-hot encoder needs vocab_map (the training vocabulary)")
+        if kind == "rbae-seq" and vocab_map is None:
+            raise ValueError("rbae-seq reconstructs token sequences and needs vocab_map (the training vocabulary)")
+        self.encoder = build_encoder(enc_name, embedding, hidden, vocab_map)
+        in_dim = self.encoder.out_dim * (2 if pair else 1)
+        self.project = nn.Sequential(nn.Linear(in_dim, projection), nn.Tanh())
+        if detach_state is None:
+            detach_state = self.rbae
+        self.policy = ApproxRouter(
+            projection,
+            num_meta=0,
+            depth=1,
+            num_actions=self.num_dispatch,
+            hidden=hidden,
+            detach_state=detach_state,
+            learner=learner,
+            exploration=exploration,
+            seed=seed,
+            learner_kwargs=learner_kwargs,
+        )
+        self.bottlenecks = self.decoder = None
+        if self.rbae:
+            self.bottlenecks = nn.ModuleList(
+                nn.Sequential(nn.Linear(projection, bottleneck), nn.ReLU(), nn.Linear(bottleneck, projection))
+                for _ in range(self.num_dispatch)
+            )
+            if kind in ("rbae-cbow", "rbae-attn"):
+                self.target = CBOWFeatures(embedding)
+                self.decoder = nn.Linear(projection, embedding.embedding_dim)
+            elif kind == "rbae-onehot":
+                self.decoder = nn.Linear(projection, self.encoder.vocab_size)
+            else:
+                self.decoder = SequenceDecoder(embedding, vocab_map, projection, hidden)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.policy.set_epoch(epoch)
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        """The agent's parameters (trained by the router optimizer); the rest train with the blocks."""
+        return list(self.policy.parameters())
+
+    def encode(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.encoder(ids, mask)
+
+    def reconstruction_loss(self, code: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        """``[B]`` reconstruction loss of the premise from the bottleneck output ``code``."""
+        if self.kind == "rbae-seq":
+            return self.decoder(code, ids, mask)
+        if self.kind == "rbae-onehot":
+            counts = self.encoder.counts(ids, mask)
+            logp = F.log_softmax(self.decoder(code), -1)
+            return -(counts * logp).sum(1) / counts.sum(1).clamp_min(1)
+        target = self.target(ids, mask).detach()
+        return ((self.decoder(code) - target) ** 2).mean(1)
+
+    def forward(
+        self, premise_ids: Tensor, premise_mask: Tensor, hypothesis_ids: Tensor | None = None,
+        hypothesis_mask: Tensor | None = None,
+    ) -> DispatchOutput:
+        h = self.encode(premise_ids, premise_mask)
+        if self.pair:
+            if hypothesis_ids is None:
+                raise ValueError("this dispatcher reads premise and hypothesis (pair=True): pass both")
+            h = torch.cat([h, self.encode(hypothesis_ids, hypothesis_mask)], 1)
+        z = self.project(h)
+        dec = self.policy.decide(z, None, 0)
+        b = z.shape[0]
+        traj = Trajectory.from_decisions(
+            torch.zeros(b, dtype=torch.long, device=z.device),
+            [dec],
+            [torch.ones(b, dtype=torch.bool, device=z.device)],
+            None,
+        )
+        recon = None
+        if self.rbae:
+            code = grouped_apply(z, dec.actions, self.bottlenecks)
+            recon = self.reconstruction_loss(code, premise_ids, premise_mask)
+        return DispatchOutput(dec.actions.detach(), traj, recon)
+
+    def dispatch_reward(self, out: DispatchOutput, task_reward: Tensor) -> Tensor:
+        """``alpha * R_dispatch + (1 - alpha) * (-L_rec)`` for the RBAE, the task reward otherwise."""
+        if out.recon_loss is None:
+            return task_reward
+        return self.alpha * task_reward + (1.0 - self.alpha) * (-out.recon_loss.detach())
+
+    def loss(self, out: DispatchOutput, task_reward: Tensor) -> Tensor:
+        """The agent's learner loss on its rewarded decisions plus the autoencoder's reconstruction loss."""
+        assign_rewards(out.trajectory, self.dispatch_reward(out, task_reward.detach()))
+        total = self.policy.loss(out.trajectory)
+        if out.recon_loss is not None:
+            total = total + out.recon_loss.mean()
+        return total
+
+
+def build_dispatcher(
+    kind: str,
+    embedding: nn.Embedding,
+    num_dispatch: int,
+    vocab_map: Tensor | None = None,
+    **kwargs,
+) -> LearnedDispatcher:
+    """A :class:`LearnedDispatcher` (keyword arguments as in its constructor)."""
+    return LearnedDispatcher(kind, embedding, num_dispatch, vocab_map=vocab_map, **kwargs)
