@@ -10,7 +10,7 @@ def _entropy_bits(counts: Tensor) -> Tensor:
     """Entropy (bits) of each row of a count matrix ``[..., A]``; empty rows give 0."""
     total = counts.sum(-1, keepdim=True)
     p = counts / total.clamp_min(1)
-    return (-(p * torch.log2(p.clamp_min(1e-12))).sum(-1)).clamp_min(0.0)
+    return (-(p * torch.log2(p.clamp_min(1e-12))).sum(-1)).clamp_min(0.0) + 0.0  # no -0.0
 
 
 def selection_entropy(

@@ -156,16 +156,21 @@ def dispatch_dataset(
     out_column: str = "cluster",
     train_split: str = "train",
     max_length: int = 64,
+    dispatcher: OfflineDispatcher | None = None,
 ) -> tuple[DatasetDict, OfflineDispatcher]:
     """Fit an :class:`OfflineDispatcher` on the CBOW encodings of ``train_split``'s
     ``text_column`` and add a ``ClassLabel`` column ``out_column`` (names ``cluster_0`` ...)
     holding the nearest-centroid cluster of every row of every split.
 
-    An existing ``out_column`` is replaced.
+    An existing ``out_column`` is replaced. A fitted ``dispatcher`` (e.g. from training on another
+    SCI variant) is applied as is: nothing is fitted and ``method``, ``k``, ``seed`` are ignored.
     """
-    if train_split not in dsd:
+    fitted = dispatcher is not None
+    if fitted and dispatcher.centroids_ is None:
+        raise ValueError("dispatch_dataset got an unfitted dispatcher; fit it or pass dispatcher=None")
+    if not fitted and train_split not in dsd:
         raise KeyError(f"dispatch_dataset needs a {train_split!r} split; got {list(dsd)}")
-    dispatcher = OfflineDispatcher(method=method, k=k, seed=seed)
+    dispatcher = dispatcher if fitted else OfflineDispatcher(method=method, k=k, seed=seed)
 
     def encode(split: str) -> np.ndarray:
         if text_column not in dsd[split].column_names:
@@ -173,7 +178,8 @@ def dispatch_dataset(
         texts = list(dsd[split].with_format(None)[text_column])  # respects indices
         return cbow_encode(vectors, texts, max_length=max_length)
 
-    dispatcher.fit(encode(train_split))
+    if not fitted:
+        dispatcher.fit(encode(train_split))
     feature = ClassLabel(names=[f"cluster_{i}" for i in range(dispatcher.k)])
     out = {}
     for name, split in dsd.items():

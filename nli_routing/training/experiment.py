@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
 from ..dispatch.learned import ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
-from ..dispatch.offline import dispatch_dataset
+from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..models.blocks import parse_learner_args
 from ..models.embeddings import WordVectors, load_word_vectors
 from ..models.lstm import LSTMModelConfig, LSTMNLIModel
@@ -222,12 +222,20 @@ def prepare_sci(args: DataArgs) -> PreparedData:
     return PreparedData(dsd, vectors, list(names))
 
 
-def method_data(prepared: PreparedData, meta_source: str, k: int, seed: int) -> tuple[DatasetDict, str, list[str]]:
-    """The data set with the meta column a method routes on, its name and its class names."""
+def method_data(
+    prepared: PreparedData, meta_source: str, k: int, seed: int, dispatcher: OfflineDispatcher | None = None
+) -> tuple[DatasetDict, str, list[str], OfflineDispatcher | None]:
+    """The data set with the meta column a method routes on, its name, its class names and the
+    offline dispatcher that made the column (``None`` for the data's own meta column).
+
+    A fitted ``dispatcher`` is applied instead of fitting a new one (fine-tuning on another variant).
+    """
     if meta_source in ("signature", "meta"):  # the data set's own meta column (signature, genre)
-        return prepared.data, prepared.meta_column, prepared.meta_names
-    dsd, _ = dispatch_dataset(prepared.data, prepared.vectors, method=meta_source, k=k, seed=seed)
-    return dsd, "cluster", [f"cluster_{i}" for i in range(k)]
+        return prepared.data, prepared.meta_column, prepared.meta_names, None
+    dsd, dispatcher = dispatch_dataset(
+        prepared.data, prepared.vectors, method=meta_source, k=k, seed=seed, dispatcher=dispatcher
+    )
+    return dsd, "cluster", [f"cluster_{i}" for i in range(dispatcher.k)], dispatcher
 
 
 def make_loaders(
@@ -347,7 +355,7 @@ def run_method(
     dispatch_args = dispatch_args or DispatchArgs()
     kind = overrides.pop("dispatch", None)
     two_stage = overrides.pop("two_stage", False)
-    dsd, meta_column, meta_names = method_data(prepared, meta_source, dispatch_k, train_cfg.seed)
+    dsd, meta_column, meta_names, offline = method_data(prepared, meta_source, dispatch_k, train_cfg.seed)
     num_meta = dispatch_k if kind else len(meta_names)
     model = build_model(model_cfg, {"num_meta": num_meta, "router_seed": train_cfg.seed, **overrides}, prepared.vectors)
     vocab_map = None
@@ -363,16 +371,15 @@ def run_method(
     result = _fit(model, dsd, meta_column, meta_names, pad, train_cfg, out, accelerator, two_stage, dispatch_args, vocab_map)
     result["summary"] = summarize(method, result)
     if finetune is not None:
-        if meta_source != "signature":
-            raise ValueError(f"{method!r}: fine-tuning needs a method routed on the data's meta column or a learned dispatcher")
-        if not kind and finetune.meta_names[: len(meta_names)] != meta_names:
+        if offline is None and not kind and finetune.meta_names[: len(meta_names)] != meta_names:
             raise ValueError("fine-tuning data numbers its meta classes differently: call align_meta first")
         if two_stage:
             model.detach_dispatcher()
+        # offline clusters: the centroids fitted on the first data set assign the new rows
+        ft_data, ft_column, ft_names, _ = method_data(finetune, meta_source, dispatch_k, train_cfg.seed, offline)
         cfg = replace(train_cfg, epochs=finetune_epochs)
         sub = out / "finetune" if out else None
-        ft = _fit(model, finetune.data, finetune.meta_column, finetune.meta_names, pad, cfg, sub, accelerator,
-                  two_stage, dispatch_args, vocab_map)
+        ft = _fit(model, ft_data, ft_column, ft_names, pad, cfg, sub, accelerator, two_stage, dispatch_args, vocab_map)
         ft["summary"] = summarize(method, ft)
         result["finetune"] = ft
     return result

@@ -1,0 +1,237 @@
+"""SCI dispatch benchmark for issue 4 (thesis Table 6.1 layout): every dispatching strategy on joint,
+disjoint, mismatch and the generated nested set, mean and 95% confidence interval over seeds.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sci_dispatch.py --seeds 0 1 2 3 4 \
+        --epochs 3 --max_train_samples 8000 --out benchmarks/results/sci_dispatch.json
+
+Rows: the unrouted CBOW baseline (signature keyword), WP routed by signature, WP+D (two-stage:
+signatures, then a dispatcher with the model fixed; tested without signatures), offline k-means and
+agglomerative dispatch, and the learned online dispatchers (basic, RBAE with CBOW / attention /
+one-hot / seq2seq encoders). Columns: joint, disjoint, mismatch (training lacks four signatures,
+whose agents stay untrained: ``allow_unseen_meta``), and nested: each model trained on joint is
+fine-tuned on ``data/sci_synthetic/nested`` for ``--nested_epochs`` (the nested corpus' signature
+names are added to joint's, so signature agents exist for every class).
+
+Every run's summary (accuracy, routing and dispatch entropy, the test dispatch distribution per
+signature) is written to ``--out`` as it goes; ``--resume`` skips finished runs, several workers can
+write separate ``--out`` files (e.g. one per seed set) and ``--report_only --inputs a.json b.json``
+merges them into the table, the JSON summary and the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+
+from scipy import stats as sps
+
+from nli_routing.analysis.plots import plot_dispatch_distribution
+from nli_routing.models.nli import NLIModelConfig
+from nli_routing.training.experiment import (
+    RECIPE_TRAIN_DEFAULTS,
+    DataArgs,
+    DispatchArgs,
+    align_meta,
+    prepare_sci,
+    run_method,
+)
+from nli_routing.training.loop import TrainConfig
+
+from sci_wp import commit, machine  # noqa: E402  (benchmarks/ is the script's folder)
+
+#: (row name of Table 6.1, method)
+ROWS = [
+    ("CBOW (unrouted, keyword)", "cbow"),
+    ("WP signature", "wp-signature"),
+    ("WP+D (two-stage)", "wp-signature+D"),
+    ("WP k-means", "wp-kmeans"),
+    ("WP agglomerative", "wp-agglomerative"),
+    ("WP basic dispatcher", "wp-basic"),
+    ("WP RBAE-CBOW", "wp-rbae-cbow"),
+    ("WP RBAE-attn", "wp-rbae-attn"),
+    ("WP RBAE-onehot", "wp-rbae-onehot"),
+    ("WP RBAE-seq", "wp-rbae-seq"),
+]
+COLUMNS = ["joint", "disjoint", "mismatch", "nested"]
+DISPATCHING = [m for _, m in ROWS if m not in ("cbow", "wp-signature")]
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t confidence interval (0 for a single value)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, float(sps.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+
+def summarize(runs: list[dict]) -> dict:
+    """``{method: {column: {mean, ci, n, dispatch_entropy, routing_entropy}}}``."""
+    out: dict = {}
+    for _, method in ROWS:
+        for col in COLUMNS:
+            sel = [r for r in runs if r["method"] == method and r["column"] == col]
+            if not sel:
+                continue
+            m, ci = mean_ci([r["test_accuracy"] for r in sel])
+            ent = [r["dispatch_entropy"] for r in sel if r.get("dispatch_entropy") is not None]
+            rent = [r["routing_entropy"] for r in sel if r.get("routing_entropy") is not None]
+            out.setdefault(method, {})[col] = {
+                "mean": m, "ci95": ci, "n": len(sel), "seeds": sorted(r["seed"] for r in sel),
+                "dispatch_entropy": statistics.fmean(ent) if ent else None,
+                "routing_entropy": statistics.fmean(rent) if rent else None,
+            }
+    return out
+
+
+def table(summary: dict) -> str:
+    head = f"{'strategy':<28}" + "".join(f"{c:>17}" for c in COLUMNS) + f"{'disp H (joint)':>16}"
+    lines = [head, "-" * len(head)]
+    for name, method in ROWS:
+        row = summary.get(method)
+        if not row:
+            continue
+        cells = []
+        for c in COLUMNS:
+            v = row.get(c)
+            cells.append(f"{100 * v['mean']:>8.1f} ± {100 * v['ci95']:<5.1f}(n{v['n']})" if v else f"{'-':>17}")
+        h = (row.get("joint") or {}).get("dispatch_entropy")
+        lines.append(f"{name:<28}" + "".join(f"{c:>17}" for c in cells) + (f"{h:>16.2f}" if h is not None else f"{'-':>16}"))
+    return "\n".join(lines)
+
+
+def claims(summary: dict) -> list[str]:
+    """The thesis' claims of Table 6.1, checked on the means."""
+    lines = []
+    base = summary.get("cbow", {})
+    for col in COLUMNS:
+        if col not in base:
+            continue
+        beats = [m for m in DISPATCHING if col in summary.get(m, {}) and summary[m][col]["mean"] > base[col]["mean"]]
+        present = [m for m in DISPATCHING if col in summary.get(m, {})]
+        lines.append(f"{col}: {len(beats)}/{len(present)} dispatching strategies beat unrouted CBOW "
+                     f"({100 * base[col]['mean']:.1f}); below it: {sorted(set(present) - set(beats))}")
+    d, s = summary.get("wp-signature+D", {}), summary.get("wp-signature", {})
+    for col in COLUMNS:
+        if col in d and col in s:
+            lines.append(f"{col}: WP+D {100 * d[col]['mean']:.1f} vs WP signature {100 * s[col]['mean']:.1f} "
+                         f"({'>=' if d[col]['mean'] >= s[col]['mean'] else '<'})")
+    if all(c in d for c in ("joint", "disjoint", "mismatch")) and all(c in s for c in ("joint", "disjoint", "mismatch")):
+        for name, row in (("WP+D", d), ("WP signature", s)):
+            lines.append(f"{name} loss joint->disjoint {100 * (row['joint']['mean'] - row['disjoint']['mean']):.1f}, "
+                         f"joint->mismatch {100 * (row['joint']['mean'] - row['mismatch']['mean']):.1f} points")
+    return lines
+
+
+def plot(summary: dict, runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(COLUMNS), figsize=(4.2 * len(COLUMNS), 4.6), sharey=True)
+    for ax, col in zip(axes, COLUMNS):
+        names = [(n, m) for n, m in ROWS if col in summary.get(m, {})]
+        for i, (n, m) in enumerate(names):
+            v = summary[m][col]
+            ax.barh(i, 100 * v["mean"], xerr=100 * v["ci95"], color="C0" if m in DISPATCHING else "C7", alpha=0.8)
+            pts = [100 * r["test_accuracy"] for r in runs if r["method"] == m and r["column"] == col]
+            ax.plot(pts, [i] * len(pts), "k.", ms=3)
+        ax.set_yticks(range(len(names)), [n for n, _ in names])
+        ax.set_title(col)
+        ax.set_xlabel("test accuracy (%)")
+        ax.invert_yaxis()
+    fig.suptitle("SCI: dispatching strategies (mean, 95% CI, dots = seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(runs: list[dict], out: Path, meta: dict) -> None:
+    summary = summarize(runs)
+    plot(summary, runs, out.with_suffix(".png"))
+    figdir = out.with_suffix("")
+    for _, method in ROWS:  # Figure 6.5: dispatch per signature, joint test set, lowest seed
+        sel = sorted((r for r in runs if r["method"] == method and r["column"] == "joint" and r.get("dispatch")),
+                     key=lambda r: r["seed"])
+        if sel:
+            plot_dispatch_distribution(sel[0]["dispatch"], figdir / f"{method}_joint_seed{sel[0]['seed']}.png",
+                                       title=f"{method}: dispatch per signature (joint test, seed {sel[0]['seed']})")
+    out.write_text(json.dumps({**meta, "runs": runs, "summary": summary, "claims": claims(summary)}, indent=1))
+    print(f"\n{table(summary)}\n")
+    print("\n".join(claims(summary)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sci_root", default="../shared/data/sci")
+    ap.add_argument("--nested_dir", default=str(Path(__file__).resolve().parents[1] / "data/sci_synthetic/nested"))
+    ap.add_argument("--variants", nargs="+", default=["joint", "disjoint", "mismatch"])
+    ap.add_argument("--methods", nargs="+", default=[m for _, m in ROWS])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--stage2_epochs", type=int, default=2)
+    ap.add_argument("--nested_epochs", type=int, default=2)
+    ap.add_argument("--max_train_samples", type=int, default=8000)
+    ap.add_argument("--out", default="benchmarks/results/sci_dispatch.json")
+    ap.add_argument("--resume", action="store_true", help="skip runs already in --out")
+    ap.add_argument("--report_only", action="store_true", help="merge --inputs (or --out) into the report")
+    ap.add_argument("--inputs", nargs="+", default=None, help="result files of several workers (--report_only)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.report_only:
+        runs, metas = [], []
+        for path in args.inputs or [args.out]:
+            data = json.loads(Path(path).read_text())
+            runs += data["runs"]
+            metas.append({k: data.get(k) for k in ("machine", "commit", "args")})
+        seen, unique = set(), []
+        for r in runs:
+            key = (r["method"], r["column"], r["seed"])
+            if key not in seen:
+                seen.add(key)
+                unique.append(r)
+        report(unique, out, {"workers": metas})
+        return
+    logging.basicConfig(level=logging.WARNING)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs: list[dict] = json.loads(out.read_text())["runs"] if args.resume and out.exists() else []
+    done = {(r["method"], r["column"], r["seed"]) for r in runs}
+    meta = {"machine": machine(), "commit": commit(), "args": vars(args)}
+    started = time.time()
+    data_args = dict(max_train_samples=args.max_train_samples, allow_unseen_meta=True)
+    nested = None
+    for variant in args.variants:
+        prepared = prepare_sci(DataArgs(data_dir=str(Path(args.sci_root) / variant), **data_args))
+        if variant == "joint" and args.nested_dir:
+            nested = prepare_sci(DataArgs(data_dir=args.nested_dir, allow_unseen_meta=True))
+            align_meta(prepared, nested)
+        for seed in args.seeds:
+            for method in args.methods:
+                want_nested = variant == "joint" and nested is not None
+                if (method, variant, seed) in done and (not want_nested or (method, "nested", seed) in done):
+                    continue
+                cfg = TrainConfig(epochs=args.epochs, seed=seed, cpu=True, progress=False, **RECIPE_TRAIN_DEFAULTS)
+                res = run_method(method, prepared, NLIModelConfig(), cfg, dispatch_args=DispatchArgs(
+                    stage2_epochs=args.stage2_epochs), finetune=nested if want_nested else None,
+                    finetune_epochs=args.nested_epochs)
+                parts = [(variant, res)] + ([("nested", res["finetune"])] if "finetune" in res else [])
+                for column, r in parts:
+                    s = r["summary"]
+                    runs.append({"column": column, "seed": seed, **s,
+                                 "dispatch": r["final"].get("test", {}).get("dispatch"),
+                                 "validation_history": [h["validation"]["accuracy"] for h in r["history"]]})
+                    print(f"{column:<9} {method:<18} seed {seed}: test {s['test_accuracy']:.4f} "
+                          f"disp H {s['dispatch_entropy'] if s['dispatch_entropy'] is not None else '-'} "
+                          f"({s['train_seconds']:.0f}s)", flush=True)
+                out.write_text(json.dumps({**meta, "runs": runs}, indent=1))
+    print(f"wall time {time.time() - started:.0f}s")
+    report(runs, out, meta)
+
+
+if __name__ == "__main__":
+    main()
