@@ -2,12 +2,14 @@
 
     nli-routing generate-sci --out data/sci_synthetic      # the project's implicative data
     nli-routing list                                       # registered learners and recipe methods
+    nli-routing analyze RUN_DIR --by signature             # path overlap, routing map, entropy, plots
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 
@@ -20,6 +22,16 @@ def _list(_: argparse.Namespace) -> None:
     print("SCI methods: " + ", ".join(sorted(METHODS)))
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    from .analysis.report import analyze_run
+
+    result = analyze_run(args.run_dir, by=args.by, split=args.split, out_dir=args.out, match=args.match,
+                         policy=args.policy, temperature=args.temperature)
+    for row in result.get("dominant_paths", []):
+        print(f"{row['class']:>14}  path {row['path']:<12} share {row['share']:.2f}  samples {row['samples']}")
+    print(f"{len(result['files'])} files written to {Path(result['files'][-1]).parent}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="nli-routing", description=__doc__,
@@ -27,6 +39,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("generate-sci", help="generate SCI-style implicative data (see --help)", add_help=False)
     sub.add_parser("list", help="list learners, exploration presets and SCI methods").set_defaults(func=_list)
+    analyze = sub.add_parser(
+        "analyze", help="routing analyses of a training run: path overlap, routing map, entropy, dispatch, policies",
+        description="Reads RUN_DIR/routing_<split>.npz (and model.pt for the tabular policies) and writes PNG "
+        "heatmaps, CSV and JSON (see nli_routing.analysis.report).",
+    )
+    analyze.add_argument("run_dir", help="output folder of a training run (metrics.json, routing_*.npz, model.pt)")
+    analyze.add_argument("--by", default="meta", choices=["signature", "genre", "meta", "dispatch"],
+                         help="group samples by the meta column (signature/genre/meta) or by the dispatcher's choice")
+    analyze.add_argument("--split", default="test", help="which routing record: routing_<split>.npz")
+    analyze.add_argument("--out", default=None, help="output folder (default RUN_DIR/analysis_<split>_<by>)")
+    analyze.add_argument("--match", default="depth", choices=["depth", "module"],
+                         help="overlap counts the same module at the same depth, or shared modules at any depth")
+    analyze.add_argument("--policy", default="greedy", choices=["greedy", "softmax", "table"],
+                         help="policy of a router table for the cosine similarity (greedy one-hot argmax by default)")
+    analyze.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (--policy softmax)")
+    analyze.set_defaults(func=_analyze)
     if argv and argv[0] == "generate-sci":
         from .data.synthetic import main as generate
 

@@ -135,3 +135,10 @@ def test_dispatch_dataset() -> None:
     assert adjusted_rand_score(train_topics, list(again["train"]["cluster"])) == 1.0
     with pytest.raises(KeyError):
         dispatch_dataset(DatasetDict(test=dsd["test"]), vectors)
+    # a fitted dispatcher assigns another data set (even without a train split) without refitting
+    centroids = disp.centroids_.copy()
+    other, same = dispatch_dataset(DatasetDict(test=dsd["test"]), vectors, k=7, dispatcher=disp)
+    assert same is disp and np.array_equal(disp.centroids_, centroids)
+    assert list(other["test"]["cluster"]) == list(out["test"]["cluster"])
+    with pytest.raises(ValueError, match="unfitted"):
+        dispatch_dataset(dsd, vectors, dispatcher=OfflineDispatcher())

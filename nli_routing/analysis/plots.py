@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 __all__ = ["plot_heatmap", "plot_dispatch_distribution", "plot_routing_map"]
@@ -36,10 +38,11 @@ def plot_heatmap(
     xlabel: str = "",
     ylabel: str = "",
     annotations: Any = None,
-    cmap: str = "viridis",
+    cmap: Any = "viridis",
     vmin: float | None = None,
     vmax: float | None = None,
     colorbar_label: str = "",
+    colorbar_ticks: Sequence[float] | None = None,
 ) -> Path:
     """Write a labelled heatmap of ``matrix [rows, cols]`` to ``path`` (PNG); returns the path.
 
@@ -56,34 +59,37 @@ def plot_heatmap(
     bar = fig.colorbar(image, ax=ax)
     if colorbar_label:
         bar.set_label(colorbar_label)
+    if colorbar_ticks is not None:
+        bar.set_ticks(list(colorbar_ticks))
     ax.set_xticks(range(cols), labels=[str(c) for c in col_labels], rotation=45 if cols > 6 else 0, ha="right" if cols > 6 else "center")
     ax.set_yticks(range(rows), labels=[str(r) for r in row_labels])
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if rows * cols <= 900:
-        finite = m[np.isfinite(m)]
-        lo = finite.min() if vmin is None and finite.size else (vmin or 0.0)
-        hi = finite.max() if vmax is None and finite.size else (vmax if vmax is not None else 1.0)
-        mid = (lo + hi) / 2
         for i in range(rows):
             for j in range(cols):
-                text = annotations[i][j] if annotations is not None else ("" if not np.isfinite(m[i, j]) else _fmt(m[i, j]))
+                finite = bool(np.isfinite(m[i, j]))
+                text = annotations[i][j] if annotations is not None else (_fmt(m[i, j]) if finite else "")
                 if text != "":
-                    color = "black" if np.isfinite(m[i, j]) and m[i, j] > mid else "white"
+                    color = "black"
+                    if finite:  # dark text on light cells, light text on dark ones
+                        r, g, b, _ = image.cmap(image.norm(m[i, j]))
+                        color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
                     ax.text(j, i, str(text), ha="center", va="center", fontsize=8, color=color)
     return _save(fig, path)
 
 
 def plot_dispatch_distribution(
-    record_or_stats: Any, path: str | Path, normalize: bool = True, title: str | None = None
+    record_or_stats: Any, path: str | Path, normalize: bool = True, title: str | None = None,
+    ylabel: str = "meta class",
 ) -> Path:
     """Heatmap of the dispatcher's choices per meta class (thesis Figure 6.5); returns the PNG path.
 
     ``record_or_stats`` is a :class:`~nli_routing.analysis.records.RoutingRecord` with a
     ``dispatch`` column, or the dict of :func:`~nli_routing.analysis.entropy.dispatch_statistics`
     (its ``distribution``: meta class -> samples sent to each subrouter). Rows are meta classes,
-    columns subrouters; with ``normalize`` a cell is the fraction of the class's samples (the
+    columns subrouters (classes without samples are left out); with ``normalize`` a cell is the fraction of the class's samples (the
     number of samples is written in the cell), otherwise the count.
     """
     stats = record_or_stats
@@ -94,7 +100,7 @@ def plot_dispatch_distribution(
             raise ValueError("the routing record has no dispatch column (the run had no learned dispatcher)")
         stats = dispatch_statistics(stats)
     distribution: Mapping[str, Sequence[int]] = stats["distribution"]
-    names = list(distribution)
+    names = [n for n in distribution if sum(distribution[n])] or list(distribution)  # classes with samples
     counts = np.array([list(distribution[n]) for n in names], dtype=float)
     k = counts.shape[1] if counts.ndim == 2 else 0
     if normalize:
@@ -108,13 +114,13 @@ def plot_dispatch_distribution(
             title += f" (H={stats['entropy']:.2f} bits, per class {stats.get('per_meta_entropy', 0.0):.2f})"
     return plot_heatmap(
         values, names, [str(i) for i in range(k)], path, title=title, xlabel="subrouter (dispatch choice)",
-        ylabel="meta class", annotations=notes, vmin=0.0, vmax=1.0 if normalize else None,
+        ylabel=ylabel, annotations=notes, vmin=0.0, vmax=1.0 if normalize else None,
         colorbar_label="fraction of the class" if normalize else "samples",
     )
 
 
 def plot_routing_map(
-    routing_map: Mapping[str, Any], path: str | Path, title: str = "Routing map"
+    routing_map: Mapping[str, Any], path: str | Path, title: str = "Routing map", ylabel: str = "meta class"
 ) -> Path:
     """Heatmap of the module chosen at each depth for each meta class (thesis Figure 5.6).
 
@@ -131,8 +137,10 @@ def plot_routing_map(
         for i in range(modules.shape[0])
     ]
     n_actions = int(routing_map.get("num_actions", np.nanmax(values) + 1 if np.isfinite(values).any() else 1))
+    base = colormaps["tab10" if n_actions <= 10 else "tab20"]
+    cmap = ListedColormap([base(i % base.N) for i in range(max(n_actions, 1))])
     return plot_heatmap(
         values, routing_map["classes"], routing_map["depth_labels"], path, title=title, xlabel="layer / depth",
-        ylabel="meta class", annotations=notes, cmap="tab10" if n_actions <= 10 else "tab20",
-        vmin=-0.5, vmax=max(n_actions, 10 if n_actions <= 10 else 20) - 0.5, colorbar_label="module",
+        ylabel=ylabel, annotations=notes, cmap=cmap, vmin=-0.5, vmax=max(n_actions, 1) - 0.5,
+        colorbar_label="module", colorbar_ticks=list(range(max(n_actions, 1))),
     )

@@ -1,1 +1,1 @@
-"""nli_routing.data."""
+"""nli_routing.data: SCI (``sci``), MultiNLI (``multinli``), the implicative generator, encoding."""
