@@ -86,27 +86,32 @@ def load_data(args: PairDataArgs) -> tuple[DatasetDict, list[str]]:
     return dsd, list(dsd["train"].features["signature"].names)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = HfArgumentParser((RecipeArgs, PairDataArgs, TransformerNLIConfig, TrainConfig))
-    parser.set_defaults(**TRAIN_DEFAULTS)
-    recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("datasets", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    accelerator = Accelerator(cpu=train_cfg.cpu)
-    dsd, names = load_data(data_args)
+def train_transformer(
+    dsd: DatasetDict,
+    meta_names: list[str],
+    meta_column: str,
+    model_cfg: TransformerNLIConfig,
+    train_cfg: TrainConfig,
+    max_length: int,
+    output_dir: str | Path | None,
+    accelerator: Accelerator | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a routed Transformer on loaded ``train``/``validation``/``test`` splits routed on ``meta_column``.
+
+    Returns ``{"summary", "run", "model", "tokenizer", "config", "parameters"}``.
+    """
     model_path = model_cfg.model_name_or_path or default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers
         tokenizer.pad_token = tokenizer.eos_token
-    cfg = replace(model_cfg, model_name_or_path=model_path, num_meta=len(names), router_seed=train_cfg.seed)
+    cfg = replace(model_cfg, model_name_or_path=model_path, num_meta=len(meta_names), router_seed=train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
     model = RoutedTransformerForNLI(cfg)
     counts = count_parameters(model)
-    encoded = encode_pairs(dsd, tokenizer, data_args.max_length)
-    keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label", "signature")
+    encoded = encode_pairs(dsd, tokenizer, max_length)
+    keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label", meta_column)
             if c in encoded["train"].column_names]
-    collate = PairCollator(tokenizer.pad_token_id, "signature")
+    collate = PairCollator(tokenizer.pad_token_id, meta_column)
 
     def loader(split: str, batch_size: int, shuffle: bool) -> DataLoader:
         data = encoded[split].select_columns(keep).with_format(None)
@@ -114,8 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     train_loader = loader("train", train_cfg.batch_size, True)
     eval_loaders = {s: loader(s, train_cfg.eval_batch_size, False) for s in ("validation", "test") if s in encoded}
-    out = Path(recipe.output_dir)
-    result = train(model, train_loader, eval_loaders, train_cfg, out / cfg.route, names, accelerator)
+    result = train(model, train_loader, eval_loaders, train_cfg, output_dir, meta_names, accelerator)
     final = result["final"]
     entropy = final.get("test", final.get("validation", {})).get("routing_entropy_0", {})
     summary = {
@@ -127,16 +131,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_seconds": result["train_seconds"],
         "parameters": counts,
     }
+    return {"summary": summary, "run": result, "model": model, "tokenizer": tokenizer, "config": cfg,
+            "parameters": counts}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = HfArgumentParser((RecipeArgs, PairDataArgs, TransformerNLIConfig, TrainConfig))
+    parser.set_defaults(**TRAIN_DEFAULTS)
+    recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("datasets", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    accelerator = Accelerator(cpu=train_cfg.cpu)
+    dsd, names = load_data(data_args)
+    out = Path(recipe.output_dir)
+    res = train_transformer(dsd, names, "signature", model_cfg, train_cfg, data_args.max_length,
+                            out / model_cfg.route, accelerator)
+    summary, cfg, counts = res["summary"], res["config"], res["parameters"]
     params = "  ".join(f"{k} {v:,}" for k, v in counts.items())
-    accelerator.print(f"\nSCI data: {data_args.data_dir}  model: {model_path}\n{format_table([summary])}\n"
+    accelerator.print(f"\nSCI data: {data_args.data_dir}  model: {cfg.model_name_or_path}\n{format_table([summary])}\n"
                       f"parameters: {params}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         payload = {"args": {"recipe": asdict(recipe), "data": asdict(data_args), "model": asdict(cfg),
-                            "train": asdict(train_cfg)}, "summary": summary, "run": result}
+                            "train": asdict(train_cfg)}, "summary": summary, "run": res["run"]}
         (out / "results.json").write_text(json.dumps(payload, indent=2))
         if recipe.save_model:
-            accelerator.unwrap_model(model).save_pretrained(out / cfg.route / "model", tokenizer)
+            accelerator.unwrap_model(res["model"]).save_pretrained(out / cfg.route / "model", res["tokenizer"])
         accelerator.print(f"results written to {out / 'results.json'}")
     return summary
 

@@ -203,9 +203,25 @@ def train(
     should hold ``"validation"`` (used to pick the best epoch when ``select_best``) and ``"test"``.
     Returns ``{"history": [...], "best_epoch": k, "final": {split: metrics}, "train_seconds": s}``.
     """
+    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls by orders of magnitude
+    try:
+        return _train(model, train_loader, eval_loaders, cfg, output_dir, meta_names, accelerator, on_epoch_end)
+    finally:
+        torch.set_flush_denormal(False)  # a process-wide flag: leave the caller's arithmetic as it was
+
+
+def _train(
+    model: nn.Module,
+    train_loader: DataLoader,
+    eval_loaders: dict[str, DataLoader],
+    cfg: TrainConfig,
+    output_dir: str | Path | None = None,
+    meta_names: list[str] | None = None,
+    accelerator: Accelerator | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> dict[str, Any]:
     accelerator = accelerator or Accelerator(cpu=cfg.cpu)
     set_seed(cfg.seed)
-    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls by orders of magnitude
     block_opt, router_opt = make_optimizers(model, cfg)
     model, train_loader = accelerator.prepare(model, train_loader)
     if block_opt is not None:
