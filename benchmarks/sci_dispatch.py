@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +43,8 @@ from nli_routing.training.experiment import (
 )
 from nli_routing.training.loop import TrainConfig
 
-from sci_wp import commit, machine  # noqa: E402  (benchmarks/ is the script's folder)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
+from common import commit, machine  # noqa: E402
 
 #: (row name of Table 6.1, method)
 ROWS = [

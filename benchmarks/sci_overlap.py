@@ -18,41 +18,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from nli_routing.data.sci import load_sci
 from nli_routing.models.nli import NLIModelConfig
 from nli_routing.training.experiment import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
 from nli_routing.training.loop import TrainConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
+from common import commit, machine  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import logging
-import os
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
 from nli_routing.models.nli import NLIModelConfig
 from nli_routing.training.experiment import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
 from nli_routing.training.loop import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
+from common import commit, machine  # noqa: E402
 
 #: (name, method, model overrides) of the main comparison
 MAIN = [
@@ -42,23 +42,6 @@ ABLATION = [
 ]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def summarize(runs: list[dict]) -> list[dict]:

@@ -22,3 +22,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _reset_flush_denormal():
+    """Flushing denormals is process-wide state (the training loop and the step-time benchmark
+    set it); reset it after every test so later tests (hypothesis' float strategies) see IEEE floats."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)

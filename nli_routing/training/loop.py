@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -186,6 +187,22 @@ def evaluate(
     return record_metrics(collect_record(model, loader, accelerator, meta_names))
 
 
+def _flush_denormals(fn: Callable) -> Callable:
+    """Run ``fn`` with denormal floats flushed to zero (they slow CPU matmuls by orders of
+    magnitude), then restore the process-wide default for the caller's arithmetic."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        torch.set_flush_denormal(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_flush_denormal(False)
+
+    return wrapper
+
+
+@_flush_denormals
 def train(
     model: nn.Module,
     train_loader: DataLoader,
@@ -203,23 +220,6 @@ def train(
     should hold ``"validation"`` (used to pick the best epoch when ``select_best``) and ``"test"``.
     Returns ``{"history": [...], "best_epoch": k, "final": {split: metrics}, "train_seconds": s}``.
     """
-    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls by orders of magnitude
-    try:
-        return _train(model, train_loader, eval_loaders, cfg, output_dir, meta_names, accelerator, on_epoch_end)
-    finally:
-        torch.set_flush_denormal(False)  # a process-wide flag: leave the caller's arithmetic as it was
-
-
-def _train(
-    model: nn.Module,
-    train_loader: DataLoader,
-    eval_loaders: dict[str, DataLoader],
-    cfg: TrainConfig,
-    output_dir: str | Path | None = None,
-    meta_names: list[str] | None = None,
-    accelerator: Accelerator | None = None,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
-) -> dict[str, Any]:
     accelerator = accelerator or Accelerator(cpu=cfg.cpu)
     set_seed(cfg.seed)
     block_opt, router_opt = make_optimizers(model, cfg)
