@@ -272,3 +272,23 @@ def test_recipe_dispatch_and_two_stage_write_reports(tmp_path):
     bad = subprocess.run(base + ["--dispatch", "basic", "--two_stage"], env=env, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "already a learned dispatcher" in bad.stderr
+
+
+@pytest.mark.parametrize("method", ["wp-signature", "wp-kmeans", "wp-rbae-cbow", "wp-signature+D"])
+def test_nested_finetuning_continues_the_joint_model(method):
+    """Thesis: a model trained on joint is fine-tuned on the nested variant (signatures aligned by name)."""
+    from nli_routing.training.experiment import DEFAULT_DATA_DIR, RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
+
+    joint = prepare_sci(DataArgs(data_dir=str(DEFAULT_DATA_DIR), embeddings="random:8", max_train_samples=150))
+    nested = prepare_sci(DataArgs(data_dir=str(DEFAULT_DATA_DIR.parent / "nested"), embeddings="random:8",
+                                  max_train_samples=150))
+    names = align_meta(joint, nested)
+    assert set(nested.meta_names) <= set(names) and joint.meta_names == names
+    cfg = TrainConfig(epochs=1, progress=False, cpu=True, **RECIPE_TRAIN_DEFAULTS)
+    res = run_method(method, joint, NLIModelConfig(classifier_hidden=16, classifier_layers=1), cfg,
+                     dispatch_args=DispatchArgs(stage2_epochs=1), finetune=nested, finetune_epochs=1)
+    ft = res["finetune"]
+    assert ft["final"]["test"]["n"] == len(nested.data["test"])
+    assert 0.0 <= ft["summary"]["test_accuracy"] <= 1.0
+    if method.endswith("+D") or "rbae" in method:
+        assert "dispatch" in ft["final"]["test"]  # the nested test set was dispatched, not read from meta
