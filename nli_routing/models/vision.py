@@ -1,0 +1,298 @@
+"""Image multi-task models on the thesis' 'Base' convnet: routed FC layers and the MTL baselines.
+
+Base network: 4 conv layers (3x3, 32 filters, batch norm, ReLU, 2x2 max-pool while the map is
+larger than 1x1), then 3 fully connected layers of 128 and a classification head. The task id
+(``meta``) picks the head: **one head per task** (``Linear(128, num_classes)``, grouped by task), so
+``logits [B, num_classes]`` are the sample's own task's classes (2 for the one-vs-rest sets).
+
+Methods (:data:`METHODS`): the routing variants of Figure 5.1 (``routing`` = routing-all-fc,
+``routing-recurrent`` (recurrent + pass), ``routing-single-agent``, ``routing-dispatched``,
+``soft-mixture``) and the baselines ``shared-bottom`` (= ``task-specific-1-fc``),
+``task-specific-all-fc``, ``cross-stitch``, ``fixed-random-fc``, ``fixed-random-conv3`` and
+``task-routing-layer``. The output and the ``router_loss``/``set_epoch``/``router_parameters``
+protocol are those of :class:`~nli_routing.models.nli.NLIRoutingModel`, so the shared training
+loop trains every method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..routing import (
+    CollaborationReward,
+    FixedRandomRouter,
+    RoutedLayer,
+    Trajectory,
+    assign_rewards,
+    final_reward,
+    grouped_apply,
+)
+from .blocks import RouterConfig, fc_block, routed_fc_stack
+
+#: method -> (what the FC part is, router type of routed methods)
+METHODS: dict[str, tuple[str, str | None]] = {
+    "routing": ("routed", None),  # routing-all-fc, router from the config (tabular by default)
+    "routing-all-fc": ("routed", None),
+    "routing-recurrent": ("recurrent", None),
+    "routing-single-agent": ("routed", "approx"),
+    "routing-dispatched": ("routed", "dispatched"),
+    "soft-mixture": ("routed", "soft"),
+    "shared-bottom": ("shared", None),
+    "task-specific-1-fc": ("shared", None),
+    "task-specific-all-fc": ("task-specific", None),
+    "cross-stitch": ("cross-stitch", None),
+    "fixed-random-fc": ("routed", "fixed-random"),
+    "fixed-random-conv3": ("shared", None),
+    "task-routing-layer": ("shared", None),
+}
+
+
+@dataclass
+class VisionMTLConfig(RouterConfig):
+    """Configuration of :class:`VisionMTLModel` (``num_meta`` = number of tasks)."""
+
+    method: str = field(default="routing", metadata={"help": f"one of {sorted(METHODS)}"})
+    num_classes: int = field(default=2, metadata={"help": "classes per task head"})
+    in_channels: int = field(default=1, metadata={"help": "image channels"})
+    image_size: int = field(default=28, metadata={"help": "image height = width"})
+    conv_channels: int = field(default=32, metadata={"help": "filters of every conv layer"})
+    conv_layers: int = field(default=4, metadata={"help": "conv layers (3x3, batch norm, ReLU)"})
+    pool: bool = field(default=True, metadata={"help": "2x2 max-pool after each conv while the map is > 1x1"})
+    fc_hidden: int = field(default=128, metadata={"help": "units of the fully connected layers"})
+    fc_layers: int = field(default=3, metadata={"help": "fully connected layers (the routed ones)"})
+    sigma: float = field(default=0.5, metadata={"help": "task routing layer: share of units each task keeps active"})
+    trl_seed: int = field(default=0, metadata={"help": "seed of the task routing masks"})
+    cross_stitch_self: float = field(default=0.9, metadata={"help": "initial cross-stitch weight of a task's own column"})
+    reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
+    rho: float = field(default=0.0, metadata={"help": "collaboration reward weight in [-1, 1]"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if not 0.0 < self.sigma <= 1.0:
+            raise ValueError(f"sigma must be in (0, 1], got {self.sigma}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class VisionMTLOutput:
+    logits: Tensor
+    per_sample_loss: Tensor | None
+    trajectories: list[Trajectory]
+    dispatch: Any = None
+
+
+class TaskRoutingMask(nn.Module):
+    """Task Routing Layer (Strezoski et al. 2019): a fixed random binary channel mask per task.
+
+    ``masks [num_tasks, channels]`` is a buffer (never trained, saved in checkpoints); each task's
+    mask has exactly ``round(sigma * channels)`` ones (active, shared units). The forward is a plain
+    multiplication ``x * masks[task]``, so gradients reach ``x`` (zero for the masked units) and
+    nothing is done in place or outside autograd.
+    """
+
+    def __init__(self, num_tasks: int, channels: int, sigma: float, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        active = int(round(sigma * channels))
+        masks = torch.zeros(num_tasks, channels)
+        for t in range(num_tasks):
+            masks[t, torch.randperm(channels, generator=gen)[:active]] = 1.0
+        self.sigma = sigma
+        self.register_buffer("masks", masks)
+
+    def forward(self, x: Tensor, task: Tensor) -> Tensor:
+        m = self.masks[task].to(x.dtype)
+        return x * m.view(*m.shape, *([1] * (x.dim() - 2)))
+
+
+class ConvLayer(nn.Module):
+    """``Conv3x3 -> BatchNorm [-> task routing mask] -> ReLU [-> MaxPool2d(2)]``."""
+
+    def __init__(self, cin: int, cout: int, pool: bool, trl: TaskRoutingMask | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.bn = nn.BatchNorm2d(cout)
+        self.trl = trl
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+
+    def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
+        x = self.bn(self.conv(x))
+        if self.trl is not None:
+            x = self.trl(x, task)
+        return self.pool(F.relu(x))
+
+
+class CrossStitchFC(nn.Module):
+    """One FC column per task with a cross-stitch unit after each layer (Misra et al. 2016).
+
+    Layer l computes every task's column on the whole batch (stacked weights, one batched matmul)
+    and mixes the columns: ``h_t <- sum_s alpha_l[t, s] h_s``. ``alpha_l`` starts at
+    ``self_weight`` on the diagonal and shares the rest evenly; it is a learned parameter (a block
+    parameter, trained by the task loss). Each sample's output is its task's column.
+    """
+
+    def __init__(self, dims: list[int], num_tasks: int, self_weight: float = 0.9) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.alphas = nn.ParameterList()
+        off = (1.0 - self_weight) / max(num_tasks - 1, 1)
+        init = torch.full((num_tasks, num_tasks), off)
+        init.fill_diagonal_(self_weight if num_tasks > 1 else 1.0)
+        for din, dout in zip(dims[:-1], dims[1:]):
+            lin = [nn.Linear(din, dout) for _ in range(num_tasks)]
+            self.weights.append(nn.Parameter(torch.stack([m.weight.detach().t() for m in lin])))  # [T, din, dout]
+            self.biases.append(nn.Parameter(torch.stack([m.bias.detach() for m in lin]).unsqueeze(1)))  # [T, 1, dout]
+            self.alphas.append(nn.Parameter(init.clone()))
+        self.num_tasks = num_tasks
+
+    def forward(self, x: Tensor, task: Tensor) -> Tensor:
+        h = x.unsqueeze(0).expand(self.num_tasks, *x.shape)  # [T, B, D]
+        for w, b, a in zip(self.weights, self.biases, self.alphas):
+            h = F.relu(torch.baddbmm(b, h, w))
+            h = torch.einsum("ts,sbd->tbd", a, h)
+        return h[task, torch.arange(x.shape[0], device=x.device)]
+
+
+class TaskHeads(nn.Module):
+    """One ``Linear(dim, num_classes)`` per task, each run once on its task's samples."""
+
+    def __init__(self, dim: int, num_classes: int, num_tasks: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(num_tasks))
+
+    def forward(self, x: Tensor, task: Tensor) -> Tensor:
+        return grouped_apply(x, task, self.heads)
+
+
+class VisionMTLModel(nn.Module):
+    """The 'Base' convnet with one of the multi-task methods of :data:`METHODS` (see the module doc)."""
+
+    def __init__(self, config: VisionMTLConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        kind, router_type = METHODS[c.method]
+        tasks = c.num_meta
+        routed: list[RoutedLayer] = []
+        names: list[str] = []
+        convs, size, cin = [], c.image_size, c.in_channels
+        self.conv3: RoutedLayer | None = None
+        for i in range(c.conv_layers):
+            pool = c.pool and size > 1
+            trl = TaskRoutingMask(tasks, c.conv_channels, c.sigma, c.trl_seed + i) if c.method == "task-routing-layer" else None
+            if c.method == "fixed-random-conv3" and i == 2:
+                blocks = [ConvLayer(cin, c.conv_channels, pool) for _ in range(tasks)]
+                router = FixedRandomRouter(tasks, 1, tasks, seed=c.router_seed)
+                self.conv3 = RoutedLayer([blocks], router, depth=1, recursive=False)
+                routed.append(self.conv3)
+                names.append("conv3")
+                convs.append(nn.Identity())  # placeholder keeps layer numbering
+            else:
+                convs.append(ConvLayer(cin, c.conv_channels, pool, trl))
+            size = size // 2 if pool else size
+            cin = c.conv_channels
+        self.convs = nn.ModuleList(convs)
+        flat = c.conv_channels * size * size
+        dims = [flat] + [c.fc_hidden] * c.fc_layers
+        self.shared_fc: nn.Module = nn.Identity()
+        self.routed_fc: RoutedLayer | None = None
+        self.cross_stitch: CrossStitchFC | None = None
+        if kind == "shared":
+            self.shared_fc = nn.Sequential(*(fc_block(a, b) for a, b in zip(dims[:-1], dims[1:])))
+        elif kind == "cross-stitch":
+            self.cross_stitch = CrossStitchFC(dims, tasks, c.cross_stitch_self)
+        elif kind == "recurrent":  # a shared first FC layer, then recursive routing with a pass action
+            self.shared_fc = fc_block(flat, c.fc_hidden)
+            self.routed_fc = routed_fc_stack(
+                [c.fc_hidden] * c.fc_layers, tasks, tasks, recursive=True, allow_stop=True, **c.router_kwargs()
+            )
+        elif kind == "task-specific":  # one block per task per layer, the task's own block always
+            self.routed_fc = routed_fc_stack(dims, tasks, tasks, router_type="fixed-random", seed=0)
+            depth = len(dims) - 1
+            self.routed_fc.router.routes.copy_(torch.arange(tasks).unsqueeze(1).expand(tasks, depth))
+        else:  # routed: routing-all-fc and its variants
+            kwargs = c.router_kwargs()
+            if router_type is not None:
+                kwargs["router_type"] = router_type
+            if kwargs["router_type"] == "soft":
+                kwargs = {"router_type": "soft"}
+            self.routed_fc = routed_fc_stack(dims, tasks, tasks, recursive=False, **kwargs)
+        if self.routed_fc is not None:
+            routed.append(self.routed_fc)
+            names.append("fc")
+        self.heads = TaskHeads(c.fc_hidden, c.num_classes, tasks)
+        self.routed_layers = routed  # plain list: the modules are registered through their parents
+        self.routed_layer_names = names
+        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
+        self.dispatcher: nn.Module | None = None  # protocol of the training loop's helpers
+        self.routing_frozen = False
+
+    def routers(self) -> list[nn.Module]:
+        return [layer.router for layer in self.routed_layers]
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        return [p for r in self.routers() for p in r.parameters()]
+
+    def set_epoch(self, epoch: int) -> None:
+        for r in self.routers():
+            r.set_epoch(epoch)
+
+    def forward(self, pixel_values: Tensor, meta: Tensor | None = None, labels: Tensor | None = None,
+                **_: Tensor) -> VisionMTLOutput:
+        if meta is None:
+            raise ValueError("VisionMTLModel needs the task ids (meta) to pick the task heads")
+        bad = (meta < 0) | (meta >= self.config.num_meta)
+        if bool(bad.any()):
+            raise ValueError(
+                f"task ids {sorted(set(meta[bad].tolist()))} are outside the model's {self.config.num_meta} tasks"
+            )
+        x = pixel_values
+        trajs: list[Trajectory] = []
+        for i, layer in enumerate(self.convs):
+            if i == 2 and self.conv3 is not None:
+                x, traj = self.conv3(x, meta)
+                trajs.append(traj)
+            else:
+                x = layer(x, meta)
+        x = self.shared_fc(x.flatten(1))
+        if self.cross_stitch is not None:
+            x = self.cross_stitch(x, meta)
+        if self.routed_fc is not None:
+            x, traj = self.routed_fc(x, meta)
+            trajs.append(traj)
+        logits = self.heads(x, meta)
+        loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
+        return VisionMTLOutput(logits, loss, trajs)
+
+    def router_loss(self, out: VisionMTLOutput, labels: Tensor) -> Tensor:
+        """Assign rewards to every trajectory and return the summed router loss."""
+        total = out.logits.new_zeros(())
+        if not out.trajectories:
+            return total
+        correct = out.logits.detach().argmax(-1) == labels
+        reward = final_reward(self.config.reward, correct=correct, per_sample_loss=out.per_sample_loss)
+        for layer, collab, traj in zip(self.routed_layers, self.collaboration, out.trajectories):
+            assign_rewards(traj, reward, collab)
+            total = total + layer.router.loss(traj)
+        return total
+
+
+class ImageMTLCollator:
+    """Rows of an image multi-task set -> ``{"pixel_values" [B, C, H, W] in [0, 1], "labels", "meta"}``."""
+
+    def __call__(self, rows: list[dict]) -> dict[str, Tensor]:
+        images = torch.stack([torch.as_tensor(r["image"]) for r in rows]).float() / 255.0
+        return {
+            "pixel_values": images,
+            "labels": torch.tensor([int(r["label"]) for r in rows], dtype=torch.long),
+            "meta": torch.tensor([int(r["task"]) for r in rows], dtype=torch.long),
+        }
