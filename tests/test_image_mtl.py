@@ -236,3 +236,15 @@ def test_unknown_task_ids_fail_clearly():
         model(torch.rand(2, 1, 8, 8), torch.tensor([0, 10]))
     with pytest.raises(ValueError, match="needs the task ids"):
         model(torch.rand(2, 1, 8, 8))
+
+
+def test_fc_only_base_network_sizes_its_first_layer_from_the_input():
+    """conv_layers=0: the FC stack reads the flattened image (in_channels x size x size)."""
+    import torch
+
+    from nli_routing.models.vision import VisionMTLConfig, VisionMTLModel
+
+    cfg = VisionMTLConfig(num_meta=3, method="routing", in_channels=1, image_size=8, conv_layers=0)
+    model = VisionMTLModel(cfg)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert first.in_features == 64

@@ -201,7 +201,7 @@ class VisionMTLModel(nn.Module):
             size = size // 2 if pool else size
             cin = c.conv_channels
         self.convs = nn.ModuleList(convs)
-        flat = c.conv_channels * size * size
+        flat = cin * size * size  # the input channels when there is no conv layer
         dims = [flat] + [c.fc_hidden] * c.fc_layers
         self.shared_fc: nn.Module = nn.Identity()
         self.routed_fc: RoutedLayer | None = None
