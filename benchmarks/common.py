@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -32,3 +33,19 @@ def commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def merge_worker_results(paths, key, meta_keys=("machine", "commit", "args")) -> tuple[list[dict], list[dict]]:
+    """Runs of several workers' result files, without duplicates (by ``key(run)``), and each file's metadata."""
+    runs, metas = [], []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        runs += data["runs"]
+        metas.append({k: data.get(k) for k in meta_keys})
+    seen, unique = set(), []
+    for r in runs:
+        k = key(r)
+        if k not in seen:
+            seen.add(k)
+            unique.append(r)
+    return unique, metas

@@ -46,7 +46,7 @@ from nli_routing.training.loop import TrainConfig, train
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # recipes/
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
-from common import commit, machine  # noqa: E402
+from common import commit, machine, merge_worker_results  # noqa: E402
 from recipes.image_mtl import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_method  # noqa: E402
 
 #: (row name, method); the thesis' Figure 5.3 baselines first, routing variants after
@@ -320,17 +320,11 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     if args.report_only:
-        runs, metas = [], []
-        for p in args.inputs or [args.out]:
-            data = json.loads(Path(p).read_text())
-            runs += data["runs"]
-            metas.append({k: data.get(k) for k in ("machine", "commit", "args", "split_sizes", "wall_seconds")})
-        seen, unique = set(), []
-        for r in runs:
-            key = (r["kind"], r["method"], r.get("seed"), r.get("conv_layers"), r.get("modules"), r.get("rep"))
-            if key not in seen:
-                seen.add(key)
-                unique.append(r)
+        unique, metas = merge_worker_results(
+            args.inputs or [args.out],
+            key=lambda r: (r["kind"], r["method"], r.get("seed"), r.get("conv_layers"), r.get("modules"), r.get("rep")),
+            meta_keys=("machine", "commit", "args", "split_sizes", "wall_seconds"),
+        )
         report(unique, out, {"workers": metas})
         return
     logging.basicConfig(level=logging.WARNING)

@@ -44,7 +44,7 @@ from nli_routing.training.experiment import (
 from nli_routing.training.loop import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import commit, machine  # noqa: E402
+from common import commit, machine, merge_worker_results  # noqa: E402
 
 #: (row name of Table 6.1, method)
 ROWS = [
@@ -195,17 +195,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     if args.report_only:
-        runs, metas = [], []
-        for path in args.inputs or [args.out]:
-            data = json.loads(Path(path).read_text())
-            runs += data["runs"]
-            metas.append({k: data.get(k) for k in ("machine", "commit", "args")})
-        seen, unique = set(), []
-        for r in runs:
-            key = (r["method"], r["column"], r["seed"])
-            if key not in seen:
-                seen.add(key)
-                unique.append(r)
+        unique, metas = merge_worker_results(args.inputs or [args.out], key=lambda r: (r["method"], r["column"], r["seed"]))
         report(unique, out, {"workers": metas})
         return
     logging.basicConfig(level=logging.WARNING)
