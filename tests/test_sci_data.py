@@ -214,3 +214,16 @@ def test_real_sci_joint_loads_if_present() -> None:
     dsd = load_sci(REAL_SCI / "joint")
     assert all(dsd[s].num_rows > 1000 for s in ("train", "validation", "test"))
     check_meta_coverage(dsd)
+
+
+def test_sci_from_hub_offline_names_the_local_alternative(monkeypatch):
+    import datasets
+
+    from nli_routing.data.sci import load_sci_from_hub
+
+    def offline(repo_id, **kw):
+        raise OSError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConnectionError, match="'someone/sci'.*OSError.*SCI folder"):
+        load_sci_from_hub("someone/sci")

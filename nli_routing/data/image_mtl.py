@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import datasets
 import numpy as np
 
+from .hub import load_from_hub
+
 MNIST_HUB_ID = "mnist"
 FASHION_MNIST_HUB_ID = "fashion_mnist"
 CIFAR100_HUB_ID = "cifar100"
@@ -301,13 +303,10 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
 def hub_arrays(hub_id: str, image_column: str, label_columns: Sequence[str], splits: Sequence[str] = ("train", "test"),
                **kwargs: Any) -> dict[str, dict[str, np.ndarray]]:
     """Images and label columns of a Hub data set as arrays per split (needs network access)."""
-    try:
-        raw = datasets.load_dataset(hub_id, **kwargs)
-    except Exception as err:  # offline, no cache, connection errors
-        raise ConnectionError(
-            f"could not load {hub_id!r} from the Hub ({type(err).__name__}: {err}); pass local arrays "
-            "(an .npz file with x_train, y_train, x_test, y_test, or an MNIST idx folder) instead"
-        ) from err
+    raw = load_from_hub(
+        hub_id, "pass local arrays (an .npz file with x_train, y_train, x_test, y_test, or an MNIST idx folder) instead",
+        **kwargs,
+    )
     out = {}
     for split in splits:
         ds = raw[split]

@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import datasets
 
+from .hub import load_from_hub
+
 __all__ = [
     "LABELS",
     "GENRES",
@@ -208,13 +210,11 @@ def _find_file(root: Path, split: str) -> Path | None:
 
 def _from_hub(hub_id: str, splits: Sequence[str], **kwargs: Any) -> tuple[datasets.DatasetDict, dict]:
     """The Hub copy, converted to :func:`multinli_features` (needs network access)."""
-    try:
-        raw = datasets.load_dataset(hub_id, **kwargs)
-    except Exception as err:  # offline, no cache, connection errors
-        raise ConnectionError(
-            f"could not load {hub_id!r} from the Hub ({type(err).__name__}: {err}); pass the folder of the "
-            "official files (multinli_1.0_*.jsonl) or of GLUE's MNLI (train.tsv, dev_matched.tsv, ...)"
-        ) from err
+    raw = load_from_hub(
+        hub_id,
+        "pass the folder of the official files (multinli_1.0_*.jsonl) or of GLUE's MNLI (train.tsv, dev_matched.tsv, ...)",
+        **kwargs,
+    )
     features = multinli_features()
     out, report = {}, {}
     for split in splits:

@@ -27,6 +27,8 @@ from typing import Any, Iterable, Sequence
 
 import datasets
 
+from .hub import load_from_hub
+
 __all__ = [
     "LABELS",
     "SIGNATURES",
@@ -331,11 +333,13 @@ def check_meta_coverage(
 
 
 def load_sci_from_hub(repo_id: str, **kwargs: Any) -> datasets.DatasetDict:
-    """Thin wrapper over :func:`datasets.load_dataset` (needs Hub access; untested offline).
+    """Thin wrapper over :func:`datasets.load_dataset` (needs Hub access).
 
     A ``dev`` split, if present, is renamed ``validation``.
     """
-    dsd = datasets.load_dataset(repo_id, **kwargs)
+    dsd = load_from_hub(
+        repo_id, "pass an SCI folder (train/validation/test.jsonl or the official ci_latest_* files)", **kwargs
+    )
     if isinstance(dsd, datasets.DatasetDict) and "dev" in dsd and "validation" not in dsd:
         dsd["validation"] = dsd.pop("dev")
     return dsd

@@ -109,7 +109,7 @@ class OneHotBagOfWords(_Encoder):
         super().__init__()
         self.register_buffer("vocab_map", vocab_map.clone(), persistent=True)
         self.vocab_size = int(vocab_map.max()) + 1
-        self.bag = nn.EmbeddingBag(self.vocab_size, hidden, mode="sum", padding_idx=None)
+        self.weight = nn.Parameter(torch.randn(self.vocab_size, hidden))  # one row per word: counts @ weight
         self.out_dim = hidden
 
     def counts(self, ids: Tensor, mask: Tensor) -> Tensor:
@@ -119,7 +119,7 @@ class OneHotBagOfWords(_Encoder):
         return out.scatter_add_(1, compact, mask.float())
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self.counts(ids, mask) @ self.bag.weight
+        return self.counts(ids, mask) @ self.weight
 
 
 class LSTMFeatures(_Encoder):

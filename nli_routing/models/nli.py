@@ -106,10 +106,16 @@ class NLIRoutingModel(nn.Module):
         self.routed_layer_names = names + ["classifier"] * (routed_cls is not None)
         self.routed_layers = routed  # plain list: the modules are registered through their parents
         self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
-        #: a learned dispatcher choosing the meta class of each sample (see :meth:`attach_dispatcher`)
-        self.dispatcher: nn.Module | None = None
-        #: stage 2 of two-stage dispatch: blocks and routers fixed, only the dispatcher learns
-        self.routing_frozen = False
+
+    #: stage 2 of two-stage dispatch: blocks and routers fixed, only the dispatcher learns
+    #: (class defaults, so every subclass has them whatever its ``__init__`` builds)
+    routing_frozen = False
+    _unfrozen: tuple = ()
+
+    @property
+    def dispatcher(self) -> nn.Module | None:
+        """The learned dispatcher choosing each sample's meta class (see :meth:`attach_dispatcher`)."""
+        return self._modules.get("dispatcher")
 
     def attach_dispatcher(self, dispatcher: nn.Module) -> None:
         """Route with the meta class a learned dispatcher picks from the tokens (the batch's meta
@@ -122,7 +128,7 @@ class NLIRoutingModel(nn.Module):
                 f"the dispatcher chooses among {dispatcher.num_dispatch} classes but the model's routers "
                 f"have {self.config.num_meta} meta classes"
             )
-        self.dispatcher = dispatcher
+        self._modules["dispatcher"] = dispatcher  # a registered submodule (saved, moved, trained)
 
     def freeze_routing(self) -> None:
         """Fix every parameter and router outside the dispatcher (stage 2 of two-stage dispatch).
@@ -142,10 +148,10 @@ class NLIRoutingModel(nn.Module):
     def detach_dispatcher(self) -> nn.Module | None:
         """Remove the dispatcher (routing reads the batch's meta labels again) and undo
         :meth:`freeze_routing`; returns the removed dispatcher."""
-        dispatcher, self.dispatcher = self.dispatcher, None
-        for p in getattr(self, "_unfrozen", []):
+        dispatcher = self._modules.pop("dispatcher", None)
+        for p in self._unfrozen:
             p.requires_grad_(True)
-        self._unfrozen = []
+        self._unfrozen = ()
         self.routing_frozen = False
         self.train(self.training)
         return dispatcher

@@ -233,8 +233,6 @@ class VisionMTLModel(nn.Module):
         self.routed_layers = routed  # plain list: the modules are registered through their parents
         self.routed_layer_names = names
         self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
-        self.dispatcher: nn.Module | None = None  # protocol of the training loop's helpers
-        self.routing_frozen = False
 
     def routers(self) -> list[nn.Module]:
         return [layer.router for layer in self.routed_layers]

@@ -74,10 +74,6 @@ class RoutedTransformerForNLI(NLIRoutingModel):
         self.classifier = Classifier(dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls)
         self.routed_layers = routed  # plain list: the modules are registered through their parents
         self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
-        # state NLIRoutingModel.__init__ would set (its train / router_loss / router_parameters read
-        # it): no learned dispatcher, routing not frozen
-        self.dispatcher: nn.Module | None = None
-        self.routing_frozen = False
 
     def encode(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
