@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,3 +52,131 @@ def merge_worker_results(paths, key, meta_keys=("machine", "commit", "args")) ->
             seen.add(k)
             unique.append(r)
     return unique, metas
+
+
+# ---------------------------------------------------------------------- training-step timing
+PHASES = ("step:forward", "step:router_loss", "step:backward", "step:optimizers")
+
+
+class StepSetup:
+    """A model in training mode with the shared loop's optimizers and one fixed batch, ready to step.
+
+    ``step()`` runs :func:`nli_routing.training.loop.train_step` (the loop's own step) once.
+    """
+
+    def __init__(self, model, batch: dict, cfg, device: str = "cpu") -> None:
+        from nli_routing.training.loop import make_optimizers
+
+        self.model = model.to(device).train()
+        self.batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.block_opt, self.router_opt = make_optimizers(self.model, cfg)
+        self.steps = 0
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step(self) -> None:
+        from nli_routing.training.loop import train_step
+
+        train_step(self.model, self.batch, self.block_opt, self.router_opt, self.cfg, step=self.steps)
+        self.steps += 1
+
+    def parameter_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+
+def interleaved_step_times(
+    setups: dict[str, StepSetup], warmup: int = 2, rounds: int = 5, steps_per_round: int = 3
+) -> dict[str, Any]:
+    """Median training-step time of every setup, measured in interleaved rounds.
+
+    After ``warmup`` steps each, every round times ``steps_per_round`` consecutive steps of each
+    setup, the order of the setups rotating from round to round (slow drifts of a shared machine
+    hit all of them alike). Returns ``{"ms": {name: median over rounds of the mean step}, "rounds":
+    {name: [per-round mean ms]}}``; ratios between setups should be taken round by round
+    (:func:`round_ratio`).
+    """
+    torch.set_flush_denormal(True)  # as the training loop does
+    names = list(setups)
+    for s in setups.values():
+        for _ in range(warmup):
+            s.step()
+        s.sync()
+    per_round: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            s = setups[name]
+            s.sync()
+            t0 = time.perf_counter()
+            for _ in range(steps_per_round):
+                s.step()
+            s.sync()
+            per_round[name].append(1000 * (time.perf_counter() - t0) / steps_per_round)
+    return {"ms": {n: statistics.median(v) for n, v in per_round.items()}, "rounds": per_round}
+
+
+def round_ratio(times: dict[str, Any], num: str, den: str) -> float:
+    """Median over rounds of ``num``'s step time over ``den``'s in the same round."""
+    return statistics.median(a / b for a, b in zip(times["rounds"][num], times["rounds"][den]))
+
+
+def step_profile(setup: StepSetup, steps: int = 2, top: int = 12) -> dict[str, Any]:
+    """Where a step's time goes: ms per phase of the loop's step (median over ``steps`` profiled
+    steps) and the ``top`` operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    setup.step()  # optimizer state exists before profiling
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            setup.step()
+    setup.sync()
+    phases: dict[str, list[float]] = {p: [] for p in PHASES}
+    for e in prof.events():
+        if e.name in phases:
+            phases[e.name].append(e.cpu_time_total / 1000.0)
+    return {
+        "phases_ms": {p.split(":", 1)[1]: statistics.median(v) for p, v in phases.items() if v},
+        "top_ops": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top),
+    }
+
+
+def peak_step_memory(setup: StepSetup) -> int:
+    """Peak bytes allocated during one training step beyond what was allocated before it
+    (activations, gradients, temporaries; parameters and optimizer state existed already).
+
+    CUDA: the allocator's peak statistic. CPU: the profiler's allocation events, replayed in order.
+    """
+    setup.step()  # optimizer state exists before measuring
+    if setup.device.type == "cuda":
+        setup.sync()
+        base = torch.cuda.memory_allocated(setup.device)
+        torch.cuda.reset_peak_memory_stats(setup.device)
+        setup.step()
+        setup.sync()
+        return int(torch.cuda.max_memory_allocated(setup.device) - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        setup.step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return int(peak)
+
+
+def spread_routes(model, seed: int = 0) -> None:
+    """Random tabular router values, so the meta classes of a batch take different blocks, as after
+    training (fresh tables tie, and with a large negative init every sample could take block 0)."""
+    from nli_routing.routing.routers import TabularRouter
+
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, TabularRouter):
+            with torch.no_grad():
+                m.table.copy_(torch.randn(m.table.shape, generator=g))

@@ -44,7 +44,15 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import commit, machine  # noqa: E402
+from common import (  # noqa: E402
+    StepSetup,
+    commit,
+    interleaved_step_times,
+    machine,
+    round_ratio,
+    spread_routes,
+    step_profile,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "finetune_routed_transformer.py"
@@ -79,43 +87,6 @@ def load_recipe():
 
 
 # ---------------------------------------------------------------------- step time
-def train_step(model: nn.Module, batch: dict, block_opt, router_opt, kappa: float = 1.0) -> dict[str, float]:
-    """One training step as the shared loop makes it (forward, task + router loss, backward, both
-    optimizer steps), timed per phase in seconds (CPU: every phase has finished when it returns)."""
-    from nli_routing.training.loop import task_loss
-
-    t0 = time.perf_counter()
-    out = model(**batch)
-    loss = task_loss(out.per_sample_loss, out.trajectories, kappa)
-    t1 = time.perf_counter()
-    router_loss = model.router_loss(out, batch["labels"])
-    t2 = time.perf_counter()
-    block_opt.zero_grad(set_to_none=True)
-    if router_opt is not None:
-        router_opt.zero_grad(set_to_none=True)
-    (loss + router_loss).backward()
-    t3 = time.perf_counter()
-    block_opt.step()
-    t4 = time.perf_counter()
-    if router_opt is not None:
-        router_opt.step()
-    t5 = time.perf_counter()
-    return {"forward": t1 - t0, "router_loss": t2 - t1, "backward": t3 - t2, "block_opt": t4 - t3,
-            "router_opt": t5 - t4, "total": t5 - t0}
-
-
-def spread_routes(model: nn.Module, seed: int = 0) -> None:
-    """Random tabular router values, so the meta classes of a batch take different copies, as after
-    training (fresh tables tie, and every sample would take copy 0: no grouping cost at all)."""
-    from nli_routing.routing.routers import TabularRouter
-
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, TabularRouter):
-            with torch.no_grad():
-                m.table.copy_(torch.randn(m.table.shape, generator=g))
-
-
 def step_time_ratio(
     make_model: Callable[[str], nn.Module],
     batch: dict[str, torch.Tensor],
@@ -128,55 +99,30 @@ def step_time_ratio(
 ) -> dict[str, Any]:
     """Training step time of ``make_model(routed)`` over ``make_model(baseline)`` on the same batch.
 
-    Both models train (dropout and exploration on) with the optimizers of the shared loop
-    (:func:`~nli_routing.training.loop.make_optimizers` of ``train_cfg``). After ``warmup`` steps of
-    each, ``repeats`` rounds time ``steps_per_block`` consecutive steps of each model, the order
-    alternating between rounds; a model's step time is the median over rounds of its mean step time.
-    Returns the ratio, both step times (ms), the per-round ratios and a per-phase breakdown (median ms).
+    Both models train (dropout and exploration on) with the optimizers of the shared loop and its
+    own step (:class:`common.StepSetup`); the times come from interleaved rounds
+    (:func:`common.interleaved_step_times`) and the ratio is the median of the per-round ratios.
+    Returns the ratio, both step times (ms), the per-round ratios and a per-phase breakdown (ms).
     """
-    from nli_routing.training.loop import make_optimizers
-
-    torch.set_flush_denormal(True)  # as the training loop does
-    setups = {}
-    for kind in (baseline, routed):
-        model = make_model(kind)
-        model.train()
-        block_opt, router_opt = make_optimizers(model, train_cfg)
-        setups[kind] = (model, block_opt, router_opt)
-
-    def run(kind: str, n: int) -> list[dict[str, float]]:
-        model, block_opt, router_opt = setups[kind]
-        return [train_step(model, batch, block_opt, router_opt, train_cfg.explore_kappa) for _ in range(n)]
-
-    for kind in setups:
-        run(kind, warmup)
-    per_round: dict[str, list[float]] = {k: [] for k in setups}
-    phases: dict[str, list[dict[str, float]]] = {k: [] for k in setups}
-    for r in range(repeats):
-        order = [baseline, routed] if r % 2 == 0 else [routed, baseline]
-        for kind in order:
-            steps = run(kind, steps_per_block)
-            per_round[kind].append(statistics.mean(s["total"] for s in steps))
-            phases[kind].extend(steps)
-    med = {k: statistics.median(v) for k, v in per_round.items()}
-    breakdown = {k: {p: 1000 * statistics.median(s[p] for s in v) for p in v[0]} for k, v in phases.items()}
+    setups = {kind: StepSetup(make_model(kind), batch, train_cfg) for kind in (baseline, routed)}
+    times = interleaved_step_times(setups, warmup=warmup, rounds=repeats, steps_per_round=steps_per_block)
     groups = None
     try:  # copies used per routed position in the last routed step (grouping cost grows with it)
         from nli_routing.models.transformer import get_controller
 
-        traj = get_controller(setups[routed][0]).last_trajectory
+        traj = get_controller(setups[routed].model).last_trajectory
         if traj is not None:
             groups = [int(traj.actions[:, p].unique().numel()) for p in range(traj.actions.shape[1])]
     except (ValueError, AttributeError):
         pass
     return {
-        "ratio": med[routed] / med[baseline],
+        "ratio": round_ratio(times, routed, baseline),
         "routed": routed,
         "baseline": baseline,
-        "routed_ms": 1000 * med[routed],
-        "baseline_ms": 1000 * med[baseline],
-        "round_ratios": [a / b for a, b in zip(per_round[routed], per_round[baseline])],
-        "breakdown_ms": breakdown,
+        "routed_ms": times["ms"][routed],
+        "baseline_ms": times["ms"][baseline],
+        "round_ratios": [a / b for a, b in zip(times["rounds"][routed], times["rounds"][baseline])],
+        "breakdown_ms": {k: step_profile(s, steps=1)["phases_ms"] for k, s in setups.items()},
         "copies_used_per_position": groups,
         "batch_shape": list(batch["input_ids"].shape),
         "warmup": warmup,
@@ -189,22 +135,8 @@ def step_time_ratio(
 def profile_steps(make_model: Callable[[str], nn.Module], batch: dict, train_cfg: Any, kinds: list[str],
                   steps: int = 2, top: int = 15) -> dict[str, str]:
     """torch.profiler tables (top ops by self CPU time) of ``steps`` training steps per model kind."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from nli_routing.training.loop import make_optimizers
-
-    tables = {}
-    for kind in kinds:
-        model = make_model(kind)
-        model.train()
-        block_opt, router_opt = make_optimizers(model, train_cfg)
-        train_step(model, batch, block_opt, router_opt)  # warm-up (optimizer state)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                train_step(model, batch, block_opt, router_opt)
-        tables[kind] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
-        del model, block_opt, router_opt
-    return tables
+    return {kind: step_profile(StepSetup(make_model(kind), batch, train_cfg), steps, top)["top_ops"]
+            for kind in kinds}
 
 
 # ---------------------------------------------------------------------- runs
@@ -283,7 +215,9 @@ def sci_batch(sci_root: str, size: int, tokenizer, seed: int = 0) -> tuple[dict[
     return PairCollator(tokenizer.pad_token_id, "signature")([rows[i] for i in range(size)]), names
 
 
-def minilm_factory(num_blocks: int, num_meta: int) -> Callable[[str], nn.Module]:
+def minilm_factory(num_blocks: int, num_meta: int, spread: bool = True) -> Callable[[str], nn.Module]:
+    """Builds the packaged MiniLM NLI model per route (``spread``: random router tables, see
+    :func:`common.spread_routes`)."""
     from nli_routing.models.embeddings import default_model_path
     from nli_routing.models.transformer import RoutedTransformerForNLI, TransformerNLIConfig
 
@@ -293,7 +227,8 @@ def minilm_factory(num_blocks: int, num_meta: int) -> Callable[[str], nn.Module]
         torch.manual_seed(0)
         model = RoutedTransformerForNLI(TransformerNLIConfig(
             route=route, num_blocks=num_blocks, num_meta=num_meta, model_name_or_path=path))
-        spread_routes(model)
+        if spread:
+            spread_routes(model)
         return model
 
     return make

@@ -243,8 +243,9 @@ def test_fc_only_base_network_sizes_its_first_layer_from_the_input():
     import torch
 
     from nli_routing.models.vision import VisionMTLConfig, VisionMTLModel
+    from nli_routing.routing import LinearBank
 
     cfg = VisionMTLConfig(num_meta=3, method="routing", in_channels=1, image_size=8, conv_layers=0)
     model = VisionMTLModel(cfg)
-    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
-    assert first.in_features == 64
+    first = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, LinearBank)))
+    assert isinstance(first, LinearBank) and first.in_dim == 64

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..routing import (
     LEARNERS,
+    LinearBank,
     ApproxRouter,
     DispatchedRouter,
     FixedRandomRouter,
@@ -180,9 +181,13 @@ def routed_fc_stack(
     allow_stop: bool = False,
     residual: bool = False,
     router_type: str = "tabular",
+    impl: str = "auto",
     **router_kwargs,
 ) -> RoutedLayer:
     """A routed stack of FC blocks; the router comes from :func:`build_router` (``router_kwargs``).
+
+    The blocks of a step are one :class:`~nli_routing.routing.bank.LinearBank` (stacked weights,
+    one grouped matmul per step whatever the width; ``impl`` picks its kernel).
 
     ``dims = [d0, d1, ..., dk]`` gives k steps. Recursive mode needs all dims equal and reuses one
     set of ``width`` blocks at every step; per-step mode gives each step its own ``width`` blocks.
@@ -195,12 +200,10 @@ def routed_fc_stack(
     if recursive:
         if len(set(dims)) != 1:
             raise ValueError(f"recursive routing keeps the dimension; got dims {dims}")
-        blocks = [fc_block(dims[0], dims[0], activation, residual=residual) for _ in range(width)]
+        blocks = LinearBank(width, dims[0], dims[0], activation, residual=residual, impl=impl)
     else:
-        blocks = [
-            [fc_block(dims[t], dims[t + 1], activation, residual=residual) for _ in range(width)]
-            for t in range(depth)
-        ]
+        blocks = [LinearBank(width, dims[t], dims[t + 1], activation, residual=residual, impl=impl)
+                  for t in range(depth)]
     if router_type == "soft":
         return SoftMixtureLayer(blocks, depth, num_meta, recursive=recursive)
     router = build_router(router_type, dims, width, num_meta, allow_stop, **router_kwargs)

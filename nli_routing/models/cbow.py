@@ -14,7 +14,8 @@ from ..routing.layer import segment_mean
 
 
 class CBOWEncoder(nn.Module):
-    """Bag of word vectors, optionally projected word by word through a routed layer.
+    """Bag of word vectors, optionally projected word by word through a routed layer (or, as its
+    unrouted counterpart, through a plain module).
 
     ``pool`` is ``"sum"`` (the thesis' CBOW_R) or ``"mean"``; empty sentences encode to zeros.
     ``meta_keyword``: number of meta classes for a learned keyword vector added to the premise bag
@@ -25,7 +26,7 @@ class CBOWEncoder(nn.Module):
         self,
         weight: Tensor,
         pad_id: int,
-        projection: RoutedLayer | None = None,
+        projection: RoutedLayer | nn.Module | None = None,
         freeze: bool = True,
         pool: str = "sum",
         meta_keyword: int = 0,
@@ -73,8 +74,11 @@ class CBOWEncoder(nn.Module):
             seg_h = rows.unsqueeze(1).expand_as(hypothesis_ids)[hypothesis_mask]
             words = self.embedding(torch.cat([premise_ids[premise_mask], hypothesis_ids[hypothesis_mask]]))
             segments = torch.cat([seg_p, seg_h])
-            words, traj = self.projection(words, meta, segments=segments)
-            trajectories.append(traj)
+            if isinstance(self.projection, RoutedLayer):
+                words, traj = self.projection(words, meta, segments=segments)
+                trajectories.append(traj)
+            else:  # an unrouted projection: every word through the same blocks
+                words = self.projection(words)
             n_p = seg_p.numel()
             p_enc = self.pool_packed(words[:n_p], seg_p, b)
             h_enc = self.pool_packed(words[n_p:], seg_h, b)

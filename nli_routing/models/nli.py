@@ -10,11 +10,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..routing import CollaborationReward, RoutedLayer, Trajectory, assign_rewards, final_reward
-from .blocks import RouterConfig, routed_fc_stack
+from .blocks import RouterConfig, fc_block, routed_fc_stack
 from .cbow import CBOWEncoder
 from .classifier import Classifier
 
-ROUTES = ("none", "wp", "classifier", "wp+classifier")
+#: "projection": an unrouted (shared) word projection of depth ``wp_depth``, the equal-depth
+#: unrouted counterpart of "wp"
+ROUTES = ("none", "wp", "classifier", "wp+classifier", "projection")
 
 
 @dataclass
@@ -77,6 +79,10 @@ class NLIRoutingModel(nn.Module):
                 **c.router_kwargs(),
             )
             routed.append(projection)
+        elif c.route == "projection":
+            projection = nn.Sequential(*(
+                fc_block(dim, dim, c.wp_activation, residual=c.wp_residual) for _ in range(c.wp_depth)
+            ))
         self.encoder = CBOWEncoder(
             weight, pad_id, projection, c.freeze_embeddings, c.pool, c.num_meta if c.meta_keyword else 0
         )

@@ -26,12 +26,13 @@ from torch import Tensor, nn
 from ..routing import (
     CollaborationReward,
     FixedRandomRouter,
+    LinearBank,
     RoutedLayer,
     Trajectory,
     assign_rewards,
     final_reward,
-    grouped_apply,
 )
+from ..routing.trajectory import check_range
 from .blocks import RouterConfig, fc_block, routed_fc_stack
 
 #: method -> (what the FC part is, router type of routed methods)
@@ -65,6 +66,9 @@ class VisionMTLConfig(RouterConfig):
     pool: bool = field(default=True, metadata={"help": "2x2 max-pool after each conv while the map is > 1x1"})
     fc_hidden: int = field(default=128, metadata={"help": "units of the fully connected layers"})
     fc_layers: int = field(default=3, metadata={"help": "fully connected layers (the routed ones)"})
+    fc_width: int = field(
+        default=0, metadata={"help": "function blocks per routed FC layer (0: one per task, the thesis' setting)"}
+    )
     sigma: float = field(default=0.5, metadata={"help": "task routing layer: share of units each task keeps active"})
     trl_seed: int = field(default=0, metadata={"help": "seed of the task routing masks"})
     cross_stitch_self: float = field(default=0.9, metadata={"help": "initial cross-stitch weight of a task's own column"})
@@ -75,6 +79,8 @@ class VisionMTLConfig(RouterConfig):
         super().__post_init__()
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.fc_width < 0:
+            raise ValueError(f"fc_width must be >= 0 (0: one block per task), got {self.fc_width}")
         if not 0.0 < self.sigma <= 1.0:
             raise ValueError(f"sigma must be in (0, 1], got {self.sigma}")
 
@@ -164,14 +170,15 @@ class CrossStitchFC(nn.Module):
 
 
 class TaskHeads(nn.Module):
-    """One ``Linear(dim, num_classes)`` per task, each run once on its task's samples."""
+    """One ``Linear(dim, num_classes)`` per task (a :class:`LinearBank`), each sample through its
+    task's head in one grouped matmul."""
 
     def __init__(self, dim: int, num_classes: int, num_tasks: int) -> None:
         super().__init__()
-        self.heads = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(num_tasks))
+        self.heads = LinearBank(num_tasks, dim, num_classes, activation="identity")
 
     def forward(self, x: Tensor, task: Tensor) -> Tensor:
-        return grouped_apply(x, task, self.heads)
+        return self.heads.grouped(x, task, identity=False)
 
 
 class VisionMTLModel(nn.Module):
@@ -182,6 +189,7 @@ class VisionMTLModel(nn.Module):
         self.config = c = config
         kind, router_type = METHODS[c.method]
         tasks = c.num_meta
+        width = c.fc_width or tasks  # blocks per routed FC layer
         routed: list[RoutedLayer] = []
         names: list[str] = []
         convs, size, cin = [], c.image_size, c.in_channels
@@ -213,7 +221,7 @@ class VisionMTLModel(nn.Module):
         elif kind == "recurrent":  # a shared first FC layer, then recursive routing with a pass action
             self.shared_fc = fc_block(flat, c.fc_hidden)
             self.routed_fc = routed_fc_stack(
-                [c.fc_hidden] * c.fc_layers, tasks, tasks, recursive=True, allow_stop=True, **c.router_kwargs()
+                [c.fc_hidden] * c.fc_layers, width, tasks, recursive=True, allow_stop=True, **c.router_kwargs()
             )
         elif kind == "task-specific":  # one block per task per layer, the task's own block always
             self.routed_fc = routed_fc_stack(dims, tasks, tasks, router_type="fixed-random", seed=0)
@@ -225,7 +233,7 @@ class VisionMTLModel(nn.Module):
                 kwargs["router_type"] = router_type
             if kwargs["router_type"] == "soft":
                 kwargs = {"router_type": "soft"}
-            self.routed_fc = routed_fc_stack(dims, tasks, tasks, recursive=False, **kwargs)
+            self.routed_fc = routed_fc_stack(dims, width, tasks, recursive=False, **kwargs)
         if self.routed_fc is not None:
             routed.append(self.routed_fc)
             names.append("fc")
@@ -248,11 +256,7 @@ class VisionMTLModel(nn.Module):
                 **_: Tensor) -> VisionMTLOutput:
         if meta is None:
             raise ValueError("VisionMTLModel needs the task ids (meta) to pick the task heads")
-        bad = (meta < 0) | (meta >= self.config.num_meta)
-        if bool(bad.any()):
-            raise ValueError(
-                f"task ids {sorted(set(meta[bad].tolist()))} are outside the model's {self.config.num_meta} tasks"
-            )
+        check_range(meta, self.config.num_meta, "task ids", f"the model's {self.config.num_meta} tasks")
         x = pixel_values
         trajs: list[Trajectory] = []
         for i, layer in enumerate(self.convs):

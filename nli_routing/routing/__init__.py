@@ -1,6 +1,7 @@
 """Domain-agnostic routing engine: routed layers, routers, learners, rewards, trajectories."""
 
 from .approx import ApproxRouter
+from .bank import LinearBank
 from .baselines import FixedRandomRouter, NoUpdateLearner, SoftGate, SoftMixtureLayer
 from .exploration import EXPLORATION_PRESETS, ExplorationSchedule, get_schedule
 from .layer import RoutedLayer, grouped_apply, mean_state
@@ -31,6 +32,7 @@ __all__ = [
     "FixedRandomRouter",
     "GumbelLearner",
     "Learner",
+    "LinearBank",
     "NoUpdateLearner",
     "PerStepRouter",
     "QLearner",

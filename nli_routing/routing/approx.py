@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from .exploration import ExplorationSchedule
 from .learners import Learner
 from .routers import Router
+from .trajectory import check_range
 
 
 class ApproxRouter(Router):
@@ -77,7 +78,4 @@ class ApproxRouter(Router):
         """Raise a clear error for meta labels outside ``[0, num_meta)`` (ignored if num_meta=0)."""
         if not self.num_meta:
             return
-        bad = (meta < 0) | (meta >= self.num_meta)
-        if bool(bad.any()):
-            vals = sorted(set(meta[bad].tolist()))
-            raise ValueError(f"meta labels {vals} are outside this router's {self.num_meta} meta classes")
+        check_range(meta, self.num_meta, "meta labels", f"this router's {self.num_meta} meta classes")

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .bank import LinearBank
 from .layer import RoutedLayer
 from .learners import Learner
 from .routers import Router
-from .trajectory import Decision, Trajectory
+from .trajectory import Decision, Trajectory, check_range
 
 
 class NoUpdateLearner(Learner):
@@ -28,10 +29,7 @@ class NoUpdateLearner(Learner):
 
 
 def _check_meta_range(meta: Tensor, num_meta: int) -> None:
-    bad = (meta < 0) | (meta >= num_meta)
-    if bool(bad.any()):
-        vals = sorted(set(meta[bad].tolist()))
-        raise ValueError(f"meta labels {vals} are outside this router's {num_meta} meta classes")
+    check_range(meta, num_meta, "meta labels", f"this router's {num_meta} meta classes")
 
 
 class FixedRandomRouter(Router):
@@ -81,6 +79,17 @@ class FixedRandomRouter(Router):
 
     def check_meta(self, meta: Tensor) -> None:
         _check_meta_range(meta, self.num_meta)
+
+    def decide_path(self, meta: Tensor | None, depth: int) -> Decision | None:
+        if meta is None:
+            return None  # the batch size comes from the state: decide step by step
+        if depth > self.depth:
+            raise ValueError(f"depth {depth} is beyond this router's {self.depth} steps")
+        actions = self.routes[meta, :depth]
+        index = meta.unsqueeze(1) * self.depth + torch.arange(depth, device=meta.device)
+        values = F.one_hot(actions, self.num_actions).float()
+        return Decision(actions=actions, explored=torch.zeros_like(actions, dtype=torch.bool), values=values,
+                        state_index=index)
 
     def greedy_policy(self) -> Tensor:
         """``[num_meta, depth]`` the fixed routes."""
@@ -156,8 +165,12 @@ class SoftMixtureLayer(RoutedLayer):
             dec = self.router.decide(None, meta, t)
             decisions.append(dec)
             w = dec.extra["mixture"] if segments is None else dec.extra["mixture"][segments]
+            blocks = self.step_blocks(t)
+            if isinstance(blocks, LinearBank) and x.dim() == 2:  # every block at once: [N, K, out]
+                x = torch.einsum("nk,nko->no", w.to(x.dtype), blocks.all_blocks(x))
+                continue
             out = None
-            for k, block in enumerate(self.step_blocks(t)):
+            for k, block in enumerate(blocks):
                 yk = block(x)
                 yk = yk * w[:, k].to(yk.dtype).view(-1, *([1] * (yk.dim() - 1)))
                 out = yk if out is None else out + yk

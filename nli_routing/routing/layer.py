@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .bank import LinearBank, inverse_permutation
 from .learners import RELAXED_WEIGHTS
 from .routers import Router
 from .trajectory import Decision, Trajectory
@@ -17,47 +18,98 @@ def _per_sample(scale: Tensor, like: Tensor) -> Tensor:
     return scale.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
+def sorted_apply(
+    xs: Tensor,
+    sorted_groups: Tensor,
+    blocks: Sequence[nn.Module] | LinearBank,
+    scale: Tensor | None = None,
+    identity: bool = True,
+    counts: list[int] | None = None,
+) -> Tensor:
+    """Run rows already sorted by group (``sorted_groups`` ascending) through their blocks, in order.
+
+    ``xs [N, ...]``: group ``g < len(blocks)`` goes through ``blocks[g]``, group ``len(blocks)`` is
+    kept as it is (stopped). A :class:`~nli_routing.routing.bank.LinearBank` runs all groups in one
+    grouped matmul (no host synchronisation; token-level rows ``[N, T, D]`` are flattened); other
+    blocks run once per non-empty group on a contiguous slice (the group sizes are read on the host:
+    ``counts`` may pass them). ``scale [N]`` multiplies each computed row (relaxed routers).
+    """
+    if isinstance(blocks, LinearBank):
+        if xs.dim() == 2:
+            return blocks.sorted_forward(xs, sorted_groups, scale, identity)
+        rows = xs.shape[1:-1].numel()  # token-level [N, ..., D]: every token follows its sample
+        y = blocks.sorted_forward(
+            xs.reshape(-1, xs.shape[-1]),
+            sorted_groups.repeat_interleave(rows),
+            None if scale is None else scale.repeat_interleave(rows),
+            identity,
+        )
+        return y.view(*xs.shape[:-1], y.shape[-1])
+    n = len(blocks)
+    if counts is None:
+        counts = torch.bincount(sorted_groups.clamp(max=n), minlength=n + 1).tolist()
+    outs, start = [], 0
+    for g, c in enumerate(counts):
+        if not c:
+            continue
+        chunk = xs.narrow(0, start, c)
+        if g < n:
+            y = blocks[g](chunk)
+            if scale is not None:
+                y = y * _per_sample(scale.narrow(0, start, c), y)
+            chunk = y
+        outs.append(chunk)
+        start += c
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
 def grouped_apply(
-    x: Tensor, groups: Tensor, blocks: Sequence[nn.Module], scale: Tensor | None = None
+    x: Tensor,
+    groups: Tensor,
+    blocks: Sequence[nn.Module] | LinearBank,
+    scale: Tensor | None = None,
+    identity: bool = True,
 ) -> Tensor:
     """Apply ``blocks[g]`` to the samples of group g, each block once on its whole group.
 
     ``x [B, ...]`` (any trailing shape: every token of a sample follows the sample's block),
     ``groups [B]`` long in ``[0, len(blocks)]``; group ``len(blocks)`` (or higher) is the identity
-    (stopped samples: no computation, activation kept). Samples are sorted by group, split into
-    contiguous chunks, run through their block and put back with the inverse permutation, so the
-    result and its gradients equal running every sample alone through its block.
-    One host synchronisation (the group sizes) per call.
+    (stopped samples: no computation, activation kept). Samples are sorted by group, run through
+    their blocks in contiguous groups (:func:`sorted_apply`) and put back with the inverse
+    permutation, so the result and its gradients equal running every sample alone through its block.
 
     ``scale [B]`` (optional): each computed block output is multiplied by its sample's scale
     (stopped samples stay unscaled). Relaxed routers pass straight-through weights (1 in value)
     here so that the task loss reaches their logits.
+
+    A :class:`~nli_routing.routing.bank.LinearBank` needs no host synchronisation
+    (``identity=False`` promises that no sample is stopped); other blocks read the group sizes
+    (one synchronisation), and a batch that takes a single block skips the sorting.
     """
-    n = len(blocks)
-    groups = groups.clamp(max=n)
-    counts = torch.bincount(groups, minlength=n + 1).tolist()
-    nonempty = [g for g, c in enumerate(counts) if c]
-    if len(nonempty) == 1:  # the whole batch takes one block (or stops): no sorting needed
-        g = nonempty[0]
-        if g == n:
-            return x
-        y = blocks[g](x)
-        return y if scale is None else y * _per_sample(scale, y)
-    order = torch.argsort(groups, stable=True)
-    chunks = x.index_select(0, order).split(counts)
-    if scale is None:
-        outs = [blocks[g](c) if g < n else c for g, c in enumerate(chunks) if counts[g]]
+    counts = None
+    if not isinstance(blocks, LinearBank):
+        n = len(blocks)
+        groups = groups.clamp(max=n)
+        counts = torch.bincount(groups, minlength=n + 1).tolist()
+        nonempty = [g for g, c in enumerate(counts) if c]
+        if len(nonempty) == 1:  # the whole batch takes one block (or stops): no sorting needed
+            g = nonempty[0]
+            if g == n:
+                return x
+            y = blocks[g](x)
+            return y if scale is None else y * _per_sample(scale, y)
     else:
-        outs = []
-        for g, (c, sc) in enumerate(zip(chunks, scale.index_select(0, order).split(counts))):
-            if counts[g] and g < n:
-                y = blocks[g](c)
-                outs.append(y * _per_sample(sc, y))
-            elif counts[g]:
-                outs.append(c)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return torch.cat(outs).index_select(0, inverse)
+        groups = groups.clamp(max=len(blocks))
+    order = torch.argsort(groups, stable=True)
+    y = sorted_apply(
+        x.index_select(0, order),
+        groups.index_select(0, order),
+        blocks,
+        None if scale is None else scale.index_select(0, order),
+        identity,
+        counts,
+    )
+    return y.index_select(0, inverse_permutation(order))
 
 
 def segment_mean(x: Tensor, segments: Tensor, num_segments: int) -> Tensor:
@@ -116,12 +168,14 @@ class RoutedLayer(nn.Module):
         self.allow_stop = allow_stop
         self.state_fn = state_fn
         if recursive:
-            self.blocks = nn.ModuleList(blocks)
+            self.blocks = blocks if isinstance(blocks, LinearBank) else nn.ModuleList(blocks)
             self.width = len(self.blocks)
         else:
             if len(blocks) != depth:
                 raise ValueError(f"per-step mode needs one block list per depth ({depth}), got {len(blocks)}")
-            self.blocks = nn.ModuleList(nn.ModuleList(step) for step in blocks)
+            self.blocks = nn.ModuleList(
+                step if isinstance(step, LinearBank) else nn.ModuleList(step) for step in blocks
+            )
             widths = {len(step) for step in self.blocks}
             if len(widths) != 1:
                 raise ValueError(f"per-step block lists must have the same width, got {sorted(widths)}")
@@ -169,6 +223,10 @@ class RoutedLayer(nn.Module):
         self, x: Tensor, meta: Tensor | None, mask: Tensor | None = None, segments: Tensor | None = None
     ) -> tuple[Tensor, Trajectory]:
         b = self.batch_size(x, meta, segments)
+        if not getattr(self.router, "reads_state", False):
+            path = self.router.decide_path(meta, self.depth)
+            if path is not None:
+                return self.forward_path(x, meta, segments, path)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         decisions: list[Decision] = []
         actives: list[Tensor] = []
@@ -189,7 +247,7 @@ class RoutedLayer(nn.Module):
             if segments is not None:
                 groups = groups[segments]
                 scale = None if scale is None else scale[segments]
-            x = grouped_apply(x, groups, self.step_blocks(t), scale)
+            x = grouped_apply(x, groups, self.step_blocks(t), scale, identity=self.allow_stop)
             if self.allow_stop:
                 active = active & (dec.actions != self.width)
         traj = Trajectory.from_decisions(
@@ -197,5 +255,59 @@ class RoutedLayer(nn.Module):
             decisions,
             actives,
             self.stop_action,
+        )
+        return x, traj
+
+    def forward_path(
+        self, x: Tensor, meta: Tensor | None, segments: Tensor | None, path: Decision
+    ) -> tuple[Tensor, Trajectory]:
+        """Run a path decided ahead for every step (``path`` tensors ``[B, depth, ...]``).
+
+        The rows stay sorted by the current step's blocks from one step to the next (one gather per
+        step instead of a sort and an unsort), and the original order is restored once at the end.
+        """
+        actions = path.actions
+        b, depth = actions.shape
+        if self.allow_stop:  # a sample is active until the step after its stop action
+            stop = (actions == self.width).to(torch.int32)
+            active = (stop.cumsum(1) - stop) == 0
+        else:
+            active = torch.ones_like(actions, dtype=torch.bool)
+        groups = actions.masked_fill(~active, self.width)
+        scale = None
+        if getattr(self.router, "relaxed", False):
+            w = path.extra.get(RELAXED_WEIGHTS)
+            if w is None:
+                raise ValueError(
+                    f"a relaxed router must return extra[{RELAXED_WEIGHTS!r}] (straight-through weights)"
+                )
+            scale = w.gather(2, actions.clamp(0, w.shape[2] - 1).unsqueeze(2)).squeeze(2)
+        if segments is not None:
+            groups = groups.index_select(0, segments)
+            scale = None if scale is None else scale.index_select(0, segments)
+        inv = None  # rows[i] is input row order[i]; inv maps an input row to its current position
+        for t in range(depth):
+            g = groups[:, t]
+            order = torch.argsort(g, stable=True)
+            x = x.index_select(0, order if inv is None else inv.index_select(0, order))
+            x = sorted_apply(
+                x,
+                g.index_select(0, order),
+                self.step_blocks(t),
+                None if scale is None else scale[:, t].index_select(0, order),
+                identity=self.allow_stop,
+            )
+            inv = inverse_permutation(order)
+        x = x.index_select(0, inv)
+        traj = Trajectory(
+            meta=meta if meta is not None else torch.zeros(b, dtype=torch.long, device=x.device),
+            actions=actions.masked_fill(~active, -1),
+            explored=path.explored & active,
+            active=active,
+            values=path.values,
+            state_index=path.state_index,
+            extra=path.extra,
+            num_actions=int(path.values.shape[-1]),
+            stop_action=self.stop_action,
         )
         return x, traj

@@ -30,6 +30,7 @@ class CollaborationReward(nn.Module):
     kept as an exponential moving average of batch action histograms (``momentum`` close to 1
     means a long memory); ``d`` is the maximum depth, so a whole path collects at most ``|rho|``.
     Positive rho rewards reusing popular blocks (collaboration), negative rho rewards diversity.
+    With ``rho = 0`` the reward is zero and :func:`assign_rewards` skips the bookkeeping.
     """
 
     def __init__(self, num_actions: int, rho: float = 0.0, momentum: float = 0.9) -> None:
@@ -62,7 +63,7 @@ def assign_rewards(
 ) -> Trajectory:
     """Fill ``final_reward`` and ``step_rewards`` of a trajectory in place and return it."""
     trajectory.final_reward = final.to(trajectory.actions.device).float()
-    if collaboration is not None:
+    if collaboration is not None and collaboration.rho != 0.0:
         trajectory.step_rewards = collaboration(trajectory)
         if collaboration.training:
             collaboration.update(trajectory)

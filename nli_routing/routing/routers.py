@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .exploration import ExplorationSchedule, get_schedule
 from .learners import RELAXED_WEIGHTS, Learner, build_learner
-from .trajectory import Decision, Trajectory
+from .trajectory import Decision, Trajectory, check_range
 
 
 class Router(nn.Module):
@@ -68,6 +68,33 @@ class Router(nn.Module):
         actions, explored, extra = self.learner.select(values, self.epsilon, self.generator)
         return Decision(actions=actions, explored=explored, values=values, state_index=state_index, extra=extra)
 
+    def values_path(self, meta: Tensor, depth: int) -> tuple[Tensor, Tensor | None] | None:
+        """``(values [B, depth, A], state_index [B, depth] or None)`` of every step at once, for
+        routers whose values do not read the activation (tabular agents); ``None`` otherwise."""
+        return None
+
+    def decide_path(self, meta: Tensor, depth: int) -> Decision | None:
+        """Every step's decision at once (``Decision`` tensors ``[B, depth, ...]``), or ``None`` when
+        the values read the activation (then the routed layer decides step by step).
+
+        One learner call over all ``B * depth`` decisions: the steps of a state-free router's path
+        do not depend on each other, so this equals deciding step by step (up to the order of the
+        random draws).
+        """
+        got = self.values_path(meta, depth)
+        if got is None:
+            return None
+        values, state_index = got
+        b, d, a = values.shape
+        actions, explored, extra = self.learner.select(values.reshape(b * d, a), self.epsilon, self.generator)
+        return Decision(
+            actions=actions.view(b, d),
+            explored=explored.view(b, d),
+            values=values,
+            state_index=state_index,
+            extra={k: v.reshape(b, d, *v.shape[1:]) for k, v in extra.items()},
+        )
+
     def loss(self, trajectory: Trajectory) -> Tensor:
         """The router loss of one trajectory (delegated to the learner)."""
         return self.learner.loss(trajectory)
@@ -121,13 +148,19 @@ class TabularRouter(Router):
 
     def check_meta(self, meta: Tensor) -> None:
         """Raise a clear error if a meta label is outside the table (e.g. unseen in training)."""
-        bad = (meta < 0) | (meta >= self.num_meta)
-        if bool(bad.any()):
-            vals = sorted(set(meta[bad].tolist()))
-            raise ValueError(
-                f"meta labels {vals} are outside this router's {self.num_meta} agents "
-                f"(valid: 0..{self.num_meta - 1}); a meta class unseen in training cannot be routed"
-            )
+        check_range(meta, self.num_meta, "meta labels", f"this router's {self.num_meta} agents",
+                    "; a meta class unseen in training cannot be routed")
+
+    def values_path(self, meta: Tensor, depth: int) -> tuple[Tensor, Tensor]:
+        if meta is None:
+            raise ValueError("TabularRouter needs meta labels (meta=None was given)")
+        if depth > self.depth:
+            raise ValueError(f"depth {depth} is beyond this router's {self.depth} steps")
+        steps = torch.arange(depth, device=meta.device)
+        # index_select of whole agent rows: its backward is one index_add (an index_put with
+        # accumulation over B * depth * A entries is an order of magnitude slower on the CPU)
+        rows = self.table.view(self.num_meta, -1).index_select(0, meta).view(-1, self.depth, self.num_actions)
+        return rows[:, :depth], meta.unsqueeze(1) * self.depth + steps
 
     def greedy_policy(self) -> Tensor:
         """``[num_meta, depth]`` greedy action of every agent at every depth."""

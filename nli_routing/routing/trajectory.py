@@ -8,6 +8,22 @@ import torch
 from torch import Tensor
 
 
+def check_range(values: Tensor, size: int, what: str, where: str, hint: str = "") -> None:
+    """Raise ``ValueError`` naming the offending ``values`` outside ``[0, size)``.
+
+    On the CPU the check reads the values (a cheap host read). On an accelerator, and inside
+    ``torch.compile``, it is an asynchronous assertion instead, so the hot path never waits for the
+    device and the graph does not break (the error then names the range, not the values).
+    """
+    bad = (values < 0) | (values >= size)
+    if values.device.type != "cpu" or torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), f"{what} outside {where} (valid: 0..{size - 1}){hint}")
+        return
+    if bool(bad.any()):
+        vals = sorted(set(values[bad].tolist()))
+        raise ValueError(f"{what} {vals} are outside {where} (valid: 0..{size - 1}){hint}")
+
+
 @dataclass
 class Decision:
     """One routing decision for a whole batch at one depth.

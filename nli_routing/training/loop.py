@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -202,6 +203,53 @@ def _flush_denormals(fn: Callable) -> Callable:
     return wrapper
 
 
+def train_step(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    block_opt: torch.optim.Optimizer | None,
+    router_opt: torch.optim.Optimizer | None,
+    cfg: TrainConfig,
+    accelerator: Accelerator | None = None,
+    step: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step: forward, task loss, rewards and router loss, backward, both optimizer steps.
+
+    ``step`` (the global step) decides whether this is a routers-only batch
+    (``cfg.router_data_fraction``). Returns the detached task and router losses as tensors (reading
+    them is left to the caller: no host synchronisation here). The phases are labelled
+    ``step:forward``, ``step:router_loss``, ``step:backward`` and ``step:optimizers`` for
+    ``torch.profiler``.
+    """
+    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    with record_function("step:forward"):
+        out = model(**batch)
+        loss = task_loss(out.per_sample_loss, out.trajectories, cfg.explore_kappa)
+    with record_function("step:router_loss"):
+        router_loss = unwrapped.router_loss(out, batch["labels"])
+    router_only = is_router_batch(step, cfg.router_data_fraction)
+    blocks_only = cfg.router_data_fraction > 0 and not router_only
+    with record_function("step:backward"):
+        for opt in (block_opt, router_opt):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+        total = loss + router_loss
+        if accelerator is not None:
+            accelerator.backward(total)
+        else:
+            total.backward()
+    with record_function("step:optimizers"):
+        if cfg.max_grad_norm is not None:
+            if accelerator is not None:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        if block_opt is not None and not router_only:
+            block_opt.step()
+        if router_opt is not None and not blocks_only:
+            router_opt.step()
+    return loss.detach(), router_loss.detach()
+
+
 @_flush_denormals
 def train(
     model: nn.Module,
@@ -247,28 +295,14 @@ def train(
             leave=False,
         )
         for batch in bar:
-            out = model(**batch)
-            loss = task_loss(out.per_sample_loss, out.trajectories, cfg.explore_kappa)
-            router_loss = unwrapped.router_loss(out, batch["labels"])
-            router_only = is_router_batch(global_step, cfg.router_data_fraction)
-            blocks_only = cfg.router_data_fraction > 0 and not router_only
-            if block_opt is not None:
-                block_opt.zero_grad(set_to_none=True)
-            if router_opt is not None:
-                router_opt.zero_grad(set_to_none=True)
-            accelerator.backward(loss + router_loss)
-            if cfg.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if block_opt is not None and not router_only:
-                block_opt.step()
-            if router_opt is not None and not blocks_only:
-                router_opt.step()
+            loss, router_loss = train_step(model, batch, block_opt, router_opt, cfg, accelerator, global_step)
             global_step += 1
-            total_loss += float(loss.detach())
-            total_router += float(router_loss.detach())
+            total_loss = total_loss + loss  # device tensors: no host sync per step
+            total_router = total_router + router_loss
             steps += 1
             if steps % 20 == 0:
-                bar.set_postfix(loss=f"{total_loss / steps:.3f}")
+                bar.set_postfix(loss=f"{float(total_loss) / steps:.3f}")
+        total_loss, total_router = float(total_loss), float(total_router)
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": total_loss / max(steps, 1),

@@ -60,24 +60,28 @@ class Learner(nn.Module):
 def epsilon_greedy(
     values: Tensor, epsilon: float, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Greedy actions with random tie-breaking; with probability epsilon a uniform random action.
+    """Greedy actions with uniform random tie-breaking; with probability epsilon a uniform random action.
 
-    Random draws come from ``generator`` (a CPU generator) so runs are reproducible.
+    Random draws come from ``generator`` (a CPU generator) so runs are reproducible: three uniform
+    numbers per decision (tie-break, explore, random action), whatever the number of actions.
 
     Returns ``(actions [B], explored [B] bool)``. An exploratory draw that happens to equal the greedy
     action still counts as explored (it was not chosen by the policy).
     """
     b, a = values.shape
     device = values.device
-    v = values.detach()
-    # random tie-breaking among maximal values (tables start at zero: without it everyone picks 0)
-    noise = torch.rand(b, a, generator=generator).to(device)
-    is_max = v >= v.max(-1, keepdim=True).values
-    greedy = torch.where(is_max, noise, torch.full_like(noise, -1.0)).argmax(-1)
+    # actions along dim 0: the reductions over a few actions run vectorised over the samples
+    v = values.detach().t().contiguous()
+    u = torch.rand(3, b, generator=generator).to(device)
+    is_max = v >= v.max(0).values
+    rank = is_max.cumsum(0, dtype=torch.int32)  # [A, B]: maximal actions seen up to each action
+    ties = rank[-1]
+    pick = (u[0] * ties).to(torch.int32).clamp_max(ties - 1)  # which of the tied maxima, uniform
+    greedy = (rank <= pick).sum(0)  # index of the (pick + 1)-th maximal action
     if epsilon <= 0.0:
         return greedy, torch.zeros(b, dtype=torch.bool, device=device)
-    explored = torch.rand(b, generator=generator).to(device) < epsilon
-    rand_actions = torch.randint(0, a, (b,), generator=generator).to(device)
+    explored = u[1] < epsilon
+    rand_actions = (u[2] * a).long().clamp_max(a - 1)
     return torch.where(explored, rand_actions, greedy), explored
 
 
@@ -87,13 +91,15 @@ def state_action_weights(trajectory: Trajectory) -> Tensor:
     With these weights a summed squared error under SGD with learning rate alpha moves each table
     entry by ``alpha * mean(target - Q)`` over the samples that visited it: the Watkins update
     with the batch-averaged target, independent of how many samples shared the state.
+    Counted by sorting the keys (no host synchronisation).
     """
     act = trajectory.active
     if trajectory.state_index is None:
         n = act.sum().clamp_min(1)
         return act.float() / n
     a = trajectory.num_actions
-    key = (trajectory.state_index * a + trajectory.actions.clamp_min(0)).masked_fill(~act, 0)
-    counts = torch.bincount(key[act], minlength=int(key.max()) + 1 if key.numel() else 1)
-    w = 1.0 / counts[key].clamp_min(1).float()
+    key = (trajectory.state_index * a + trajectory.actions.clamp_min(0)).masked_fill(~act, -1).flatten()
+    ordered = key.sort().values
+    counts = torch.searchsorted(ordered, key, right=True) - torch.searchsorted(ordered, key)
+    w = 1.0 / counts.view_as(act).float()
     return w * act.float()

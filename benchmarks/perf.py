@@ -1,0 +1,319 @@
+"""Performance suite (issue 8): routed training steps against their unrouted limit, as ratios.
+
+    HF_HUB_OFFLINE=1 python benchmarks/perf.py                  # everything, < 10 min on 2 CPU cores
+    HF_HUB_OFFLINE=1 python benchmarks/perf.py --only mlp cbow  # some sections
+    HF_HUB_OFFLINE=1 python benchmarks/perf.py --quick          # a smoke run (seconds; numbers meaningless)
+
+A routed model does the arithmetic of the unrouted model of the same depth (each sample passes
+through one block per step), so the unrouted training step is the limit of the routed one. Every
+figure is a ratio of two step times measured in the same process, in interleaved rounds (see
+:func:`common.interleaved_step_times`). A step is the training loop's own
+:func:`~nli_routing.training.loop.train_step`: forward, rewards, router loss, backward, both
+optimizer steps. Sections:
+
+1. ``mlp``: a plain routed MLP (3 routed layers of 8 blocks 64x64, tabular Q-learning routers over
+   8 tasks, one head per task) vs the same network unrouted (3 shared layers), batch 64/512/2048;
+   ``cbow``: the CBOW+WP NLI model (routed word projection, b=4 blocks 300x300, d=1, per-signature
+   tabular router, routed over every token) vs CBOW with an unrouted projection of the same depth.
+2. ``scaling``: the routed MLP's step as the number of blocks per layer grows (2, 8, 32, 128;
+   8 tasks) and as the number of tasks grows (2 to 64, one block per task per layer as in the
+   thesis' Figure 5.5), next to the soft mixture (every block on every sample) and cross-stitch
+   networks (one column per task); each relative to its 8-block (8-task) configuration.
+3. ``minilm``: routed attention (4 copies of every attention sublayer) vs the unrouted MiniLM,
+   fine-tuning step on a batch of 16 pairs of 32 tokens.
+4. peak memory of every configuration: the parameters, and the peak of what one step allocates on
+   top (activations, gradients, temporaries).
+
+Routers start fresh: their tables tie, so every sample takes a uniformly random block (every block
+of a layer is used in every batch: the worst case for grouping). Writes ``<output>.json`` and a
+plot of the scaling section to ``<output>.png``; where a target is missed, the JSON holds a profile
+of the routed step (time per phase and the top operators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    StepSetup,
+    commit,
+    interleaved_step_times,
+    machine,
+    peak_step_memory,
+    round_ratio,
+    step_profile,
+)
+
+SECTIONS = ("mlp", "cbow", "scaling", "minilm")
+TARGETS = {"ratio": 1.3, "blocks_128_vs_8": 1.2, "minilm": 1.2}
+
+
+# ---------------------------------------------------------------------- models and batches
+def mlp_model(method: str, blocks: int, tasks: int, dim: int = 64, layers: int = 3, classes: int = 10) -> nn.Module:
+    """The FC-only 'Base' network: ``layers`` FC layers of ``dim`` (routed, soft mixture, cross-stitch
+    or shared) and one head per task, on ``dim``-dimensional inputs."""
+    from nli_routing.models.vision import VisionMTLConfig, VisionMTLModel
+
+    torch.manual_seed(0)
+    return VisionMTLModel(VisionMTLConfig(
+        num_meta=tasks, method=method, num_classes=classes, in_channels=dim, image_size=1, conv_layers=0,
+        fc_hidden=dim, fc_layers=layers, fc_width=blocks, exploration="low"))
+
+
+def mlp_batch(size: int, tasks: int, dim: int = 64, classes: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(size, dim, 1, 1, generator=g),
+            "labels": torch.randint(0, classes, (size,), generator=g),
+            "meta": torch.randint(0, tasks, (size,), generator=g)}
+
+
+def cbow_model(route: str, width: int = 4, depth: int = 1, vocab: int = 20000, dim: int = 300,
+               num_meta: int = 8) -> nn.Module:
+    """CBOW NLI model with a routed (``route="wp"``) or unrouted (``"projection"``) word projection."""
+    from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
+
+    torch.manual_seed(0)
+    weight = torch.randn(vocab, dim) * 0.3
+    cfg = NLIModelConfig(num_meta=num_meta, route=route, wp_width=width, wp_depth=depth, exploration="low")
+    return NLIRoutingModel(cfg, weight, pad_id=0)
+
+
+def cbow_batch(size: int, vocab: int = 20000, num_meta: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """SCI-like pairs: premises of 6-14 tokens, hypotheses of 5-13 (SCI averages 10.3 and 9.5 words)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, (lo, hi) in (("premise", (6, 15)), ("hypothesis", (5, 14))):
+        lengths = torch.randint(lo, hi, (size,), generator=g)
+        mask = torch.arange(hi - 1).unsqueeze(0) < lengths.unsqueeze(1)
+        out[f"{name}_ids"] = torch.randint(1, vocab, mask.shape, generator=g) * mask
+        out[f"{name}_mask"] = mask
+    out["labels"] = torch.randint(0, 3, (size,), generator=g)
+    out["meta"] = torch.randint(0, num_meta, (size,), generator=g)
+    return out
+
+
+def train_cfg(**kw):
+    from nli_routing.training.loop import TrainConfig
+
+    return TrainConfig(cpu=True, progress=False, **kw)
+
+
+def cbow_cfg():
+    from nli_routing.training.experiment import RECIPE_TRAIN_DEFAULTS
+
+    return train_cfg(**RECIPE_TRAIN_DEFAULTS)
+
+
+# ---------------------------------------------------------------------- measurements
+def measure(setups: dict[str, StepSetup], args, memory: bool = True) -> dict[str, Any]:
+    """Interleaved step times of ``setups`` and, with ``memory``, their memory."""
+    times = interleaved_step_times(setups, warmup=args.warmup, rounds=args.rounds,
+                                   steps_per_round=args.steps_per_round)
+    out = {"ms": times["ms"], "rounds": times["rounds"]}
+    if memory:
+        out["param_mb"] = {n: s.parameter_bytes() / 2**20 for n, s in setups.items()}
+        out["step_peak_mb"] = {n: peak_step_memory(s) / 2**20 for n, s in setups.items()}
+    return out
+
+
+def ratio_section(name: str, make: Callable[[str], nn.Module], batch_fn: Callable[[int], dict], cfg_fn,
+                  routed: str, unrouted: str, batches: list[int], args, log) -> list[dict]:
+    rows = []
+    for b in batches:
+        batch = batch_fn(b)
+        setups = {k: StepSetup(make(k), batch, cfg_fn(), args.device) for k in (unrouted, routed)}
+        m = measure(setups, args)
+        ratio = round_ratio(m, routed, unrouted)
+        row = {"model": name, "batch": b, "ratio": ratio, "routed_ms": m["ms"][routed],
+               "unrouted_ms": m["ms"][unrouted], **{k: m[k] for k in ("rounds", "param_mb", "step_peak_mb")}}
+        if b >= 512 and ratio > TARGETS["ratio"] or args.profile:
+            row["profile"] = {k: step_profile(s) for k, s in setups.items()}
+        log(f"{name:<8} batch {b:>5}: routed {row['routed_ms']:8.2f} ms  unrouted {row['unrouted_ms']:8.2f} ms"
+            f"  ratio {ratio:5.2f}   peak MB {m['step_peak_mb'][routed]:7.1f} vs {m['step_peak_mb'][unrouted]:7.1f}")
+        rows.append(row)
+        del setups
+    return rows
+
+
+def scaling_section(args, log) -> list[dict]:
+    """Step time vs number of blocks (8 tasks) and vs number of tasks (one block per task)."""
+    rows = []
+    b = args.scaling_batch
+    sweeps = [
+        ("blocks", args.blocks, [("routing", "routing"), ("soft-mixture", "soft-mixture")]),
+        ("tasks", args.tasks, [("routing", "routing"), ("soft-mixture", "soft-mixture"),
+                               ("cross-stitch", "cross-stitch")]),
+    ]
+    for sweep, values, methods in sweeps:
+        ref = 8 if 8 in values else values[0]
+        for label, method in methods:
+            setups = {}
+            for v in values:
+                blocks, tasks = (v, 8) if sweep == "blocks" else (v, v)
+                batch = mlp_batch(b, tasks)
+                setups[str(v)] = StepSetup(mlp_model(method, blocks, tasks), batch, train_cfg(), args.device)
+            m = measure(setups, args)
+            rel = {v: round_ratio(m, v, str(ref)) for v in setups}
+            row = {"sweep": sweep, "method": label, "batch": b, "reference": ref, "ms": m["ms"],
+                   "relative": rel, "param_mb": m["param_mb"], "step_peak_mb": m["step_peak_mb"],
+                   "rounds": m["rounds"]}
+            top = str(max(values))
+            if label == "routing" and sweep == "blocks" and rel[top] > TARGETS["blocks_128_vs_8"] or args.profile:
+                row["profile"] = {k: step_profile(setups[k]) for k in (str(ref), top)}
+            log(f"{sweep:<6} {label:<13} batch {b}: " + "  ".join(f"{v}: {rel[v]:5.2f}x" for v in rel)
+                + f"   (ref {ref}: {m['ms'][str(ref)]:.2f} ms)")
+            rows.append(row)
+            del setups
+    return rows
+
+
+def minilm_section(args, log) -> dict:
+    """Routed attention (4 copies) vs the unrouted MiniLM: one fine-tuning step on synthetic pairs."""
+    from sci_table52 import minilm_factory  # the Table 5.2 benchmark's model builder
+
+    recipe_defaults = _finetune_defaults()
+    make = minilm_factory(args.minilm_blocks, 8, spread=False)
+    g = torch.Generator().manual_seed(0)
+    size, length = args.minilm_batch, args.minilm_length
+    ids = torch.randint(1000, 30000, (size, length), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+             "labels": torch.randint(0, 3, (size,), generator=g), "meta": torch.randint(0, 8, (size,), generator=g)}
+    setups = {k: StepSetup(make(k), batch, train_cfg(**recipe_defaults), args.device) for k in ("none", "attention")}
+    m = measure(setups, args)
+    ratio = round_ratio(m, "attention", "none")
+    row = {"model": "minilm", "batch": [size, length], "num_blocks": args.minilm_blocks, "ratio": ratio,
+           "routed_ms": m["ms"]["attention"], "unrouted_ms": m["ms"]["none"],
+           **{k: m[k] for k in ("rounds", "param_mb", "step_peak_mb")}}
+    if ratio > TARGETS["minilm"] or args.profile:
+        row["profile"] = {k: step_profile(s, steps=1) for k, s in setups.items()}
+    log(f"minilm   batch {size}x{length}: routed {row['routed_ms']:8.1f} ms  unrouted {row['unrouted_ms']:8.1f} ms"
+        f"  ratio {ratio:5.2f}   peak MB {m['step_peak_mb']['attention']:7.1f} vs {m['step_peak_mb']['none']:7.1f}")
+    return row
+
+
+def _finetune_defaults() -> dict:
+    from sci_table52 import load_recipe
+
+    return dict(load_recipe().TRAIN_DEFAULTS)
+
+
+# ---------------------------------------------------------------------- report
+def verdicts(result: dict) -> list[str]:
+    lines = []
+    for row in result.get("ratios", []):
+        if row["batch"] >= 512:
+            ok = row["ratio"] <= TARGETS["ratio"]
+            lines.append(f"{row['model']} batch {row['batch']}: routed/unrouted {row['ratio']:.2f} "
+                         f"(target <= {TARGETS['ratio']}) {'met' if ok else 'MISSED'}")
+    for row in result.get("scaling", []):
+        if row["sweep"] == "blocks" and row["method"] == "routing":
+            top = str(max(int(k) for k in row["relative"]))
+            v = row["relative"][top]
+            lines.append(f"routing {top} vs 8 blocks: {v:.2f}x (target <= {TARGETS['blocks_128_vs_8']}) "
+                         f"{'met' if v <= TARGETS['blocks_128_vs_8'] else 'MISSED'}")
+    if "minilm" in result:
+        v = result["minilm"]["ratio"]
+        lines.append(f"MiniLM attention routed/unrouted: {v:.2f} (target <= {TARGETS['minilm']}) "
+                     f"{'met' if v <= TARGETS['minilm'] else 'MISSED'}")
+    return lines
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result.get("scaling", [])
+    if not rows:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, sweep in zip(axes, ("blocks", "tasks")):
+        for row in (r for r in rows if r["sweep"] == sweep):
+            xs = sorted(int(k) for k in row["relative"])
+            ax.plot(xs, [row["relative"][str(x)] for x in xs], marker="o", label=row["method"])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("blocks per layer (8 tasks)" if sweep == "blocks" else "tasks (one block per task)")
+        ax.set_ylabel("step time / step time at 8")
+        ax.axhline(1.0, color="grey", lw=0.5)
+        ax.legend()
+    fig.suptitle(f"training step cost, batch {rows[0]['batch']} ({result['machine']})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--batches", nargs="+", type=int, default=[64, 512, 2048])
+    p.add_argument("--blocks", nargs="+", type=int, default=[2, 8, 32, 128])
+    p.add_argument("--tasks", nargs="+", type=int, default=[2, 8, 32, 64])
+    p.add_argument("--scaling_batch", type=int, default=512)
+    p.add_argument("--minilm_blocks", type=int, default=4)
+    p.add_argument("--minilm_batch", type=int, default=16)
+    p.add_argument("--minilm_length", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps_per_round", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--profile", action="store_true", help="profile every configuration, not only misses")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and one round (a smoke test)")
+    p.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "perf"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batches, args.blocks, args.tasks = [32], [2, 8], [2, 8]
+        args.scaling_batch, args.minilm_batch, args.minilm_length = 64, 2, 8
+        args.warmup, args.rounds, args.steps_per_round = 1, 1, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+
+    result: dict[str, Any] = {"machine": machine(), "commit": commit(), "args": vars(args),
+                              "targets": TARGETS, "ratios": []}
+    log(result["machine"])
+    if "mlp" in args.only:
+        result["ratios"] += ratio_section(
+            "mlp", lambda k: mlp_model(k, 8, 8), lambda b: mlp_batch(b, 8), train_cfg,
+            "routing", "shared-bottom", args.batches, args, log)
+    if "cbow" in args.only:
+        result["ratios"] += ratio_section(
+            "cbow+wp", lambda k: cbow_model(k), lambda b: cbow_batch(b), cbow_cfg,
+            "wp", "projection", args.batches, args, log)
+    if "scaling" in args.only:
+        result["scaling"] = scaling_section(args, log)
+    if "minilm" in args.only:
+        result["minilm"] = minilm_section(args, log)
+    result["seconds"] = time.perf_counter() - start
+    result["verdicts"] = verdicts(result)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    plot(result, out.with_suffix(".png"))
+    for line in result["verdicts"]:
+        log(line)
+    log(f"wrote {out.with_suffix('.json')} ({result['seconds']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

@@ -1,0 +1,258 @@
+"""A bank of fully connected function blocks with stacked weights, run as one grouped matmul.
+
+``LinearBank(G, in, out)`` holds G blocks ``act(x @ W_g + b_g)`` (optionally residual,
+``x + gate_g * act(x @ W_g + b_g)``) in three tensors: ``weight [G, in, out]``, ``bias [G, out]``
+and ``gate [G]``. A routed layer hands it the whole batch and each sample's block id; the bank
+sorts the samples by block and computes every block's group in one call, whatever G is:
+
+* ``impl="grouped_mm"``: :func:`torch.nn.functional.grouped_mm` over the sorted rows (one kernel,
+  group offsets as a tensor: no host synchronisation, so it also runs under ``torch.compile``);
+* ``impl="loop"``: one matmul per non-empty block (reads the group sizes on the host: one sync);
+* ``impl="auto"`` (default): ``grouped_mm`` where this torch build supports it for the input
+  (CPU float32/float64, CUDA bfloat16 on compute capability >= 9), else ``loop``.
+
+Both give the same values and gradients as running every sample alone through its block (tested).
+Unused blocks receive zero gradients (not ``None``): with momentum, weight decay or Adam an
+optimizer still moves them, as it moves every parameter of a dense model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+BANK_ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda x: x}
+BANK_IMPLS = ("auto", "grouped_mm", "loop")
+
+
+def grouped_mm_supported(x: Tensor) -> bool:
+    """Whether :func:`torch.nn.functional.grouped_mm` runs for ``x``'s device and dtype here."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.float64)
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return False
+
+
+@torch.library.custom_op("nli_routing::grouped_mm", mutates_args=())
+def _grouped_mm_op(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
+    """``F.grouped_mm`` as an opaque op for ``torch.compile``: its own meta kernel accepts only
+    bfloat16, which would stop the compiler on float32 CPU banks."""
+    return F.grouped_mm(x, weight, offs=offs)
+
+
+@_grouped_mm_op.register_fake
+def _(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], weight.shape[2])
+
+
+def _grouped_mm_setup(ctx, inputs, output) -> None:
+    x, weight, offs = inputs
+    ctx.save_for_backward(x, weight, offs)
+
+
+@torch.library.custom_op("nli_routing::grouped_mm_weight_grad", mutates_args=())
+def _grouped_mm_weight_grad(x: Tensor, grad: Tensor, offs: Tensor) -> Tensor:
+    """Per group ``x_g^T grad_g`` -> ``[G, K, N]`` (the weight gradient of :func:`_grouped_mm_op`)."""
+    return F.grouped_mm(x.t(), grad, offs=offs)
+
+
+@_grouped_mm_weight_grad.register_fake
+def _(x: Tensor, grad: Tensor, offs: Tensor) -> Tensor:
+    return x.new_empty(offs.shape[0], x.shape[1], grad.shape[1])
+
+
+def _grouped_mm_backward(ctx, grad: Tensor):
+    x, weight, offs = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = _grouped_mm_op(grad, weight.transpose(1, 2).contiguous(), offs)
+    return grad_x, _grouped_mm_weight_grad(x, grad, offs), None
+
+
+_grouped_mm_op.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+
+
+def _grouped_mm(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
+    if torch.compiler.is_compiling():
+        return _grouped_mm_op(x, weight, offs)
+    return F.grouped_mm(x, weight, offs=offs)
+
+
+def _grouped_mm_padded(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
+    """``grouped_mm(x, weight, offs)``, zero-padding the inner and outer dims to 16-byte strides
+    (the kernel's requirement; e.g. 2- or 10-class heads) and cutting the padding off again."""
+    align = max(1, 16 // x.element_size())
+    k, n = weight.shape[1], weight.shape[2]
+    pad_k, pad_n = -k % align, -n % align
+    if pad_k or pad_n:
+        weight = F.pad(weight, (0, pad_n, 0, pad_k))
+        x = F.pad(x, (0, pad_k)) if pad_k else x
+    y = _grouped_mm(x, weight, offs)
+    return y[:, :n] if pad_n else y
+
+
+class BankBlock:
+    """Block ``index`` of a :class:`LinearBank` as a callable (``bank[i](x)``), for code that runs
+    one block on a whole input (analysis, tests, per-block loops)."""
+
+    def __init__(self, bank: "LinearBank", index: int) -> None:
+        self.bank = bank
+        self.index = index
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.bank.block_forward(x, self.index)
+
+    def __repr__(self) -> str:
+        return f"BankBlock({self.index} of {self.bank!r})"
+
+
+class LinearBank(nn.Module):
+    """G fully connected blocks ``in -> out`` with stacked parameters (see the module doc).
+
+    ``activation`` one of ``relu``/``tanh``/``gelu``/``identity``; ``residual=True`` (needs
+    ``in == out``) adds a ReZero gate per block starting at 0, so every block starts as the identity;
+    ``dropout`` applies after the activation in training mode.
+    """
+
+    def __init__(
+        self,
+        num_blocks: int,
+        in_dim: int,
+        out_dim: int,
+        activation: str = "relu",
+        residual: bool = False,
+        dropout: float = 0.0,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        if num_blocks < 1:
+            raise ValueError(f"a bank needs at least one block, got {num_blocks}")
+        if activation not in BANK_ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(BANK_ACTIVATIONS)}")
+        if residual and in_dim != out_dim:
+            raise ValueError(f"a residual block keeps the dimension, got {in_dim} -> {out_dim}")
+        if impl not in BANK_IMPLS:
+            raise ValueError(f"impl must be one of {BANK_IMPLS}, got {impl!r}")
+        self.num_blocks, self.in_dim, self.out_dim = num_blocks, in_dim, out_dim
+        self.activation = activation
+        self.residual = residual
+        self.dropout = dropout
+        self.impl = impl
+        self.weight = nn.Parameter(torch.empty(num_blocks, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(num_blocks, out_dim))
+        self.gate = nn.Parameter(torch.zeros(num_blocks)) if residual else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every block initialised as ``nn.Linear(in, out)`` is (the same random stream as G Linears)."""
+        bound = 1.0 / math.sqrt(self.in_dim) if self.in_dim else 0.0
+        with torch.no_grad():
+            for g in range(self.num_blocks):
+                # nn.Linear: kaiming_uniform(a=sqrt(5)) on [out, in] == U(-1/sqrt(in), 1/sqrt(in))
+                w = torch.empty(self.out_dim, self.in_dim)
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+                self.weight[g].copy_(w.t())
+                self.bias[g].uniform_(-bound, bound)
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __getitem__(self, index: int) -> BankBlock:
+        if not -self.num_blocks <= index < self.num_blocks:
+            raise IndexError(f"block {index} of a bank of {self.num_blocks}")
+        return BankBlock(self, index % self.num_blocks)
+
+    def __iter__(self):
+        return (self[g] for g in range(self.num_blocks))
+
+    def extra_repr(self) -> str:
+        return (f"num_blocks={self.num_blocks}, in_dim={self.in_dim}, out_dim={self.out_dim}, "
+                f"activation={self.activation}, residual={self.residual}, impl={self.impl}")
+
+    # ------------------------------------------------------------------ arithmetic
+    def _finish(self, x: Tensor, y: Tensor, gate: Tensor | None, inplace: bool = False) -> Tensor:
+        """Activation, dropout and the residual connection on the linear output ``y`` (``inplace``:
+        ``y`` is a fresh buffer the activation may overwrite)."""
+        if inplace and self.activation == "relu":
+            y = y.relu_()
+        else:
+            y = BANK_ACTIVATIONS[self.activation](y)
+        if self.dropout > 0:
+            y = F.dropout(y, self.dropout, self.training)
+        if gate is not None:
+            y = x + gate * y
+        return y
+
+    def block_forward(self, x: Tensor, index: int) -> Tensor:
+        """Block ``index`` on all of ``x [..., in]``."""
+        y = x @ self.weight[index] + self.bias[index]
+        return self._finish(x, y, None if self.gate is None else self.gate[index])
+
+    def all_blocks(self, x: Tensor) -> Tensor:
+        """Every block on every row: ``x [N, in] -> [N, G, out]`` (one batched matmul; soft mixtures)."""
+        y = torch.einsum("ni,gio->ngo", x, self.weight) + self.bias
+        return self._finish(x.unsqueeze(1), y, None if self.gate is None else self.gate.unsqueeze(-1))
+
+    def resolve_impl(self, x: Tensor) -> str:
+        if self.impl != "auto":
+            return self.impl
+        return "grouped_mm" if grouped_mm_supported(x) else "loop"
+
+    def grouped(self, x: Tensor, groups: Tensor, scale: Tensor | None = None, identity: bool = True) -> Tensor:
+        """Row i of ``x [N, in]`` through block ``groups[i]``; ``groups[i] >= G`` keeps the row as it is
+        (stopped samples; needs ``in == out``). ``scale [N]`` multiplies computed rows (relaxed routers).
+
+        ``identity=False`` promises that no row is stopped (skips one masking op).
+        """
+        if x.dim() != 2:
+            raise ValueError(f"LinearBank.grouped needs rows [N, {self.in_dim}], got {tuple(x.shape)}")
+        groups = groups.clamp(max=self.num_blocks)
+        order = torch.argsort(groups, stable=True)
+        y = self.sorted_forward(
+            x.index_select(0, order),
+            groups.index_select(0, order),
+            None if scale is None else scale.index_select(0, order),
+            identity,
+        )
+        return y.index_select(0, inverse_permutation(order))
+
+    def sorted_forward(
+        self, xs: Tensor, sorted_groups: Tensor, scale: Tensor | None = None, identity: bool = True
+    ) -> Tensor:
+        """:meth:`grouped` on rows already sorted by block (``sorted_groups`` ascending, ``>= G`` last),
+        returned in the same order (a routed layer chains steps without restoring the order between)."""
+        g = self.num_blocks
+        identity = identity and self.in_dim == self.out_dim
+        # group sizes with a static shape (bincount's depends on the data: no graph under torch.compile)
+        counts = torch.zeros(g + 1, dtype=torch.long, device=xs.device).scatter_add_(
+            0, sorted_groups, torch.ones_like(sorted_groups))
+        if self.resolve_impl(xs) == "grouped_mm":
+            # stopped rows (sorted last) ride with the last block and are replaced below: every row
+            # must lie inside the offsets, grouped_mm leaves rows past the last one uninitialised
+            # (values and gradients)
+            sizes = torch.cat([counts[: g - 1], counts[g - 1 :].sum(0, keepdim=True)])
+            y = _grouped_mm_padded(xs, self.weight, sizes.cumsum(0).to(torch.int32))
+        else:
+            sizes = counts.tolist()
+            parts = [c @ self.weight[k] if k < g else c.new_zeros(c.shape[0], self.out_dim)
+                     for k, c in enumerate(xs.split(sizes)) if sizes[k]]
+            y = torch.cat(parts) if len(parts) > 1 else parts[0]
+        block = sorted_groups.clamp(max=g - 1)
+        y = y.add_(self.bias.index_select(0, block))  # in place: fresh buffers cost page faults on the CPU
+        gate = None if self.gate is None else self.gate.index_select(0, block).unsqueeze(1)
+        y = self._finish(xs, y, gate, inplace=True)
+        if scale is not None:
+            y = y * scale.to(y.dtype).unsqueeze(1)
+        if identity:
+            y = torch.where((sorted_groups >= g).unsqueeze(1), xs, y)
+        return y
+
+
+def inverse_permutation(order: Tensor) -> Tensor:
+    """``inv`` with ``inv[order[i]] = i`` (one scatter, no sort)."""
+    return torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
