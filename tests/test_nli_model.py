@@ -70,6 +70,30 @@ def test_model_routes_shapes_and_router_loss(route, n_traj):
     assert not r_ids & {id(p) for p in model.block_parameters()}
 
 
+def test_unrouted_projection_equals_wp_with_every_sample_on_one_block():
+    """route="projection" (the equal-depth unrouted control) computes what WP computes when every
+    sample takes the same block at every step."""
+    torch.manual_seed(0)
+    common = dict(num_meta=3, wp_depth=2, wp_residual=False, classifier_hidden=16)
+    w = weight()
+    plain = NLIRoutingModel(NLIModelConfig(route="projection", **common), w, pad_id=0)
+    routed = NLIRoutingModel(NLIModelConfig(route="wp", wp_width=2, wp_recursive=False, **common), w, 0)
+    with torch.no_grad():
+        for t, bank in enumerate(routed.encoder.projection.blocks):  # block 1 of each step = the shared layer
+            lin = plain.encoder.projection[t][0]
+            bank.weight[1].copy_(lin.weight.t())
+            bank.bias[1].copy_(lin.bias)
+        routed.encoder.projection.router.table.zero_()
+        routed.encoder.projection.router.table[:, :, 1] = 1.0  # greedy: block 1 everywhere
+        routed.classifier.load_state_dict(plain.classifier.state_dict())
+    plain.eval()
+    routed.eval()
+    b = batch()
+    out_plain, out_routed = plain(**b), routed(**b)
+    assert out_plain.trajectories == []
+    torch.testing.assert_close(out_plain.logits, out_routed.logits, rtol=1e-5, atol=1e-5)
+
+
 def test_wp_sentences_of_a_sample_share_its_path_and_empty_sentence_is_zero():
     torch.manual_seed(0)
     cfg = NLIModelConfig(num_meta=3, route="wp", wp_width=2, wp_depth=2, classifier_hidden=8)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nli_routing.routing import RoutedLayer, TabularRouter, grouped_apply
+from nli_routing.routing import LinearBank, RoutedLayer, TabularRouter, grouped_apply
 
 
 def per_sample_reference(layer: RoutedLayer, x: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -21,24 +21,28 @@ def per_sample_reference(layer: RoutedLayer, x: torch.Tensor, actions: torch.Ten
     return torch.cat(outs)
 
 
-def make_blocks(n: int, dim: int) -> list[nn.Module]:
-    return [nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) for _ in range(n)]
+def make_blocks(n: int, dim: int, kind: str = "modules") -> list[nn.Module] | LinearBank:
+    """``n`` tanh FC blocks: separate modules, or one :class:`LinearBank` with a given kernel."""
+    if kind == "modules":
+        return [nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) for _ in range(n)]
+    return LinearBank(n, dim, dim, activation="tanh", impl=kind)
 
 
 def clone_grads(module: nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
 
 
+@pytest.mark.parametrize("kind", ["modules", "grouped_mm", "loop"])
 @pytest.mark.parametrize("shape", [(37, 8), (23, 5, 8)])
 @pytest.mark.parametrize("allow_stop", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_grouped_execution_matches_per_sample_reference(shape, allow_stop, seed):
+def test_grouped_execution_matches_per_sample_reference(kind, shape, allow_stop, seed):
     torch.manual_seed(seed)
     width, depth, num_meta = 4, 3, 5
     router = TabularRouter(num_meta, depth, width + allow_stop, exploration="high", seed=seed)
     with torch.no_grad():
         router.table.normal_()  # different greedy paths per agent
-    layer = RoutedLayer(make_blocks(width, shape[-1]), router, depth=depth, allow_stop=allow_stop)
+    layer = RoutedLayer(make_blocks(width, shape[-1], kind), router, depth=depth, allow_stop=allow_stop)
     x = torch.randn(*shape, requires_grad=True)
     meta = torch.randint(0, num_meta, (shape[0],))
     y, traj = layer(x, meta)

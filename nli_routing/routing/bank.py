@@ -211,11 +211,10 @@ class LinearBank(nn.Module):
         """
         if x.dim() != 2:
             raise ValueError(f"LinearBank.grouped needs rows [N, {self.in_dim}], got {tuple(x.shape)}")
-        groups = groups.clamp(max=self.num_blocks)
-        order = torch.argsort(groups, stable=True)
+        sorted_groups, order = torch.sort(groups.clamp(max=self.num_blocks), stable=True)
         y = self.sorted_forward(
             x.index_select(0, order),
-            groups.index_select(0, order),
+            sorted_groups,
             None if scale is None else scale.index_select(0, order),
             identity,
         )
@@ -228,21 +227,21 @@ class LinearBank(nn.Module):
         returned in the same order (a routed layer chains steps without restoring the order between)."""
         g = self.num_blocks
         identity = identity and self.in_dim == self.out_dim
-        # group sizes with a static shape (bincount's depends on the data: no graph under torch.compile)
-        counts = torch.zeros(g + 1, dtype=torch.long, device=xs.device).scatter_add_(
-            0, sorted_groups, torch.ones_like(sorted_groups))
         if self.resolve_impl(xs) == "grouped_mm":
-            # stopped rows (sorted last) ride with the last block and are replaced below: every row
+            # end offset of every block's rows, read off the sorted ids (static shape, no host read).
+            # Stopped rows (sorted last) ride with the last block and are replaced below: every row
             # must lie inside the offsets, grouped_mm leaves rows past the last one uninitialised
-            # (values and gradients)
-            sizes = torch.cat([counts[: g - 1], counts[g - 1 :].sum(0, keepdim=True)])
-            y = _grouped_mm_padded(xs, self.weight, sizes.cumsum(0).to(torch.int32))
+            # (values and gradients).
+            bounds = torch.arange(1, g, device=xs.device, dtype=sorted_groups.dtype)
+            ends = torch.searchsorted(sorted_groups, bounds, out_int32=True)
+            offs = torch.cat([ends, ends.new_full((1,), xs.shape[0])])
+            y = _grouped_mm_padded(xs, self.weight, offs)
         else:
-            sizes = counts.tolist()
+            sizes = torch.bincount(sorted_groups.clamp(max=g), minlength=g + 1).tolist()
             parts = [c @ self.weight[k] if k < g else c.new_zeros(c.shape[0], self.out_dim)
                      for k, c in enumerate(xs.split(sizes)) if sizes[k]]
             y = torch.cat(parts) if len(parts) > 1 else parts[0]
-        block = sorted_groups.clamp(max=g - 1)
+        block = sorted_groups.clamp(max=g - 1) if identity else sorted_groups
         y = y.add_(self.bias.index_select(0, block))  # in place: fresh buffers cost page faults on the CPU
         gate = None if self.gate is None else self.gate.index_select(0, block).unsqueeze(1)
         y = self._finish(xs, y, gate, inplace=True)

@@ -265,6 +265,7 @@ class RoutedLayer(nn.Module):
 
         The rows stay sorted by the current step's blocks from one step to the next (one gather per
         step instead of a sort and an unsort), and the original order is restored once at the end.
+        Nothing is read back to the host when the blocks are :class:`LinearBank` s.
         """
         actions = path.actions
         b, depth = actions.shape
@@ -285,20 +286,25 @@ class RoutedLayer(nn.Module):
         if segments is not None:
             groups = groups.index_select(0, segments)
             scale = None if scale is None else scale.index_select(0, segments)
-        inv = None  # rows[i] is input row order[i]; inv maps an input row to its current position
+        n = groups.shape[0]
+        order = None  # the rows are input rows order[0], order[1], ...
         for t in range(depth):
-            g = groups[:, t]
-            order = torch.argsort(g, stable=True)
-            x = x.index_select(0, order if inv is None else inv.index_select(0, order))
+            if order is None:
+                sorted_g, perm = torch.sort(groups[:, t], stable=True)
+                order = perm
+            else:  # sort the current rows by this step's block, input order within a block
+                key = groups[:, t].index_select(0, order) * n + order
+                sorted_key, perm = torch.sort(key)
+                sorted_g = sorted_key.div(n, rounding_mode="floor")
+                order = order.index_select(0, perm)
             x = sorted_apply(
-                x,
-                g.index_select(0, order),
+                x.index_select(0, perm),
+                sorted_g,
                 self.step_blocks(t),
                 None if scale is None else scale[:, t].index_select(0, order),
                 identity=self.allow_stop,
             )
-            inv = inverse_permutation(order)
-        x = x.index_select(0, inv)
+        x = x.index_select(0, inverse_permutation(order))
         traj = Trajectory(
             meta=meta if meta is not None else torch.zeros(b, dtype=torch.long, device=x.device),
             actions=actions.masked_fill(~active, -1),

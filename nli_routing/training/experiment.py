@@ -43,6 +43,8 @@ RECIPE_TRAIN_DEFAULTS: dict[str, Any] = {"block_optimizer": "adam", "lr": 0.002,
 METHODS: dict[str, tuple[dict[str, Any], str]] = {
     "cbow": ({"route": "none", "meta_keyword": True}, "signature"),
     "wp-shared": ({"route": "wp", "wp_width": 1, "meta_keyword": True}, "signature"),
+    # the unrouted control of equal depth: every word through one shared projection, no router
+    "cbow-projection": ({"route": "projection", "meta_keyword": True}, "signature"),
     "wp-signature": ({"route": "wp"}, "signature"),
     "wp-signature-kw": ({"route": "wp", "meta_keyword": True}, "signature"),
     "wp-kmeans": ({"route": "wp"}, "kmeans"),
