@@ -15,7 +15,7 @@ optimizer steps. Sections:
    8 tasks, one head per task) vs the same network unrouted (3 shared layers), batch 64/512/2048;
    ``cbow``: the CBOW+WP NLI model (routed word projection, b=4 blocks 300x300, d=1, per-signature
    tabular router, routed over every token) vs CBOW with an unrouted projection of the same depth.
-2. ``scaling``: the routed MLP's step as the number of blocks per layer grows (2, 8, 32, 128;
+2. ``scaling`` (batch 512 and 2048): the routed MLP's step as the number of blocks per layer grows (2, 8, 32, 128;
    8 tasks) and as the number of tasks grows (2 to 64, one block per task per layer as in the
    thesis' Figure 5.5), next to the soft mixture (every block on every sample) and cross-stitch
    networks (one column per task); each relative to its 8-block (8-task) configuration.
@@ -148,8 +148,11 @@ def ratio_section(name: str, make: Callable[[str], nn.Module], batch_fn: Callabl
 
 def scaling_section(args, log) -> list[dict]:
     """Step time vs number of blocks (8 tasks) and vs number of tasks (one block per task)."""
+    return [row for b in args.scaling_batches for row in scaling_rows(b, args, log)]
+
+
+def scaling_rows(b: int, args, log) -> list[dict]:
     rows = []
-    b = args.scaling_batch
     sweeps = [
         ("blocks", args.blocks, [("routing", "routing"), ("soft-mixture", "soft-mixture")]),
         ("tasks", args.tasks, [("routing", "routing"), ("soft-mixture", "soft-mixture"),
@@ -221,8 +224,8 @@ def verdicts(result: dict) -> list[str]:
         if row["sweep"] == "blocks" and row["method"] == "routing":
             top = str(max(int(k) for k in row["relative"]))
             v = row["relative"][top]
-            lines.append(f"routing {top} vs 8 blocks: {v:.2f}x (target <= {TARGETS['blocks_128_vs_8']}) "
-                         f"{'met' if v <= TARGETS['blocks_128_vs_8'] else 'MISSED'}")
+            lines.append(f"routing {top} vs 8 blocks, batch {row['batch']}: {v:.2f}x (target <= "
+                         f"{TARGETS['blocks_128_vs_8']}) {'met' if v <= TARGETS['blocks_128_vs_8'] else 'MISSED'}")
     if "minilm" in result:
         v = result["minilm"]["ratio"]
         lines.append(f"MiniLM attention routed/unrouted: {v:.2f} (target <= {TARGETS['minilm']}) "
@@ -239,18 +242,20 @@ def plot(result: dict, path: Path) -> None:
     rows = result.get("scaling", [])
     if not rows:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, sweep in zip(axes, ("blocks", "tasks")):
-        for row in (r for r in rows if r["sweep"] == sweep):
+    panels = sorted({(r["sweep"], r["batch"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (sweep, batch) in zip(axes[0], panels):
+        for row in (r for r in rows if r["sweep"] == sweep and r["batch"] == batch):
             xs = sorted(int(k) for k in row["relative"])
             ax.plot(xs, [row["relative"][str(x)] for x in xs], marker="o", label=row["method"])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_xlabel("blocks per layer (8 tasks)" if sweep == "blocks" else "tasks (one block per task)")
         ax.set_ylabel("step time / step time at 8")
+        ax.set_title(f"batch {batch}", fontsize=9)
         ax.axhline(1.0, color="grey", lw=0.5)
-        ax.legend()
-    fig.suptitle(f"training step cost, batch {rows[0]['batch']} ({result['machine']})", fontsize=8)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"training step cost ({result['machine']})", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", nargs="+", type=int, default=[64, 512, 2048])
     p.add_argument("--blocks", nargs="+", type=int, default=[2, 8, 32, 128])
     p.add_argument("--tasks", nargs="+", type=int, default=[2, 8, 32, 64])
-    p.add_argument("--scaling_batch", type=int, default=512)
+    p.add_argument("--scaling_batches", nargs="+", type=int, default=[512, 2048])
     p.add_argument("--minilm_blocks", type=int, default=4)
     p.add_argument("--minilm_batch", type=int, default=16)
     p.add_argument("--minilm_length", type=int, default=32)
@@ -277,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.quick:
         args.batches, args.blocks, args.tasks = [32], [2, 8], [2, 8]
-        args.scaling_batch, args.minilm_batch, args.minilm_length = 64, 2, 8
+        args.scaling_batches, args.minilm_batch, args.minilm_length = [64], 2, 8
         args.warmup, args.rounds, args.steps_per_round = 1, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -61,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         generate(argv[1:])
         return
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as err:  # bad input: one clear line, no traceback
+        parser.exit(2, f"nli-routing {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..training.checkpoint import load_state_dict
+
 __all__ = ["POLICY_KINDS", "router_tables", "table_policies", "policy_cosine"]
 
 POLICY_KINDS = ("greedy", "softmax", "table")
@@ -31,9 +33,11 @@ def router_tables(state_dict: Mapping[str, Any] | str | Path) -> dict[str, np.nd
     """The tabular routers' tables ``[agents, depth, actions]`` of a state dict (or a ``model.pt`` path).
 
     Keys are the parameter names without the trailing ``.table`` (e.g. ``encoder.projection.router``).
+    A truncated or foreign ``model.pt`` raises :class:`~nli_routing.training.checkpoint.CheckpointError`
+    naming the file.
     """
     if isinstance(state_dict, (str, Path)):
-        state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+        state_dict = load_state_dict(state_dict)
     out = {}
     for key, value in state_dict.items():
         if key == "table" or key.endswith(".table"):

@@ -95,32 +95,50 @@ class RoutingRecord:
 
 
 def load_routing_record(path: str | Path) -> RoutingRecord:
-    """Read a record written by :meth:`RoutingRecord.save`; errors name the file and the missing part."""
+    """Read a record written by :meth:`RoutingRecord.save`.
+
+    Every error names the file: :class:`FileNotFoundError` when it is absent, :class:`ValueError`
+    ``"<path> is truncated or not a routing record: ..."`` for a damaged file, and ``"<path>: ..."``
+    naming the missing or inconsistent part otherwise.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"routing record {path} does not exist")
+    size = path.stat().st_size
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError(f"a bare {type(data).__name__} array, not an .npz archive")
             arrays = {k: data[k] for k in data.files}
-    except Exception as err:  # zip/format errors from numpy
-        raise ValueError(f"{path}: not a readable routing record ({err})") from None
+    except Exception as err:  # zip, CRC and format errors from numpy
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is truncated or not a routing record ({size} bytes): {reason}") from None
     missing = {"meta", "header"} - set(arrays)
     if missing:
-        raise ValueError(f"{path}: routing record lacks {sorted(missing)}")
-    header = json.loads(str(arrays["header"]))
+        raise ValueError(f"{path}: routing record lacks {sorted(missing)}; arrays found: {sorted(arrays)}")
+    try:
+        header = json.loads(str(arrays["header"]))
+        names, specs = header["meta_names"], header["layers"]
+        if not isinstance(names, list) or not isinstance(specs, list):
+            raise TypeError("'meta_names' and 'layers' must be lists")
+        specs = [(str(spec["name"]), int(spec["num_actions"]), spec.get("stop_action")) for spec in specs]
+    except (ValueError, KeyError, TypeError) as err:
+        what = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        raise ValueError(f"{path}: array 'header' is not a valid routing-record header ({what})") from None
     layers = []
-    for i, spec in enumerate(header["layers"]):
-        try:
-            actions, active = arrays[f"layer{i}_actions"], arrays[f"layer{i}_active"]
-        except KeyError:
-            raise ValueError(f"{path}: layer {i} ({spec['name']}) has no actions/active arrays") from None
-        layers.append(LayerRecord(spec["name"], spec["num_actions"], actions, active, spec.get("stop_action")))
-    return RoutingRecord(
-        meta=arrays["meta"],
-        meta_names=header["meta_names"],
-        layers=layers,
-        dispatch=arrays.get("dispatch"),
-        num_dispatch=header.get("num_dispatch", 0),
-        labels=arrays.get("labels"),
-        preds=arrays.get("preds"),
-    )
+    try:
+        for i, (name, num_actions, stop) in enumerate(specs):
+            if f"layer{i}_actions" not in arrays or f"layer{i}_active" not in arrays:
+                raise ValueError(f"layer {i} ({name}) has no actions/active arrays")
+            layers.append(LayerRecord(name, num_actions, arrays[f"layer{i}_actions"], arrays[f"layer{i}_active"], stop))
+        return RoutingRecord(
+            meta=arrays["meta"],
+            meta_names=names,
+            layers=layers,
+            dispatch=arrays.get("dispatch"),
+            num_dispatch=header.get("num_dispatch", 0),
+            labels=arrays.get("labels"),
+            preds=arrays.get("preds"),
+        )
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

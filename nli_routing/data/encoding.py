@@ -19,13 +19,23 @@ DatasetT = TypeVar("DatasetT", Dataset, DatasetDict)
 _TEXT_COLUMNS = ("premise", "hypothesis")
 
 
-def _tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
+def _tokenize_batch(
+    batch: dict[str, list], indices: list[int], tokenizer: Any, max_length: int, name: str
+) -> dict[str, list]:
     out: dict[str, list] = {}
     for column in _TEXT_COLUMNS:
         texts = [t if t is not None else "" for t in batch[column]]
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for row, text in zip(indices, texts):
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"encode_nli: split {name!r}, row {row}, column {column!r}: expected a string, "
+                    f"got {type(text).__name__}: {text!r}"
+                )
+        # one token past max_length tells whether a text was cut (and keeps the tokenizer quiet)
+        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length + 1)["input_ids"]
         out[f"{column}_ids"] = [x[:max_length] for x in ids]
         out[f"_{column}_truncated"] = [len(x) > max_length for x in ids]
+        out[f"_{column}_empty"] = [not x for x in ids]
     return out
 
 
@@ -40,23 +50,30 @@ def _encode_split(
     encoded = dataset.map(
         _tokenize_batch,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+        with_indices=True,
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "name": name},
         remove_columns=stale or None,
         num_proc=num_proc,
         desc=f"tokenizing {name}" if name else "tokenizing",
     )
     report = {"rows": len(encoded)}
-    flags = [f"_{c}_truncated" for c in _TEXT_COLUMNS]
-    for column, flag in zip(_TEXT_COLUMNS, flags):
-        report[f"{column}_truncated"] = int(sum(encoded.with_format(None)[flag]))
-    encoded = encoded.remove_columns(flags)
-    logger.info(
-        "encode_nli%s: %d premises and %d hypotheses of %d rows truncated at %d tokens",
+    plain = encoded.with_format(None)
+    empty = {c: int(sum(plain[f"_{c}_empty"])) for c in _TEXT_COLUMNS}
+    for column in _TEXT_COLUMNS:
+        report[f"{column}_truncated"] = int(sum(plain[f"_{column}_truncated"]))
+    encoded = encoded.remove_columns([f"_{c}_{k}" for c in _TEXT_COLUMNS for k in ("truncated", "empty")])
+    truncated = report["premise_truncated"] + report["hypothesis_truncated"]
+    logger.log(
+        logging.WARNING if truncated else logging.INFO,
+        "encode_nli%s: %d premises and %d hypotheses of %d rows truncated at %d tokens; "
+        "%d premises and %d hypotheses without tokens kept (empty id lists)",
         f"[{name}]" if name else "",
         report["premise_truncated"],
         report["hypothesis_truncated"],
         report["rows"],
         max_length,
+        empty["premise"],
+        empty["hypothesis"],
     )
     return encoded, report
 
@@ -72,10 +89,13 @@ def encode_nli(
     """Add ``premise_ids`` / ``hypothesis_ids`` (token ids without special tokens, truncated to
     ``max_length``) to a ``Dataset`` or every split of a ``DatasetDict``.
 
-    Empty (or ``None``) texts give empty lists. The number of truncated texts per split is logged
-    at INFO level; with ``return_report=True`` the call returns ``(dataset, report)`` where
-    ``report[split] = {"rows", "premise_truncated", "hypothesis_truncated"}`` (split ``""`` for a
-    plain ``Dataset``).
+    Bad input is either an error or a counted fallback, never a silent drop: a text that is neither
+    a string nor ``None`` raises :class:`TypeError` naming the split, row and column; empty (or
+    ``None``) texts are kept as empty lists (the collator pads them; the models then see no
+    word); texts longer than ``max_length`` tokens are truncated. Both counts are logged per
+    split (at WARNING level when anything was truncated, INFO otherwise); with
+    ``return_report=True`` the call returns ``(dataset, report)`` where ``report[split] =
+    {"rows", "premise_truncated", "hypothesis_truncated"}`` (split ``""`` for a plain ``Dataset``).
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")

@@ -14,8 +14,10 @@ own classes in the Hub's order (entailment, neutral, contradiction; 3 classes li
 SCI's names); ``genre`` is a :class:`datasets.ClassLabel` over all ten genres (the five training
 genres first), so matched and mismatched validation share one encoding. Rows whose gold label is
 ``"-"`` (no annotator majority) are dropped and counted (logged, and returned with
-``return_report=True``). Malformed input fails with :class:`MultiNLIFormatError` naming the file,
-the 1-based line and the field.
+``return_report=True``). Empty premises or hypotheses are kept as ``""`` and counted the same way
+(``empty_premise`` / ``empty_hypothesis`` in the report). Malformed input fails with
+:class:`MultiNLIFormatError` naming the file, the 1-based line and the field (a ``.tsv``/``.txt``
+header that lacks a required column names line 1).
 """
 
 from __future__ import annotations
@@ -103,7 +105,10 @@ def _lines(path: Path) -> list[str]:
         try:
             out.append(line.decode("utf-8").rstrip("\r"))
         except UnicodeDecodeError as exc:
-            raise MultiNLIFormatError(f"{path}:{i}: field <line>: invalid UTF-8 at column {exc.start + 1}") from None
+            raise MultiNLIFormatError(
+                f"{path}:{i}: field <line>: invalid UTF-8 byte(s) at column {exc.start + 1}: "
+                f"{line[exc.start:exc.end]!r}"
+            ) from None
     return out
 
 
@@ -116,6 +121,8 @@ def _jsonl_records(path: Path) -> list[tuple[int, dict]]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise MultiNLIFormatError(f"{path}:{i}: field <json>: malformed JSON at column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise MultiNLIFormatError(f"{path}:{i}: field <json>: malformed JSON: nested too deeply") from None
         if not isinstance(rec, dict):
             raise MultiNLIFormatError(f"{path}:{i}: field <record>: expected a JSON object, got {type(rec).__name__}")
         records.append((i, rec))
@@ -130,6 +137,12 @@ def _tsv_records(path: Path) -> list[tuple[int, dict]]:
     if not lines:
         return []
     header = lines[0].split("\t")
+    for name in _REQUIRED:
+        if not any(key in header for key in FIELD_ALIASES[name]):
+            raise MultiNLIFormatError(
+                f"{path}:1: field '{name}' is missing from the header (accepted names: "
+                f"{'/'.join(FIELD_ALIASES[name])}); columns found: {header}"
+            )
     records = []
     for i, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -194,7 +207,10 @@ def load_multinli_file(path: str | Path, split: str = "train") -> tuple[datasets
             value = _field(rec, name, path, line, required=False)
             columns[name].append("" if value is None else _text(value, name, path, line))
     if not columns["premise"]:
-        raise MultiNLIFormatError(f"{path}: field <records>: split '{split}' has no labelled examples")
+        raise MultiNLIFormatError(
+            f"{path}: field <records>: split '{split}' has no labelled examples "
+            f"({len(records)} rows read, {dropped} without a gold label dropped)"
+        )
     return datasets.Dataset.from_dict(columns, features=multinli_features(), split=split), dropped
 
 
@@ -242,7 +258,8 @@ def load_multinli(
 
     ``path``: a folder with the official release files or GLUE's MNLI ``.tsv`` files (see the module
     docstring); ``None`` loads ``hub_id`` from the Hub. With ``return_report=True`` returns
-    ``(data, report)``, ``report[split] = {"rows", "dropped_no_gold", "file"}``.
+    ``(data, report)``, ``report[split] = {"rows", "dropped_no_gold", "empty_premise",
+    "empty_hypothesis", "file"}``.
     """
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
@@ -264,6 +281,9 @@ def load_multinli(
             report[split] = {"rows": len(parts[split]), "dropped_no_gold": dropped, "file": str(file)}
         dsd = datasets.DatasetDict(parts)
     for split, r in report.items():
-        logger.info("MultiNLI %s: %d rows (%d without a gold label dropped) from %s",
-                    split, r["rows"], r["dropped_no_gold"], r["file"])
+        for side in ("premise", "hypothesis"):
+            r[f"empty_{side}"] = sum(not t for t in dsd[split][side])
+        logger.info("MultiNLI %s: %d rows (%d without a gold label dropped; %d empty premises and %d empty "
+                    "hypotheses kept) from %s", split, r["rows"], r["dropped_no_gold"], r["empty_premise"],
+                    r["empty_hypothesis"], r["file"])
     return (dsd, report) if return_report else dsd

@@ -15,11 +15,18 @@ Two directory layouts are understood by :func:`load_sci`:
     (``dev`` becomes ``validation``).  These files may be JSON lines or one JSON
     array of objects, and may use the aliases ``sentence1``/``sentence2``/
     ``gold_label`` for premise/hypothesis/label.
+
+Bad input fails with :class:`SCIFormatError` naming the file, the 1-based line and the field
+(malformed JSON, missing or non-string fields, unknown labels or signatures, non-UTF-8 bytes, an
+empty split). One fallback is accepted and counted: an empty (or all-whitespace) premise or
+hypothesis is kept as ``""`` (the encoders give it an empty id list); the counts per split are
+logged as a warning and returned by ``load_sci(..., return_report=True)``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -28,6 +35,8 @@ from typing import Any, Iterable, Sequence
 import datasets
 
 from .hub import load_from_hub
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "LABELS",
@@ -135,6 +144,8 @@ def _iter_json_array(path: Path, text: str) -> Iterable[tuple[int, Any]]:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise fail(exc.pos, f"malformed JSON: {exc.msg}") from None
+        except RecursionError:
+            raise fail(pos, "malformed JSON: nested too deeply") from None
         yield line_of(pos), obj
         pos, expect_item, first = end, False, False
     rest = text[pos:].strip()
@@ -158,6 +169,8 @@ def _read_records(path: Path) -> list[tuple[int, Any]]:
             raise SCIFormatError(
                 f"{path}:{i}: field <json>: malformed JSON at column {exc.colno}: {exc.msg}"
             ) from None
+        except RecursionError:
+            raise SCIFormatError(f"{path}:{i}: field <json>: malformed JSON: nested too deeply") from None
     return records
 
 
@@ -210,19 +223,40 @@ def _validate(rec: Any, path: Path, line: int) -> dict[str, Any]:
     }
 
 
-def load_sci_split(path: str | Path, split: str = "train") -> datasets.Dataset:
-    """Parse and validate one SCI file into a :class:`datasets.Dataset`.
-
-    Raises :class:`SCIFormatError` on any malformed content (including an empty file).
-    """
-    path = Path(path)
+def _parse_split(path: Path, split: str) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """:func:`load_sci_split` plus its report ``{"rows", "empty_premise", "empty_hypothesis", "file"}``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"SCI split file {path} does not exist")
     columns: dict[str, list] = {name: [] for name in sci_features()}
+    first_empty: int | None = None
     for line, rec in _read_records(path):
         for key, value in _validate(rec, path, line).items():
             columns[key].append(value)
+        if first_empty is None and not (columns["premise"][-1] and columns["hypothesis"][-1]):
+            first_empty = line
     if not columns["premise"]:
         raise SCIFormatError(f"{path}: field <records>: split '{split}' is empty (no examples found)")
-    return datasets.Dataset.from_dict(columns, features=sci_features(), split=split)
+    report = {
+        "rows": len(columns["premise"]),
+        "empty_premise": sum(not t for t in columns["premise"]),
+        "empty_hypothesis": sum(not t for t in columns["hypothesis"]),
+        "file": str(path),
+    }
+    if first_empty is not None:
+        logger.warning(
+            "SCI %s: kept %d empty premise(s) and %d empty hypothesis(es) of %d rows from %s (first at line %d)",
+            split, report["empty_premise"], report["empty_hypothesis"], report["rows"], path, first_empty,
+        )
+    return datasets.Dataset.from_dict(columns, features=sci_features(), split=split), report
+
+
+def load_sci_split(path: str | Path, split: str = "train") -> datasets.Dataset:
+    """Parse and validate one SCI file into a :class:`datasets.Dataset`.
+
+    Raises :class:`SCIFormatError` on any malformed content (including an empty file); empty
+    sentences are kept and counted (see the module docstring).
+    """
+    return _parse_split(Path(path), split)[0]
 
 
 # --------------------------------------------------------------------------- layouts
@@ -276,13 +310,17 @@ def load_sci(
     path: str | Path,
     variant: str | None = None,
     splits: Sequence[str] = SPLITS,
-) -> datasets.DatasetDict:
+    *,
+    return_report: bool = False,
+) -> datasets.DatasetDict | tuple[datasets.DatasetDict, dict[str, dict[str, Any]]]:
     """Load SCI splits from the directory ``path`` into a :class:`datasets.DatasetDict`.
 
     ``variant`` selects the official files ``ci_latest_<split>_<variant>.json``
     (inferred when only one variant is present) or a ``path/<variant>/``
     subfolder of the jsonl layout.  Raises :class:`FileNotFoundError` for
     missing split files and :class:`SCIFormatError` for malformed content.
+    With ``return_report=True`` returns ``(data, report)``, ``report[split] =
+    {"rows", "empty_premise", "empty_hypothesis", "file"}`` (empty sentences are kept).
     """
     root = Path(path)
     if not root.is_dir():
@@ -291,7 +329,11 @@ def load_sci(
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; allowed: {list(SPLITS)}")
     files = _resolve_files(root, variant, splits)
-    return datasets.DatasetDict({s: load_sci_split(files[s], split=s) for s in splits})
+    parts, report = {}, {}
+    for split in splits:
+        parts[split], report[split] = _parse_split(files[split], split)
+    dsd = datasets.DatasetDict(parts)
+    return (dsd, report) if return_report else dsd
 
 
 # --------------------------------------------------------------------------- checks

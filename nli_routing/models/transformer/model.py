@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ...routing import CollaborationReward, Router
+from ...training.checkpoint import CheckpointError, load_checkpoint
 from ..blocks import routed_fc_stack
 from ..classifier import Classifier
 from ..embeddings import default_model_path
@@ -136,10 +137,16 @@ class RoutedTransformerForNLI(NLIRoutingModel):
         config = TransformerNLIConfig.from_dict(json.loads((src / CONFIG_FILE).read_text()))
         backbone = AutoModel.from_config(AutoConfig.from_pretrained(src / BACKBONE_DIR))
         model = cls(config, backbone)
-        state: dict[str, Any] = load_file(str(src / WEIGHTS_FILE), device=str(map_location))
+        weights = src / WEIGHTS_FILE
+        try:
+            state: dict[str, Any] = load_file(str(weights), device=str(map_location))
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # safetensors' header/size errors name no file
+            raise CheckpointError(f"{weights} is truncated or not a safetensors file: {err}") from None
         extra_file = src / EXTRA_STATE_FILE
         if extra_file.exists():
-            state.update(torch.load(extra_file, map_location=map_location, weights_only=False))
+            state.update(load_checkpoint(extra_file, map_location=map_location, weights_only=False))
         model.load_state_dict(state, strict=True)
         return model
 
