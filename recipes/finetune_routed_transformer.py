@@ -25,6 +25,7 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, HfArgumentParser
 
+from nli_routing.training.distributed import make_accelerator
 from nli_routing.data.sci import check_meta_coverage, load_sci
 from nli_routing.models.embeddings import default_model_path
 from nli_routing.models.transformer import (
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    accelerator = Accelerator(cpu=train_cfg.cpu)
+    accelerator = make_accelerator(cpu=train_cfg.cpu)
     dsd, names = load_data(data_args)
     out = Path(recipe.output_dir)
     res = train_transformer(dsd, names, "signature", model_cfg, train_cfg, data_args.max_length,

@@ -35,6 +35,7 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 from transformers import HfArgumentParser
 
+from nli_routing.training.distributed import make_accelerator
 from nli_routing.data.encoding import encode_nli
 from nli_routing.data.multinli import GENRES, SPLITS, load_multinli
 from nli_routing.data.sci import check_meta_coverage
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         methods = [resolve_method(m) for m in recipe.methods]
     except ValueError as err:
         parser.error(str(err))
-    accelerator = Accelerator(cpu=train_cfg.cpu)
+    accelerator = make_accelerator(cpu=train_cfg.cpu)
     dsd = load_multinli_splits(data_args)
     prepared = None
     out = Path(recipe.output_dir)

@@ -1,6 +1,7 @@
 """SCI with routed word projections: unrouted CBOW vs WP routed by signature vs WP routed by a dispatcher.
 
     accelerate launch recipes/sci_wp_dispatch.py                      # embedded generated data, < 5 min on 2 CPUs
+    accelerate launch --multi_gpu --num_processes 2 recipes/sci_wp_dispatch.py --cpu   # 2 CPU processes (gloo)
     accelerate launch recipes/sci_wp_dispatch.py --data_dir ../shared/data/sci/joint
     python recipes/sci_wp_dispatch.py --methods cbow wp-signature --epochs 5 --cpu
     python recipes/sci_wp_dispatch.py --dispatch rbae-cbow            # WP routed by a learned dispatcher
@@ -26,9 +27,9 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from accelerate import Accelerator
 from transformers import HfArgumentParser
 
+from nli_routing.training.distributed import make_accelerator
 from nli_routing.models.nli import NLIModelConfig
 from nli_routing.analysis.plots import plot_dispatch_distribution
 from nli_routing.training.experiment import (
@@ -88,7 +89,7 @@ def main() -> None:
             resolve_method(method)
         except ValueError as err:
             parser.error(str(err))
-    accelerator = Accelerator(cpu=train_cfg.cpu)
+    accelerator = make_accelerator(cpu=train_cfg.cpu)
     prepared = prepare_sci(data_args)
     nested = None
     if recipe.nested_dir:

@@ -141,8 +141,10 @@ def test_cli_analyze(tmp_path, capsys):
     assert _is_png(run / "analysis_test_genre" / "overlap.png")
     main(["analyze", str(run), "--by", "dispatch", "--out", str(tmp_path / "d"), "--match", "module"])
     assert json.loads((tmp_path / "d" / "analysis.json").read_text())["overlap"]["classes"][0].startswith("dispatch")
-    with pytest.raises(FileNotFoundError, match="routing_validation.npz"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # a missing record: one clear line, exit status 2
         main(["analyze", str(run), "--split", "validation"])
+    assert info.value.code == 2 and "routing_validation.npz does not exist" in capsys.readouterr().err
 
 
 def test_greedy_policy_spreads_ties_like_the_router():

@@ -43,12 +43,20 @@ class CollaborationReward(nn.Module):
 
     @torch.no_grad()
     def update(self, trajectory: Trajectory) -> None:
-        """Fold the trajectory's decisions into the running action shares."""
+        """Fold the trajectory's decisions into the running action shares.
+
+        In a multi-process run the histogram is summed over all processes (every process calls
+        this once per training step), so the shares stay identical on every rank.
+        """
         acts = trajectory.actions[trajectory.active]
-        if acts.numel() == 0:
-            return
         hist = torch.bincount(acts, minlength=self.share.numel()).float()
-        self.share.mul_(self.momentum).add_((1 - self.momentum) * hist / hist.sum())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                torch.distributed.all_reduce(hist)
+        total = hist.sum()
+        if total == 0:
+            return
+        self.share.mul_(self.momentum).add_((1 - self.momentum) * hist / total)
 
     def forward(self, trajectory: Trajectory) -> Tensor:
         """``[B, d]`` per-action rewards (zero on inactive steps)."""

@@ -22,6 +22,22 @@ from tqdm.auto import tqdm
 
 from ..analysis.entropy import dispatch_statistics, selection_entropy
 from ..analysis.records import LayerRecord, RoutingRecord
+from .checkpoint import (
+    BEST_STATE_FILE,
+    CHECKPOINT_DIR,
+    LOOP_RNG_FILE,
+    LOOP_STATE_FILE,
+    num_batches,
+    resumed_batches,
+    capture_rng,
+    resolve_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from .distributed import make_accelerator
+from .numerics import NonFiniteError, check_finite_step, clip_group, optimizer_params
+
+__all__ = ["NonFiniteError", "TrainConfig", "evaluate", "make_optimizers", "train", "train_step"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +61,45 @@ class TrainConfig:
         default=0.0,
         metadata={"help": "share of training batches that update only the routers (the rest only the blocks)"},
     )
-    max_grad_norm: float | None = field(default=None, metadata={"help": "clip block and router gradients"})
+    max_grad_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "shortcut: clip the block and the router gradients, each group to this norm separately "
+            "(block_max_grad_norm / router_max_grad_norm, when set, take precedence)"
+        },
+    )
+    block_max_grad_norm: float | None = field(
+        default=None, metadata={"help": "clip the total gradient norm of the blocks (None: max_grad_norm)"}
+    )
+    router_max_grad_norm: float | None = field(
+        default=None,
+        metadata={"help": "clip the total gradient norm of the routers and learners (None: max_grad_norm)"},
+    )
+    check_finite: bool = field(
+        default=True,
+        metadata={
+            "help": "before the optimizers step, check the losses and gradients for NaN/inf and raise an error "
+            "naming the learner and the step (one host read per step)"
+        },
+    )
+    checkpoint: bool = field(
+        default=False,
+        metadata={"help": "write resumable checkpoints (accelerate save_state) to <output_dir>/checkpoints"},
+    )
+    checkpoint_every: int = field(
+        default=0,
+        metadata={"help": "with checkpoint: also save every N training steps (0: only at the end of each epoch)"},
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "number of most recent checkpoints kept (older ones are deleted)"}
+    )
+    resume_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "resume from a checkpoint folder, or 'latest' (the newest one in <output_dir>/checkpoints; "
+            "starts from scratch when there is none)"
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the blocks"})
     seed: int = field(default=0, metadata={"help": "seed of data order and initialisation"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when an accelerator is present"})
@@ -61,6 +115,24 @@ class TrainConfig:
             raise ValueError(f"router_data_fraction must be in [0, 1), got {self.router_data_fraction}")
         if self.block_optimizer not in ("sgd", "adam"):
             raise ValueError(f"block_optimizer must be 'sgd' or 'adam', got {self.block_optimizer!r}")
+        for name in ("max_grad_norm", "block_max_grad_norm", "router_max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 (or None to not clip), got {value}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+    @property
+    def block_clip_norm(self) -> float | None:
+        """The block gradient clipping norm (``block_max_grad_norm``, else ``max_grad_norm``)."""
+        return self.block_max_grad_norm if self.block_max_grad_norm is not None else self.max_grad_norm
+
+    @property
+    def router_clip_norm(self) -> float | None:
+        """The router gradient clipping norm (``router_max_grad_norm``, else ``max_grad_norm``)."""
+        return self.router_max_grad_norm if self.router_max_grad_norm is not None else self.max_grad_norm
 
 
 def make_optimizers(
@@ -238,11 +310,19 @@ def train_step(
         else:
             total.backward()
     with record_function("step:optimizers"):
-        if cfg.max_grad_norm is not None:
-            if accelerator is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            else:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        groups = {
+            "blocks": optimizer_params(block_opt) if not router_only else [],
+            "routers": optimizer_params(router_opt) if not blocks_only else [],
+        }
+        norms: dict[str, torch.Tensor | None] = {}
+        if cfg.check_finite:
+            # with a gradient scaler (fp16), inf/NaN gradients are expected: the scaler skips the step
+            scaled = accelerator is not None and getattr(accelerator, "scaler", None) is not None
+            norms = check_finite_step(
+                unwrapped, {"task loss": loss, "router loss": router_loss}, groups, step, check_grads=not scaled
+            )
+        clip_group(groups["blocks"], cfg.block_clip_norm, accelerator, norms.get("blocks"))
+        clip_group(groups["routers"], cfg.router_clip_norm, accelerator, norms.get("routers"))
         if block_opt is not None and not router_only:
             block_opt.step()
         if router_opt is not None and not blocks_only:
@@ -267,8 +347,18 @@ def train(
     the batch's trajectories trains the routers, each with its own optimizer. ``eval_loaders``
     should hold ``"validation"`` (used to pick the best epoch when ``select_best``) and ``"test"``.
     Returns ``{"history": [...], "best_epoch": k, "final": {split: metrics}, "train_seconds": s}``.
+
+    With ``cfg.checkpoint``, resumable checkpoints go to ``<output_dir>/checkpoints/step_<n>`` at
+    the end of every epoch (after its evaluation) and every ``cfg.checkpoint_every`` steps; they hold
+    the models, optimizers and RNGs (``accelerator.save_state``: router tables, critics, running
+    averages, exploration epoch and router generators are in the model's state dict), the data
+    order, the epoch's loss sums, the history and the best epoch's model. ``cfg.resume_from``
+    continues such a run (same data, model, config and number of processes) and ends exactly where
+    the uninterrupted run would have (on the CPU): the epoch's already-trained batches are skipped
+    with ``accelerator.skip_first_batches`` in the same order.
     """
-    accelerator = accelerator or Accelerator(cpu=cfg.cpu)
+    if accelerator is None:  # DDP settings for routed models (see nli_routing.training.distributed)
+        accelerator = make_accelerator(cpu=cfg.cpu)
     set_seed(cfg.seed)
     block_opt, router_opt = make_optimizers(model, cfg)
     model, train_loader = accelerator.prepare(model, train_loader)
@@ -280,19 +370,68 @@ def train(
         raise ValueError("the model has no trainable parameter (everything is frozen)")
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     unwrapped = accelerator.unwrap_model(model)
+    ckpt_root = Path(output_dir) / CHECKPOINT_DIR if output_dir is not None else None
+    if cfg.checkpoint and ckpt_root is None:
+        raise ValueError("checkpoint=True writes to <output_dir>/checkpoints: give train() an output_dir")
+    n_batches = num_batches(train_loader)
     history: list[dict] = []
     best_score, best_epoch, best_state = -math.inf, -1, None
     start = time.perf_counter()
-    global_step = 0
-    for epoch in range(cfg.epochs):
+    global_step, start_epoch, prior_seconds = 0, 0, 0.0
+    resumed: dict[str, Any] | None = None  # the checkpoint's per-process state, until its epoch starts
+    path = resolve_checkpoint(cfg.resume_from, ckpt_root) if cfg.resume_from is not None else None
+    if path is not None:
+        accelerator.load_state(str(path))
+        state = json.loads((path / LOOP_STATE_FILE).read_text())
+        if n_batches is not None and state.get("num_batches") not in (None, n_batches):
+            raise ValueError(
+                f"checkpoint {path} was written with {state['num_batches']} batches per epoch, this run has "
+                f"{n_batches}: resume with the same data and batch size"
+            )
+        history, best_epoch, global_step = state["history"], state["best_epoch"], state["global_step"]
+        best_score, start_epoch = float(state["best_score"]), state["epoch"]
+        prior_seconds = float(state.get("train_seconds", 0.0))
+        resumed = torch.load(path / LOOP_RNG_FILE.format(accelerator.process_index), weights_only=False)
+        resumed["steps"] = state["step_in_epoch"]
+        if (path / BEST_STATE_FILE).is_file():
+            best_state = torch.load(path / BEST_STATE_FILE, map_location="cpu", weights_only=False)
+        restore_rng(resumed["rng"], train_loader)
+        logger.info("resumed from %s (epoch %d, step %d)", path, start_epoch, resumed["steps"])
+
+    def loop_state(epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": global_step,
+            "num_batches": n_batches,
+            "best_score": best_score,
+            "best_epoch": best_epoch,
+            "history": history,
+            "train_seconds": prior_seconds + time.perf_counter() - start,
+        }
+
+    for epoch in range(start_epoch, cfg.epochs):
         unwrapped.set_epoch(epoch)
         model.train()
         total_loss, total_router, steps = 0.0, 0.0, 0
+        batches, epoch_rng = train_loader, None
+        if path is not None and hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)  # a fresh loader counts epochs from 0 (seedable samplers use it)
+        if resumed is not None and resumed["steps"]:  # resuming inside this epoch
+            steps, epoch_rng = resumed["steps"], resumed["epoch_rng"]
+            total_loss, total_router = resumed["total_loss"], resumed["total_router"]
+            skipped = accelerator.skip_first_batches(train_loader, steps)
+            batches = resumed_batches(skipped, train_loader, epoch_rng, resumed["rng"])
+        elif cfg.checkpoint and cfg.checkpoint_every:
+            epoch_rng = capture_rng(train_loader)  # the order of this epoch is drawn from these
+        resumed = None
         bar = tqdm(
-            train_loader,
+            batches,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             disable=not (cfg.progress and accelerator.is_local_main_process),
             leave=False,
+            total=n_batches,
+            initial=steps,
         )
         for batch in bar:
             loss, router_loss = train_step(model, batch, block_opt, router_opt, cfg, accelerator, global_step)
@@ -302,6 +441,16 @@ def train(
             steps += 1
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{float(total_loss) / steps:.3f}")
+            if (
+                cfg.checkpoint
+                and cfg.checkpoint_every
+                and global_step % cfg.checkpoint_every == 0
+                and (n_batches is None or steps < n_batches)  # the epoch's end has its own checkpoint
+            ):
+                rng = {"rng": capture_rng(train_loader), "epoch_rng": epoch_rng,
+                       "total_loss": total_loss, "total_router": total_router}
+                save_checkpoint(accelerator, ckpt_root, loop_state(epoch, steps), rng, best_state,
+                                cfg.keep_checkpoints)
         total_loss, total_router = float(total_loss), float(total_router)
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -323,7 +472,10 @@ def train(
         if accelerator.is_main_process:
             val = record.get("validation", {}).get("accuracy")
             logger.info("epoch %d loss %.4f validation %s", epoch, record["train_loss"], val)
-    train_seconds = time.perf_counter() - start
+        if cfg.checkpoint:
+            save_checkpoint(accelerator, ckpt_root, loop_state(epoch + 1, 0), {"rng": capture_rng(train_loader)},
+                            best_state, cfg.keep_checkpoints)
+    train_seconds = prior_seconds + time.perf_counter() - start
     if best_state is not None:
         unwrapped.load_state_dict(best_state)
     records = {name: collect_record(model, loader, accelerator, meta_names) for name, loader in eval_loaders.items()}
