@@ -220,3 +220,16 @@ def test_layer_accepts_one_bank_per_step_and_checks_widths():
     assert y.shape == (7, 6)
     with pytest.raises(ValueError, match="same width"):
         RoutedLayer([LinearBank(3, 4, 4), LinearBank(2, 4, 4)], router, depth=2, recursive=False)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.3])
+def test_table_row_decisions_equal_the_generic_epsilon_greedy(epsilon):
+    """epsilon_greedy_rows (per table row) draws the same numbers and picks the same actions as
+    epsilon_greedy on the gathered values, ties included."""
+    from nli_routing.routing.learners.base import epsilon_greedy, epsilon_greedy_rows
+
+    table = torch.tensor([[0.0, 1.0, 1.0, -1.0], [2.0, 2.0, 2.0, 2.0], [0.5, -3.0, 0.1, 0.4]])
+    rows = torch.randint(0, 3, (500,), generator=torch.Generator().manual_seed(1))
+    a, ea = epsilon_greedy_rows(table, rows, epsilon, torch.Generator().manual_seed(7))
+    b, eb = epsilon_greedy(table[rows], epsilon, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and torch.equal(ea, eb)

@@ -255,6 +255,7 @@ class RoutedLayer(nn.Module):
             decisions,
             actives,
             self.stop_action,
+            int(getattr(self.router, "num_states", 0)),
         )
         return x, traj
 
@@ -315,5 +316,6 @@ class RoutedLayer(nn.Module):
             extra=path.extra,
             num_actions=int(path.values.shape[-1]),
             stop_action=self.stop_action,
+            num_states=int(getattr(self.router, "num_states", 0)) if path.state_index is not None else 0,
         )
         return x, traj

@@ -68,32 +68,11 @@ class Router(nn.Module):
         actions, explored, extra = self.learner.select(values, self.epsilon, self.generator)
         return Decision(actions=actions, explored=explored, values=values, state_index=state_index, extra=extra)
 
-    def values_path(self, meta: Tensor, depth: int) -> tuple[Tensor, Tensor | None] | None:
-        """``(values [B, depth, A], state_index [B, depth] or None)`` of every step at once, for
-        routers whose values do not read the activation (tabular agents); ``None`` otherwise."""
-        return None
-
     def decide_path(self, meta: Tensor, depth: int) -> Decision | None:
-        """Every step's decision at once (``Decision`` tensors ``[B, depth, ...]``), or ``None`` when
-        the values read the activation (then the routed layer decides step by step).
-
-        One learner call over all ``B * depth`` decisions: the steps of a state-free router's path
-        do not depend on each other, so this equals deciding step by step (up to the order of the
-        random draws).
-        """
-        got = self.values_path(meta, depth)
-        if got is None:
-            return None
-        values, state_index = got
-        b, d, a = values.shape
-        actions, explored, extra = self.learner.select(values.reshape(b * d, a), self.epsilon, self.generator)
-        return Decision(
-            actions=actions.view(b, d),
-            explored=explored.view(b, d),
-            values=values,
-            state_index=state_index,
-            extra={k: v.reshape(b, d, *v.shape[1:]) for k, v in extra.items()},
-        )
+        """Every step's decision at once (``Decision`` tensors ``[B, depth, ...]``) for routers whose
+        values do not read the activation (tabular agents, fixed routes); ``None`` (the default)
+        makes the routed layer decide step by step."""
+        return None
 
     def loss(self, trajectory: Trajectory) -> Tensor:
         """The router loss of one trajectory (delegated to the learner)."""
@@ -146,21 +125,41 @@ class TabularRouter(Router):
             raise ValueError(f"depth {depth} is beyond this router's {self.depth} steps")
         return self.table[meta, depth], meta * self.depth + depth
 
+    @property
+    def num_states(self) -> int:
+        """Distinct decision states (``state_index`` in ``[0, num_meta * depth)``)."""
+        return self.num_meta * self.depth
+
     def check_meta(self, meta: Tensor) -> None:
         """Raise a clear error if a meta label is outside the table (e.g. unseen in training)."""
         check_range(meta, self.num_meta, "meta labels", f"this router's {self.num_meta} agents",
                     "; a meta class unseen in training cannot be routed")
 
-    def values_path(self, meta: Tensor, depth: int) -> tuple[Tensor, Tensor]:
+    def decide_path(self, meta: Tensor, depth: int) -> Decision:
+        """Every step's decision at once. The values are rows of the table (one index_select: its
+        backward is one index_add, much cheaper on the CPU than an accumulating index_put); a
+        learner with ``select_rows`` decides per table row, at a cost that does not grow with the
+        number of actions."""
         if meta is None:
             raise ValueError("TabularRouter needs meta labels (meta=None was given)")
         if depth > self.depth:
             raise ValueError(f"depth {depth} is beyond this router's {self.depth} steps")
-        steps = torch.arange(depth, device=meta.device)
-        # index_select of whole agent rows: its backward is one index_add (an index_put with
-        # accumulation over B * depth * A entries is an order of magnitude slower on the CPU)
-        rows = self.table.view(self.num_meta, -1).index_select(0, meta).view(-1, self.depth, self.num_actions)
-        return rows[:, :depth], meta.unsqueeze(1) * self.depth + steps
+        b = meta.shape[0]
+        state_index = meta.unsqueeze(1) * self.depth + torch.arange(depth, device=meta.device)
+        rows = state_index.flatten()
+        flat = self.table.view(-1, self.num_actions)
+        values = flat.index_select(0, rows)
+        if self.learner.select_rows is not None:
+            actions, explored, extra = self.learner.select_rows(flat, rows, self.epsilon, self.generator)
+        else:
+            actions, explored, extra = self.learner.select(values, self.epsilon, self.generator)
+        return Decision(
+            actions=actions.view(b, depth),
+            explored=explored.view(b, depth),
+            values=values.view(b, depth, self.num_actions),
+            state_index=state_index,
+            extra={k: v.reshape(b, depth, *v.shape[1:]) for k, v in extra.items()},
+        )
 
     def greedy_policy(self) -> Tensor:
         """``[num_meta, depth]`` greedy action of every agent at every depth."""
@@ -346,6 +345,7 @@ class DispatchedRouter(Router):
             final_reward=trajectory.final_reward,
             num_actions=self.dispatcher.num_actions,
             stop_action=None,
+            num_states=int(getattr(self.dispatcher, "num_states", 0)) if "dispatch_state_index" in ex else 0,
         )
 
     def loss(self, trajectory: Trajectory) -> Tensor:
@@ -377,4 +377,5 @@ def select_samples(trajectory: Trajectory, idx: Tensor) -> Trajectory:
         final_reward=take(trajectory.final_reward),
         num_actions=trajectory.num_actions,
         stop_action=trajectory.stop_action,
+        num_states=trajectory.num_states,
     )

@@ -63,6 +63,9 @@ class Trajectory:
     final_reward: Tensor | None = None
     num_actions: int = 0
     stop_action: int | None = None
+    #: number of distinct ``state_index`` values the router can produce (0: unknown); lets batch
+    #: statistics count per state in a fixed-size buffer instead of sorting
+    num_states: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -89,7 +92,12 @@ class Trajectory:
 
     @classmethod
     def from_decisions(
-        cls, meta: Tensor, decisions: list[Decision], active: list[Tensor], stop_action: int | None
+        cls,
+        meta: Tensor,
+        decisions: list[Decision],
+        active: list[Tensor],
+        stop_action: int | None,
+        num_states: int = 0,
     ) -> "Trajectory":
         """Stack per-depth decisions (each over the whole batch) into batch tensors."""
         act = torch.stack(active, 1)
@@ -112,6 +120,7 @@ class Trajectory:
             extra=extra,
             num_actions=int(values.shape[-1]),
             stop_action=stop_action,
+            num_states=num_states if state_index is not None else 0,
         )
 
     def detached(self) -> "Trajectory":
@@ -128,4 +137,5 @@ class Trajectory:
             final_reward=self.final_reward,
             num_actions=self.num_actions,
             stop_action=self.stop_action,
+            num_states=self.num_states,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..trajectory import Trajectory
-from .base import Learner, epsilon_greedy, register_learner, state_action_weights
+from .base import Learner, epsilon_greedy, epsilon_greedy_rows, register_learner, state_action_weights
 from .critics import StateValueCritic, discounted_returns
 
 
@@ -38,6 +38,10 @@ class AdvantageLearner(Learner):
 
     def select(self, values, epsilon, generator=None):
         actions, explored = epsilon_greedy(values, epsilon, generator)
+        return actions, explored, {}
+
+    def select_rows(self, table, rows, epsilon, generator=None):
+        actions, explored = epsilon_greedy_rows(table, rows, epsilon, generator)
         return actions, explored, {}
 
     def targets(self, trajectory: Trajectory) -> tuple[Tensor, Tensor, Tensor]:

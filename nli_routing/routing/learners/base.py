@@ -52,6 +52,10 @@ class Learner(nn.Module):
     def loss(self, trajectory: Trajectory) -> Tensor:
         raise NotImplementedError
 
+    #: optional ``select_rows(table [R, A], rows [N], epsilon, generator)``: :meth:`select` for
+    #: values that are rows of a table (tabular routers use it when the learner defines it)
+    select_rows = None
+
     def greedy(self, values: Tensor) -> Tensor:
         """The action the learner would take without exploration."""
         return values.argmax(-1)
@@ -85,20 +89,53 @@ def epsilon_greedy(
     return torch.where(explored, rand_actions, greedy), explored
 
 
+def epsilon_greedy_rows(
+    table: Tensor, rows: Tensor, epsilon: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """:func:`epsilon_greedy` for decisions whose values are rows of a table: ``table [R, A]``,
+    ``rows [N]`` each decision's row. Same random draws and same actions as
+    ``epsilon_greedy(table[rows], ...)``, but the greedy sets are found once per table row, so the
+    per-decision work does not grow with the number of actions A.
+    """
+    n = rows.shape[0]
+    a = table.shape[1]
+    device = table.device
+    v = table.detach()
+    is_max = v >= v.max(-1, keepdim=True).values  # [R, A]
+    ties = is_max.sum(-1)
+    maxima = torch.argsort((~is_max).to(torch.int8), dim=-1, stable=True)  # each row's maxima first, in order
+    u = torch.rand(3, n, generator=generator).to(device)
+    k = ties.index_select(0, rows)
+    pick = (u[0] * k).long().clamp_max(k - 1)
+    greedy = maxima.view(-1).index_select(0, rows * a + pick)
+    if epsilon <= 0.0:
+        return greedy, torch.zeros(n, dtype=torch.bool, device=device)
+    explored = u[1] < epsilon
+    rand_actions = (u[2] * a).long().clamp_max(a - 1)
+    return torch.where(explored, rand_actions, greedy), explored
+
+
 def state_action_weights(trajectory: Trajectory) -> Tensor:
     """``[B, d]`` weights ``1 / n(s, a)`` over the active decisions of a tabular trajectory.
 
     With these weights a summed squared error under SGD with learning rate alpha moves each table
     entry by ``alpha * mean(target - Q)`` over the samples that visited it: the Watkins update
     with the batch-averaged target, independent of how many samples shared the state.
-    Counted by sorting the keys (no host synchronisation).
+    Counted in a histogram of ``num_states * num_actions`` bins when the trajectory knows its number of
+    states, by sorting the keys otherwise (no host synchronisation either way).
     """
     act = trajectory.active
     if trajectory.state_index is None:
         n = act.sum().clamp_min(1)
         return act.float() / n
     a = trajectory.num_actions
-    key = (trajectory.state_index * a + trajectory.actions.clamp_min(0)).masked_fill(~act, -1).flatten()
+    key = trajectory.state_index * a + trajectory.actions.clamp_min(0)
+    if trajectory.num_states:  # a fixed-size histogram of the (state, action) pairs
+        size = trajectory.num_states * a
+        key = key.masked_fill(~act, size).flatten()  # inactive decisions count in a spare bin
+        counts = torch.zeros(size + 1, device=key.device).scatter_add_(0, key, torch.ones_like(key, dtype=torch.float))
+        return act.float() / counts.index_select(0, key).view_as(act)
+    key = key.masked_fill(~act, -1).flatten()  # unknown number of states: count by sorting
     ordered = key.sort().values
     counts = torch.searchsorted(ordered, key, right=True) - torch.searchsorted(ordered, key)
     w = 1.0 / counts.view_as(act).float()

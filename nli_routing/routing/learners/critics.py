@@ -30,17 +30,15 @@ def discounted_returns(trajectory: Trajectory, gamma: float = 1.0) -> Tensor:
     """
     if trajectory.final_reward is None or trajectory.step_rewards is None:
         raise ValueError("trajectory has no rewards: call assign_rewards(...) before the router loss")
-    r = trajectory.step_rewards.float()
     act = trajectory.active
-    last = trajectory.last_active
-    final = trajectory.final_reward.float()
-    g = torch.zeros_like(r)
-    nxt = torch.zeros_like(final)
-    for t in reversed(range(trajectory.depth)):
-        g_t = r[:, t] + torch.where(last[:, t], final, gamma * nxt)
-        g[:, t] = g_t.masked_fill(~act[:, t], 0.0)
-        nxt = g[:, t]
-    return g
+    # every reward a sample collects, at the step it gets it (the final one at its last decision);
+    # a sample's decisions are a prefix of the steps, so nothing follows its last one
+    r = trajectory.step_rewards.float() * act + trajectory.last_active * trajectory.final_reward.float().unsqueeze(1)
+    d = trajectory.depth
+    steps = torch.arange(d, device=r.device)
+    lag = steps.unsqueeze(1) - steps.unsqueeze(0)  # [k, t]: k - t
+    discount = torch.where(lag >= 0, torch.full_like(r[:1, :1], gamma).pow(lag.clamp_min(0)), torch.zeros_like(r[:1, :1]))
+    return (r @ discount) * act  # G_t = sum_{k >= t} gamma^(k-t) r_k
 
 
 def group_keys(trajectory: Trajectory) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..trajectory import Trajectory
-from .base import Learner, epsilon_greedy, register_learner, state_action_weights
+from .base import Learner, epsilon_greedy, epsilon_greedy_rows, register_learner, state_action_weights
 from .critics import discounted_returns
 
 Q_TARGETS = ("return", "td")
@@ -59,6 +59,10 @@ class QLearner(Learner):
 
     def select(self, values, epsilon, generator=None):
         actions, explored = epsilon_greedy(values, epsilon, generator)
+        return actions, explored, {}
+
+    def select_rows(self, table, rows, epsilon, generator=None):
+        actions, explored = epsilon_greedy_rows(table, rows, epsilon, generator)
         return actions, explored, {}
 
     def targets(self, trajectory: Trajectory) -> Tensor:
