@@ -220,22 +220,34 @@ class LinearBank(nn.Module):
         )
         return y.index_select(0, inverse_permutation(order))
 
+    @staticmethod
+    def group_offsets(sorted_groups: Tensor, num_blocks: int) -> Tensor:
+        """``int32`` end offset of every block's rows in ``sorted_groups [..., N]`` (ascending), for
+        :func:`torch.nn.functional.grouped_mm` (static shape, no host read). Rows of ids
+        ``>= num_blocks`` (stopped, sorted last) count with the last block: every row must lie inside
+        the offsets, grouped_mm leaves rows past the last one uninitialised (values and gradients)."""
+        bounds = torch.arange(1, num_blocks, device=sorted_groups.device, dtype=sorted_groups.dtype)
+        bounds = bounds.expand(*sorted_groups.shape[:-1], num_blocks - 1).contiguous()
+        ends = torch.searchsorted(sorted_groups, bounds, out_int32=True)
+        last = ends.new_full((*sorted_groups.shape[:-1], 1), sorted_groups.shape[-1])
+        return torch.cat([ends, last], -1)
+
     def sorted_forward(
-        self, xs: Tensor, sorted_groups: Tensor, scale: Tensor | None = None, identity: bool = True
+        self,
+        xs: Tensor,
+        sorted_groups: Tensor,
+        scale: Tensor | None = None,
+        identity: bool = True,
+        offsets: Tensor | None = None,
     ) -> Tensor:
         """:meth:`grouped` on rows already sorted by block (``sorted_groups`` ascending, ``>= G`` last),
-        returned in the same order (a routed layer chains steps without restoring the order between)."""
+        returned in the same order (a routed layer chains steps without restoring the order between).
+        ``offsets``: :meth:`group_offsets` of ``sorted_groups`` when the caller has them already."""
         g = self.num_blocks
         identity = identity and self.in_dim == self.out_dim
         if self.resolve_impl(xs) == "grouped_mm":
-            # end offset of every block's rows, read off the sorted ids (static shape, no host read).
-            # Stopped rows (sorted last) ride with the last block and are replaced below: every row
-            # must lie inside the offsets, grouped_mm leaves rows past the last one uninitialised
-            # (values and gradients).
-            bounds = torch.arange(1, g, device=xs.device, dtype=sorted_groups.dtype)
-            ends = torch.searchsorted(sorted_groups, bounds, out_int32=True)
-            offs = torch.cat([ends, ends.new_full((1,), xs.shape[0])])
-            y = _grouped_mm_padded(xs, self.weight, offs)
+            offs = self.group_offsets(sorted_groups, g) if offsets is None else offsets
+            y = _grouped_mm_padded(xs, self.weight, offs)  # stopped rows are replaced below
         else:
             sizes = torch.bincount(sorted_groups.clamp(max=g), minlength=g + 1).tolist()
             parts = [c @ self.weight[k] if k < g else c.new_zeros(c.shape[0], self.out_dim)

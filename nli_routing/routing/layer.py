@@ -25,6 +25,7 @@ def sorted_apply(
     scale: Tensor | None = None,
     identity: bool = True,
     counts: list[int] | None = None,
+    offsets: Tensor | None = None,
 ) -> Tensor:
     """Run rows already sorted by group (``sorted_groups`` ascending) through their blocks, in order.
 
@@ -33,10 +34,11 @@ def sorted_apply(
     grouped matmul (no host synchronisation; token-level rows ``[N, T, D]`` are flattened); other
     blocks run once per non-empty group on a contiguous slice (the group sizes are read on the host:
     ``counts`` may pass them). ``scale [N]`` multiplies each computed row (relaxed routers).
+    ``offsets``: a bank's group offsets (:meth:`LinearBank.group_offsets`), when already known.
     """
     if isinstance(blocks, LinearBank):
         if xs.dim() == 2:
-            return blocks.sorted_forward(xs, sorted_groups, scale, identity)
+            return blocks.sorted_forward(xs, sorted_groups, scale, identity, offsets)
         rows = xs.shape[1:-1].numel()  # token-level [N, ..., D]: every token follows its sample
         y = blocks.sorted_forward(
             xs.reshape(-1, xs.shape[-1]),
@@ -264,8 +266,8 @@ class RoutedLayer(nn.Module):
     ) -> tuple[Tensor, Trajectory]:
         """Run a path decided ahead for every step (``path`` tensors ``[B, depth, ...]``).
 
-        The rows stay sorted by the current step's blocks from one step to the next (one gather per
-        step instead of a sort and an unsort), and the original order is restored once at the end.
+        All steps' orders come from one batched sort; the rows go from one step's order to the next
+        with one gather (no sort and unsort per step), and the input order is restored once at the end.
         Nothing is read back to the host when the blocks are :class:`LinearBank` s.
         """
         actions = path.actions
@@ -288,24 +290,24 @@ class RoutedLayer(nn.Module):
             groups = groups.index_select(0, segments)
             scale = None if scale is None else scale.index_select(0, segments)
         n = groups.shape[0]
-        order = None  # the rows are input rows order[0], order[1], ...
+        # every step's order at once: order[t] lists the input rows sorted by step t's block (input
+        # order within a block), inv[t] is each input row's position in it
+        sorted_g, order = torch.sort(groups.t().contiguous(), dim=1, stable=True)
+        inv = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(depth, n))
+        moves = inv[:-1].gather(1, order[1:]) if depth > 1 else None  # rows in order t-1 -> order t
+        offsets = None
+        if all(isinstance(self.step_blocks(t), LinearBank) for t in range(depth)):
+            offsets = LinearBank.group_offsets(sorted_g, self.width)
         for t in range(depth):
-            if order is None:
-                sorted_g, perm = torch.sort(groups[:, t], stable=True)
-                order = perm
-            else:  # sort the current rows by this step's block, input order within a block
-                key = groups[:, t].index_select(0, order) * n + order
-                sorted_key, perm = torch.sort(key)
-                sorted_g = sorted_key.div(n, rounding_mode="floor")
-                order = order.index_select(0, perm)
             x = sorted_apply(
-                x.index_select(0, perm),
-                sorted_g,
+                x.index_select(0, order[0] if t == 0 else moves[t - 1]),
+                sorted_g[t],
                 self.step_blocks(t),
-                None if scale is None else scale[:, t].index_select(0, order),
+                None if scale is None else scale[:, t].index_select(0, order[t]),
                 identity=self.allow_stop,
+                offsets=None if offsets is None else offsets[t],
             )
-        x = x.index_select(0, inverse_permutation(order))
+        x = x.index_select(0, inv[-1])
         traj = Trajectory(
             meta=meta if meta is not None else torch.zeros(b, dtype=torch.long, device=x.device),
             actions=actions.masked_fill(~active, -1),
