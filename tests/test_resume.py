@@ -10,7 +10,7 @@ import nli_routing.models.nli as nli
 from nli_routing.data.encoding import NLICollator
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.training import loop, numerics
-from nli_routing.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+from nli_routing.training.checkpoint import CHECKPOINT_DIR, CheckpointError, latest_checkpoint
 from nli_routing.training.loop import NonFiniteError, TrainConfig, make_optimizers, train, train_step
 
 from .test_nli_model import batch, weight
@@ -145,6 +145,19 @@ def test_resume_from_an_explicit_checkpoint_and_latest_without_one(tmp_path, mon
         run("qlearning", tmp_path / "d", resume_from=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="output_dir"):
         train(build_model("qlearning"), *loaders(), TrainConfig(epochs=1, cpu=True, progress=False, checkpoint=True))
+
+
+@pytest.mark.parametrize("damaged", ["model", "loop_state", "loop_rng"])
+def test_a_truncated_checkpoint_is_a_clear_error_naming_it(tmp_path, damaged):
+    run("qlearning", tmp_path / "a", checkpoint=True, checkpoint_every=0, keep_checkpoints=1)
+    ckpt = tmp_path / "a" / CHECKPOINT_DIR / "step_15"
+    target = {"model": next(p for p in ckpt.iterdir() if p.name.startswith(("model", "pytorch_model"))),
+              "loop_state": ckpt / "loop_state.json", "loop_rng": ckpt / "loop_rng_0.pt"}[damaged]
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"step_15.*(truncated|damaged)") as err:
+        run("qlearning", tmp_path / "b", resume_from=str(ckpt))
+    assert err.value.__cause__ is None
 
 
 # --- NaN / inf guards -------------------------------------------------------------------------

@@ -27,11 +27,13 @@ from .checkpoint import (
     CHECKPOINT_DIR,
     LOOP_RNG_FILE,
     LOOP_STATE_FILE,
-    num_batches,
-    resumed_batches,
+    CheckpointError,
     capture_rng,
+    load_checkpoint,
+    num_batches,
     resolve_checkpoint,
     restore_rng,
+    resumed_batches,
     save_checkpoint,
 )
 from .distributed import make_accelerator
@@ -381,8 +383,17 @@ def train(
     resumed: dict[str, Any] | None = None  # the checkpoint's per-process state, until its epoch starts
     path = resolve_checkpoint(cfg.resume_from, ckpt_root) if cfg.resume_from is not None else None
     if path is not None:
-        accelerator.load_state(str(path))
-        state = json.loads((path / LOOP_STATE_FILE).read_text())
+        try:
+            accelerator.load_state(str(path))
+        except Exception as err:  # a truncated or damaged file: name the checkpoint, not torch's internals
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed: a file in it is truncated or damaged ({first})"
+            ) from None
+        try:
+            state = json.loads((path / LOOP_STATE_FILE).read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path / LOOP_STATE_FILE} is truncated or damaged: {err}") from None
         if n_batches is not None and state.get("num_batches") not in (None, n_batches):
             raise ValueError(
                 f"checkpoint {path} was written with {state['num_batches']} batches per epoch, this run has "
@@ -391,10 +402,10 @@ def train(
         history, best_epoch, global_step = state["history"], state["best_epoch"], state["global_step"]
         best_score, start_epoch = float(state["best_score"]), state["epoch"]
         prior_seconds = float(state.get("train_seconds", 0.0))
-        resumed = torch.load(path / LOOP_RNG_FILE.format(accelerator.process_index), weights_only=False)
+        resumed = load_checkpoint(path / LOOP_RNG_FILE.format(accelerator.process_index), weights_only=False)
         resumed["steps"] = state["step_in_epoch"]
         if (path / BEST_STATE_FILE).is_file():
-            best_state = torch.load(path / BEST_STATE_FILE, map_location="cpu", weights_only=False)
+            best_state = load_checkpoint(path / BEST_STATE_FILE, map_location="cpu", weights_only=False)
         restore_rng(resumed["rng"], train_loader)
         logger.info("resumed from %s (epoch %d, step %d)", path, start_epoch, resumed["steps"])
 
