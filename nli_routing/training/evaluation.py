@@ -1,0 +1,101 @@
+"""Evaluation: every prediction and routing choice over a data loader (all processes gathered,
+without duplicates), and the metrics computed from them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..analysis.entropy import dispatch_statistics, selection_entropy
+from ..analysis.records import LayerRecord, RoutingRecord
+
+
+@torch.no_grad()
+def collect_record(
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator, meta_names: list[str] | None = None
+) -> RoutingRecord:
+    """Predictions, labels, meta classes and every routing choice over a data loader (all processes)."""
+    was_training = model.training
+    model.eval()
+    preds, labels, metas, dispatch = [], [], [], []
+    routes: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    for batch in loader:
+        out = model(**batch)
+        preds.append(accelerator.gather_for_metrics(out.logits.argmax(-1)))
+        labels.append(accelerator.gather_for_metrics(batch["labels"]))
+        meta = batch.get("meta", torch.zeros_like(batch["labels"]))
+        metas.append(accelerator.gather_for_metrics(meta))
+        for i, traj in enumerate(out.trajectories):
+            if len(routes) <= i:
+                routes.append([])
+            routes[i].append(
+                (accelerator.gather_for_metrics(traj.actions), accelerator.gather_for_metrics(traj.active))
+            )
+        disp = getattr(out, "dispatch", None)
+        if disp is not None:
+            dispatch.append(accelerator.gather_for_metrics(disp.actions[:, 0]))
+    model.train(was_training)
+    meta = torch.cat(metas).cpu() if metas else torch.zeros(0, dtype=torch.long)
+    n_meta = max(int(meta.max()) + 1 if meta.numel() else 1, len(meta_names or []))
+    names = list(meta_names or [str(i) for i in range(n_meta)])
+    unwrapped = accelerator.unwrap_model(model)
+    layer_names = getattr(unwrapped, "routed_layer_names", None)
+    layers = []
+    for i, parts in enumerate(routes):
+        routed = unwrapped.routed_layers[i]
+        layers.append(
+            LayerRecord(
+                name=layer_names[i] if layer_names else f"layer{i}",
+                num_actions=routed.num_actions,
+                actions=torch.cat([a for a, _ in parts]).cpu().numpy(),
+                active=torch.cat([b for _, b in parts]).cpu().numpy(),
+                stop_action=getattr(routed, "stop_action", None),
+            )
+        )
+    dispatcher = getattr(unwrapped, "dispatcher", None)
+    return RoutingRecord(
+        meta=meta.numpy(),
+        meta_names=names,
+        layers=layers,
+        dispatch=torch.cat(dispatch).cpu().numpy() if dispatch else None,
+        num_dispatch=int(dispatcher.num_dispatch) if dispatch and dispatcher is not None else 0,
+        labels=torch.cat(labels).cpu().numpy() if labels else None,
+        preds=torch.cat(preds).cpu().numpy() if preds else None,
+    )
+
+
+def record_metrics(record: RoutingRecord) -> dict[str, Any]:
+    """Accuracy, accuracy per meta class, selection entropy per routed layer and dispatch statistics."""
+    pred, label, meta = (torch.as_tensor(x) for x in (record.preds, record.labels, record.meta))
+    correct = (pred == label).float()
+    n_meta = len(record.meta_names)
+    per_meta = {}
+    for m in range(n_meta):
+        sel = meta == m
+        if sel.any():
+            per_meta[record.meta_names[m]] = float(correct[sel].mean())
+    result: dict[str, Any] = {
+        "accuracy": float(correct.mean()) if correct.numel() else math.nan,
+        "n": int(correct.numel()),
+        "accuracy_per_meta": per_meta,
+    }
+    for i, layer in enumerate(record.layers):
+        result[f"routing_entropy_{i}"] = selection_entropy(
+            torch.as_tensor(layer.actions), meta, torch.as_tensor(layer.active), layer.num_actions, n_meta
+        )
+    if record.dispatch is not None:
+        result["dispatch"] = dispatch_statistics(record)
+    return result
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator, meta_names: list[str] | None = None
+) -> dict[str, Any]:
+    """Accuracy, accuracy per meta class and routing selection entropy over a data loader."""
+    return record_metrics(collect_record(model, loader, accelerator, meta_names))
