@@ -233,3 +233,13 @@ def test_table_row_decisions_equal_the_generic_epsilon_greedy(epsilon):
     a, ea = epsilon_greedy_rows(table, rows, epsilon, torch.Generator().manual_seed(7))
     b, eb = epsilon_greedy(table[rows], epsilon, torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and torch.equal(ea, eb)
+
+
+def test_float64_banks_fall_back_to_the_loop_kernel():
+    """grouped_mm has no float64 kernel: ``impl="auto"`` picks the per-block loop and stays exact."""
+    torch.manual_seed(0)
+    bank = LinearBank(3, 4, 4, "tanh").double()
+    x = torch.randn(9, 4, dtype=torch.float64)
+    groups = torch.randint(0, 3, (9,))
+    assert bank.resolve_impl(x) == "loop"
+    torch.testing.assert_close(bank.grouped(x, groups, identity=False), per_row(bank, x, groups))

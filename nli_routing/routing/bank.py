@@ -5,11 +5,12 @@
 and ``gate [G]``. A routed layer hands it the whole batch and each sample's block id; the bank
 sorts the samples by block and computes every block's group in one call, whatever G is:
 
-* ``impl="grouped_mm"``: :func:`torch.nn.functional.grouped_mm` over the sorted rows (one kernel,
-  group offsets as a tensor: no host synchronisation, so it also runs under ``torch.compile``);
+* ``impl="grouped_mm"``: :func:`torch.nn.functional.grouped_mm` over the sorted rows (one call with
+  the group offsets as a tensor: no host synchronisation, so it also runs under ``torch.compile``;
+  one kernel on recent GPUs, a loop over the groups inside torch on the CPU);
 * ``impl="loop"``: one matmul per non-empty block (reads the group sizes on the host: one sync);
 * ``impl="auto"`` (default): ``grouped_mm`` where this torch build supports it for the input
-  (CPU float32/float64, CUDA bfloat16 on compute capability >= 9), else ``loop``.
+  (CPU float32/bfloat16/float16, CUDA bfloat16 on compute capability >= 9), else ``loop``.
 
 Both give the same values and gradients as running every sample alone through its block (tested).
 Unused blocks receive zero gradients (not ``None``): with momentum, weight decay or Adam an
@@ -33,7 +34,7 @@ def grouped_mm_supported(x: Tensor) -> bool:
     if not hasattr(F, "grouped_mm"):
         return False
     if x.device.type == "cpu":
-        return x.dtype in (torch.float32, torch.float64)
+        return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
     if x.device.type == "cuda":
         return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
     return False
