@@ -70,7 +70,7 @@ def test_unaligned_dims_are_padded_for_grouped_mm(out_dim, in_dim):
     bank = LinearBank(4, in_dim, out_dim, "identity", impl="grouped_mm")
     x = torch.randn(17, in_dim, requires_grad=True)
     groups = torch.randint(0, 4, (17,))
-    y = bank.grouped(x, groups, identity=False)
+    y = grouped_apply(x, groups, bank, identity=False)
     assert y.shape == (17, out_dim)
     y.sum().backward()
     torch.testing.assert_close(y, per_row(bank, x.detach(), groups), rtol=1e-5, atol=1e-5)
@@ -242,4 +242,4 @@ def test_float64_banks_fall_back_to_the_loop_kernel():
     x = torch.randn(9, 4, dtype=torch.float64)
     groups = torch.randint(0, 3, (9,))
     assert bank.resolve_impl(x) == "loop"
-    torch.testing.assert_close(bank.grouped(x, groups, identity=False), per_row(bank, x, groups))
+    torch.testing.assert_close(grouped_apply(x, groups, bank, identity=False), per_row(bank, x, groups))

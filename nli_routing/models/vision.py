@@ -31,6 +31,7 @@ from ..routing import (
     Trajectory,
     assign_rewards,
     final_reward,
+    grouped_apply,
 )
 from ..routing.trajectory import check_range
 from .blocks import RouterConfig, fc_block, routed_fc_stack
@@ -178,7 +179,7 @@ class TaskHeads(nn.Module):
         self.heads = LinearBank(num_tasks, dim, num_classes, activation="identity")
 
     def forward(self, x: Tensor, task: Tensor) -> Tensor:
-        return self.heads.grouped(x, task, identity=False)
+        return grouped_apply(x, task, self.heads, identity=False)
 
 
 class VisionMTLModel(nn.Module):

@@ -2,8 +2,8 @@
 
 ``LinearBank(G, in, out)`` holds G blocks ``act(x @ W_g + b_g)`` (optionally residual,
 ``x + gate_g * act(x @ W_g + b_g)``) in three tensors: ``weight [G, in, out]``, ``bias [G, out]``
-and ``gate [G]``. A routed layer hands it the whole batch and each sample's block id; the bank
-sorts the samples by block and computes every block's group in one call, whatever G is:
+and ``gate [G]``. A routed layer (or :func:`~nli_routing.routing.layer.grouped_apply`) hands it
+the rows sorted by block id; the bank computes every block's group in one call, whatever G is:
 
 * ``impl="grouped_mm"``: :func:`torch.nn.functional.grouped_mm` over the sorted rows (one call with
   the group offsets as a tensor: no host synchronisation, so it also runs under ``torch.compile``;
@@ -204,23 +204,6 @@ class LinearBank(nn.Module):
             return self.impl
         return "grouped_mm" if grouped_mm_supported(x) else "loop"
 
-    def grouped(self, x: Tensor, groups: Tensor, scale: Tensor | None = None, identity: bool = True) -> Tensor:
-        """Row i of ``x [N, in]`` through block ``groups[i]``; ``groups[i] >= G`` keeps the row as it is
-        (stopped samples; needs ``in == out``). ``scale [N]`` multiplies computed rows (relaxed routers).
-
-        ``identity=False`` promises that no row is stopped (skips one masking op).
-        """
-        if x.dim() != 2:
-            raise ValueError(f"LinearBank.grouped needs rows [N, {self.in_dim}], got {tuple(x.shape)}")
-        sorted_groups, order = torch.sort(groups.clamp(max=self.num_blocks), stable=True)
-        y = self.sorted_forward(
-            x.index_select(0, order),
-            sorted_groups,
-            None if scale is None else scale.index_select(0, order),
-            identity,
-        )
-        return y.index_select(0, inverse_permutation(order))
-
     @staticmethod
     def group_offsets(sorted_groups: Tensor, num_blocks: int) -> Tensor:
         """``int32`` end offset of every block's rows in ``sorted_groups [..., N]`` (ascending), for
@@ -241,8 +224,11 @@ class LinearBank(nn.Module):
         identity: bool = True,
         offsets: Tensor | None = None,
     ) -> Tensor:
-        """:meth:`grouped` on rows already sorted by block (``sorted_groups`` ascending, ``>= G`` last),
-        returned in the same order (a routed layer chains steps without restoring the order between).
+        """Row i of ``xs [N, in]`` through block ``sorted_groups[i]`` (ascending; ``>= G`` last: stopped
+        rows kept as they are, needs ``in == out``), returned in the same order (a routed layer chains
+        steps without restoring the order between; :func:`~nli_routing.routing.layer.grouped_apply`
+        sorts and unsorts). ``scale [N]`` multiplies computed rows (relaxed routers);
+        ``identity=False`` promises that no row is stopped (skips one masking op).
         ``offsets``: :meth:`group_offsets` of ``sorted_groups`` when the caller has them already."""
         g = self.num_blocks
         identity = identity and self.in_dim == self.out_dim

@@ -102,10 +102,10 @@ def grouped_apply(
             return y if scale is None else y * _per_sample(scale, y)
     else:
         groups = groups.clamp(max=len(blocks))
-    order = torch.argsort(groups, stable=True)
+    sorted_groups, order = torch.sort(groups, stable=True)
     y = sorted_apply(
         x.index_select(0, order),
-        groups.index_select(0, order),
+        sorted_groups,
         blocks,
         None if scale is None else scale.index_select(0, order),
         identity,

@@ -82,11 +82,7 @@ def epsilon_greedy(
     ties = rank[-1]
     pick = (u[0] * ties).to(torch.int32).clamp_max(ties - 1)  # which of the tied maxima, uniform
     greedy = (rank <= pick).sum(0)  # index of the (pick + 1)-th maximal action
-    if epsilon <= 0.0:
-        return greedy, torch.zeros(b, dtype=torch.bool, device=device)
-    explored = u[1] < epsilon
-    rand_actions = (u[2] * a).long().clamp_max(a - 1)
-    return torch.where(explored, rand_actions, greedy), explored
+    return _explore(greedy, u, epsilon, a)
 
 
 def epsilon_greedy_rows(
@@ -108,8 +104,14 @@ def epsilon_greedy_rows(
     k = ties.index_select(0, rows)
     pick = (u[0] * k).long().clamp_max(k - 1)
     greedy = maxima.view(-1).index_select(0, rows * a + pick)
+    return _explore(greedy, u, epsilon, a)
+
+
+def _explore(greedy: Tensor, u: Tensor, epsilon: float, a: int) -> tuple[Tensor, Tensor]:
+    """Replace each greedy action by a uniform one with probability epsilon, from the draws
+    ``u[1]`` (explore?) and ``u[2]`` (which action) of the epsilon-greedy functions."""
     if epsilon <= 0.0:
-        return greedy, torch.zeros(n, dtype=torch.bool, device=device)
+        return greedy, torch.zeros_like(greedy, dtype=torch.bool)
     explored = u[1] < epsilon
     rand_actions = (u[2] * a).long().clamp_max(a - 1)
     return torch.where(explored, rand_actions, greedy), explored
