@@ -33,9 +33,10 @@ def test_discounted_returns_with_step_rewards_and_stops():
     torch.testing.assert_close(
         discounted_returns(traj), torch.tensor([[1.6, 1.5, 1.3], [-0.5, 0.0, 0.0]])
     )
-    # gamma 0.5: G2 = 1.3, G1 = 0.2 + 0.65, G0 = 0.1 + 0.425
+    # gamma 0.5 discounts the step rewards, not the final reward (Algorithm 5.1):
+    # G2 = 0.3 + 1, G1 = 0.2 + 0.5 * 0.3 + 1, G0 = 0.1 + 0.5 * 0.2 + 0.25 * 0.3 + 1
     torch.testing.assert_close(
-        discounted_returns(traj, gamma=0.5), torch.tensor([[0.525, 0.85, 1.3], [-0.5, 0.0, 0.0]])
+        discounted_returns(traj, gamma=0.5), torch.tensor([[1.275, 1.35, 1.3], [-0.5, 0.0, 0.0]])
     )
 
 
@@ -187,27 +188,51 @@ def test_reinforce_gradient_by_hand():
     torch.testing.assert_close(router.table.grad, exp)
 
 
-def test_egreedy_reinforce_importance_weight():
+def test_egreedy_reinforce_behaviour_policy_is_eq_7_3():
+    """pi = (0.2, 0.7, 0.1), eps = 0.5: the greedy action keeps 1 - eps and takes eps * pi of its own,
+    so pi_eps = (0.1, 0.85, 0.05) (more greedy than pi, not a mixture with the uniform policy)."""
     sched = {"start": 0.5, "anneal": 1.0, "floor": 0.5}
     router = TabularRouter(1, 1, 3, learner="egreedy-reinforce", exploration=sched)
-    pi = torch.tensor([0.7, 0.2, 0.1])
+    pi = torch.tensor([0.2, 0.7, 0.1])
     with torch.no_grad():
         router.table[0, 0] = pi.log()
-    dec = router.decide(None, torch.zeros(64, dtype=torch.long), 0)
-    mu = 0.5 * pi + 0.5 / 3
+    n = 20000
+    dec = router.decide(None, torch.zeros(n, dtype=torch.long), 0)
+    freq = torch.bincount(dec.actions, minlength=3).float() / n
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.85, 0.05]), atol=0.01, rtol=0)
+    mu = torch.tensor([0.1, 0.85, 0.05])
     torch.testing.assert_close(dec.extra["behaviour_prob"], mu[dec.actions])
-    traj = Trajectory.from_decisions(torch.zeros(64, dtype=torch.long), [dec], [torch.ones(64, dtype=torch.bool)], None)
-    assign_rewards(traj, torch.ones(64))
+    assert torch.equal(dec.explored, dec.actions != 1)  # explored = not the greedy action
+    traj = Trajectory.from_decisions(torch.zeros(n, dtype=torch.long), [dec], [torch.ones(n, dtype=torch.bool)], None)
+    assign_rewards(traj, torch.ones(n))
     w = router.learner.importance_weights(traj)
-    torch.testing.assert_close(w[:, 0], (pi / mu)[dec.actions])
+    # pi / pi_eps: 0.2 / 0.1 = 2, 0.7 / 0.85, 0.1 / 0.05 = 2 (1 / eps off the greedy action)
+    torch.testing.assert_close(w[:, 0], torch.tensor([2.0, 0.7 / 0.85, 2.0])[dec.actions])
     # the weighted gradient: -(1/B) sum_i w_i G_i (onehot(a_i) - pi)
     router.loss(traj).backward()
     onehot = F.one_hot(dec.actions, 3).float()
     exp = -((w[:, 0:1] * (onehot - pi)).mean(0))
     torch.testing.assert_close(router.table.grad[0, 0], exp)
+    # in expectation the importance-weighted gradient is the on-policy one: -G * pi * (onehot - pi)
+    on_policy = -(pi.unsqueeze(1) * (torch.eye(3) - pi)).sum(0)
+    torch.testing.assert_close(router.table.grad[0, 0], on_policy, atol=0.02, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["reinforce", "aac", "egreedy-reinforce", "wpl", "wpl-approx"])
+def test_egreedy_reinforce_ties_go_to_the_lowest_index_and_eps_bounds():
+    sched = {"start": 0.0, "anneal": 1.0, "floor": 0.0}
+    router = TabularRouter(1, 1, 3, learner="egreedy-reinforce", exploration=sched)
+    dec = router.decide(None, torch.zeros(50, dtype=torch.long), 0)  # tied logits, eps = 0: greedy
+    assert bool((dec.actions == 0).all()) and not bool(dec.explored.any())
+    torch.testing.assert_close(dec.extra["behaviour_prob"], torch.ones(50))
+    one = {"start": 1.0, "anneal": 1.0, "floor": 1.0}  # eps = 1: plain REINFORCE, weights 1
+    router = TabularRouter(1, 1, 3, learner="egreedy-reinforce", exploration=one)
+    with torch.no_grad():
+        router.table[0, 0] = torch.tensor([0.2, 0.5, 0.3]).log()
+    dec = router.decide(None, torch.zeros(50, dtype=torch.long), 0)
+    torch.testing.assert_close(dec.extra["behaviour_prob"], torch.tensor([0.2, 0.5, 0.3])[dec.actions])
+
+
+@pytest.mark.parametrize("name", ["reinforce", "aac", "wpl", "wpl-approx"])  # egreedy: eps=0 is greedy
 def test_policy_learners_sample_in_training_and_act_greedily_in_eval(name):
     router = TabularRouter(1, 1, 3, learner=name, exploration="none")
     with torch.no_grad():

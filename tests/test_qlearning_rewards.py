@@ -101,20 +101,36 @@ def test_final_rewards():
         final_reward("accuracy", correct=correct)
 
 
-def test_collaboration_reward_uses_recent_action_shares():
+def test_collaboration_reward_is_rho_share_over_trajectory_length():
+    """r_t = rho * C(a_t) / t with t the sample's trajectory length (not the maximum depth)."""
     collab = CollaborationReward(num_actions=3, rho=0.5, momentum=0.0)  # memory of one batch
     router = TabularRouter(1, 2, 3)
     traj = make_traj(router, [0, 0], [[0, 0], [0, 1]], [[True, True], [True, False]])
-    collab.update(traj)  # shares: action 0 -> 3/3 decisions, action 1 -> 0
-    torch.testing.assert_close(collab.share, torch.tensor([1.0, 0.0, 0.0]))
-    traj2 = make_traj(router, [0], [[0, 2]], [[True, True]])
+    collab.update(traj)  # pooled shares: action 0 -> 3/3 decisions, action 1 -> 0
+    torch.testing.assert_close(collab.share, torch.tensor([[1.0, 0.0, 0.0]]))
+    traj2 = make_traj(router, [0, 0], [[0, 2], [0, 1]], [[True, True], [True, False]])
     r = collab(traj2)
-    torch.testing.assert_close(r, torch.tensor([[0.5 * 1.0 / 2, 0.0]]))
-    # negative rho penalises popular actions
-    collab.rho = -1.0
-    torch.testing.assert_close(collab(traj2), torch.tensor([[-0.5, 0.0]]))
+    # sample 0 has 2 decisions: 0.5 * 1 / 2 and 0.5 * 0 / 2; sample 1 stopped after 1: 0.5 * 1 / 1
+    torch.testing.assert_close(r, torch.tensor([[0.25, 0.0], [0.5, 0.0]]))
+    collab.rho = -1.0  # negative rho penalises popular actions
+    torch.testing.assert_close(collab(traj2), torch.tensor([[-0.5, 0.0], [-1.0, 0.0]]))
     with pytest.raises(ValueError, match="rho must be in"):
         CollaborationReward(3, rho=1.5)
+
+
+def test_collaboration_shares_per_depth_for_per_step_layers():
+    """A per-step layer's action a at depth 0 and at depth 1 are different blocks: one share row each."""
+    collab = CollaborationReward(num_actions=2, rho=1.0, momentum=0.0, depths=2)
+    router = TabularRouter(1, 2, 2)
+    traj = make_traj(router, [0, 0, 0, 0], [[0, 1], [0, 1], [0, 1], [1, 0]], [[True, True]] * 4)
+    collab.update(traj)
+    torch.testing.assert_close(collab.share, torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+    r = collab(make_traj(router, [0], [[0, 0]], [[True, True]]))
+    torch.testing.assert_close(r, torch.tensor([[0.75 / 2, 0.25 / 2]]))
+    # a depth nobody reached keeps its shares; momentum mixes the old shares in
+    collab.momentum = 0.5
+    collab.update(make_traj(router, [0], [[1, 0]], [[True, False]]))
+    torch.testing.assert_close(collab.share, torch.tensor([[0.375, 0.625], [0.25, 0.75]]))
 
 
 def test_return_targets_give_each_agent_its_path_return():

@@ -8,7 +8,7 @@ from nli_routing.data.encoding import NLICollator
 from nli_routing.models.blocks import ROUTER_TYPES, parse_learner_args
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.routing import Trajectory
-from nli_routing.training.loop import TrainConfig, is_router_batch, task_loss, train
+from nli_routing.training.loop import TrainConfig, exploration_squash, is_router_batch, task_loss, train
 
 from .test_nli_model import batch, weight
 
@@ -57,15 +57,25 @@ def test_router_gradient_into_activations_is_off_by_default():
         assert got == flag
 
 
-def test_kappa_squashes_the_task_loss_of_explored_samples():
-    loss = torch.tensor([1.0, 2.0, 3.0])
-    explored = torch.tensor([[False, True], [False, False], [True, True]])
-    traj = Trajectory(meta=torch.zeros(3, dtype=torch.long), actions=torch.zeros(3, 2, dtype=torch.long),
-                      explored=explored, active=torch.ones(3, 2, dtype=torch.bool), values=torch.zeros(3, 2, 2))
-    torch.testing.assert_close(task_loss(loss, [traj], 0.1), torch.tensor((0.1 * 1 + 2 + 0.1 * 3) / 3))
-    torch.testing.assert_close(task_loss(loss, [traj], 1.0), loss.mean())
+def test_kappa_squashes_by_the_exploratory_fraction_eq_7_4():
+    """alpha_exp = (1 - #exploratory / trajectory length) ** kappa on each sample's task loss."""
+    loss = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    explored = torch.tensor([[False, True], [False, False], [True, True], [True, False]])
+    active = torch.tensor([[True, True], [True, True], [True, True], [True, False]])  # sample 3 stopped
+    traj = Trajectory(meta=torch.zeros(4, dtype=torch.long), actions=torch.zeros(4, 2, dtype=torch.long),
+                      explored=explored & active, active=active, values=torch.zeros(4, 2, 2))
+    # fractions: 1/2, 0, 2/2, 1/1 -> alpha = 0.5 ** k, 1, 0, 0 (for k > 0)
+    for kappa in (0.5, 1.0, 3.0):
+        alpha = torch.tensor([0.5 ** kappa, 1.0, 0.0, 0.0])
+        torch.testing.assert_close(task_loss(loss, [traj], kappa), (alpha * loss).mean())
+    torch.testing.assert_close(task_loss(loss, [traj], 0.0), loss.mean())  # kappa = 0 changes nothing
+    # two routed layers: counts add up over the sample's whole trajectory (here 1 of 4 steps explored)
+    clean = Trajectory(meta=traj.meta, actions=traj.actions, explored=torch.zeros_like(explored),
+                       active=torch.ones_like(active), values=traj.values)
+    torch.testing.assert_close(exploration_squash([traj, clean], 2.0)[:2], torch.tensor([0.75 ** 2, 1.0]))
+    assert TrainConfig().explore_kappa == 0.0  # off by default
     with pytest.raises(ValueError, match="explore_kappa"):
-        TrainConfig(explore_kappa=1.5)
+        TrainConfig(explore_kappa=-0.5)
 
 
 def test_router_data_split_is_exact_and_deterministic():
@@ -89,7 +99,7 @@ def test_training_loop_with_split_data_and_kappa_runs():
     cfg = NLIModelConfig(num_meta=3, route="wp", wp_width=2, wp_depth=1, classifier_hidden=8)
     model = NLIRoutingModel(cfg, weight(), pad_id=0)
     table_before = model.routers()[0].table.detach().clone()
-    tc = TrainConfig(epochs=1, cpu=True, progress=False, router_data_fraction=0.5, explore_kappa=0.5,
+    tc = TrainConfig(epochs=1, cpu=True, progress=False, router_data_fraction=0.5, explore_kappa=2.0,
                      max_grad_norm=1.0, select_best=False)
     res = train(model, tiny_loader(), {"validation": tiny_loader(16, 1)}, tc)
     assert res["history"][0]["validation"]["n"] == 16

@@ -141,14 +141,31 @@ def build_router(
     ``tabular``: one table per meta label and depth; ``approx``: one MLP over (activation,
     meta, depth; one per step when the step sizes differ); ``per-step``: one MLP per depth; ``dispatched``: an MLP dispatcher (activation
     and meta) picks one of ``num_subrouters`` tabular subrouters per sample; ``fixed-random``:
-    routes drawn per meta label at initialisation and never trained.
+    routes drawn per meta label at initialisation and never trained (a baseline: the learner is
+    not used). Tabular learners with critic tables get ``num_states = num_meta * depth``; the
+    tabular-only ``wpl`` with an approximator router is refused, naming the pair.
     """
     depth = len(dims) - 1
     actions = width + int(allow_stop)
     kwargs = dict(learner_kwargs or {})
     common = dict(learner=learner, exploration=exploration, learner_kwargs=kwargs)
+    learner_cls = LEARNERS.get(learner) if isinstance(learner, str) else type(learner)
+    if learner_cls is None:
+        raise ValueError(f"unknown learner {learner!r}; registered learners: {sorted(LEARNERS)}")
+    takes_states = "num_states" in inspect.signature(learner_cls).parameters
+    if router_type in ("approx", "per-step", "dispatched"):
+        if learner_cls.tabular_only:
+            raise ValueError(
+                f"learner {learner!r} does not work with router {router_type!r}: it reads the router's values as "
+                "a policy table (Algorithm 5.1); use --router tabular, or --learner wpl-approx"
+            )
+        if "num_states" in kwargs:
+            raise ValueError(
+                f"learner option num_states is for tabular routers; router {router_type!r} reads the activation "
+                "and its learner's critic is a head of the router"
+            )
     if router_type == "tabular":
-        if learner in LEARNERS and "num_states" in inspect.signature(LEARNERS[learner]).parameters:
+        if takes_states:
             kwargs.setdefault("num_states", num_meta * depth)  # critic table: one entry per agent and depth
         return TabularRouter(num_meta, depth, actions, init=router_init, seed=seed, **common)
     if router_type == "approx" and len(set(dims[:-1])) == 1:
@@ -162,8 +179,10 @@ def build_router(
     if router_type == "dispatched":
         dispatcher = ApproxRouter(dims[0], num_meta, 1, num_subrouters, detach_state=detach_state, seed=seed,
                                   **common)
+        sub_kwargs = dict(kwargs, num_states=num_meta * depth) if takes_states else kwargs
         subrouters = [
-            TabularRouter(num_meta, depth, actions, init=router_init, seed=seed + 1 + k, **common)
+            TabularRouter(num_meta, depth, actions, init=router_init, seed=seed + 1 + k,
+                          learner=learner, exploration=exploration, learner_kwargs=sub_kwargs)
             for k in range(num_subrouters)
         ]
         return DispatchedRouter(dispatcher, subrouters)

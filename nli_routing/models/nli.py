@@ -111,7 +111,7 @@ class NLIRoutingModel(nn.Module):
         names = list(names) if names is not None else [f"encoder{i}" for i in range(len(routed))]
         self.routed_layer_names = names + ["classifier"] * (routed_cls is not None)
         self.routed_layers = routed  # plain list: the modules are registered through their parents
-        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
+        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho, depths=layer.block_sets) for layer in routed)
 
     #: stage 2 of two-stage dispatch: blocks and routers fixed, only the dispatcher learns
     #: (class defaults, so every subclass has them whatever its ``__init__`` builds)

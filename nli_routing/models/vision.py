@@ -241,7 +241,7 @@ class VisionMTLModel(nn.Module):
         self.heads = TaskHeads(c.fc_hidden, c.num_classes, tasks)
         self.routed_layers = routed  # plain list: the modules are registered through their parents
         self.routed_layer_names = names
-        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
+        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho, depths=layer.block_sets) for layer in routed)
 
     def routers(self) -> list[nn.Module]:
         return [layer.router for layer in self.routed_layers]

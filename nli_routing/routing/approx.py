@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +25,11 @@ class ApproxRouter(Router):
     ``detach_state=True`` (default) keeps the router loss out of the activations; with ``False``
     gradients flow from the router (its loss, or the task loss of a relaxed learner) into the
     activations and hence into the blocks that produced them.
+
+    Learners that need a critic (``Learner.router_heads``: WPL-approx's Q(s, .), AAC's and advantage
+    learning's V(s)) get one extra MLP head each over the same router state (:meth:`add_heads`);
+    its estimates travel in ``Decision.extra``. ``learner="wpl"`` (the tabular policy table) is
+    refused: use ``"wpl-approx"``.
     """
 
     reads_state = True
@@ -41,6 +48,11 @@ class ApproxRouter(Router):
         learner_kwargs: dict | None = None,
     ) -> None:
         super().__init__(num_actions, learner, exploration, seed, learner_kwargs)
+        if self.learner.tabular_only:
+            raise ValueError(
+                f"learner {self.learner.name!r} needs a TabularRouter (its values are a policy table); "
+                "ApproxRouter gives MLP outputs: use 'wpl-approx'"
+            )
         if state_dim < 1 or num_meta < 0 or depth < 1:
             raise ValueError(
                 f"need state_dim >= 1, num_meta >= 0, depth >= 1; got {state_dim}, {num_meta}, {depth}"
@@ -49,9 +61,34 @@ class ApproxRouter(Router):
         self.num_meta = num_meta
         self.depth = depth
         self.detach_state = detach_state
-        self.net = nn.Sequential(
-            nn.Linear(state_dim + num_meta + depth, hidden), nn.ReLU(), nn.Linear(hidden, num_actions)
+        self.hidden = hidden
+        self.net = self._mlp(num_actions)
+        self.heads = nn.ModuleDict()
+        self.add_heads(self.learner.router_heads)
+
+    def _mlp(self, out: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Linear(self.state_dim + self.num_meta + self.depth, self.hidden), nn.ReLU(), nn.Linear(self.hidden, out)
         )
+
+    def add_heads(self, names: Sequence[str]) -> None:
+        """One MLP over the router state per critic head: ``q_values`` gives ``[B, A]``,
+        ``state_value`` ``[B]`` (the learner's critic trains it through the router's optimizer)."""
+        sizes = {"q_values": self.num_actions, "state_value": 1}
+        for name in names:
+            if name not in sizes:
+                raise ValueError(f"unknown critic head {name!r}; ApproxRouter offers {sorted(sizes)}")
+            if name not in self.heads:
+                self.heads[name] = self._mlp(sizes[name])
+
+    def head_values(self, state: Tensor, meta: Tensor | None, depth: int) -> dict[str, Tensor]:
+        if not len(self.heads):
+            return {}
+        s = self.build_state(state, meta, depth)
+        out = {name: head(s) for name, head in self.heads.items()}
+        if "state_value" in out:
+            out["state_value"] = out["state_value"].squeeze(-1)
+        return out
 
     def build_state(self, state: Tensor, meta: Tensor | None, depth: int) -> Tensor:
         """``[B, state_dim + num_meta + depth]`` router input (activation detached if configured)."""

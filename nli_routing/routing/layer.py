@@ -150,7 +150,8 @@ class RoutedLayer(nn.Module):
     Relaxed routers (``router.relaxed``, e.g. the ``"gumbel"`` and ``"relax"`` learners): each
     sample's block output is multiplied by the straight-through weight of its chosen action
     (1 in value, the soft gradient in the backward), so ``task_loss.backward()`` reaches the
-    router's logits at the cost of one block per sample (see :meth:`relaxed_scale`).
+    router's logits at the cost of one block per sample (see :meth:`relaxed_scale`); a sample that
+    chooses stop is multiplied by the stop action's weight (:meth:`scale_stopped`).
     """
 
     def __init__(
@@ -193,6 +194,11 @@ class RoutedLayer(nn.Module):
         self.router = router
 
     @property
+    def block_sets(self) -> int:
+        """Number of distinct block sets the actions index: 1 when recursive, else one per depth."""
+        return 1 if self.recursive else self.depth
+
+    @property
     def stop_action(self) -> int | None:
         return self.width if self.allow_stop else None
 
@@ -213,6 +219,16 @@ class RoutedLayer(nn.Module):
             )
         return w.gather(1, dec.actions.clamp(0, w.shape[1] - 1).unsqueeze(1)).squeeze(1)
 
+    @staticmethod
+    def scale_stopped(x: Tensor, stop_scale: Tensor, segments: Tensor | None) -> Tensor:
+        """Multiply the rows of samples that chose the stop action by that action's straight-through
+        weight ``stop_scale [B]`` (1 in value, 1 for the others): a relaxed router's task-loss gradient
+        reaches the stop logit like any block's. A stopped sample's activation stays the same after it
+        stops, so scaling the final output equals scaling at the stop step."""
+        if segments is not None:
+            stop_scale = stop_scale.index_select(0, segments)
+        return x * _per_sample(stop_scale, x)
+
     def batch_size(self, x: Tensor, meta: Tensor | None, segments: Tensor | None) -> int:
         """Samples in the batch (rows of ``x``, or of ``meta`` for packed input); checks the meta labels."""
         if segments is not None and meta is None:
@@ -232,6 +248,7 @@ class RoutedLayer(nn.Module):
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         decisions: list[Decision] = []
         actives: list[Tensor] = []
+        stop_scale: Tensor | None = None
         reads_state = getattr(self.router, "reads_state", False)
         relaxed = bool(getattr(self.router, "relaxed", False))
         for t in range(self.depth):
@@ -246,18 +263,23 @@ class RoutedLayer(nn.Module):
             decisions.append(dec)
             actives.append(active)
             scale = self.relaxed_scale(dec) if relaxed else None
+            if scale is not None and self.allow_stop:  # the stop action's weight, kept for the end
+                stopping = active & (dec.actions == self.width)
+                stop_scale = torch.where(stopping, scale, stop_scale if t else torch.ones_like(scale))
             if segments is not None:
                 groups = groups[segments]
                 scale = None if scale is None else scale[segments]
             x = grouped_apply(x, groups, self.step_blocks(t), scale, identity=self.allow_stop)
             if self.allow_stop:
                 active = active & (dec.actions != self.width)
+        if relaxed and self.allow_stop:
+            x = self.scale_stopped(x, stop_scale, segments)
         traj = Trajectory.from_decisions(
             meta if meta is not None else torch.zeros(b, dtype=torch.long, device=x.device),
             decisions,
             actives,
             self.stop_action,
-            int(getattr(self.router, "num_states", 0)),
+            int(self.router.num_states),
         )
         return x, traj
 
@@ -286,6 +308,7 @@ class RoutedLayer(nn.Module):
                     f"a relaxed router must return extra[{RELAXED_WEIGHTS!r}] (straight-through weights)"
                 )
             scale = w.gather(2, actions.clamp(0, w.shape[2] - 1).unsqueeze(2)).squeeze(2)
+        path_scale = scale
         if segments is not None:
             groups = groups.index_select(0, segments)
             scale = None if scale is None else scale.index_select(0, segments)
@@ -308,6 +331,10 @@ class RoutedLayer(nn.Module):
                 offsets=None if offsets is None else offsets[t],
             )
         x = x.index_select(0, inv[-1])
+        if scale is not None and self.allow_stop:
+            stopping = active & (actions == self.width)
+            stop_scale = torch.where(stopping, path_scale, torch.ones_like(path_scale)).prod(1)
+            x = self.scale_stopped(x, stop_scale, segments)
         traj = Trajectory(
             meta=meta if meta is not None else torch.zeros(b, dtype=torch.long, device=x.device),
             actions=actions.masked_fill(~active, -1),
@@ -318,6 +345,6 @@ class RoutedLayer(nn.Module):
             extra=path.extra,
             num_actions=int(path.values.shape[-1]),
             stop_action=self.stop_action,
-            num_states=int(getattr(self.router, "num_states", 0)) if path.state_index is not None else 0,
+            num_states=int(self.router.num_states) if path.state_index is not None else 0,
         )
         return x, traj

@@ -24,46 +24,65 @@ def final_reward(kind: str, correct: Tensor | None = None, per_sample_loss: Tens
 
 
 class CollaborationReward(nn.Module):
-    """Per-action reward ``rho * C(a) / d`` (Routing Networks' collaboration reward).
+    """Per-action reward ``rho * C(a) / t`` (Routing Networks' collaboration reward).
 
-    ``C(a)`` is the share of the recent decisions (all agents, all depths) that chose action a,
-    kept as an exponential moving average of batch action histograms (``momentum`` close to 1
-    means a long memory); ``d`` is the maximum depth, so a whole path collects at most ``|rho|``.
-    Positive rho rewards reusing popular blocks (collaboration), negative rho rewards diversity.
-    With ``rho = 0`` the reward is zero and :func:`assign_rewards` skips the bookkeeping.
+    ``C(a)`` is the share of the recent decisions that chose action a, kept as an exponential
+    moving average of batch action histograms (``momentum`` close to 1 means a long memory); ``t``
+    is the length of the sample's trajectory (its number of decisions), so a whole path collects at
+    most ``|rho|``. ``depths``: the number of block sets the actions index. A recursive layer reuses
+    one block set at every depth (``depths=1``: shares pooled over all depths); a per-step layer has
+    its own blocks at every depth (``depths=d``: one share vector per depth, action a at depth 1 is
+    not block a at depth 2). Positive rho rewards reusing popular blocks (collaboration), negative
+    rho rewards diversity. With ``rho = 0`` the reward is zero and :func:`assign_rewards` skips the
+    bookkeeping.
     """
 
-    def __init__(self, num_actions: int, rho: float = 0.0, momentum: float = 0.9) -> None:
+    def __init__(self, num_actions: int, rho: float = 0.0, momentum: float = 0.9, depths: int = 1) -> None:
         super().__init__()
         if not -1.0 <= rho <= 1.0:
             raise ValueError(f"rho must be in [-1, 1], got {rho}")
+        if depths < 1:
+            raise ValueError(f"depths must be >= 1, got {depths}")
         self.rho = rho
         self.momentum = momentum
-        self.register_buffer("share", torch.full((num_actions,), 1.0 / num_actions))
+        self.register_buffer("share", torch.full((depths, num_actions), 1.0 / num_actions))
+
+    def _depth_index(self, trajectory: Trajectory) -> Tensor:
+        """``[B, d]`` the share row of every decision (its depth, or 0 when shares are pooled)."""
+        b, d = trajectory.actions.shape
+        if self.share.shape[0] == 1:
+            return torch.zeros(b, d, dtype=torch.long, device=trajectory.actions.device)
+        if d > self.share.shape[0]:
+            raise ValueError(f"trajectory of depth {d} but collaboration shares for {self.share.shape[0]} depths")
+        return torch.arange(d, device=trajectory.actions.device).expand(b, d)
 
     @torch.no_grad()
     def update(self, trajectory: Trajectory) -> None:
-        """Fold the trajectory's decisions into the running action shares.
+        """Fold the trajectory's decisions into the running action shares (per share row).
 
         In a multi-process run the histogram is summed over all processes (every process calls
         this once per training step), so the shares stay identical on every rank.
         """
-        acts = trajectory.actions[trajectory.active]
-        hist = torch.bincount(acts, minlength=self.share.numel()).float()
+        rows, a = self.share.shape
+        act = trajectory.active
+        key = (self._depth_index(trajectory) * a + trajectory.actions.clamp_min(0))[act]
+        hist = torch.bincount(key, minlength=rows * a).float().view(rows, a)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             if torch.distributed.get_world_size() > 1:
                 torch.distributed.all_reduce(hist)
-        total = hist.sum()
-        if total == 0:
-            return
-        self.share.mul_(self.momentum).add_((1 - self.momentum) * hist / total)
+        total = hist.sum(1, keepdim=True)
+        seen = total > 0  # a depth no sample reached keeps its shares
+        new = self.share * self.momentum + (1 - self.momentum) * hist / total.clamp_min(1.0)
+        self.share.copy_(torch.where(seen, new, self.share))
 
     def forward(self, trajectory: Trajectory) -> Tensor:
-        """``[B, d]`` per-action rewards (zero on inactive steps)."""
+        """``[B, d]`` per-action rewards ``rho * C(a) / t`` (zero on inactive steps)."""
+        act = trajectory.active
         if self.rho == 0.0:
-            return torch.zeros(trajectory.actions.shape, device=trajectory.actions.device)
-        c = self.share[trajectory.actions.clamp_min(0)]
-        return (self.rho * c / trajectory.depth) * trajectory.active.float()
+            return torch.zeros(act.shape, device=trajectory.actions.device)
+        c = self.share[self._depth_index(trajectory), trajectory.actions.clamp_min(0)]
+        length = act.sum(1, keepdim=True).clamp_min(1).float()
+        return (self.rho * c / length) * act.float()
 
 
 def assign_rewards(

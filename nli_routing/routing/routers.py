@@ -23,6 +23,8 @@ class Router(nn.Module):
     reads_state = False
     #: ``values`` returns a flat tabular ``state_index`` (composite routers offset it)
     indexes_states = False
+    #: number of distinct ``state_index`` values (0: no tabular states)
+    num_states = 0
 
     def __init__(
         self,
@@ -62,10 +64,21 @@ class Router(nn.Module):
         """Return ``(values [B, A], state_index [B] or None)``."""
         raise NotImplementedError
 
+    def add_heads(self, names: Sequence[str]) -> None:
+        """Grow the critic heads a learner reads (``Learner.router_heads``); routers without a state
+        to read (tabular agents: their learners own tables) have none."""
+
+    def head_values(self, state: Tensor, meta: Tensor, depth: int) -> dict[str, Tensor]:
+        """The critic heads' estimates for a decision state (``{}`` without heads)."""
+        return {}
+
     def decide(self, state: Tensor, meta: Tensor, depth: int) -> Decision:
-        """One decision per sample of the batch at ``depth``."""
+        """One decision per sample of the batch at ``depth`` (critic head estimates in ``extra``)."""
         values, state_index = self.values(state, meta, depth)
         actions, explored, extra = self.learner.select(values, self.epsilon, self.generator)
+        heads = self.head_values(state, meta, depth)
+        if heads:
+            extra = {**extra, **heads}
         return Decision(actions=actions, explored=explored, values=values, state_index=state_index, extra=extra)
 
     def decide_path(self, meta: Tensor, depth: int) -> Decision | None:
@@ -206,6 +219,16 @@ class PerStepRouter(Router):
         self.depth = len(routers)
         self.reads_state = any(getattr(r, "reads_state", False) for r in routers)
         self.indexes_states = all(getattr(r, "indexes_states", False) for r in routers)
+        if self.learner.tabular_only and not self.indexes_states:
+            raise ValueError(
+                f"learner {self.learner.name!r} needs tabular subrouters (its values are a policy table); "
+                "use 'wpl-approx' with approximator steps"
+            )
+        for r in routers:  # this router's learner reads the heads of every step's subrouter
+            r.add_heads(self.learner.router_heads)
+
+    def head_values(self, state: Tensor, meta: Tensor, depth: int) -> dict[str, Tensor]:
+        return self.steps[depth].head_values(state, meta, 0)
 
     def values(self, state: Tensor, meta: Tensor, depth: int) -> tuple[Tensor, Tensor | None]:
         if depth >= self.depth:
@@ -214,6 +237,13 @@ class PerStepRouter(Router):
         if not self.indexes_states or index is None:
             return values, None
         return values, index * self.depth + depth
+
+    @property
+    def num_states(self) -> int:
+        """Distinct state ids (``index * depth + t``) when every step is tabular, else 0."""
+        if not self.indexes_states:
+            return 0
+        return max(int(r.num_states) for r in self.steps) * self.depth
 
     def check_meta(self, meta: Tensor) -> None:
         _check_meta_all(self.steps, meta)
@@ -274,6 +304,13 @@ class DispatchedRouter(Router):
         self.epoch = int(epoch)
         for r in [self.dispatcher, *self.subrouters]:
             r.set_epoch(epoch)
+
+    @property
+    def num_states(self) -> int:
+        """Distinct merged state ids ``s * K + j`` (subrouter j's state s) when every subrouter is tabular."""
+        if not self.indexes_states:
+            return 0
+        return max(int(r.num_states) for r in self.subrouters) * len(self.subrouters)
 
     def check_meta(self, meta: Tensor) -> None:
         _check_meta_all([self.dispatcher, *self.subrouters], meta)
@@ -345,17 +382,29 @@ class DispatchedRouter(Router):
             final_reward=trajectory.final_reward,
             num_actions=self.dispatcher.num_actions,
             stop_action=None,
-            num_states=int(getattr(self.dispatcher, "num_states", 0)) if "dispatch_state_index" in ex else 0,
+            num_states=int(self.dispatcher.num_states) if "dispatch_state_index" in ex else 0,
         )
+
+    def subrouter_trajectory(self, trajectory: Trajectory, j: int) -> Trajectory | None:
+        """The trajectory of the samples dispatched to subrouter j, in that subrouter's own state ids
+        (merged ids ``s * K + j`` mapped back to ``s``); ``None`` when no sample went there."""
+        k = trajectory.extra["dispatch"][:, 0]
+        idx = (k == j).nonzero().squeeze(1)
+        if not idx.numel():
+            return None
+        sub = select_samples(trajectory, idx)
+        if sub.state_index is not None:
+            sub.state_index = torch.div(sub.state_index, len(self.subrouters), rounding_mode="floor")
+            sub.num_states = int(self.subrouters[j].num_states)
+        return sub
 
     def loss(self, trajectory: Trajectory) -> Tensor:
         """Subrouters' losses on their own samples plus the dispatcher's loss on its decisions."""
         total = self.dispatcher.loss(self.dispatch_trajectory(trajectory))
-        k = trajectory.extra["dispatch"][:, 0]
         for j, r in enumerate(self.subrouters):
-            idx = (k == j).nonzero().squeeze(1)
-            if idx.numel():
-                total = total + r.loss(select_samples(trajectory, idx))
+            sub = self.subrouter_trajectory(trajectory, j)
+            if sub is not None:
+                total = total + r.loss(sub)
         return total
 
 

@@ -56,8 +56,11 @@ class TrainConfig:
     block_optimizer: str = field(default="sgd", metadata={"help": "sgd (default) or adam for the blocks"})
     router_lr_ratio: float = field(default=1.0, metadata={"help": "router lr = ratio * block lr (ratio >= 1)"})
     explore_kappa: float = field(
-        default=1.0,
-        metadata={"help": "weight of the task loss of samples whose path had an exploratory action (eq. 7.4)"},
+        default=0.0,
+        metadata={
+            "help": "squash the task loss of exploratory trajectories (eq. 7.4): each sample's loss is scaled by "
+            "(1 - exploratory actions / trajectory length) ** kappa; 0 (default) is off"
+        },
     )
     router_data_fraction: float = field(
         default=0.0,
@@ -111,8 +114,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.router_lr_ratio < 1.0:
             raise ValueError(f"router_lr_ratio must be >= 1 (router lr >= block lr), got {self.router_lr_ratio}")
-        if not 0.0 <= self.explore_kappa <= 1.0:
-            raise ValueError(f"explore_kappa must be in [0, 1], got {self.explore_kappa}")
+        if not self.explore_kappa >= 0.0:
+            raise ValueError(f"explore_kappa must be >= 0 (0: off), got {self.explore_kappa}")
         if not 0.0 <= self.router_data_fraction < 1.0:
             raise ValueError(f"router_data_fraction must be in [0, 1), got {self.router_data_fraction}")
         if self.block_optimizer not in ("sgd", "adam"):
@@ -158,17 +161,30 @@ def make_optimizers(
     return block_opt, router_opt
 
 
+def exploration_squash(trajectories: list, kappa: float) -> torch.Tensor | None:
+    """``[B]`` eq. 7.4 factors ``alpha_exp = (1 - n_explored / n_decisions) ** kappa`` (None when off).
+
+    ``n_explored`` and ``n_decisions`` count a sample's exploratory and active decisions over all
+    routed layers: kappa = 0 leaves every sample at 1, a large kappa silences any trajectory with an
+    exploratory step, and a trajectory without one keeps factor 1.
+    """
+    if kappa == 0.0 or not trajectories:
+        return None
+    explored = sum(t.explored.sum(1) for t in trajectories).float()
+    length = sum(t.active.sum(1) for t in trajectories).float().clamp_min(1.0)
+    return (1.0 - explored / length).pow(kappa)
+
+
 def task_loss(per_sample_loss: torch.Tensor, trajectories: list, kappa: float) -> torch.Tensor:
-    """Mean task loss; samples whose path had an exploratory action weigh ``kappa`` (thesis eq. 7.4).
+    """Mean task loss, each sample's loss scaled by its eq. 7.4 factor (see :func:`exploration_squash`).
 
     Squashing the blocks' learning signal on exploratory paths keeps random detours from
     training blocks on samples they will not see once the router is greedy.
     """
-    if kappa == 1.0 or not trajectories:
+    alpha = exploration_squash(trajectories, kappa)
+    if alpha is None:
         return per_sample_loss.mean()
-    explored = torch.stack([t.explored.any(1) for t in trajectories]).any(0)
-    weights = torch.where(explored, kappa, 1.0).to(per_sample_loss.dtype)
-    return (weights * per_sample_loss).mean()
+    return (alpha.to(per_sample_loss.dtype) * per_sample_loss).mean()
 
 
 def is_router_batch(step: int, fraction: float) -> bool:

@@ -65,6 +65,7 @@ class RoutingController(nn.Module):
         self.router = router
         self.positions = list(positions)
         self.depth = len(self.positions)
+        self.block_sets = self.depth  # every position has its own copies
         self.width = width
         self.num_actions = router.num_actions
         self.context_meta: Tensor | None = None

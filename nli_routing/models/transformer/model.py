@@ -74,7 +74,7 @@ class RoutedTransformerForNLI(NLIRoutingModel):
             routed.append(routed_cls)
         self.classifier = Classifier(dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls)
         self.routed_layers = routed  # plain list: the modules are registered through their parents
-        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho) for layer in routed)
+        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho, depths=layer.block_sets) for layer in routed)
 
     def encode(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,

@@ -20,15 +20,18 @@ class AdvantageLearner(Learner):
 
     V(s) comes from :class:`~.critics.StateValueCritic`: a learner-owned table when ``num_states``
     is given (``num_meta * depth`` for a TabularRouter; trained by the router's optimizer), else the
-    router's ``extra["state_value"]``, else the batch mean of the returns of the decisions sharing
+    router's ``extra["state_value"]`` (an approximator's V head, ``value_head=True``), else the batch mean of the returns of the decisions sharing
     the state (per depth for non-tabular routers).
     """
 
     tabular_init = 0.0
     policy_kind = None  #: value learner: the router's values are advantages
-
-    def __init__(self, gamma: float = 1.0, num_states: int | None = None, value_init: float = 0.0) -> None:
+    def __init__(
+        self, gamma: float = 1.0, num_states: int | None = None, value_init: float = 0.0, value_head: bool = False
+    ) -> None:
         super().__init__()
+        #: ``value_head=True``: an approximator router grows a learned V(s) head (else the batch mean)
+        self.router_heads = ("state_value",) if value_head else ()
         self.gamma = gamma
         self.critic = StateValueCritic(num_states, value_init)
 

@@ -44,6 +44,13 @@ class Learner(nn.Module):
 
     name = "base"
 
+    #: per-decision estimates the learner reads from ``Decision.extra`` when its router has no
+    #: tabular states (``"q_values"``: Q(s, .) ``[B, A]``; ``"state_value"``: V(s) ``[B]``); routers that
+    #: read a state (:class:`~nli_routing.routing.approx.ApproxRouter`) grow one critic head per name
+    router_heads: tuple[str, ...] = ()
+    #: the learner reads the router's values as a probability table and needs a TabularRouter
+    tabular_only = False
+
     def select(
         self, values: Tensor, epsilon: float, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -64,13 +71,15 @@ class Learner(nn.Module):
 def epsilon_greedy(
     values: Tensor, epsilon: float, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Greedy actions with uniform random tie-breaking; with probability epsilon a uniform random action.
+    """Epsilon-greedy selection as in thesis eq. 3.3: the greedy action with probability ``1 - eps``,
+    each of the ``A - 1`` other actions with probability ``eps / (A - 1)``.
 
-    Random draws come from ``generator`` (a CPU generator) so runs are reproducible: three uniform
-    numbers per decision (tie-break, explore, random action), whatever the number of actions.
+    Greedy ties are broken uniformly at random. Random draws come from ``generator`` (a CPU
+    generator) so runs are reproducible: three uniform numbers per decision (tie-break, explore,
+    random action), whatever the number of actions.
 
-    Returns ``(actions [B], explored [B] bool)``. An exploratory draw that happens to equal the greedy
-    action still counts as explored (it was not chosen by the policy).
+    Returns ``(actions [B], explored [B] bool)``; ``explored`` marks exactly the non-greedy actions
+    (with a single action nothing is ever explored).
     """
     b, a = values.shape
     device = values.device
@@ -108,13 +117,14 @@ def epsilon_greedy_rows(
 
 
 def _explore(greedy: Tensor, u: Tensor, epsilon: float, a: int) -> tuple[Tensor, Tensor]:
-    """Replace each greedy action by a uniform one with probability epsilon, from the draws
-    ``u[1]`` (explore?) and ``u[2]`` (which action) of the epsilon-greedy functions."""
-    if epsilon <= 0.0:
+    """Replace each greedy action, with probability epsilon, by one of the ``a - 1`` other actions
+    drawn uniformly (eq. 3.3), from the draws ``u[1]`` (explore?) and ``u[2]`` (which action)."""
+    if epsilon <= 0.0 or a < 2:
         return greedy, torch.zeros_like(greedy, dtype=torch.bool)
     explored = u[1] < epsilon
-    rand_actions = (u[2] * a).long().clamp_max(a - 1)
-    return torch.where(explored, rand_actions, greedy), explored
+    other = (u[2] * (a - 1)).long().clamp_max(a - 2)  # one of the a - 1 non-greedy actions
+    other = other + (other >= greedy).to(other.dtype)
+    return torch.where(explored, other, greedy), explored
 
 
 def state_action_weights(trajectory: Trajectory) -> Tensor:

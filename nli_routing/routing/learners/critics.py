@@ -23,22 +23,22 @@ from .base import state_action_weights
 
 
 def discounted_returns(trajectory: Trajectory, gamma: float = 1.0) -> Tensor:
-    """``[B, d]`` returns ``G_t = r_t + gamma * G_{t+1}``, ``G_T = r_T + R_final`` (0 where inactive).
+    """``[B, d]`` returns ``G_t = sum_{k >= t} gamma^(k - t) r_k + R_final`` (0 where inactive).
 
-    Like :func:`~nli_routing.routing.learners.qlearning.q_targets`, the final reward is added to the
-    step reward of the last decision of each sample without discount.
+    Step rewards (collaboration rewards) are discounted; the final reward is not: every decision of
+    a sample regresses on the same ``R_final`` whatever its distance to the end of the path, as in
+    the thesis' Algorithm 5.1 (with the default ``gamma = 1`` the two readings agree).
     """
     if trajectory.final_reward is None or trajectory.step_rewards is None:
         raise ValueError("trajectory has no rewards: call assign_rewards(...) before the router loss")
     act = trajectory.active
-    # every reward a sample collects, at the step it gets it (the final one at its last decision);
-    # a sample's decisions are a prefix of the steps, so nothing follows its last one
-    r = trajectory.step_rewards.float() * act + trajectory.last_active * trajectory.final_reward.float().unsqueeze(1)
+    r = trajectory.step_rewards.float() * act
     d = trajectory.depth
     steps = torch.arange(d, device=r.device)
     lag = steps.unsqueeze(1) - steps.unsqueeze(0)  # [k, t]: k - t
     discount = torch.where(lag >= 0, torch.full_like(r[:1, :1], gamma).pow(lag.clamp_min(0)), torch.zeros_like(r[:1, :1]))
-    return (r @ discount) * act  # G_t = sum_{k >= t} gamma^(k-t) r_k
+    # a sample's decisions are a prefix of the steps, so nothing follows its last one
+    return (r @ discount + trajectory.final_reward.float().unsqueeze(1)) * act
 
 
 def group_keys(trajectory: Trajectory) -> Tensor:

@@ -3,7 +3,10 @@
 * ``"reinforce"``: REINFORCE without baseline, ``-log pi(a|s) * G_t``.
 * ``"aac"``: advantage actor-critic, ``-log pi(a|s) * (G_t - V(s)) + c_v * critic loss``.
 * ``"egreedy-reinforce"``: epsilon-greedy REINFORCE (thesis eq. 7.3): actions come from the behaviour
-  policy ``mu = (1 - eps) * pi + eps / A`` and the gradient is importance-weighted by ``pi / mu``.
+  policy ``pi_eps``, which takes the greedy action ``argmax pi`` with probability ``1 - eps`` and
+  samples from ``pi`` otherwise, so ``pi_eps(a) = (1 - eps) + eps * pi(a)`` for the greedy action and
+  ``eps * pi(a)`` for the others (*more* greedy than ``pi``); the gradient is importance-weighted by
+  ``pi / pi_eps``.
 
 ``G_t`` is the (optionally discounted) return from step t (:func:`.critics.discounted_returns`).
 Every loss is a mean over the active decisions and subtracts ``entropy_coef * H(pi)`` (mean
@@ -111,7 +114,8 @@ class ActorCriticLearner(PolicyGradientLearner):
 
     loss ``= -mean(log pi(a|s) * (G_t - V(s)).detach()) + value_coef * critic_loss - entropy_coef * H``
     with V from :class:`~.critics.StateValueCritic` (a learner-owned table when ``num_states`` is
-    given, else the router's ``extra["state_value"]`` or a batch-mean baseline). The critic loss is
+    given, else the router's ``extra["state_value"]`` (a V head of an approximator router, with
+    ``value_head=True``) or a batch-mean baseline). The critic loss is
     ``0.5 * (V - G)^2`` averaged per state, so with ``value_coef = 1`` SGD at lr alpha moves a table
     entry by ``alpha * mean(G - V(s))``.
     """
@@ -123,8 +127,11 @@ class ActorCriticLearner(PolicyGradientLearner):
         value_coef: float = 1.0,
         num_states: int | None = None,
         value_init: float = 0.0,
+        value_head: bool = False,
     ) -> None:
         super().__init__(gamma, entropy_coef)
+        #: ``value_head=True``: an approximator router grows a learned V(s) head (else the batch mean)
+        self.router_heads = ("state_value",) if value_head else ()
         self.value_coef = value_coef
         self.critic = StateValueCritic(num_states, value_init)
 
@@ -143,27 +150,36 @@ class ActorCriticLearner(PolicyGradientLearner):
 class EpsilonGreedyReinforceLearner(PolicyGradientLearner):
     """Epsilon-greedy REINFORCE with importance weights (thesis eq. 7.3).
 
-    Selection samples from ``mu = (1 - eps) * pi + eps / A`` (the uniform part is ``explored``) and
-    stores ``extra["behaviour_prob"] = mu(a)`` with the epsilon of that moment. Loss
-    ``= -mean((pi(a) / mu(a)).detach() * log pi(a) * G_t) - entropy_coef * H``; the weight is at most
-    ``1 / (1 - eps)`` (``A`` when eps = 1), so it cannot blow up.
+    Behaviour policy: with probability ``1 - eps`` the greedy action ``g = argmax pi`` (ties: the
+    lowest index), with probability ``eps`` a sample from ``pi`` itself::
+
+        pi_eps(a) = (1 - eps) + eps * pi(a)   if a == g
+                  = eps * pi(a)               otherwise
+
+    so ``eps = 1`` is plain REINFORCE and ``eps = 0`` acts greedily. Selection stores
+    ``extra["behaviour_prob"] = pi_eps(a)`` with the epsilon of that moment and marks as
+    ``explored`` the decisions whose action is not the greedy one. Loss
+    ``= -mean((pi(a) / pi_eps(a)).detach() * log pi(a) * G_t) - entropy_coef * H``. The weight is
+    at most ``1 / eps`` (for a non-greedy action) and at most 1 for the greedy one.
     """
 
     def select(self, values, epsilon, generator=None):
         pi = F.softmax(values.detach().float(), -1)
+        greedy = pi.argmax(-1)  # the first maximum: ties go to the lowest index
         if not self.training:
             epsilon = 0.0
-            actions = pi.argmax(-1)
-            explored = torch.zeros_like(actions, dtype=torch.bool)
+        if epsilon > 0.0:
+            sampled = sample_categorical(pi, generator)
+            from_pi = (torch.rand(pi.shape[0], generator=generator) < epsilon).to(pi.device)
+            actions = torch.where(from_pi, sampled, greedy)
         else:
-            actions, explored = sample_with_epsilon(pi, epsilon, generator)
-        a = values.shape[-1]
+            actions = greedy
         pi_a = pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        mu = (1.0 - epsilon) * pi_a + epsilon / a
-        return actions, explored, {"behaviour_prob": mu}
+        mu = epsilon * pi_a + (1.0 - epsilon) * (actions == greedy).float()
+        return actions, actions != greedy, {"behaviour_prob": mu}
 
     def importance_weights(self, trajectory: Trajectory) -> Tensor:
-        """``[B, d]`` detached ``pi(a) / mu(a)`` (1 where the behaviour probability is missing)."""
+        """``[B, d]`` detached ``pi(a) / pi_eps(a)`` (1 where the behaviour probability is missing)."""
         logp = taken_log_prob(trajectory).detach()
         mu = trajectory.extra.get("behaviour_prob")
         if mu is None:

@@ -9,7 +9,9 @@ Two targets:
   gives earlier steps no signal.
 * ``target="td"``: Watkins' one-step targets ``r_t + gamma * max_a Q(s_{t+1}, a)``, for routers
   whose state carries the path (approximators reading the activation). Identical to ``"return"``
-  at depth 1.
+  at depth 1. Bootstrapping discounts: with ``gamma < 1`` the final reward reaches step t through
+  the next step's estimate, scaled by ``gamma`` per step, while ``"return"`` targets add it
+  undiscounted (Algorithm 5.1).
 """
 
 from __future__ import annotations

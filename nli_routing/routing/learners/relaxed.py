@@ -24,6 +24,7 @@ from torch.func import functional_call
 
 from ..trajectory import Trajectory
 from .base import Learner, register_learner
+from .critics import discounted_returns
 
 #: key of the straight-through one-hot weights in ``Decision.extra`` / ``Trajectory.extra``
 RELAXED_WEIGHTS = "weights"
@@ -41,15 +42,6 @@ def straight_through(soft: Tensor, actions: Tensor) -> Tensor:
     """Hard one-hot of ``actions`` in value (exactly), the gradient of ``soft`` in the backward."""
     hard = F.one_hot(actions, soft.shape[-1]).to(soft.dtype)
     return hard + (soft - soft.detach())
-
-
-def _returns(trajectory: Trajectory) -> Tensor:
-    """``[B, d]`` return from each step: later step rewards of the sample plus its final reward."""
-    if trajectory.final_reward is None or trajectory.step_rewards is None:
-        raise ValueError("trajectory has no rewards: call assign_rewards(...) before the router loss")
-    r = trajectory.step_rewards * trajectory.active.float()
-    to_go = r.flip(1).cumsum(1).flip(1)
-    return (to_go + trajectory.final_reward.unsqueeze(1)) * trajectory.active.float()
 
 
 @register_learner("gumbel")
@@ -172,7 +164,7 @@ class RelaxLearner(Learner):
             raise ValueError(
                 "RELAX needs the trajectory's relaxed samples (extra['relax_z']): route with this learner"
             )
-        g = _returns(trajectory)
+        g = discounted_returns(trajectory, 1.0)
         act = trajectory.active
         actions = trajectory.actions.clamp_min(0)
         logp_all = torch.log_softmax(trajectory.values, -1)

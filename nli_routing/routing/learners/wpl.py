@@ -9,6 +9,16 @@ WPL step for one state, with ``delta(a) = Q(s, a) - V(s)`` and ``V(s) = sum_a pi
 The projection is the clip-and-renormalise one. (The ``pi - min(pi) + eps`` projection is not used:
 it is known to produce gradients around 1e12 and freeze the router.)
 
+Deviations from Algorithm 5.1 as printed, both deliberate:
+
+* The weighting above is Abdallah & Lesser's original (``weighting="original"``, the default). The
+  thesis prints it the other way round (``weighting="thesis"``: positive delta times ``pi``, negative
+  times ``1 - pi``); there a positive delta on an action whose probability was driven to ~0 is
+  scaled by ~0, so the policy cannot leave an arm that stopped being best (measured in
+  ``tests/test_learner_equations.py::test_wpl_original_weighting_recovers_an_action_pushed_to_zero``).
+* Every action with a Q estimate is updated with ``delta(a) = Q(s, a) - V(s)`` (the original WPL),
+  not only the taken action with its return.
+
 How the step reaches the router: routers are trained by a loss and their optimizer (plain SGD), and
 the learner cannot see the router's table directly. Both learners therefore compute the projected
 WPL target policy per state (detached) and return ``0.5 * sum_s (pi_router(s) - target(s))^2``
@@ -39,12 +49,22 @@ def clip_projection(p: Tensor) -> Tensor:
     return torch.where(total > 1e-12, c / total.clamp_min(1e-12), uniform)
 
 
-def wpl_target(pi: Tensor, q: Tensor, seen: Tensor | None = None, eta: float = 1.0) -> Tensor:
+WPL_WEIGHTINGS = ("original", "thesis")
+
+
+def wpl_target(
+    pi: Tensor, q: Tensor, seen: Tensor | None = None, eta: float = 1.0, weighting: str = "original"
+) -> Tensor:
     """The projected WPL policy ``clip_projection(pi + eta * grad)`` for rows ``pi, q [..., A]``.
 
     ``seen [..., A]`` marks the actions with a Q estimate; the others get ``delta = 0`` and ``V`` is
     the pi-weighted mean over the seen actions only (``None``: all actions seen).
+    ``weighting="original"`` (Abdallah & Lesser): ``delta * (1 - pi)`` if ``delta > 0``, else
+    ``delta * pi``; ``"thesis"`` (Algorithm 5.1 as printed): ``delta * pi`` if ``delta > 0``, else
+    ``delta * (1 - pi)``.
     """
+    if weighting not in WPL_WEIGHTINGS:
+        raise ValueError(f"WPL weighting must be one of {WPL_WEIGHTINGS}, got {weighting!r}")
     pi = pi.detach().float()
     q = q.detach().float()
     if seen is None:
@@ -52,7 +72,10 @@ def wpl_target(pi: Tensor, q: Tensor, seen: Tensor | None = None, eta: float = 1
     wts = (pi.clamp_min(0.0) + 1e-8) * seen
     v = (wts * q).sum(-1, keepdim=True) / wts.sum(-1, keepdim=True).clamp_min(1e-12)
     delta = (q - v) * seen
-    grad = torch.where(delta > 0, delta * (1.0 - pi), delta * pi)
+    if weighting == "original":
+        grad = torch.where(delta > 0, delta * (1.0 - pi), delta * pi)
+    else:
+        grad = torch.where(delta > 0, delta * pi, delta * (1.0 - pi))
     return clip_projection(pi + eta * grad)
 
 
@@ -66,10 +89,14 @@ class _WPLBase(Learner):
         num_states: int | None = None,
         num_actions: int | None = None,
         q_init: float = 0.0,
+        weighting: str = "original",
     ) -> None:
         super().__init__()
         if eta <= 0:
             raise ValueError(f"the WPL step eta must be positive, got {eta}")
+        if weighting not in WPL_WEIGHTINGS:
+            raise ValueError(f"WPL weighting must be one of {WPL_WEIGHTINGS}, got {weighting!r}")
+        self.weighting = weighting
         self.eta = eta
         self.gamma = gamma
         self.critic = ActionValueCritic(num_states, num_actions, q_init)
@@ -114,6 +141,7 @@ class WPLearner(_WPLBase):
 
     tabular_init = "uniform"  #: init the table at 1 / num_actions
     policy_kind = "table"  #: the router's values are probabilities
+    tabular_only = True  #: an MLP's outputs are no policy table: use "wpl-approx" there
 
     def policy(self, values: Tensor) -> Tensor:
         return clip_projection(values)
@@ -122,7 +150,7 @@ class WPLearner(_WPLBase):
         g = discounted_returns(trajectory, self.gamma)
         q, seen, critic_loss = self.critic(trajectory, g)
         pi = clip_projection(trajectory.values.detach().float())
-        target = wpl_target(pi, q, seen, self.eta)
+        target = wpl_target(pi, q, seen, self.eta, self.weighting)
         w = group_weights(trajectory).unsqueeze(-1)
         actor = 0.5 * (w * (trajectory.values.float() - target) ** 2).sum()
         return actor + critic_loss
@@ -141,6 +169,7 @@ class WPLApproxLearner(_WPLBase):
 
     tabular_init = 0.0
     policy_kind = "softmax"
+    router_heads = ("q_values",)  #: an approximator router grows a Q(s, .) head for the critic
 
     def __init__(
         self,
@@ -150,8 +179,9 @@ class WPLApproxLearner(_WPLBase):
         num_actions: int | None = None,
         q_init: float = 0.0,
         entropy_coef: float = 0.0,
+        weighting: str = "original",
     ) -> None:
-        super().__init__(eta, gamma, num_states, num_actions, q_init)
+        super().__init__(eta, gamma, num_states, num_actions, q_init, weighting)
         self.entropy_coef = entropy_coef
 
     def policy(self, values: Tensor) -> Tensor:
@@ -161,7 +191,7 @@ class WPLApproxLearner(_WPLBase):
         g = discounted_returns(trajectory, self.gamma)
         q, seen, critic_loss = self.critic(trajectory, g)
         pi = self.policy(trajectory.values.float())
-        target = wpl_target(pi, q, seen, self.eta)
+        target = wpl_target(pi, q, seen, self.eta, self.weighting)
         w = group_weights(trajectory).unsqueeze(-1)
         out = 0.5 * (w * (pi - target) ** 2).sum() + critic_loss
         if self.entropy_coef:
