@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             "test_accuracy": metrics["final"].get("test", {}).get("accuracy"),
             "validation_accuracy": metrics["final"].get("validation", {}).get("accuracy"),
             "best_epoch": metrics["best_epoch"],
-            "train_seconds": metrics["train_seconds"],
+            "train_seconds": json.loads((run_dir / "timing.json").read_text())["train_seconds"],
             "dominant_paths": {r["class"]: r["path"] for r in analysis["dominant_paths"]},
             "dominant_share": {r["class"]: r["share"] for r in analysis["dominant_paths"]},
             "entropy": analysis["entropy"],

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, HfArgumentParser
@@ -106,7 +106,7 @@ def train_transformer(
     if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers
         tokenizer.pad_token = tokenizer.eos_token
     cfg = replace(model_cfg, model_name_or_path=model_path, num_meta=len(meta_names), router_seed=train_cfg.seed)
-    torch.manual_seed(train_cfg.seed)
+    set_seed(train_cfg.seed)  # the routed copies' noise and the new heads follow the seed
     model = RoutedTransformerForNLI(cfg)
     counts = count_parameters(model)
     encoded = encode_pairs(dsd, tokenizer, max_length)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import set_seed
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import HfArgumentParser
@@ -90,6 +91,7 @@ def run_method(method: str, dsd: DatasetDict, model_cfg: VisionMTLConfig, train_
         model_cfg, method=method, num_meta=feats["task"].num_classes, num_classes=feats["label"].num_classes,
         in_channels=channels, image_size=height, router_seed=train_cfg.seed,
     )
+    set_seed(train_cfg.seed)  # the model's initial weights follow the seed
     model = VisionMTLModel(cfg)
     collate = ImageMTLCollator()
     data = dsd.with_format("numpy")

@@ -245,3 +245,19 @@ def test_relax_critic_regresses_on_the_return():
     with torch.no_grad():
         fitted = router.learner._critic(traj.extra["relax_ztilde"][:, 0], frozen=False)
     torch.testing.assert_close(fitted, torch.full((64,), 1.5), atol=0.05, rtol=0)
+
+
+def test_ties_lowest_takes_the_first_maximum_and_keeps_the_random_stream():
+    values = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]]).repeat(200, 1)
+    actions, explored = epsilon_greedy(values, 0.0, torch.Generator().manual_seed(0), ties="lowest")
+    assert bool((actions == 1).all()) and not bool(explored.any())
+    table = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]])
+    rows = torch.tensor([0, 1, 0, 1])
+    a1, e1 = epsilon_greedy(table[rows], 0.3, torch.Generator().manual_seed(5), ties="lowest")
+    a2, e2 = epsilon_greedy_rows(table, rows, 0.3, torch.Generator().manual_seed(5), ties="lowest")
+    assert torch.equal(a1, a2) and torch.equal(e1, e2)
+    router = TabularRouter(2, 2, 3, learner_kwargs={"ties": "lowest"}, exploration="none")
+    path = router.decide_path(torch.tensor([0, 1, 1]), 2)
+    assert bool((path.actions == 0).all())  # tied tables: every agent starts on block 0
+    with pytest.raises(ValueError, match="ties must be one of"):
+        TabularRouter(1, 1, 2, learner_kwargs={"ties": "first"})

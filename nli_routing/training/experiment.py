@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import set_seed
 from datasets import ClassLabel, DatasetDict
 from torch.utils.data import DataLoader
 
@@ -354,6 +355,7 @@ def run_method(
     new dispatcher there); its result is ``result["finetune"]``.
     """
     overrides, meta_source = resolve_method(method)
+    set_seed(train_cfg.seed)  # everything drawn from here on (clusters, blocks, routers, dispatchers) follows the seed
     dispatch_args = dispatch_args or DispatchArgs()
     kind = overrides.pop("dispatch", None)
     two_stage = overrides.pop("two_stage", False)

@@ -431,10 +431,17 @@ def train(
 
 
 def save_run(model: nn.Module, result: dict, cfg: TrainConfig, output_dir: str | Path) -> None:
-    """Write ``metrics.json``, ``train_config.json``, ``model_config.json`` and ``model.pt``."""
+    """Write ``metrics.json`` (with the seed), ``timing.json``, ``train_config.json``,
+    ``model_config.json`` and ``model.pt``.
+
+    ``metrics.json`` holds only what the seed determines, so the same command with the same seed
+    writes the same file; the wall-clock time goes to ``timing.json``.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    metrics = {"seed": cfg.seed, **{k: v for k, v in result.items() if k != "train_seconds"}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "timing.json").write_text(json.dumps({"train_seconds": result.get("train_seconds")}, indent=2))
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if hasattr(model, "config") and hasattr(model.config, "to_dict"):
         (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))

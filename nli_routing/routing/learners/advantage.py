@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..trajectory import Trajectory
-from .base import Learner, epsilon_greedy, epsilon_greedy_rows, register_learner, state_action_weights
+from .base import Learner, check_ties, epsilon_greedy, epsilon_greedy_rows, register_learner, state_action_weights
 from .critics import StateValueCritic, discounted_returns
 
 
@@ -27,9 +27,15 @@ class AdvantageLearner(Learner):
     tabular_init = 0.0
     policy_kind = None  #: value learner: the router's values are advantages
     def __init__(
-        self, gamma: float = 1.0, num_states: int | None = None, value_init: float = 0.0, value_head: bool = False
+        self,
+        gamma: float = 1.0,
+        num_states: int | None = None,
+        value_init: float = 0.0,
+        value_head: bool = False,
+        ties: str = "random",
     ) -> None:
         super().__init__()
+        self.ties = check_ties(ties)  #: how greedy ties are broken (see :func:`.base.epsilon_greedy`)
         #: ``value_head=True``: an approximator router grows a learned V(s) head (else the batch mean)
         self.router_heads = ("state_value",) if value_head else ()
         self.gamma = gamma
@@ -40,11 +46,11 @@ class AdvantageLearner(Learner):
         self.critic.setup(num_states)
 
     def select(self, values, epsilon, generator=None):
-        actions, explored = epsilon_greedy(values, epsilon, generator)
+        actions, explored = epsilon_greedy(values, epsilon, generator, self.ties)
         return actions, explored, {}
 
     def select_rows(self, table, rows, epsilon, generator=None):
-        actions, explored = epsilon_greedy_rows(table, rows, epsilon, generator)
+        actions, explored = epsilon_greedy_rows(table, rows, epsilon, generator, self.ties)
         return actions, explored, {}
 
     def targets(self, trajectory: Trajectory) -> tuple[Tensor, Tensor, Tensor]:

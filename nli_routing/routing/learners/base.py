@@ -68,13 +68,24 @@ class Learner(nn.Module):
         return values.argmax(-1)
 
 
+TIE_BREAKS = ("random", "lowest")
+
+
+def check_ties(ties: str) -> str:
+    if ties not in TIE_BREAKS:
+        raise ValueError(f"ties must be one of {TIE_BREAKS}, got {ties!r}")
+    return ties
+
+
 def epsilon_greedy(
-    values: Tensor, epsilon: float, generator: torch.Generator | None = None
+    values: Tensor, epsilon: float, generator: torch.Generator | None = None, ties: str = "random"
 ) -> tuple[Tensor, Tensor]:
     """Epsilon-greedy selection as in thesis eq. 3.3: the greedy action with probability ``1 - eps``,
     each of the ``A - 1`` other actions with probability ``eps / (A - 1)``.
 
-    Greedy ties are broken uniformly at random. Random draws come from ``generator`` (a CPU
+    Greedy ties are broken uniformly at random per decision (``ties="random"``) or by the lowest
+    index (``ties="lowest"``: every sample of a state takes the same action while its values are
+    tied, e.g. at initialisation). Random draws come from ``generator`` (a CPU
     generator) so runs are reproducible: three uniform numbers per decision (tie-break, explore,
     random action), whatever the number of actions.
 
@@ -88,14 +99,17 @@ def epsilon_greedy(
     u = torch.rand(3, b, generator=generator).to(device)
     is_max = v >= v.max(0).values
     rank = is_max.cumsum(0, dtype=torch.int32)  # [A, B]: maximal actions seen up to each action
-    ties = rank[-1]
-    pick = (u[0] * ties).to(torch.int32).clamp_max(ties - 1)  # which of the tied maxima, uniform
+    n_max = rank[-1]
+    if ties == "lowest":
+        pick = torch.zeros_like(n_max)
+    else:
+        pick = (u[0] * n_max).to(torch.int32).clamp_max(n_max - 1)  # which of the tied maxima, uniform
     greedy = (rank <= pick).sum(0)  # index of the (pick + 1)-th maximal action
     return _explore(greedy, u, epsilon, a)
 
 
 def epsilon_greedy_rows(
-    table: Tensor, rows: Tensor, epsilon: float, generator: torch.Generator | None = None
+    table: Tensor, rows: Tensor, epsilon: float, generator: torch.Generator | None = None, ties: str = "random"
 ) -> tuple[Tensor, Tensor]:
     """:func:`epsilon_greedy` for decisions whose values are rows of a table: ``table [R, A]``,
     ``rows [N]`` each decision's row. Same random draws and same actions as
@@ -107,11 +121,11 @@ def epsilon_greedy_rows(
     device = table.device
     v = table.detach()
     is_max = v >= v.max(-1, keepdim=True).values  # [R, A]
-    ties = is_max.sum(-1)
+    n_max = is_max.sum(-1)
     maxima = torch.argsort((~is_max).to(torch.int8), dim=-1, stable=True)  # each row's maxima first, in order
     u = torch.rand(3, n, generator=generator).to(device)
-    k = ties.index_select(0, rows)
-    pick = (u[0] * k).long().clamp_max(k - 1)
+    k = n_max.index_select(0, rows)
+    pick = torch.zeros_like(k) if ties == "lowest" else (u[0] * k).long().clamp_max(k - 1)
     greedy = maxima.view(-1).index_select(0, rows * a + pick)
     return _explore(greedy, u, epsilon, a)
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..trajectory import Trajectory
-from .base import Learner, epsilon_greedy, epsilon_greedy_rows, register_learner, state_action_weights
+from .base import Learner, check_ties, epsilon_greedy, epsilon_greedy_rows, register_learner, state_action_weights
 from .critics import discounted_returns
 
 Q_TARGETS = ("return", "td")
@@ -52,19 +52,20 @@ class QLearner(Learner):
     the loss is the mean squared error over all active decisions.
     """
 
-    def __init__(self, gamma: float = 1.0, target: str = "return") -> None:
+    def __init__(self, gamma: float = 1.0, target: str = "return", ties: str = "random") -> None:
         super().__init__()
+        self.ties = check_ties(ties)  #: how greedy ties are broken (see :func:`.base.epsilon_greedy`)
         if target not in Q_TARGETS:
             raise ValueError(f"Q-learning target must be one of {Q_TARGETS}, got {target!r}")
         self.gamma = gamma
         self.target = target
 
     def select(self, values, epsilon, generator=None):
-        actions, explored = epsilon_greedy(values, epsilon, generator)
+        actions, explored = epsilon_greedy(values, epsilon, generator, self.ties)
         return actions, explored, {}
 
     def select_rows(self, table, rows, epsilon, generator=None):
-        actions, explored = epsilon_greedy_rows(table, rows, epsilon, generator)
+        actions, explored = epsilon_greedy_rows(table, rows, epsilon, generator, self.ties)
         return actions, explored, {}
 
     def targets(self, trajectory: Trajectory) -> Tensor:

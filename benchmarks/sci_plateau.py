@@ -1,0 +1,124 @@
+"""Leaving the plateau on SCI (issue 15, sections 1-2): the escape epoch of each setting over seeds.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sci_plateau.py --data_dir ../shared/data/sci/joint \
+        --settings default ties-lowest --seeds 0 1 2 3 4 --epochs 5 [--worker 0 --workers 2]
+
+A *setting* is a method of ``training/experiment.py`` plus recipe flags (``SETTINGS``). Each
+(setting, seed) run trains on the full training set with the recipe defaults and records validation
+accuracy per epoch; the *escape epoch* is the first epoch (1-based) with validation accuracy >= 75%
+(``None``: never). Runs are resumable: each finished run is one JSON file under ``--out``, and runs
+already there are skipped; ``--worker i --workers n`` takes every n-th run, so two processes (one
+thread each) share the list. ``--summary`` prints the table (escape epochs per seed, final accuracy)
+and writes ``<out>/summary.json`` from the files alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import commit, machine  # noqa: E402
+
+from nli_routing.models.nli import NLIModelConfig  # noqa: E402
+from nli_routing.training.experiment import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method  # noqa: E402
+from nli_routing.training.loop import TrainConfig  # noqa: E402
+
+ESCAPE = 0.75
+#: setting -> (method, model config overrides, train config overrides)
+SETTINGS: dict[str, tuple[str, dict, dict]] = {
+    "cbow": ("cbow", {}, {}),
+    "default": ("wp-signature", {}, {}),
+    "ties-lowest": ("wp-signature", {"learner_args": "ties=lowest"}, {}),
+    "ties-lowest-noexplore": ("wp-signature", {"learner_args": "ties=lowest", "exploration": "none"}, {}),
+    "no-explore": ("wp-signature", {"exploration": "none"}, {}),
+    "keyword": ("wp-signature-kw", {}, {}),
+    "normalize": ("wp-signature", {"normalize": True}, {}),
+}
+
+
+def escape_epoch(history: list[dict]) -> int | None:
+    for rec in history:
+        if rec["validation"]["accuracy"] >= ESCAPE:
+            return rec["epoch"] + 1
+    return None
+
+
+def run_one(setting: str, seed: int, prepared, epochs: int, out: Path) -> dict:
+    method, model_over, train_over = SETTINGS[setting]
+    model_cfg = replace(NLIModelConfig(), **model_over)
+    cfg = TrainConfig(epochs=epochs, seed=seed, cpu=True, progress=False, select_best=True,
+                      **{**RECIPE_TRAIN_DEFAULTS, **train_over})
+    started = time.time()
+    res = run_method(method, prepared, model_cfg, cfg)
+    row = {
+        "setting": setting, "method": method, "seed": seed, "model_overrides": model_over,
+        "train_overrides": train_over, "epochs": epochs,
+        "validation_per_epoch": [rec["validation"]["accuracy"] for rec in res["history"]],
+        "escape_epoch": escape_epoch(res["history"]),
+        "test_accuracy": res["final"]["test"]["accuracy"],
+        "best_epoch": res["best_epoch"], "seconds": time.time() - started,
+        "commit": commit(), "machine": machine(),
+    }
+    (out / f"{setting}_seed{seed}.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+def summary(out: Path) -> dict:
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*_seed*.json"))]
+    table: dict[str, dict] = {}
+    for r in rows:
+        t = table.setdefault(r["setting"], {"seeds": [], "escape": [], "test": [], "validation": []})
+        t["seeds"].append(r["seed"])
+        t["escape"].append(r["escape_epoch"])
+        t["test"].append(r["test_accuracy"])
+        t["validation"].append(r["validation_per_epoch"])
+    for name, t in table.items():
+        escaped = [e for e in t["escape"] if e is not None]
+        t["escaped"] = f"{len(escaped)}/{len(t['escape'])}"
+        t["test_mean"] = statistics.fmean(t["test"])
+        print(f"{name:<24} escaped {t['escaped']:>5}  escape epochs {t['escape']}  "
+              f"test {', '.join(f'{100 * a:.1f}' for a in t['test'])}")
+    (out / "summary.json").write_text(json.dumps(table, indent=1))
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data_dir", default="../shared/data/sci/joint")
+    ap.add_argument("--settings", nargs="+", default=["default", "ties-lowest"], choices=sorted(SETTINGS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--worker", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--out", default="benchmarks/results/sci_plateau")
+    ap.add_argument("--summary", action="store_true", help="only summarise the finished runs")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.summary:
+        summary(out)
+        return
+    logging.basicConfig(level=logging.WARNING)
+    todo = [(s, seed) for seed in args.seeds for s in args.settings]
+    todo = [t for i, t in enumerate(todo) if i % args.workers == args.worker]
+    todo = [(s, seed) for s, seed in todo if not (out / f"{s}_seed{seed}.json").exists()]
+    if not todo:
+        print("nothing to run")
+        return
+    prepared = prepare_sci(DataArgs(data_dir=args.data_dir))
+    for setting, seed in todo:
+        row = run_one(setting, seed, prepared, args.epochs, out)
+        print(f"{setting:<24} seed {seed}: validation {[round(100 * v, 1) for v in row['validation_per_epoch']]} "
+              f"escape {row['escape_epoch']} test {100 * row['test_accuracy']:.1f} ({row['seconds']:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
