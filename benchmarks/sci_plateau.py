@@ -39,6 +39,8 @@ SETTINGS: dict[str, tuple[str, dict, dict]] = {
     "ties-lowest": ("wp-signature", {"learner_args": "ties=lowest"}, {}),
     "ties-lowest-noexplore": ("wp-signature", {"learner_args": "ties=lowest", "exploration": "none"}, {}),
     "no-explore": ("wp-signature", {"exploration": "none"}, {}),
+    "state-mean": ("wp-signature", {"learner_args": "batch_mean=state"}, {}),
+    "ties-lowest-state-mean": ("wp-signature", {"learner_args": "ties=lowest,batch_mean=state"}, {}),
     "keyword": ("wp-signature-kw", {}, {}),
     "normalize": ("wp-signature", {"normalize": True}, {}),
 }

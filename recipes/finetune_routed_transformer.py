@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    accelerator = make_accelerator(cpu=train_cfg.cpu)
+    accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
     dsd, names = load_data(data_args)
     out = Path(recipe.output_dir)
     res = train_transformer(dsd, names, "signature", model_cfg, train_cfg, data_args.max_length,

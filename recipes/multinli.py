@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         methods = [resolve_method(m) for m in recipe.methods]
     except ValueError as err:
         parser.error(str(err))
-    accelerator = make_accelerator(cpu=train_cfg.cpu)
+    accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
     dsd = load_multinli_splits(data_args)
     prepared = None
     out = Path(recipe.output_dir)

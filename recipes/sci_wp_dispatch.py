@@ -89,7 +89,7 @@ def main() -> None:
             resolve_method(method)
         except ValueError as err:
             parser.error(str(err))
-    accelerator = make_accelerator(cpu=train_cfg.cpu)
+    accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
     prepared = prepare_sci(data_args)
     nested = None
     if recipe.nested_dir:

@@ -17,6 +17,7 @@ from torch import nn
 
 from nli_routing.models.blocks import RouterConfig, routed_fc_stack
 from nli_routing.routing import assign_rewards, final_reward
+from nli_routing.training.loop import task_loss
 
 DIM, CLASSES, TASKS, DEPTH = 64, 10, 8, 3
 
@@ -40,8 +41,9 @@ def batches(seed: int, n: int):
         yield x, torch.randint(0, TASKS, (128,), generator=data), (x @ teacher).argmax(-1)
 
 
-def train_toy(stack, head, steps: int = 300, seed: int = 0) -> list[float]:
-    """Train; returns the mean training loss of every 50 steps."""
+def train_toy(stack, head, steps: int = 300, seed: int = 0, kappa: float = 0.0) -> list[float]:
+    """Train (``kappa``: eq. 7.4 squashing of exploratory samples); returns the mean training loss of
+    every 50 steps."""
     block_params = [p for n, p in stack.named_parameters() if not n.startswith("router")] + list(head.parameters())
     block_opt = torch.optim.SGD(block_params, lr=0.5)
     router_opt = torch.optim.SGD(stack.router.parameters(), lr=0.01)
@@ -49,14 +51,15 @@ def train_toy(stack, head, steps: int = 300, seed: int = 0) -> list[float]:
     for x, task, y in batches(seed, steps):
         h, traj = stack(x, task)
         logits = head(h)
-        loss = F.cross_entropy(logits, y)
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        loss = task_loss(per_sample, [traj], kappa)
         assign_rewards(traj, final_reward("correct", correct=logits.detach().argmax(-1) == y))
         block_opt.zero_grad()
         router_opt.zero_grad()
         (loss + stack.router.loss(traj)).backward()
         block_opt.step()
         router_opt.step()
-        chunk.append(float(loss))
+        chunk.append(float(per_sample.detach().mean()))
         if len(chunk) == 50:
             losses.append(sum(chunk) / 50)
             chunk = []

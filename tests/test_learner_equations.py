@@ -261,3 +261,23 @@ def test_ties_lowest_takes_the_first_maximum_and_keeps_the_random_stream():
     assert bool((path.actions == 0).all())  # tied tables: every agent starts on block 0
     with pytest.raises(ValueError, match="ties must be one of"):
         TabularRouter(1, 1, 2, learner_kwargs={"ties": "first"})
+
+
+def test_qlearning_state_batch_mean_moves_entries_by_their_visit_share():
+    """batch_mean="state": Q(s, a) += lr * n(s, a) / n(s) * mean(target - Q) (a rare action moves little)."""
+    for mode, exp in (("state-action", [1.0, -1.0]), ("state", [0.75, -0.25])):
+        router = TabularRouter(1, 1, 2, learner_kwargs={"batch_mean": mode}, init=0.0)
+        meta = torch.zeros(4, dtype=torch.long)
+        values, index = router.values(None, meta, 0)
+        dec_actions = torch.tensor([0, 0, 0, 1])
+        from nli_routing.routing import Decision
+
+        traj = Trajectory.from_decisions(meta, [Decision(dec_actions, torch.zeros(4, dtype=torch.bool), values, index)],
+                                         [torch.ones(4, dtype=torch.bool)], None, num_states=1)
+        assign_rewards(traj, torch.tensor([1.0, 1.0, 1.0, -1.0]))
+        opt = torch.optim.SGD(router.parameters(), lr=1.0)
+        router.loss(traj).backward()
+        opt.step()
+        torch.testing.assert_close(router.table.detach()[0, 0], torch.tensor(exp))
+    with pytest.raises(ValueError, match="batch_mean must be one of"):
+        TabularRouter(1, 1, 2, learner_kwargs={"batch_mean": "sample"})

@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..analysis.collapse import COLLAPSE_THRESHOLD, dispatch_collapse, path_collapse
 from ..analysis.entropy import dispatch_statistics, selection_entropy
 from ..analysis.records import LayerRecord, RoutingRecord
 
@@ -69,8 +70,10 @@ def collect_record(
     )
 
 
-def record_metrics(record: RoutingRecord) -> dict[str, Any]:
-    """Accuracy, accuracy per meta class, selection entropy per routed layer and dispatch statistics."""
+def record_metrics(record: RoutingRecord, collapse_threshold: float = COLLAPSE_THRESHOLD) -> dict[str, Any]:
+    """Accuracy, accuracy per meta class, selection entropy and collapse metrics per routed layer
+    (``routing_entropy_<i>``, ``collapse_<i>``: :func:`~nli_routing.analysis.collapse.path_collapse`)
+    and dispatch statistics with the dispatcher's collapse metrics."""
     pred, label, meta = (torch.as_tensor(x) for x in (record.preds, record.labels, record.meta))
     correct = (pred == label).float()
     n_meta = len(record.meta_names)
@@ -88,14 +91,24 @@ def record_metrics(record: RoutingRecord) -> dict[str, Any]:
         result[f"routing_entropy_{i}"] = selection_entropy(
             torch.as_tensor(layer.actions), meta, torch.as_tensor(layer.active), layer.num_actions, n_meta
         )
+        result[f"collapse_{i}"] = path_collapse(
+            torch.as_tensor(layer.actions), torch.as_tensor(layer.active), meta, layer.num_actions, n_meta,
+            collapse_threshold,
+        )
     if record.dispatch is not None:
-        result["dispatch"] = dispatch_statistics(record)
+        stats = dispatch_statistics(record)
+        stats.update(dispatch_collapse(torch.as_tensor(record.dispatch), stats["num_dispatch"], collapse_threshold))
+        result["dispatch"] = stats
     return result
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, accelerator: Accelerator, meta_names: list[str] | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    accelerator: Accelerator,
+    meta_names: list[str] | None = None,
+    collapse_threshold: float = COLLAPSE_THRESHOLD,
 ) -> dict[str, Any]:
-    """Accuracy, accuracy per meta class and routing selection entropy over a data loader."""
-    return record_metrics(collect_record(model, loader, accelerator, meta_names))
+    """Accuracy, accuracy per meta class, routing selection entropy and collapse metrics over a data loader."""
+    return record_metrics(collect_record(model, loader, accelerator, meta_names), collapse_threshold)

@@ -37,6 +37,7 @@ from .checkpoint import (
 from .distributed import make_accelerator
 from .evaluation import collect_record, evaluate, record_metrics
 from .numerics import NonFiniteError, check_finite_step, clip_group, optimizer_params
+from .tracking import check_collapse, flat_metrics, routed_layer_names, start_tracking
 
 __all__ = ["NonFiniteError", "TrainConfig", "collect_record", "evaluate", "make_optimizers", "record_metrics", "train",
            "train_step"]
@@ -110,6 +111,19 @@ class TrainConfig:
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when an accelerator is present"})
     select_best: bool = field(default=True, metadata={"help": "report test metrics at the best validation epoch"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on the main process"})
+    log_with: str | None = field(
+        default=None,
+        metadata={
+            "help": "report losses, accuracies, routing entropy and collapse metrics every epoch to accelerate "
+            "trackers: tensorboard (offline; pip install tensorboard), wandb, mlflow, ... or all; logs go to "
+            "<output_dir>"
+        },
+    )
+    collapse_threshold: float = field(
+        default=0.95,
+        metadata={"help": "warn when one path (or dispatch class) takes at least this share of the validation samples"},
+    )
+    collapse_warmup: int = field(default=1, metadata={"help": "epochs before collapse warnings start"})
 
     def __post_init__(self) -> None:
         if self.router_lr_ratio < 1.0:
@@ -128,6 +142,24 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if not 0.0 < self.collapse_threshold <= 1.0:
+            raise ValueError(f"collapse_threshold must be in (0, 1], got {self.collapse_threshold}")
+        if self.log_with is not None:
+            from accelerate.utils import LoggerType
+
+            names = [n.strip() for n in self.log_with.split(",") if n.strip()]
+            unknown = [n for n in names if n not in LoggerType.list()]
+            if unknown or not names:
+                raise ValueError(f"log_with: unknown tracker(s) {unknown or [self.log_with]}; choose from {LoggerType.list()}")
+
+    def accelerator_kwargs(self, output_dir: str | Path | None = None) -> dict[str, Any]:
+        """Arguments of :func:`~nli_routing.training.distributed.make_accelerator` for this config
+        (the CPU flag, and the trackers with their logging folder)."""
+        kwargs: dict[str, Any] = {"cpu": self.cpu}
+        if self.log_with:
+            kwargs["log_with"] = [n.strip() for n in self.log_with.split(",") if n.strip()]
+            kwargs["project_dir"] = str(output_dir) if output_dir is not None else "."
+        return kwargs
 
     @property
     def block_clip_norm(self) -> float | None:
@@ -290,7 +322,10 @@ def train(
     with ``accelerator.skip_first_batches`` in the same order.
     """
     if accelerator is None:  # DDP settings for routed models (see nli_routing.training.distributed)
-        accelerator = make_accelerator(cpu=cfg.cpu)
+        accelerator = make_accelerator(**cfg.accelerator_kwargs(output_dir))
+    if cfg.log_with and not accelerator.log_with:
+        raise ValueError("log_with is set but the accelerator has no tracker: build it with "
+                         "make_accelerator(**train_cfg.accelerator_kwargs(output_dir))")
     set_seed(cfg.seed)
     block_opt, router_opt = make_optimizers(model, cfg)
     model, train_loader = accelerator.prepare(model, train_loader)
@@ -302,6 +337,9 @@ def train(
         raise ValueError("the model has no trainable parameter (everything is frozen)")
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     unwrapped = accelerator.unwrap_model(model)
+    names = routed_layer_names(unwrapped)
+    if cfg.log_with:
+        start_tracking(accelerator, Path(output_dir).name if output_dir is not None else "run", asdict(cfg))
     ckpt_root = Path(output_dir) / CHECKPOINT_DIR if output_dir is not None else None
     if cfg.checkpoint and ckpt_root is None:
         raise ValueError("checkpoint=True writes to <output_dir>/checkpoints: give train() an output_dir")
@@ -401,7 +439,12 @@ def train(
         for name, loader in eval_loaders.items():
             if name == "test" and cfg.select_best:
                 continue  # test is evaluated once, at the selected epoch
-            record[name] = evaluate(model, loader, accelerator, meta_names)
+            record[name] = evaluate(model, loader, accelerator, meta_names, cfg.collapse_threshold)
+        warnings = check_collapse(record, names, epoch, cfg.collapse_warmup) if accelerator.is_main_process else []
+        if warnings:
+            record["collapse_warnings"] = warnings
+        if cfg.log_with:
+            accelerator.log(flat_metrics(record, names), step=epoch)
         history.append(record)
         score = record.get("validation", {}).get("accuracy", -record["train_loss"])
         if score > best_score:
@@ -420,7 +463,10 @@ def train(
     if best_state is not None:
         unwrapped.load_state_dict(best_state)
     records = {name: collect_record(model, loader, accelerator, meta_names) for name, loader in eval_loaders.items()}
-    final = {name: record_metrics(rec) for name, rec in records.items()}
+    final = {name: record_metrics(rec, cfg.collapse_threshold) for name, rec in records.items()}
+    if cfg.log_with:
+        accelerator.log(flat_metrics({f"final_{k}": v for k, v in final.items()}, names), step=len(history))
+        accelerator.end_training()
     result = {"history": history, "best_epoch": best_epoch, "final": final, "train_seconds": train_seconds}
     if output_dir is not None and accelerator.is_main_process:
         save_run(unwrapped, result, cfg, output_dir)

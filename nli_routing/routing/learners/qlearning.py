@@ -21,9 +21,13 @@ from torch import Tensor
 
 from ..trajectory import Trajectory
 from .base import Learner, check_ties, epsilon_greedy, epsilon_greedy_rows, register_learner, state_action_weights
-from .critics import discounted_returns
+from .critics import discounted_returns, group_weights
 
 Q_TARGETS = ("return", "td")
+#: "state-action": a visited table entry moves by lr * mean(target - Q) over the samples that took it,
+#: however few; "state": each decision weighs 1 / n(s), so an entry moves by lr * (n(s, a) / n(s)) *
+#: mean(target - Q): a rarely explored action moves in proportion to its visits
+Q_BATCH_MEANS = ("state-action", "state")
 
 
 def q_targets(trajectory: Trajectory, gamma: float = 1.0) -> Tensor:
@@ -52,9 +56,12 @@ class QLearner(Learner):
     the loss is the mean squared error over all active decisions.
     """
 
-    def __init__(self, gamma: float = 1.0, target: str = "return", ties: str = "random") -> None:
+    def __init__(self, gamma: float = 1.0, target: str = "return", ties: str = "random", batch_mean: str = "state-action") -> None:
         super().__init__()
         self.ties = check_ties(ties)  #: how greedy ties are broken (see :func:`.base.epsilon_greedy`)
+        if batch_mean not in Q_BATCH_MEANS:
+            raise ValueError(f"batch_mean must be one of {Q_BATCH_MEANS}, got {batch_mean!r}")
+        self.batch_mean = batch_mean
         if target not in Q_TARGETS:
             raise ValueError(f"Q-learning target must be one of {Q_TARGETS}, got {target!r}")
         self.gamma = gamma
@@ -76,5 +83,5 @@ class QLearner(Learner):
     def loss(self, trajectory: Trajectory) -> Tensor:
         y = self.targets(trajectory)
         q = trajectory.values.gather(-1, trajectory.actions.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        w = state_action_weights(trajectory)
+        w = state_action_weights(trajectory) if self.batch_mean == "state-action" else group_weights(trajectory)
         return 0.5 * (w * (q - y) ** 2).sum()
