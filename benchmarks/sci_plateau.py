@@ -65,6 +65,8 @@ def run_one(setting: str, seed: int, prepared, epochs: int, out: Path) -> dict:
         "train_overrides": train_over, "epochs": epochs,
         "validation_per_epoch": [rec["validation"]["accuracy"] for rec in res["history"]],
         "escape_epoch": escape_epoch(res["history"]),
+        "validation_predicted_share_per_epoch": [rec["validation"].get("predicted_share") for rec in res["history"]],
+        "validation_accuracy_per_signature_per_epoch": [rec["validation"]["accuracy_per_meta"] for rec in res["history"]],
         "test_accuracy": res["final"]["test"]["accuracy"],
         "best_epoch": res["best_epoch"], "seconds": time.time() - started,
         "commit": commit(), "machine": machine(),

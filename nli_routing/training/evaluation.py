@@ -82,10 +82,14 @@ def record_metrics(record: RoutingRecord, collapse_threshold: float = COLLAPSE_T
         sel = meta == m
         if sel.any():
             per_meta[record.meta_names[m]] = float(correct[sel].mean())
+    num_classes = int(max(int(pred.max()) if pred.numel() else 0, int(label.max()) if label.numel() else 0)) + 1
+    shares = torch.bincount(pred, minlength=num_classes).float() / max(pred.numel(), 1)
     result: dict[str, Any] = {
         "accuracy": float(correct.mean()) if correct.numel() else math.nan,
         "n": int(correct.numel()),
         "accuracy_per_meta": per_meta,
+        # what the model predicts (a plateau at the majority class shows as one share near 1)
+        "predicted_share": [float(x) for x in shares],
     }
     for i, layer in enumerate(record.layers):
         result[f"routing_entropy_{i}"] = selection_entropy(
