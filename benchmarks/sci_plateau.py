@@ -43,6 +43,10 @@ SETTINGS: dict[str, tuple[str, dict, dict]] = {
     "ties-lowest-state-mean": ("wp-signature", {"learner_args": "ties=lowest,batch_mean=state"}, {}),
     "keyword": ("wp-signature-kw", {}, {}),
     "normalize": ("wp-signature", {"normalize": True}, {}),
+    "mean-pool": ("wp-signature", {"pool": "mean"}, {}),
+    "cbow-mean-pool": ("cbow", {"pool": "mean"}, {}),
+    "lr5e-3": ("wp-signature", {}, {"lr": 0.005}),
+    "cbow-lr5e-3": ("cbow", {}, {"lr": 0.005}),
 }
 
 
