@@ -32,6 +32,7 @@ from nli_routing.training.experiment import RECIPE_TRAIN_DEFAULTS, DataArgs, pre
 from nli_routing.training.loop import TrainConfig  # noqa: E402
 
 ESCAPE = 0.75
+STARTED_AT = commit()  # the code this process runs (HEAD may move while it runs)
 #: setting -> (method, model config overrides, train config overrides)
 SETTINGS: dict[str, tuple[str, dict, dict]] = {
     "cbow": ("cbow", {}, {}),
@@ -73,7 +74,7 @@ def run_one(setting: str, seed: int, prepared, epochs: int, out: Path) -> dict:
         "validation_accuracy_per_signature_per_epoch": [rec["validation"]["accuracy_per_meta"] for rec in res["history"]],
         "test_accuracy": res["final"]["test"]["accuracy"],
         "best_epoch": res["best_epoch"], "seconds": time.time() - started,
-        "commit": commit(), "machine": machine(),
+        "commit": STARTED_AT, "machine": machine(),
     }
     (out / f"{setting}_seed{seed}.json").write_text(json.dumps(row, indent=1))
     return row
