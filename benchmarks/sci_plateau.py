@@ -45,6 +45,8 @@ SETTINGS: dict[str, tuple[str, dict, dict]] = {
     "keyword": ("wp-signature-kw", {}, {}),
     "normalize": ("wp-signature", {"normalize": True}, {}),
     "mean-pool": ("wp-signature", {"pool": "mean"}, {}),
+    "gate0.1": ("wp-signature", {"wp_gate_init": 0.1}, {}),
+    "gate0.5": ("wp-signature", {"wp_gate_init": 0.5}, {}),
     "cbow-mean-pool": ("cbow", {"pool": "mean"}, {}),
     "lr5e-3": ("wp-signature", {}, {"lr": 0.005}),
     "cbow-lr5e-3": ("cbow", {}, {"lr": 0.005}),

@@ -246,3 +246,16 @@ def test_float64_banks_fall_back_to_the_loop_kernel():
     groups = torch.randint(0, 3, (9,))
     assert bank.resolve_impl(x) == "loop"
     torch.testing.assert_close(grouped_apply(x, groups, bank, identity=False), per_row(bank, x, groups))
+
+
+def test_residual_gates_start_at_gate_init():
+    from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
+
+    assert torch.equal(LinearBank(3, 4, 4, residual=True).gate, torch.zeros(3))  # identity blocks by default
+    bank = LinearBank(3, 4, 4, residual=True, gate_init=0.5)
+    torch.testing.assert_close(bank.gate.detach(), torch.full((3,), 0.5))
+    x = torch.randn(5, 4)
+    y = bank.all_blocks(x)  # [N, G, out]: now the blocks differ from the identity and from each other
+    assert not torch.allclose(y[:, 0], x) and not torch.allclose(y[:, 0], y[:, 1])
+    model = NLIRoutingModel(NLIModelConfig(num_meta=2, wp_gate_init=0.25, classifier_hidden=8), torch.randn(20, 4), 0)
+    torch.testing.assert_close(model.routed_layers[0].blocks.gate.detach(), torch.full((4,), 0.25))

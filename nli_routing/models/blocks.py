@@ -201,12 +201,14 @@ def routed_fc_stack(
     residual: bool = False,
     router_type: str = "tabular",
     impl: str = "auto",
+    gate_init: float = 0.0,
     **router_kwargs,
 ) -> RoutedLayer:
     """A routed stack of FC blocks; the router comes from :func:`build_router` (``router_kwargs``).
 
     The blocks of a step are one :class:`~nli_routing.routing.bank.LinearBank` (stacked weights,
-    one grouped matmul per step whatever the width; ``impl`` picks its kernel).
+    one grouped matmul per step whatever the width; ``impl`` picks its kernel; ``gate_init`` is the
+    starting value of residual blocks' ReZero gates).
 
     ``dims = [d0, d1, ..., dk]`` gives k steps. Recursive mode needs all dims equal and reuses one
     set of ``width`` blocks at every step; per-step mode gives each step its own ``width`` blocks.
@@ -219,9 +221,9 @@ def routed_fc_stack(
     if recursive:
         if len(set(dims)) != 1:
             raise ValueError(f"recursive routing keeps the dimension; got dims {dims}")
-        blocks = LinearBank(width, dims[0], dims[0], activation, residual=residual, impl=impl)
+        blocks = LinearBank(width, dims[0], dims[0], activation, residual=residual, impl=impl, gate_init=gate_init)
     else:
-        blocks = [LinearBank(width, dims[t], dims[t + 1], activation, residual=residual, impl=impl)
+        blocks = [LinearBank(width, dims[t], dims[t + 1], activation, residual=residual, impl=impl, gate_init=gate_init)
                   for t in range(depth)]
     if router_type == "soft":
         return SoftMixtureLayer(blocks, depth, num_meta, recursive=recursive)

@@ -29,6 +29,9 @@ class NLIModelConfig(RouterConfig):
     wp_depth: int = field(default=1, metadata={"help": "routing depth d of the word projection"})
     wp_activation: str = field(default="relu", metadata={"help": "activation of the projection blocks"})
     wp_residual: bool = field(default=True, metadata={"help": "projection blocks compute x + f(x)"})
+    wp_gate_init: float = field(
+        default=0.0, metadata={"help": "start of the residual projection blocks' gates g in x + g f(x) (0: identity)"}
+    )
     wp_recursive: bool = field(default=True, metadata={"help": "reuse one block set at every depth"})
     wp_stop: bool = field(default=False, metadata={"help": "add a stop action to the word projection"})
     classifier_width: int = field(default=4, metadata={"help": "blocks per routed classifier layer"})
@@ -76,6 +79,7 @@ class NLIRoutingModel(nn.Module):
                 recursive=c.wp_recursive,
                 allow_stop=c.wp_stop,
                 residual=c.wp_residual,
+                gate_init=c.wp_gate_init,
                 **c.router_kwargs(),
             )
             routed.append(projection)

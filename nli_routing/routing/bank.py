@@ -116,7 +116,8 @@ class LinearBank(nn.Module):
     """G fully connected blocks ``in -> out`` with stacked parameters (see the module doc).
 
     ``activation`` one of ``relu``/``tanh``/``gelu``/``identity``; ``residual=True`` (needs
-    ``in == out``) adds a ReZero gate per block starting at 0, so every block starts as the identity;
+    ``in == out``) adds a ReZero gate per block starting at ``gate_init`` (default 0: every block starts
+    as the identity; a non-zero start makes the randomly initialised blocks differ from the first step);
     ``dropout`` applies after the activation in training mode.
     """
 
@@ -129,6 +130,7 @@ class LinearBank(nn.Module):
         residual: bool = False,
         dropout: float = 0.0,
         impl: str = "auto",
+        gate_init: float = 0.0,
     ) -> None:
         super().__init__()
         if num_blocks < 1:
@@ -146,7 +148,7 @@ class LinearBank(nn.Module):
         self.impl = impl
         self.weight = nn.Parameter(torch.empty(num_blocks, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(num_blocks, out_dim))
-        self.gate = nn.Parameter(torch.zeros(num_blocks)) if residual else None
+        self.gate = nn.Parameter(torch.full((num_blocks,), float(gate_init))) if residual else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
