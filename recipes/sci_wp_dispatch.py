@@ -90,7 +90,10 @@ def main() -> None:
         except ValueError as err:
             parser.error(str(err))
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
-    prepared = prepare_sci(data_args)
+    try:
+        prepared = prepare_sci(data_args)
+    except ValueError as err:  # bad data (a file, a line, a field): one line, not a traceback
+        parser.error(str(err))
     nested = None
     if recipe.nested_dir:
         nested = prepare_sci(replace(data_args, data_dir=recipe.nested_dir, variant=None, max_train_samples=None,

@@ -114,3 +114,18 @@ def test_learner_args_parsing():
     cfg = NLIModelConfig(num_meta=2, route="wp", wp_depth=2, learner="aac", learner_args="entropy_coef=0.05")
     model = NLIRoutingModel(cfg, weight(), pad_id=0)
     assert model.routers()[0].learner.entropy_coef == 0.05
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"learner_args": "ties=first"}, "ties must be one of"),
+    ({"learner_args": "batch_mean=x"}, "batch_mean must be one of"),
+    ({"learner_args": "colour=red"}, "learner 'qlearning'.*colour.*--learner_args"),
+    ({"learner": "aac", "learner_args": "value_head=maybe"}, "value_head must be true or false"),
+    ({"learner": "wpl", "router": "per-step"}, "learner 'wpl' does not work with router 'per-step'"),
+    ({"learner": "wpl-approx", "learner_args": "weighting=inverse"}, "WPL weighting must be one of"),
+])
+def test_router_options_are_checked_when_the_config_is_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NLIModelConfig(**kwargs)
+    with pytest.raises(ValueError, match="collapse_warmup"):
+        TrainConfig(collapse_warmup=-1)

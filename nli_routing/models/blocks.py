@@ -88,7 +88,8 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if self.router not in ROUTER_TYPES:
             raise ValueError(f"router must be one of {ROUTER_TYPES}, got {self.router!r}")
-        parse_learner_args(self.learner_args)  # fail early on a malformed spec
+        # fail early, when the flags are parsed: a malformed spec, an unknown option or value, a pair that cannot train
+        check_router_learner(self.router, self.learner, parse_learner_args(self.learner_args))
 
     def router_kwargs(self, seed_offset: int = 0) -> dict[str, Any]:
         """Arguments of :func:`build_router` from this config."""
@@ -122,6 +123,33 @@ def parse_learner_args(spec: str) -> dict:
     return out
 
 
+def check_router_learner(router_type: str, learner: str | Router, learner_kwargs: dict | None = None) -> type:
+    """The learner's class, after checking that the (router, learner) pair can train and that the
+    learner accepts its options (a ``ValueError`` naming the pair or the option otherwise)."""
+    if not isinstance(learner, str):
+        return type(learner)
+    learner_cls = LEARNERS.get(learner)
+    if learner_cls is None:
+        raise ValueError(f"unknown learner {learner!r}; registered learners: {sorted(LEARNERS)}")
+    kwargs = dict(learner_kwargs or {})
+    if router_type in ("approx", "per-step", "dispatched"):
+        if learner_cls.tabular_only:
+            raise ValueError(
+                f"learner {learner!r} does not work with router {router_type!r}: it reads the router's values as "
+                "a policy table (Algorithm 5.1); use --router tabular, or --learner wpl-approx"
+            )
+        if "num_states" in kwargs:
+            raise ValueError(
+                f"learner option num_states is for tabular routers; router {router_type!r} reads the activation "
+                "and its learner's critic is a head of the router"
+            )
+    try:  # the options themselves: names and values (a learner is a small module, cheap to build)
+        learner_cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"learner {learner!r}: {err} (check --learner_args)") from None
+    return learner_cls
+
+
 def build_router(
     router_type: str,
     dims: list[int],
@@ -149,21 +177,8 @@ def build_router(
     actions = width + int(allow_stop)
     kwargs = dict(learner_kwargs or {})
     common = dict(learner=learner, exploration=exploration, learner_kwargs=kwargs)
-    learner_cls = LEARNERS.get(learner) if isinstance(learner, str) else type(learner)
-    if learner_cls is None:
-        raise ValueError(f"unknown learner {learner!r}; registered learners: {sorted(LEARNERS)}")
+    learner_cls = check_router_learner(router_type, learner, kwargs)
     takes_states = "num_states" in inspect.signature(learner_cls).parameters
-    if router_type in ("approx", "per-step", "dispatched"):
-        if learner_cls.tabular_only:
-            raise ValueError(
-                f"learner {learner!r} does not work with router {router_type!r}: it reads the router's values as "
-                "a policy table (Algorithm 5.1); use --router tabular, or --learner wpl-approx"
-            )
-        if "num_states" in kwargs:
-            raise ValueError(
-                f"learner option num_states is for tabular routers; router {router_type!r} reads the activation "
-                "and its learner's critic is a head of the router"
-            )
     if router_type == "tabular":
         if takes_states:
             kwargs.setdefault("num_states", num_meta * depth)  # critic table: one entry per agent and depth

@@ -219,15 +219,19 @@ class RoutedLayer(nn.Module):
             )
         return w.gather(1, dec.actions.clamp(0, w.shape[1] - 1).unsqueeze(1)).squeeze(1)
 
-    @staticmethod
-    def scale_stopped(x: Tensor, stop_scale: Tensor, segments: Tensor | None) -> Tensor:
+    def scale_stopped(
+        self, x: Tensor, actions: Tensor, active: Tensor, scale: Tensor, segments: Tensor | None
+    ) -> Tensor:
         """Multiply the rows of samples that chose the stop action by that action's straight-through
-        weight ``stop_scale [B]`` (1 in value, 1 for the others): a relaxed router's task-loss gradient
-        reaches the stop logit like any block's. A stopped sample's activation stays the same after it
-        stops, so scaling the final output equals scaling at the stop step."""
+        weight (1 in value), so a relaxed router's task-loss gradient reaches the stop logit like any
+        block's. ``actions``, ``active``, ``scale``: ``[B, d]``, the chosen action's weight per step. A
+        stopped sample's activation stays the same after it stops, so scaling the final output equals
+        scaling at the stop step."""
+        stopping = active & (actions == self.width)
+        w = torch.where(stopping, scale, torch.ones_like(scale)).prod(1)  # at most one stop per sample
         if segments is not None:
-            stop_scale = stop_scale.index_select(0, segments)
-        return x * _per_sample(stop_scale, x)
+            w = w.index_select(0, segments)
+        return x * _per_sample(w, x)
 
     def batch_size(self, x: Tensor, meta: Tensor | None, segments: Tensor | None) -> int:
         """Samples in the batch (rows of ``x``, or of ``meta`` for packed input); checks the meta labels."""
@@ -248,7 +252,7 @@ class RoutedLayer(nn.Module):
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         decisions: list[Decision] = []
         actives: list[Tensor] = []
-        stop_scale: Tensor | None = None
+        scales: list[Tensor] = []
         reads_state = getattr(self.router, "reads_state", False)
         relaxed = bool(getattr(self.router, "relaxed", False))
         for t in range(self.depth):
@@ -263,9 +267,8 @@ class RoutedLayer(nn.Module):
             decisions.append(dec)
             actives.append(active)
             scale = self.relaxed_scale(dec) if relaxed else None
-            if scale is not None and self.allow_stop:  # the stop action's weight, kept for the end
-                stopping = active & (dec.actions == self.width)
-                stop_scale = torch.where(stopping, scale, stop_scale if t else torch.ones_like(scale))
+            if scale is not None:
+                scales.append(scale)
             if segments is not None:
                 groups = groups[segments]
                 scale = None if scale is None else scale[segments]
@@ -273,7 +276,8 @@ class RoutedLayer(nn.Module):
             if self.allow_stop:
                 active = active & (dec.actions != self.width)
         if relaxed and self.allow_stop:
-            x = self.scale_stopped(x, stop_scale, segments)
+            actions = torch.stack([d.actions for d in decisions], 1)
+            x = self.scale_stopped(x, actions, torch.stack(actives, 1), torch.stack(scales, 1), segments)
         traj = Trajectory.from_decisions(
             meta if meta is not None else torch.zeros(b, dtype=torch.long, device=x.device),
             decisions,
@@ -308,10 +312,10 @@ class RoutedLayer(nn.Module):
                     f"a relaxed router must return extra[{RELAXED_WEIGHTS!r}] (straight-through weights)"
                 )
             scale = w.gather(2, actions.clamp(0, w.shape[2] - 1).unsqueeze(2)).squeeze(2)
-        path_scale = scale
+        row_scale = scale  # per row of x (packed input: per token)
         if segments is not None:
             groups = groups.index_select(0, segments)
-            scale = None if scale is None else scale.index_select(0, segments)
+            row_scale = None if scale is None else scale.index_select(0, segments)
         n = groups.shape[0]
         # every step's order at once: order[t] lists the input rows sorted by step t's block (input
         # order within a block), inv[t] is each input row's position in it
@@ -326,15 +330,13 @@ class RoutedLayer(nn.Module):
                 x.index_select(0, order[0] if t == 0 else moves[t - 1]),
                 sorted_g[t],
                 self.step_blocks(t),
-                None if scale is None else scale[:, t].index_select(0, order[t]),
+                None if row_scale is None else row_scale[:, t].index_select(0, order[t]),
                 identity=self.allow_stop,
                 offsets=None if offsets is None else offsets[t],
             )
         x = x.index_select(0, inv[-1])
         if scale is not None and self.allow_stop:
-            stopping = active & (actions == self.width)
-            stop_scale = torch.where(stopping, path_scale, torch.ones_like(path_scale)).prod(1)
-            x = self.scale_stopped(x, stop_scale, segments)
+            x = self.scale_stopped(x, actions, active, scale, segments)
         traj = Trajectory(
             meta=meta if meta is not None else torch.zeros(b, dtype=torch.long, device=x.device),
             actions=actions.masked_fill(~active, -1),

@@ -16,6 +16,13 @@ from ..analysis.entropy import dispatch_statistics, selection_entropy
 from ..analysis.records import LayerRecord, RoutingRecord
 
 
+def routed_layer_names(model: nn.Module) -> list[str]:
+    """The model's names of its routed layers (``layer<i>`` where it gives none)."""
+    layers = list(getattr(model, "routed_layers", []) or [])
+    names = list(getattr(model, "routed_layer_names", None) or [])
+    return [names[i] if i < len(names) else f"layer{i}" for i in range(len(layers))]
+
+
 @torch.no_grad()
 def collect_record(
     model: nn.Module, loader: DataLoader, accelerator: Accelerator, meta_names: list[str] | None = None
@@ -45,13 +52,13 @@ def collect_record(
     n_meta = max(int(meta.max()) + 1 if meta.numel() else 1, len(meta_names or []))
     names = list(meta_names or [str(i) for i in range(n_meta)])
     unwrapped = accelerator.unwrap_model(model)
-    layer_names = getattr(unwrapped, "routed_layer_names", None)
+    layer_names = routed_layer_names(unwrapped)
     layers = []
     for i, parts in enumerate(routes):
         routed = unwrapped.routed_layers[i]
         layers.append(
             LayerRecord(
-                name=layer_names[i] if layer_names else f"layer{i}",
+                name=layer_names[i],
                 num_actions=routed.num_actions,
                 actions=torch.cat([a for a, _ in parts]).cpu().numpy(),
                 active=torch.cat([b for _, b in parts]).cpu().numpy(),

@@ -35,9 +35,9 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import make_accelerator
-from .evaluation import collect_record, evaluate, record_metrics
+from .evaluation import collect_record, evaluate, record_metrics, routed_layer_names
 from .numerics import NonFiniteError, check_finite_step, clip_group, optimizer_params
-from .tracking import check_collapse, flat_metrics, routed_layer_names, start_tracking
+from .tracking import check_collapse, flat_metrics, start_tracking
 
 __all__ = ["NonFiniteError", "TrainConfig", "collect_record", "evaluate", "make_optimizers", "record_metrics", "train",
            "train_step"]
@@ -142,6 +142,8 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.collapse_warmup < 0:
+            raise ValueError(f"collapse_warmup must be >= 0 epochs, got {self.collapse_warmup}")
         if not 0.0 < self.collapse_threshold <= 1.0:
             raise ValueError(f"collapse_threshold must be in (0, 1], got {self.collapse_threshold}")
         if self.log_with is not None:
@@ -440,7 +442,7 @@ def train(
             if name == "test" and cfg.select_best:
                 continue  # test is evaluated once, at the selected epoch
             record[name] = evaluate(model, loader, accelerator, meta_names, cfg.collapse_threshold)
-        warnings = check_collapse(record, names, epoch, cfg.collapse_warmup) if accelerator.is_main_process else []
+        warnings = check_collapse(record, names, epoch, cfg.collapse_warmup, log=accelerator.is_main_process)
         if warnings:
             record["collapse_warnings"] = warnings
         if cfg.log_with:

@@ -18,9 +18,6 @@ from ..analysis.collapse import collapse_warnings
 
 logger = logging.getLogger(__name__)
 
-TRACKED_KEYS = ("accuracy", "routing_entropy", "collapse", "dispatch")
-
-
 def flat_metrics(record: dict[str, Any], layer_names: list[str]) -> dict[str, float]:
     """``{"train_loss": .., "validation/accuracy": .., "validation/wp/top_path_share": .., ...}``."""
     out: dict[str, float] = {}
@@ -44,7 +41,7 @@ def flat_metrics(record: dict[str, Any], layer_names: list[str]) -> dict[str, fl
         if not isinstance(metrics, dict) or "accuracy" not in metrics:
             continue
         for key, value in metrics.items():
-            if key in ("n", "accuracy_per_meta") or key == "collapse_warnings":
+            if key in ("n", "accuracy_per_meta"):
                 continue
             name = key
             for i, layer in enumerate(layer_names):  # routing_entropy_0 -> <layer name>/routing_entropy
@@ -57,9 +54,11 @@ def flat_metrics(record: dict[str, Any], layer_names: list[str]) -> dict[str, fl
     return out
 
 
-def check_collapse(record: dict[str, Any], layer_names: list[str], epoch: int, warmup: int) -> list[str]:
-    """Warn (log) about every router or dispatcher collapsed on the validation split (else the first
-    evaluated split) from epoch ``warmup`` on; the lines are returned (and kept in the record)."""
+def check_collapse(
+    record: dict[str, Any], layer_names: list[str], epoch: int, warmup: int, log: bool = True
+) -> list[str]:
+    """The routers and dispatchers collapsed on the validation split (else the first evaluated
+    split) from epoch ``warmup`` on, one line each; logged as warnings when ``log``."""
     if epoch < warmup:
         return []
     splits = [s for s, m in record.items() if isinstance(m, dict) and "accuracy" in m]
@@ -67,16 +66,9 @@ def check_collapse(record: dict[str, Any], layer_names: list[str], epoch: int, w
         return []
     split = "validation" if "validation" in splits else splits[0]
     lines = collapse_warnings(record[split], layer_names, split, epoch)
-    for line in lines:
+    for line in lines if log else ():
         logger.warning(line)
     return lines
-
-
-def routed_layer_names(model) -> list[str]:
-    """The model's names of its routed layers (``layer<i>`` where it gives none)."""
-    layers = list(getattr(model, "routed_layers", []) or [])
-    names = list(getattr(model, "routed_layer_names", None) or [])
-    return [names[i] if i < len(names) else f"layer{i}" for i in range(len(layers))]
 
 
 def start_tracking(accelerator: Accelerator, run_name: str, config: dict[str, Any]) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..trajectory import Trajectory
-from .base import Learner, check_ties, epsilon_greedy, epsilon_greedy_rows, register_learner, state_action_weights
+from .base import EpsilonGreedyLearner, check_flag, register_learner, state_action_weights
 from .critics import StateValueCritic, discounted_returns
 
 
 @register_learner("advantage")
-class AdvantageLearner(Learner):
+class AdvantageLearner(EpsilonGreedyLearner):
     """A value learner V(s) and an advantage learner A(s, a) trained on Monte Carlo returns.
 
     ``V(s) <- V(s) + alpha * (G_t - V(s))`` and ``A(s, a) <- A(s, a) + alpha * (G_t - V(s) - A(s, a))``
@@ -34,24 +34,15 @@ class AdvantageLearner(Learner):
         value_head: bool = False,
         ties: str = "random",
     ) -> None:
-        super().__init__()
-        self.ties = check_ties(ties)  #: how greedy ties are broken (see :func:`.base.epsilon_greedy`)
+        super().__init__(ties)
         #: ``value_head=True``: an approximator router grows a learned V(s) head (else the batch mean)
-        self.router_heads = ("state_value",) if value_head else ()
+        self.router_heads = ("state_value",) if check_flag("value_head", value_head) else ()
         self.gamma = gamma
         self.critic = StateValueCritic(num_states, value_init)
 
     def setup_states(self, num_states: int) -> None:
         """Create the V table for ``num_states`` tabular states (call before building the optimizer)."""
         self.critic.setup(num_states)
-
-    def select(self, values, epsilon, generator=None):
-        actions, explored = epsilon_greedy(values, epsilon, generator, self.ties)
-        return actions, explored, {}
-
-    def select_rows(self, table, rows, epsilon, generator=None):
-        actions, explored = epsilon_greedy_rows(table, rows, epsilon, generator, self.ties)
-        return actions, explored, {}
 
     def targets(self, trajectory: Trajectory) -> tuple[Tensor, Tensor, Tensor]:
         """``(returns G [B, d], V [B, d] detached, critic loss)``."""

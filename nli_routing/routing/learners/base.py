@@ -71,10 +71,18 @@ class Learner(nn.Module):
 TIE_BREAKS = ("random", "lowest")
 
 
-def check_ties(ties: str) -> str:
-    if ties not in TIE_BREAKS:
-        raise ValueError(f"ties must be one of {TIE_BREAKS}, got {ties!r}")
-    return ties
+def check_choice(what: str, value, choices: tuple):
+    """``value`` if it is one of ``choices``, else a ``ValueError`` naming the option."""
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_flag(what: str, value) -> bool:
+    """``value`` if it is a bool (learner options come as ``key=true|false``), else a ``ValueError``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be true or false, got {value!r}")
+    return value
 
 
 def epsilon_greedy(
@@ -139,6 +147,23 @@ def _explore(greedy: Tensor, u: Tensor, epsilon: float, a: int) -> tuple[Tensor,
     other = (u[2] * (a - 1)).long().clamp_max(a - 2)  # one of the a - 1 non-greedy actions
     other = other + (other >= greedy).to(other.dtype)
     return torch.where(explored, other, greedy), explored
+
+
+class EpsilonGreedyLearner(Learner):
+    """A value learner that acts epsilon-greedily on the router's values (eq. 3.3); ``ties`` says how
+    greedy ties are broken (see :func:`epsilon_greedy`)."""
+
+    def __init__(self, ties: str = "random") -> None:
+        super().__init__()
+        self.ties = check_choice("ties", ties, TIE_BREAKS)
+
+    def select(self, values, epsilon, generator=None):
+        actions, explored = epsilon_greedy(values, epsilon, generator, self.ties)
+        return actions, explored, {}
+
+    def select_rows(self, table, rows, epsilon, generator=None):
+        actions, explored = epsilon_greedy_rows(table, rows, epsilon, generator, self.ties)
+        return actions, explored, {}
 
 
 def state_action_weights(trajectory: Trajectory) -> Tensor:

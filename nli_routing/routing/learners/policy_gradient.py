@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..trajectory import Trajectory
-from .base import Learner, register_learner
+from .base import Learner, check_flag, register_learner
 from .critics import StateValueCritic, discounted_returns, masked_mean
 
 PROB_FLOOR = 1e-8
@@ -131,7 +131,7 @@ class ActorCriticLearner(PolicyGradientLearner):
     ) -> None:
         super().__init__(gamma, entropy_coef)
         #: ``value_head=True``: an approximator router grows a learned V(s) head (else the batch mean)
-        self.router_heads = ("state_value",) if value_head else ()
+        self.router_heads = ("state_value",) if check_flag("value_head", value_head) else ()
         self.value_coef = value_coef
         self.critic = StateValueCritic(num_states, value_init)
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..trajectory import Trajectory
-from .base import Learner, check_ties, epsilon_greedy, epsilon_greedy_rows, register_learner, state_action_weights
+from .base import EpsilonGreedyLearner, check_choice, register_learner, state_action_weights
 from .critics import discounted_returns, group_weights
 
 Q_TARGETS = ("return", "td")
@@ -48,7 +48,7 @@ def q_targets(trajectory: Trajectory, gamma: float = 1.0) -> Tensor:
 
 
 @register_learner("qlearning")
-class QLearner(Learner):
+class QLearner(EpsilonGreedyLearner):
     """Epsilon-greedy selection; the router's estimate of the taken action regresses on a target.
 
     For tabular routers each table entry moves by ``lr * mean(target - Q)`` over the samples of
@@ -56,24 +56,13 @@ class QLearner(Learner):
     the loss is the mean squared error over all active decisions.
     """
 
-    def __init__(self, gamma: float = 1.0, target: str = "return", ties: str = "random", batch_mean: str = "state-action") -> None:
-        super().__init__()
-        self.ties = check_ties(ties)  #: how greedy ties are broken (see :func:`.base.epsilon_greedy`)
-        if batch_mean not in Q_BATCH_MEANS:
-            raise ValueError(f"batch_mean must be one of {Q_BATCH_MEANS}, got {batch_mean!r}")
-        self.batch_mean = batch_mean
-        if target not in Q_TARGETS:
-            raise ValueError(f"Q-learning target must be one of {Q_TARGETS}, got {target!r}")
+    def __init__(
+        self, gamma: float = 1.0, target: str = "return", ties: str = "random", batch_mean: str = "state-action"
+    ) -> None:
+        super().__init__(ties)
+        self.batch_mean = check_choice("batch_mean", batch_mean, Q_BATCH_MEANS)
+        self.target = check_choice("Q-learning target", target, Q_TARGETS)
         self.gamma = gamma
-        self.target = target
-
-    def select(self, values, epsilon, generator=None):
-        actions, explored = epsilon_greedy(values, epsilon, generator, self.ties)
-        return actions, explored, {}
-
-    def select_rows(self, table, rows, epsilon, generator=None):
-        actions, explored = epsilon_greedy_rows(table, rows, epsilon, generator, self.ties)
-        return actions, explored, {}
 
     def targets(self, trajectory: Trajectory) -> Tensor:
         if self.target == "td":

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..trajectory import Trajectory
-from .base import Learner, register_learner
+from .base import Learner, check_choice, register_learner
 from .critics import ActionValueCritic, discounted_returns, group_weights
 from .policy_gradient import policy_entropy, sample_with_epsilon
 
@@ -63,8 +63,7 @@ def wpl_target(
     ``delta * pi``; ``"thesis"`` (Algorithm 5.1 as printed): ``delta * pi`` if ``delta > 0``, else
     ``delta * (1 - pi)``.
     """
-    if weighting not in WPL_WEIGHTINGS:
-        raise ValueError(f"WPL weighting must be one of {WPL_WEIGHTINGS}, got {weighting!r}")
+    check_choice("WPL weighting", weighting, WPL_WEIGHTINGS)
     pi = pi.detach().float()
     q = q.detach().float()
     if seen is None:
@@ -94,9 +93,7 @@ class _WPLBase(Learner):
         super().__init__()
         if eta <= 0:
             raise ValueError(f"the WPL step eta must be positive, got {eta}")
-        if weighting not in WPL_WEIGHTINGS:
-            raise ValueError(f"WPL weighting must be one of {WPL_WEIGHTINGS}, got {weighting!r}")
-        self.weighting = weighting
+        self.weighting = check_choice("WPL weighting", weighting, WPL_WEIGHTINGS)
         self.eta = eta
         self.gamma = gamma
         self.critic = ActionValueCritic(num_states, num_actions, q_init)
