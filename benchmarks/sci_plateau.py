@@ -50,6 +50,16 @@ SETTINGS: dict[str, tuple[str, dict, dict]] = {
     "cbow-mean-pool": ("cbow", {"pool": "mean"}, {}),
     "lr5e-3": ("wp-signature", {}, {"lr": 0.005}),
     "cbow-lr5e-3": ("cbow", {}, {"lr": 0.005}),
+    "match": ("wp-signature", {"pair_features": "match"}, {}),
+    "cbow-match": ("cbow", {"pair_features": "match"}, {}),
+    "match-lr1e-3": ("wp-signature", {"pair_features": "match"}, {"lr": 0.001}),
+    "match-lr5e-4": ("wp-signature", {"pair_features": "match"}, {"lr": 0.0005}),
+    "match-bs32": ("wp-signature", {"pair_features": "match"}, {"batch_size": 32}),
+    "cbow-match-lr1e-3": ("cbow", {"pair_features": "match"}, {"lr": 0.001}),
+    "cbow-match-bs32": ("cbow", {"pair_features": "match"}, {"batch_size": 32}),
+    "cbow-match-lr5e-4": ("cbow", {"pair_features": "match"}, {"lr": 0.0005}),
+    "match-lr2e-4": ("wp-signature", {"pair_features": "match"}, {"lr": 0.0002}),
+    "match-lr5e-4-qfix": ("wp-signature", {"pair_features": "match", "learner_args": "ties=lowest,batch_mean=state"}, {"lr": 0.0005}),
 }
 
 

@@ -197,3 +197,21 @@ def test_every_learner_trains_the_routed_nli_model(learner):
     changed = [not torch.equal(a, p.detach()) for a, p in zip(before, model.router_parameters())]
     assert any(changed), f"{learner}: no router parameter changed"
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("route", ["none", "wp", "classifier"])
+def test_pair_features_match_feeds_the_classifier_p_h_difference_and_product(route):
+    torch.manual_seed(0)
+    cfg = NLIModelConfig(num_meta=3, route=route, classifier_hidden=8, classifier_layers=1, pair_features="match")
+    model = NLIRoutingModel(cfg, weight(), pad_id=0)
+    p, h = torch.randn(2, DIM), torch.randn(2, DIM)
+    x = model.pair(p, h)
+    assert torch.equal(x, torch.cat([p, h, (p - h).abs(), p * h], -1))
+    assert model(**batch()).logits.shape == (6, 3)  # the classifier takes 4 * dim inputs
+    concat = NLIRoutingModel(replace(cfg, pair_features="concat"), weight(), pad_id=0)
+    assert torch.equal(concat.pair(p, h), torch.cat([p, h], -1))
+
+
+def test_pair_features_unknown_is_refused_by_name():
+    with pytest.raises(ValueError, match="pair_features must be one of"):
+        NLIModelConfig(pair_features="product")

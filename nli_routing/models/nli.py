@@ -17,6 +17,9 @@ from .classifier import Classifier
 #: "projection": an unrouted (shared) word projection of depth ``wp_depth``, the equal-depth
 #: unrouted counterpart of "wp"
 ROUTES = ("none", "wp", "classifier", "wp+classifier", "projection")
+#: how the classifier sees a pair of sentence encodings p, h: "concat" = [p; h] (the thesis),
+#: "match" = [p; h; |p - h|; p * h] (the usual sentence-pair matching features)
+PAIR_FEATURES = ("concat", "match")
 
 
 @dataclass
@@ -38,6 +41,9 @@ class NLIModelConfig(RouterConfig):
     classifier_hidden: int = field(default=600, metadata={"help": "classifier hidden size"})
     classifier_layers: int = field(default=3, metadata={"help": "classifier hidden layers"})
     pool: str = field(default="sum", metadata={"help": "CBOW pooling: sum (thesis) or mean"})
+    pair_features: str = field(
+        default="concat", metadata={"help": f"classifier input from the two encodings: one of {PAIR_FEATURES}"}
+    )
     normalize: bool = field(default=False, metadata={"help": "layer-normalise the sentence encodings"})
     meta_keyword: bool = field(default=False, metadata={"help": "add the meta label as a keyword vector"})
     freeze_embeddings: bool = field(default=True, metadata={"help": "keep the word vectors fixed"})
@@ -48,6 +54,8 @@ class NLIModelConfig(RouterConfig):
         super().__post_init__()
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
+        if self.pair_features not in PAIR_FEATURES:
+            raise ValueError(f"pair_features must be one of {PAIR_FEATURES}, got {self.pair_features!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,16 +109,17 @@ class NLIRoutingModel(nn.Module):
         c = self.config
         self.norm = nn.LayerNorm(dim, elementwise_affine=False) if c.normalize else nn.Identity()
         routed_cls = None
+        in_dim = (2 if c.pair_features == "concat" else 4) * dim
         if "classifier" in c.route:
             routed_cls = routed_fc_stack(
-                [2 * dim] + [c.classifier_hidden] * c.classifier_layers,
+                [in_dim] + [c.classifier_hidden] * c.classifier_layers,
                 c.classifier_width,
                 c.num_meta,
                 **c.router_kwargs(seed_offset=1),
             )
             routed.append(routed_cls)
         self.classifier = Classifier(
-            2 * dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls
+            in_dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls
         )
         names = list(names) if names is not None else [f"encoder{i}" for i in range(len(routed))]
         self.routed_layer_names = names + ["classifier"] * (routed_cls is not None)
@@ -208,9 +217,15 @@ class NLIRoutingModel(nn.Module):
             dispatch = self.dispatcher(premise_ids, premise_mask, hypothesis_ids, hypothesis_mask)
             meta = dispatch.meta
         p, h, trajs = self.encoder(premise_ids, premise_mask, hypothesis_ids, hypothesis_mask, meta)
-        logits, cls_trajs = self.classifier(torch.cat([self.norm(p), self.norm(h)], -1), meta)
+        logits, cls_trajs = self.classifier(self.pair(self.norm(p), self.norm(h)), meta)
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
         return NLIOutput(logits, loss, trajs + cls_trajs, dispatch)
+
+    def pair(self, p: Tensor, h: Tensor) -> Tensor:
+        """The classifier's input from the two sentence encodings (``pair_features``)."""
+        if self.config.pair_features == "concat":
+            return torch.cat([p, h], -1)
+        return torch.cat([p, h, (p - h).abs(), p * h], -1)
 
     def router_loss(self, out: NLIOutput, labels: Tensor) -> Tensor:
         """Assign rewards to every trajectory and return the summed router (and dispatcher) loss."""
