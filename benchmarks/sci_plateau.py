@@ -28,7 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import commit, machine  # noqa: E402
 
 from nli_routing.models.nli import NLIModelConfig  # noqa: E402
-from nli_routing.training.experiment import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method  # noqa: E402
+from nli_routing.training.experiment import (  # noqa: E402
+    RECIPE_TRAIN_DEFAULTS,
+    DataArgs,
+    prepare_sci,
+    resolve_method,
+    run_method,
+)
 from nli_routing.training.loop import TrainConfig  # noqa: E402
 
 ESCAPE = 0.75
@@ -59,8 +65,26 @@ SETTINGS: dict[str, tuple[str, dict, dict]] = {
     "cbow-match-bs32": ("cbow", {"pair_features": "match"}, {"batch_size": 32}),
     "cbow-match-lr5e-4": ("cbow", {"pair_features": "match"}, {"lr": 0.0005}),
     "match-lr2e-4": ("wp-signature", {"pair_features": "match"}, {"lr": 0.0002}),
+    "match-cls1": ("wp-signature", {"pair_features": "match", "classifier_layers": 1}, {}),
+    "match-cls2": ("wp-signature", {"pair_features": "match", "classifier_layers": 2}, {}),
+    "match-unfrozen": ("wp-signature", {"pair_features": "match", "freeze_embeddings": False}, {}),
+    "match-he": ("wp-signature", {"pair_features": "match", "classifier_init": "he"}, {}),
+    "cbow-match-he": ("cbow", {"pair_features": "match", "classifier_init": "he"}, {}),
+    "match-he-lr5e-4": ("wp-signature", {"pair_features": "match", "classifier_init": "he"}, {"lr": 0.0005}),
+    "he": ("wp-signature", {"classifier_init": "he"}, {}),
     "match-lr5e-4-qfix": ("wp-signature", {"pair_features": "match", "learner_args": "ties=lowest,batch_mean=state"}, {"lr": 0.0005}),
 }
+
+
+def resolve_setting(name: str) -> tuple[str, dict, dict]:
+    """A named setting of ``SETTINGS``, or ``m:<method>``: that method at the library's and the
+    recipes' defaults (no overrides; e.g. ``m:wp-signature+D``)."""
+    if name.startswith("m:"):
+        resolve_method(name[2:])  # an unknown method fails here, by name
+        return name[2:], {}, {}
+    if name not in SETTINGS:
+        raise SystemExit(f"unknown setting {name!r}: one of {sorted(SETTINGS)} or m:<method>")
+    return SETTINGS[name]
 
 
 def escape_epoch(history: list[dict]) -> int | None:
@@ -71,24 +95,30 @@ def escape_epoch(history: list[dict]) -> int | None:
 
 
 def run_one(setting: str, seed: int, prepared, epochs: int, out: Path) -> dict:
-    method, model_over, train_over = SETTINGS[setting]
+    method, model_over, train_over = resolve_setting(setting)
     model_cfg = replace(NLIModelConfig(), **model_over)
     cfg = TrainConfig(epochs=epochs, seed=seed, cpu=True, progress=False, select_best=True,
                       **{**RECIPE_TRAIN_DEFAULTS, **train_over})
     started = time.time()
     res = run_method(method, prepared, model_cfg, cfg)
+    # a two-stage method ("+D"): the plateau is stage 1's (model and routers learn); the reported
+    # accuracy is stage 2's (a dispatcher instead of the meta labels)
+    history = res.get("stage1", res)["history"]
     row = {
         "setting": setting, "method": method, "seed": seed, "model_overrides": model_over,
         "train_overrides": train_over, "epochs": epochs,
-        "validation_per_epoch": [rec["validation"]["accuracy"] for rec in res["history"]],
-        "escape_epoch": escape_epoch(res["history"]),
-        "validation_predicted_share_per_epoch": [rec["validation"].get("predicted_share") for rec in res["history"]],
-        "validation_accuracy_per_signature_per_epoch": [rec["validation"]["accuracy_per_meta"] for rec in res["history"]],
+        "validation_per_epoch": [rec["validation"]["accuracy"] for rec in history],
+        "escape_epoch": escape_epoch(history),
+        "validation_predicted_share_per_epoch": [rec["validation"].get("predicted_share") for rec in history],
+        "validation_accuracy_per_signature_per_epoch": [rec["validation"]["accuracy_per_meta"] for rec in history],
+        "collapse_per_epoch": [{k: v for k, v in rec["validation"].items() if k.startswith("collapse") or k == "dispatch"}
+                               for rec in history],
         "test_accuracy": res["final"]["test"]["accuracy"],
+        "test_accuracy_with_meta": res.get("stage1", {}).get("final", {}).get("test", {}).get("accuracy"),
         "best_epoch": res["best_epoch"], "seconds": time.time() - started,
         "commit": STARTED_AT, "machine": machine(),
     }
-    (out / f"{setting}_seed{seed}.json").write_text(json.dumps(row, indent=1))
+    (out / f"{setting.replace(':', '_')}_seed{seed}.json").write_text(json.dumps(row, indent=1))
     return row
 
 
@@ -114,7 +144,7 @@ def summary(out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", default="../shared/data/sci/joint")
-    ap.add_argument("--settings", nargs="+", default=["default", "ties-lowest"], choices=sorted(SETTINGS))
+    ap.add_argument("--settings", nargs="+", default=["default", "ties-lowest"], help=f"named settings {sorted(SETTINGS)} or m:<method>")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--worker", type=int, default=0)
@@ -128,9 +158,11 @@ def main() -> None:
         summary(out)
         return
     logging.basicConfig(level=logging.WARNING)
+    for name in args.settings:
+        resolve_setting(name)
     todo = [(s, seed) for seed in args.seeds for s in args.settings]
     todo = [t for i, t in enumerate(todo) if i % args.workers == args.worker]
-    todo = [(s, seed) for s, seed in todo if not (out / f"{s}_seed{seed}.json").exists()]
+    todo = [(s, seed) for s, seed in todo if not (out / f"{s.replace(':', '_')}_seed{seed}.json").exists()]
     if not todo:
         print("nothing to run")
         return

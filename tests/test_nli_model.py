@@ -215,3 +215,24 @@ def test_pair_features_match_feeds_the_classifier_p_h_difference_and_product(rou
 def test_pair_features_unknown_is_refused_by_name():
     with pytest.raises(ValueError, match="pair_features must be one of"):
         NLIModelConfig(pair_features="product")
+
+
+@pytest.mark.parametrize("route,router_type", [("none", "tabular"), ("classifier", "tabular"), ("classifier", "approx")])
+def test_classifier_init_he_scales_hidden_layers_and_leaves_routers_alone(route, router_type):
+    torch.manual_seed(0)
+    cfg = NLIModelConfig(num_meta=3, route=route, router=router_type, classifier_hidden=400, classifier_init="he")
+    model = NLIRoutingModel(cfg, weight(), pad_id=0)
+    torch.manual_seed(0)
+    torch_init = NLIRoutingModel(replace(cfg, classifier_init="torch"), weight(), pad_id=0)
+    weights = [(n, p) for n, p in model.classifier.named_parameters()
+               if n.endswith("weight") and "router" not in n and not n.startswith("out")]
+    biases = [p for n, p in model.classifier.named_parameters() if n.endswith("bias") and "router" not in n and not n.startswith("out")]
+    for name, w in weights:
+        fan_in = w.shape[-2] if w.dim() == 3 else w.shape[1]  # bank [blocks, in, out]; Linear [out, in]
+        assert abs(float(w.std()) / (2.0 / fan_in) ** 0.5 - 1) < 0.05, name
+    assert weights and biases
+    assert all(float(b.abs().max()) == 0.0 for b in biases)
+    routers = [(n, p) for n, p in model.named_parameters() if "router" in n]
+    routers_torch = dict((n, p) for n, p in torch_init.named_parameters() if "router" in n)
+    for n, p in routers:  # the router's parameters are those of the default initialisation
+        assert torch.equal(p, routers_torch[n]), n

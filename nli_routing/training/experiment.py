@@ -303,7 +303,7 @@ def _fit(
     train_loader, eval_loaders = make_loaders(dsd, pad_id, meta_column, train_cfg)
     result = train(model, train_loader, eval_loaders, train_cfg, out, meta_names, accelerator)
     if two_stage:
-        stage1 = {k: result[k] for k in ("final", "best_epoch", "train_seconds")}
+        stage1 = {k: result[k] for k in ("final", "best_epoch", "train_seconds", "history")}
         dispatcher = dispatch_args.build("two-stage", model, model.config.num_meta, vocab_map, train_cfg.seed)
         model.attach_dispatcher(dispatcher)
         model.freeze_routing()
