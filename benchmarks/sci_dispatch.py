@@ -50,6 +50,7 @@ from common import commit, machine, merge_worker_results  # noqa: E402
 ROWS = [
     ("CBOW (unrouted, keyword)", "cbow"),
     ("WP signature", "wp-signature"),
+    ("Classifier signature", "classifier-signature"),
     ("WP+D (two-stage)", "wp-signature+D"),
     ("WP k-means", "wp-kmeans"),
     ("WP agglomerative", "wp-agglomerative"),
@@ -60,7 +61,28 @@ ROWS = [
     ("WP RBAE-seq", "wp-rbae-seq"),
 ]
 COLUMNS = ["joint", "disjoint", "mismatch", "nested"]
-DISPATCHING = [m for _, m in ROWS if m not in ("cbow", "wp-signature")]
+DISPATCHING = [m for _, m in ROWS if m not in ("cbow", "wp-signature", "classifier-signature")]
+#: issue 15: a run has left the plateau at the first epoch whose validation accuracy reaches this
+ESCAPE = 0.75
+
+
+def escape_epoch(history: list[float]) -> int | None:
+    """First epoch (1-based) with validation accuracy >= ``ESCAPE`` (``None``: never)."""
+    return next((i + 1 for i, a in enumerate(history) if a >= ESCAPE), None)
+
+
+def escape_table(runs: list[dict], column: str = "joint") -> list[str]:
+    """Per method: escape epochs over seeds (stage 1's for two-stage methods) and best epochs."""
+    lines = [f"escape from the plateau ({column}; first epoch with validation >= {ESCAPE:.0%}):"]
+    for name, method in ROWS:
+        sel = sorted((r for r in runs if r["method"] == method and r["column"] == column), key=lambda r: r["seed"])
+        if not sel:
+            continue
+        esc = [escape_epoch(r.get("validation_history_stage1") or r["validation_history"]) for r in sel]
+        by3 = sum(e is not None and e <= 3 for e in esc)
+        lines.append(f"  {name:<26} {by3}/{len(esc)} by epoch 3, escape epochs {esc}, "
+                     f"best epochs {[r['best_epoch'] for r in sel]}")
+    return lines
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -171,7 +193,7 @@ def report(runs: list[dict], out: Path, meta: dict) -> None:
         if sel:
             plot_dispatch_distribution(sel[0]["dispatch"], figdir / f"{method}_joint_seed{sel[0]['seed']}.png",
                                        title=f"{method}: dispatch per signature (joint test, seed {sel[0]['seed']})")
-    checked = claims(summary, runs)
+    checked = claims(summary, runs) + escape_table(runs)
     out.write_text(json.dumps({**meta, "runs": runs, "summary": summary, "claims": checked}, indent=1))
     print(f"\n{table(summary)}\n")
     print("\n".join(checked))
@@ -187,7 +209,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--stage2_epochs", type=int, default=2)
     ap.add_argument("--nested_epochs", type=int, default=2)
-    ap.add_argument("--max_train_samples", type=int, default=8000)
+    ap.add_argument("--max_train_samples", type=int, default=8000, help="cap the training set (0: all of it)")
+    ap.add_argument("--worker", type=int, default=0, help="with --workers n: run every n-th (variant, seed, method)")
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/sci_dispatch.json")
     ap.add_argument("--resume", action="store_true", help="skip runs already in --out")
     ap.add_argument("--report_only", action="store_true", help="merge --inputs (or --out) into the report")
@@ -204,7 +228,8 @@ def main() -> None:
     done = {(r["method"], r["column"], r["seed"]) for r in runs}
     meta = {"machine": machine(), "commit": commit(), "args": vars(args)}
     started = time.time()
-    data_args = dict(max_train_samples=args.max_train_samples, allow_unseen_meta=True)
+    data_args = dict(max_train_samples=args.max_train_samples or None, allow_unseen_meta=True)
+    index = -1
     nested = None
     for variant in args.variants:
         prepared = prepare_sci(DataArgs(data_dir=str(Path(args.sci_root) / variant), **data_args))
@@ -213,10 +238,14 @@ def main() -> None:
             align_meta(prepared, nested)
         for seed in args.seeds:
             for method in args.methods:
+                index += 1
+                if index % args.workers != args.worker:
+                    continue
                 want_nested = variant == "joint" and nested is not None
                 if (method, variant, seed) in done and (not want_nested or (method, "nested", seed) in done):
                     continue
-                cfg = TrainConfig(epochs=args.epochs, seed=seed, cpu=True, progress=False, **RECIPE_TRAIN_DEFAULTS)
+                cfg = TrainConfig(epochs=args.epochs, seed=seed, cpu=True, progress=False, select_best=True,
+                                  **RECIPE_TRAIN_DEFAULTS)
                 res = run_method(method, prepared, NLIModelConfig(), cfg, dispatch_args=DispatchArgs(
                     stage2_epochs=args.stage2_epochs), finetune=nested if want_nested else None,
                     finetune_epochs=args.nested_epochs)
@@ -225,7 +254,10 @@ def main() -> None:
                     s = r["summary"]
                     runs.append({"column": column, "seed": seed, **s,
                                  "dispatch": r["final"].get("test", {}).get("dispatch"),
-                                 "validation_history": [h["validation"]["accuracy"] for h in r["history"]]})
+                                 "validation_history": [h["validation"]["accuracy"] for h in r["history"]],
+                                 "validation_history_stage1": [h["validation"]["accuracy"] for h in
+                                                               r.get("stage1", {}).get("history", [])] or None,
+                                 "collapse_warnings": [h.get("collapse_warnings") for h in r["history"]]})
                     print(f"{column:<9} {method:<18} seed {seed}: test {s['test_accuracy']:.4f} "
                           f"disp H {s['dispatch_entropy'] if s['dispatch_entropy'] is not None else '-'} "
                           f"({s['train_seconds']:.0f}s)", flush=True)

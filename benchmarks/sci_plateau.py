@@ -39,8 +39,24 @@ from nli_routing.training.loop import TrainConfig  # noqa: E402
 
 ESCAPE = 0.75
 STARTED_AT = commit()  # the code this process runs (HEAD may move while it runs)
+#: The settings below were measured before the defaults changed (issue 15): each runs on top of
+#: ``THESIS`` (the thesis' classifier on [p; h] with 3 hidden layers, Q-learning ties broken at random
+#: and table entries moved by their own batch mean), so they reproduce what they measured.
+THESIS_MODEL = {"pair_features": "concat", "classifier_layers": 3}
+THESIS_LEARNER = {"ties": "random", "batch_mean": "state-action"}
+
+
+def _thesis(method: str, model_over: dict, train_over: dict) -> tuple[str, dict, dict]:
+    learner = dict(THESIS_LEARNER)
+    for kv in filter(None, model_over.get("learner_args", "").split(",")):
+        key, value = kv.split("=")
+        learner[key] = value
+    args = ",".join(f"{k}={v}" for k, v in learner.items())
+    return method, {**THESIS_MODEL, **model_over, "learner_args": args}, train_over
+
+
 #: setting -> (method, model config overrides, train config overrides)
-SETTINGS: dict[str, tuple[str, dict, dict]] = {
+SETTINGS: dict[str, tuple[str, dict, dict]] = {name: _thesis(*spec) for name, spec in {
     "cbow": ("cbow", {}, {}),
     "default": ("wp-signature", {}, {}),
     "ties-lowest": ("wp-signature", {"learner_args": "ties=lowest"}, {}),
@@ -72,8 +88,19 @@ SETTINGS: dict[str, tuple[str, dict, dict]] = {
     "cbow-match-he": ("cbow", {"pair_features": "match", "classifier_init": "he"}, {}),
     "match-he-lr5e-4": ("wp-signature", {"pair_features": "match", "classifier_init": "he"}, {"lr": 0.0005}),
     "he": ("wp-signature", {"classifier_init": "he"}, {}),
+    "match-lr5e-4-ties": ("wp-signature", {"pair_features": "match", "learner_args": "ties=lowest"}, {"lr": 0.0005}),
+    "match-lr5e-4-state": ("wp-signature", {"pair_features": "match", "learner_args": "batch_mean=state"}, {"lr": 0.0005}),
+    "match-lr5e-4-unfrozen": ("wp-signature", {"pair_features": "match", "freeze_embeddings": False}, {"lr": 0.0005}),
+    "match-lr5e-4-cls1": ("wp-signature", {"pair_features": "match", "classifier_layers": 1}, {"lr": 0.0005}),
+    "match-lr5e-4-qfix-r20": ("wp-signature", {"pair_features": "match", "learner_args": "ties=lowest,batch_mean=state"},
+                              {"lr": 0.0005, "router_lr_ratio": 20.0}),
+    "cls1": ("wp-signature", {"classifier_layers": 1}, {}),
+    "match-cls1-qfix": ("wp-signature", {"pair_features": "match", "classifier_layers": 1,
+                                         "learner_args": "ties=lowest,batch_mean=state"}, {}),
+    "match-lr5e-4-cls1-qfix": ("wp-signature", {"pair_features": "match", "classifier_layers": 1,
+                                                "learner_args": "ties=lowest,batch_mean=state"}, {"lr": 0.0005}),
     "match-lr5e-4-qfix": ("wp-signature", {"pair_features": "match", "learner_args": "ties=lowest,batch_mean=state"}, {"lr": 0.0005}),
-}
+}.items()}
 
 
 def resolve_setting(name: str) -> tuple[str, dict, dict]:

@@ -44,10 +44,13 @@ class NLIModelConfig(RouterConfig):
     wp_stop: bool = field(default=False, metadata={"help": "add a stop action to the word projection"})
     classifier_width: int = field(default=4, metadata={"help": "blocks per routed classifier layer"})
     classifier_hidden: int = field(default=600, metadata={"help": "classifier hidden size"})
-    classifier_layers: int = field(default=3, metadata={"help": "classifier hidden layers"})
+    classifier_layers: int = field(
+        default=1, metadata={"help": "classifier hidden layers (the thesis: 3; 3 sits on a plateau for epochs, BENCHMARKS.md)"}
+    )
     pool: str = field(default="sum", metadata={"help": "CBOW pooling: sum (thesis) or mean"})
     pair_features: str = field(
-        default="concat", metadata={"help": f"classifier input from the two encodings: one of {PAIR_FEATURES}"}
+        default="match",
+        metadata={"help": f"classifier input from the two encodings: one of {PAIR_FEATURES} (the thesis: concat)"},
     )
     classifier_init: str = field(
         default="torch", metadata={"help": f"initialisation of the classifier's hidden layers: one of {CLASSIFIER_INITS}"}

@@ -32,7 +32,7 @@ class AdvantageLearner(EpsilonGreedyLearner):
         num_states: int | None = None,
         value_init: float = 0.0,
         value_head: bool = False,
-        ties: str = "random",
+        ties: str = "lowest",
     ) -> None:
         super().__init__(ties)
         #: ``value_head=True``: an approximator router grows a learned V(s) head (else the batch mean)

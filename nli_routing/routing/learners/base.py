@@ -86,7 +86,7 @@ def check_flag(what: str, value) -> bool:
 
 
 def epsilon_greedy(
-    values: Tensor, epsilon: float, generator: torch.Generator | None = None, ties: str = "random"
+    values: Tensor, epsilon: float, generator: torch.Generator | None = None, ties: str = "lowest"
 ) -> tuple[Tensor, Tensor]:
     """Epsilon-greedy selection as in thesis eq. 3.3: the greedy action with probability ``1 - eps``,
     each of the ``A - 1`` other actions with probability ``eps / (A - 1)``.
@@ -117,7 +117,7 @@ def epsilon_greedy(
 
 
 def epsilon_greedy_rows(
-    table: Tensor, rows: Tensor, epsilon: float, generator: torch.Generator | None = None, ties: str = "random"
+    table: Tensor, rows: Tensor, epsilon: float, generator: torch.Generator | None = None, ties: str = "lowest"
 ) -> tuple[Tensor, Tensor]:
     """:func:`epsilon_greedy` for decisions whose values are rows of a table: ``table [R, A]``,
     ``rows [N]`` each decision's row. Same random draws and same actions as
@@ -153,7 +153,7 @@ class EpsilonGreedyLearner(Learner):
     """A value learner that acts epsilon-greedily on the router's values (eq. 3.3); ``ties`` says how
     greedy ties are broken (see :func:`epsilon_greedy`)."""
 
-    def __init__(self, ties: str = "random") -> None:
+    def __init__(self, ties: str = "lowest") -> None:
         super().__init__()
         self.ties = check_choice("ties", ties, TIE_BREAKS)
 

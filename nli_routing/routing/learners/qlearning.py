@@ -57,7 +57,7 @@ class QLearner(EpsilonGreedyLearner):
     """
 
     def __init__(
-        self, gamma: float = 1.0, target: str = "return", ties: str = "random", batch_mean: str = "state-action"
+        self, gamma: float = 1.0, target: str = "return", ties: str = "lowest", batch_mean: str = "state"
     ) -> None:
         super().__init__(ties)
         self.batch_mean = check_choice("batch_mean", batch_mean, Q_BATCH_MEANS)
