@@ -179,11 +179,13 @@ def test_epsilon_greedy_breaks_ties_uniformly_and_explores_at_rate():
 
     g = torch.Generator().manual_seed(0)
     values = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]]).repeat(30000, 1)
-    actions, explored = epsilon_greedy(values, 0.0, g)
+    actions, explored = epsilon_greedy(values, 0.0, g, ties="random")
     counts = torch.bincount(actions, minlength=5).float() / 30000
     torch.testing.assert_close(counts, torch.tensor([0.0, 1 / 3, 1 / 3, 0.0, 1 / 3]), atol=0.015, rtol=0)
     assert not explored.any()
-    actions, explored = epsilon_greedy(values, 0.2, g)
+    lowest, _ = epsilon_greedy(values, 0.0, g)  # the default: the lowest tied index, for every sample
+    assert torch.equal(lowest, torch.ones(30000, dtype=torch.long))
+    actions, explored = epsilon_greedy(values, 0.2, g, ties="random")
     assert abs(explored.float().mean().item() - 0.2) < 0.015
     # eq. 3.3: an exploratory draw is one of the 4 actions other than the (tie-broken) greedy one,
     # so the tied maxima appear there with probability 2/3 * 1/4, the others with 1/4

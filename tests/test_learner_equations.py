@@ -146,7 +146,8 @@ def test_dispatched_subrouters_see_their_own_state_ids():
     """
     torch.manual_seed(0)
     num_meta, depth = 3, 2
-    dispatcher = TabularRouter(num_meta, 1, 2, exploration={"start": 1.0, "anneal": 1.0, "floor": 1.0}, seed=1)
+    dispatcher = TabularRouter(num_meta, 1, 2, exploration={"start": 1.0, "anneal": 1.0, "floor": 1.0}, seed=1,
+                               learner_kwargs={"ties": "random"})  # full exploration, both subrouters
     subs = [TabularRouter(num_meta, depth, 3, learner="aac", exploration="none", seed=2 + j,
                           learner_kwargs={"num_states": num_meta * depth}) for j in range(2)]
     router = DispatchedRouter(dispatcher, subs)

@@ -55,7 +55,7 @@ def test_q_targets_bootstrap_and_terminal():
 
 
 def test_tabular_qlearning_update_matches_watkins_by_hand():
-    router = TabularRouter(2, 2, 3, learner_kwargs={"target": "td"})
+    router = TabularRouter(2, 2, 3, learner_kwargs={"target": "td", "batch_mean": "state-action"})
     with torch.no_grad():
         router.table.copy_(torch.tensor([[[0.0, 0.5, 0.0], [0.2, 0.0, -0.4]], [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]))
     before = router.table.detach().clone()
@@ -82,12 +82,22 @@ def test_tabular_qlearning_update_matches_watkins_by_hand():
 
 
 def test_mean_target_when_state_action_visited_with_mixed_rewards():
-    router = TabularRouter(1, 1, 2)
+    router = TabularRouter(1, 1, 2, learner_kwargs={"batch_mean": "state-action"})
     traj = make_traj(router, [0, 0, 0, 0], [[0], [0], [0], [1]], [[True]] * 4)
     assign_rewards(traj, torch.tensor([1.0, 1.0, -1.0, -1.0]))
     sgd_step(router, traj, 1.0)
     # lr 1 moves each entry to the batch-mean target of the samples that took it
     torch.testing.assert_close(router.table.detach()[0, 0], torch.tensor([1.0 / 3.0, -1.0]))
+
+
+def test_default_batch_mean_moves_an_entry_by_its_share_of_the_state():
+    """batch_mean="state" (default): Q(s, a) += lr * n(s, a) / n(s) * mean(target - Q) over its samples."""
+    router = TabularRouter(1, 1, 2)
+    traj = make_traj(router, [0, 0, 0, 0], [[0], [0], [0], [1]], [[True]] * 4)
+    assign_rewards(traj, torch.tensor([1.0, 1.0, -1.0, -1.0]))
+    sgd_step(router, traj, 1.0)
+    # action 0: 3 of 4 samples, mean target 1/3 -> 0 + 3/4 * 1/3; action 1: 1 of 4, target -1 -> -1/4
+    torch.testing.assert_close(router.table.detach()[0, 0], torch.tensor([0.25, -0.25]))
 
 
 def test_final_rewards():
@@ -134,7 +144,8 @@ def test_collaboration_shares_per_depth_for_per_step_layers():
 
 
 def test_return_targets_give_each_agent_its_path_return():
-    router = TabularRouter(1, 2, 2)  # default target: the return from each step
+    # default target: the return from each step (per-entry means: each entry lands on its target)
+    router = TabularRouter(1, 2, 2, learner_kwargs={"batch_mean": "state-action"})
     traj = make_traj(router, [0, 0], [[0, 1], [1, 1]], [[True, True], [True, False]])
     assign_rewards(traj, torch.tensor([1.0, -1.0]))
     traj.step_rewards = torch.tensor([[0.25, 0.5], [0.0, 0.0]])

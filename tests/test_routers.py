@@ -138,8 +138,9 @@ def make_dispatched(
 ) -> DispatchedRouter:
     if approx_dispatcher:  # decides from the activation
         dispatcher = ApproxRouter(dim, 0, 1, 2, exploration=ALWAYS, seed=3)
-    else:  # decides from the meta label
-        dispatcher = TabularRouter(num_meta, 1, 2, exploration=ALWAYS, seed=3)
+    else:  # decides from the meta label; a tied table under full exploration: random ties send
+        # samples to both subrouters (the lowest-index default would send all to subrouter 1)
+        dispatcher = TabularRouter(num_meta, 1, 2, exploration=ALWAYS, seed=3, learner_kwargs={"ties": "random"})
     tab = TabularRouter(num_meta, depth, width, exploration=NO_EXPLORE, seed=4)
     with torch.no_grad():
         tab.table.normal_()

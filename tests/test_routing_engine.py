@@ -134,9 +134,11 @@ def test_trajectory_records_exploration():
     layer = RoutedLayer([nn.Identity()] * 4, router, depth=2)
     _, traj = layer(torch.zeros(500, 2), torch.zeros(500, dtype=torch.long))
     assert traj.explored.all()
-    # uniform random actions under full exploration
+    # full exploration (eq. 3.3): uniform over the actions other than the greedy one (tied table:
+    # the lowest index by default)
     counts = torch.bincount(traj.actions.flatten(), minlength=4).float()
-    assert (counts / counts.sum() - 0.25).abs().max() < 0.05
+    assert counts[0] == 0
+    assert (counts[1:] / counts.sum() - 1 / 3).abs().max() < 0.05
     layer.eval()
     _, traj = layer(torch.zeros(50, 2), torch.zeros(50, dtype=torch.long))
     assert not traj.explored.any()

@@ -166,6 +166,22 @@ class EpsilonGreedyLearner(Learner):
         return actions, explored, {}
 
 
+def inverse_counts(keys: Tensor, active: Tensor, size: int | None) -> Tensor:
+    """``[B, d]`` ``1 / n(key)`` over the active decisions (0 elsewhere), without host synchronisation.
+
+    ``size`` (the number of distinct keys, when known) counts in a fixed histogram; ``None`` counts
+    by sorting the keys.
+    """
+    if size:
+        flat = keys.long().masked_fill(~active, size).flatten()  # inactive decisions count in a spare bin
+        counts = torch.zeros(size + 1, device=keys.device).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+        return active.float() / counts.index_select(0, flat).view_as(active)
+    flat = keys.long().masked_fill(~active, -1).flatten()
+    ordered = flat.sort().values
+    counts = torch.searchsorted(ordered, flat, right=True) - torch.searchsorted(ordered, flat)
+    return active.float() / counts.view_as(active).float()
+
+
 def state_action_weights(trajectory: Trajectory) -> Tensor:
     """``[B, d]`` weights ``1 / n(s, a)`` over the active decisions of a tabular trajectory.
 
@@ -181,13 +197,4 @@ def state_action_weights(trajectory: Trajectory) -> Tensor:
         return act.float() / n
     a = trajectory.num_actions
     key = trajectory.state_index * a + trajectory.actions.clamp_min(0)
-    if trajectory.num_states:  # a fixed-size histogram of the (state, action) pairs
-        size = trajectory.num_states * a
-        key = key.masked_fill(~act, size).flatten()  # inactive decisions count in a spare bin
-        counts = torch.zeros(size + 1, device=key.device).scatter_add_(0, key, torch.ones_like(key, dtype=torch.float))
-        return act.float() / counts.index_select(0, key).view_as(act)
-    key = key.masked_fill(~act, -1).flatten()  # unknown number of states: count by sorting
-    ordered = key.sort().values
-    counts = torch.searchsorted(ordered, key, right=True) - torch.searchsorted(ordered, key)
-    w = 1.0 / counts.view_as(act).float()
-    return w * act.float()
+    return inverse_counts(key, act, trajectory.num_states * a if trajectory.num_states else None)

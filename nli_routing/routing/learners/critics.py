@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..trajectory import Trajectory
-from .base import state_action_weights
+from .base import inverse_counts, state_action_weights
 
 
 def discounted_returns(trajectory: Trajectory, gamma: float = 1.0) -> Tensor:
@@ -74,13 +74,8 @@ def group_weights(trajectory: Trajectory) -> Tensor:
     With these weights and SGD at learning rate alpha, a table row regressing on a per-state target
     moves by ``alpha * (target - row)`` whatever the number of samples that visited the state.
     """
-    act = trajectory.active
-    w = torch.zeros(act.shape, device=act.device)
-    if not bool(act.any()):
-        return w
-    _, inv, counts = _group(group_keys(trajectory), act)
-    w[act] = 1.0 / counts[inv].float()
-    return w
+    size = trajectory.num_states if trajectory.state_index is not None else trajectory.actions.shape[1]
+    return inverse_counts(group_keys(trajectory), trajectory.active, size or None)
 
 
 def group_action_mean(x: Tensor, trajectory: Trajectory) -> tuple[Tensor, Tensor]:
