@@ -27,6 +27,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from scipy import stats as sps
@@ -51,6 +52,7 @@ ROWS = [
     ("CBOW (unrouted, keyword)", "cbow"),
     ("WP signature", "wp-signature"),
     ("Classifier signature", "classifier-signature"),
+    ("WP signature, thesis Q-learning", "wp-signature/thesis-q"),
     ("WP+D (two-stage)", "wp-signature+D"),
     ("WP k-means", "wp-kmeans"),
     ("WP agglomerative", "wp-agglomerative"),
@@ -61,7 +63,13 @@ ROWS = [
     ("WP RBAE-seq", "wp-rbae-seq"),
 ]
 COLUMNS = ["joint", "disjoint", "mismatch", "nested"]
-DISPATCHING = [m for _, m in ROWS if m not in ("cbow", "wp-signature", "classifier-signature")]
+#: rows that are a method with model overrides: "<method>/<variant>" -> (method, overrides).
+#: thesis-q: the Q-learning of the thesis' era in this library (greedy ties at random, every visited
+#: entry moved by its own batch mean), under which signature agents keep distinct paths
+VARIANTS = {
+    "wp-signature/thesis-q": ("wp-signature", {"learner_args": "ties=random,batch_mean=state-action"}),
+}
+DISPATCHING = [m for _, m in ROWS if m not in ("cbow", "wp-signature", "classifier-signature", *VARIANTS)]
 #: issue 15: a run has left the plateau at the first epoch whose validation accuracy reaches this
 ESCAPE = 0.75
 
@@ -80,8 +88,10 @@ def escape_table(runs: list[dict], column: str = "joint") -> list[str]:
             continue
         esc = [escape_epoch(r.get("validation_history_stage1") or r["validation_history"]) for r in sel]
         by3 = sum(e is not None and e <= 3 for e in esc)
+        collapsed = sum(bool((r.get("collapse_warnings") or [None])[-1]) for r in sel)
         lines.append(f"  {name:<26} {by3}/{len(esc)} by epoch 3, escape epochs {esc}, "
-                     f"best epochs {[r['best_epoch'] for r in sel]}")
+                     f"best epochs {[r['best_epoch'] for r in sel]}, collapse warning in the last epoch: "
+                     f"{collapsed}/{len(sel)}")
     return lines
 
 
@@ -183,9 +193,42 @@ def plot(summary: dict, runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_histories(runs: list[dict], path: Path, column: str = "joint") -> None:
+    """Validation accuracy per epoch of every method on ``column`` (one line per seed; stage 1 for
+    two-stage methods), with the plateau threshold: where each run leaves the plateau."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [(n, m) for n, m in ROWS if any(r["method"] == m and r["column"] == column for r in runs)]
+    if not methods:
+        return
+    cols = 4
+    rows_n = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 2.8 * rows_n), sharex=True, sharey=True, squeeze=False)
+    for ax, (name, method) in zip(axes.flat, methods):
+        for r in sorted((r for r in runs if r["method"] == method and r["column"] == column), key=lambda r: r["seed"]):
+            hist = r.get("validation_history_stage1") or r["validation_history"]
+            ax.plot(range(1, len(hist) + 1), [100 * a for a in hist], marker=".", lw=1, label=f"seed {r['seed']}")
+        ax.axhline(100 * ESCAPE, color="k", ls=":", lw=0.8)
+        ax.set_title(name, fontsize=9)
+    for ax in axes.flat[len(methods):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation accuracy (%)")
+    fig.suptitle(f"SCI {column}: validation accuracy per epoch (dotted: the plateau threshold {ESCAPE:.0%})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def report(runs: list[dict], out: Path, meta: dict) -> None:
     summary = summarize(runs)
     plot(summary, runs, out.with_suffix(".png"))
+    plot_histories(runs, out.with_name(out.stem + "_escape.png"))
     figdir = out.with_suffix("")
     for _, method in ROWS:  # Figure 6.5: dispatch per signature, joint test set, lowest seed
         sel = sorted((r for r in runs if r["method"] == method and r["column"] == "joint" and r.get("dispatch")),
@@ -246,9 +289,13 @@ def main() -> None:
                     continue
                 cfg = TrainConfig(epochs=args.epochs, seed=seed, cpu=True, progress=False, select_best=True,
                                   **RECIPE_TRAIN_DEFAULTS)
-                res = run_method(method, prepared, NLIModelConfig(), cfg, dispatch_args=DispatchArgs(
+                base, overrides = VARIANTS.get(method, (method, {}))
+                res = run_method(base, prepared, replace(NLIModelConfig(), **overrides), cfg, dispatch_args=DispatchArgs(
                     stage2_epochs=args.stage2_epochs), finetune=nested if want_nested else None,
                     finetune_epochs=args.nested_epochs)
+                res["summary"]["method"] = method
+                if "finetune" in res:
+                    res["finetune"]["summary"]["method"] = method
                 parts = [(variant, res)] + ([("nested", res["finetune"])] if "finetune" in res else [])
                 for column, r in parts:
                     s = r["summary"]

@@ -127,7 +127,7 @@ class NLIRoutingModel(nn.Module):
         self.build_head(dim, routed, ["wp"] * len(routed))
 
     def build_head(self, dim: int, routed: list[RoutedLayer], names: list[str] | None = None) -> None:
-        """Normalisation, the (optionally routed) classifier on ``[p; h]`` and the reward parts.
+        """Normalisation, the (optionally routed) classifier on the pair features (``pair_features``) and the reward parts.
 
         ``routed`` holds the encoder's routed layers (``names`` names them in routing records); a
         routed classifier is appended to it.
