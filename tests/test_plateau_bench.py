@@ -1,0 +1,55 @@
+"""The plateau measurements of issue 15: escape epochs, settings pinned to the thesis, variant rows."""
+
+import importlib.util
+import sys
+
+import pytest
+
+from .conftest import REPO_ROOT
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(method, seed, history, stage1=None, warnings=None):
+    return {"method": method, "column": "joint", "seed": seed, "validation_history": history,
+            "validation_history_stage1": stage1, "best_epoch": len(history) - 1, "collapse_warnings": warnings}
+
+
+def test_escape_epoch_is_the_first_epoch_at_the_threshold_and_stage_one_counts_for_two_stage():
+    bench = load("sci_dispatch")
+    assert bench.escape_epoch([0.5, 0.74, 0.75, 0.9]) == 3
+    assert bench.escape_epoch([0.5, 0.6]) is None
+    runs = [run("wp-signature", 0, [0.8, 0.9], warnings=[None, ["collapsed"]]),
+            run("wp-signature", 1, [0.6, 0.6, 0.6, 0.8]),
+            run("wp-signature+D", 0, [0.5, 0.5], stage1=[0.6, 0.76])]
+    lines = "\n".join(bench.escape_table(runs))
+    assert "WP signature               1/2 by epoch 3, escape epochs [1, 4]" in lines
+    assert "collapse warning in the last epoch: 1/2" in lines
+    assert "WP+D (two-stage)           1/1 by epoch 3, escape epochs [2]" in lines
+
+
+def test_variant_rows_name_a_method_and_its_overrides():
+    bench = load("sci_dispatch")
+    for key, (method, overrides) in bench.VARIANTS.items():
+        assert key.startswith(method + "/") and overrides
+        assert any(m == key for _, m in bench.ROWS)
+        assert key not in bench.DISPATCHING
+
+
+def test_plateau_settings_are_pinned_to_the_thesis_configuration_they_measured():
+    bench = load("sci_plateau")
+    method, model, train = bench.SETTINGS["default"]
+    assert method == "wp-signature" and train == {}
+    assert model == {"pair_features": "concat", "classifier_layers": 3,
+                     "learner_args": "ties=random,batch_mean=state-action"}
+    assert bench.SETTINGS["ties-lowest"][1]["learner_args"] == "ties=lowest,batch_mean=state-action"
+    assert bench.SETTINGS["match-cls1"][1]["pair_features"] == "match"
+    assert bench.resolve_setting("m:wp-signature+D") == ("wp-signature+D", {}, {})
+    with pytest.raises(ValueError, match="unknown method"):
+        bench.resolve_setting("m:nope")
