@@ -103,6 +103,14 @@ SETTINGS: dict[str, tuple[str, dict, dict]] = {name: _thesis(*spec) for name, sp
 }.items()}
 
 
+#: settings on top of the current defaults (issue 15, after the defaults changed)
+SETTINGS.update({
+    "cls-sig-he": ("classifier-signature", {"classifier_init": "he"}, {}),
+    "cls-sig-kappa2": ("classifier-signature", {}, {"explore_kappa": 2.0}),
+    "cls-sig-noexplore": ("classifier-signature", {"exploration": "none"}, {}),
+})
+
+
 def resolve_setting(name: str) -> tuple[str, dict, dict]:
     """A named setting of ``SETTINGS``, or ``m:<method>``: that method at the library's and the
     recipes' defaults (no overrides; e.g. ``m:wp-signature+D``)."""
