@@ -108,6 +108,8 @@ SETTINGS.update({
     "cls-sig-he": ("classifier-signature", {"classifier_init": "he"}, {}),
     "cls-sig-kappa2": ("classifier-signature", {}, {"explore_kappa": 2.0}),
     "cls-sig-noexplore": ("classifier-signature", {"exploration": "none"}, {}),
+    "cls-sig-lr5e-3": ("classifier-signature", {}, {"lr": 0.005}),
+    "cls-sig-normalize": ("classifier-signature", {"normalize": True}, {}),
 })
 
 
