@@ -40,6 +40,7 @@ from nli_routing.training.experiment import (
     DispatchArgs,
     align_meta,
     prepare_sci,
+    resolve_method,
     run_method,
 )
 from nli_routing.training.loop import TrainConfig
@@ -265,6 +266,11 @@ def main() -> None:
         unique, metas = merge_worker_results(args.inputs or [args.out], key=lambda r: (r["method"], r["column"], r["seed"]))
         report(unique, out, {"workers": metas})
         return
+    for method in args.methods:  # a wrong name fails now, in one line, not after hours of runs
+        try:
+            resolve_method(VARIANTS.get(method, (method, {}))[0])
+        except ValueError as err:
+            raise SystemExit(f"--methods {method}: {err}") from None
     logging.basicConfig(level=logging.WARNING)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = json.loads(out.read_text())["runs"] if args.resume and out.exists() else []

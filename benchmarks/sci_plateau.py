@@ -117,7 +117,10 @@ def resolve_setting(name: str) -> tuple[str, dict, dict]:
     """A named setting of ``SETTINGS``, or ``m:<method>``: that method at the library's and the
     recipes' defaults (no overrides; e.g. ``m:wp-signature+D``)."""
     if name.startswith("m:"):
-        resolve_method(name[2:])  # an unknown method fails here, by name
+        try:
+            resolve_method(name[2:])
+        except ValueError as err:
+            raise SystemExit(f"--settings {name}: {err}") from None
         return name[2:], {}, {}
     if name not in SETTINGS:
         raise SystemExit(f"unknown setting {name!r}: one of {sorted(SETTINGS)} or m:<method>")

@@ -41,6 +41,7 @@ from nli_routing.training.experiment import (
     align_meta,
     dispatch_method,
     format_table,
+    method_config,
     prepare_sci,
     resolve_method,
     run_method,
@@ -85,10 +86,10 @@ def main() -> None:
     for noisy in ("datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for method in recipe.methods:
-        try:
-            resolve_method(method)
+        try:  # the method's name, and its overrides with the model flags
+            method_config(model_cfg, resolve_method(method)[0])
         except ValueError as err:
-            parser.error(str(err))
+            parser.error(f"{method}: {err}")
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
     try:
         prepared = prepare_sci(data_args)

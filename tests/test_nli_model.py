@@ -236,3 +236,11 @@ def test_classifier_init_he_scales_hidden_layers_and_leaves_routers_alone(route,
     routers_torch = dict((n, p) for n, p in torch_init.named_parameters() if "router" in n)
     for n, p in routers:  # the router's parameters are those of the default initialisation
         assert torch.equal(p, routers_torch[n]), n
+
+
+def test_classifier_layers_are_checked_against_the_route():
+    NLIModelConfig(route="none", classifier_layers=0)  # a linear classifier on the pair features
+    with pytest.raises(ValueError, match="classifier_layers must be >= 1 with route 'classifier'"):
+        NLIModelConfig(route="classifier", classifier_layers=0)
+    with pytest.raises(ValueError, match="classifier_layers must be >= 0"):
+        NLIModelConfig(classifier_layers=-1)

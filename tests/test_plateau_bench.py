@@ -51,5 +51,5 @@ def test_plateau_settings_are_pinned_to_the_thesis_configuration_they_measured()
     assert bench.SETTINGS["ties-lowest"][1]["learner_args"] == "ties=lowest,batch_mean=state-action"
     assert bench.SETTINGS["match-cls1"][1]["pair_features"] == "match"
     assert bench.resolve_setting("m:wp-signature+D") == ("wp-signature+D", {}, {})
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(SystemExit, match="unknown method"):
         bench.resolve_setting("m:nope")

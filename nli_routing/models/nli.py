@@ -67,6 +67,9 @@ class NLIModelConfig(RouterConfig):
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
         if self.pair_features not in PAIR_FEATURES:
             raise ValueError(f"pair_features must be one of {PAIR_FEATURES}, got {self.pair_features!r}")
+        if self.classifier_layers < ("classifier" in self.route):
+            raise ValueError(f"classifier_layers must be >= {int('classifier' in self.route)} with route "
+                             f"{self.route!r}, got {self.classifier_layers}")
         if self.classifier_init not in CLASSIFIER_INITS:
             raise ValueError(f"classifier_init must be one of {CLASSIFIER_INITS}, got {self.classifier_init!r}")
 

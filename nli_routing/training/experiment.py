@@ -73,13 +73,20 @@ MODEL_KINDS: dict[str, tuple[type, type]] = {
 }
 
 
-def build_model(model_cfg: NLIModelConfig, overrides: dict[str, Any], vectors: WordVectors) -> NLIRoutingModel:
-    """The model of a method: ``model_cfg``'s fields (shared by every kind) plus the method's overrides."""
-    overrides = dict(overrides)
+def method_config(model_cfg: NLIModelConfig, overrides: dict[str, Any]) -> tuple[NLIModelConfig, type]:
+    """The config (and model class) of a method: ``model_cfg``'s fields (shared by every kind) plus the
+    method's overrides; a combination the config refuses raises ``ValueError`` here."""
+    overrides = {k: v for k, v in overrides.items() if k not in ("dispatch", "two_stage")}
     config_cls, model_cls = MODEL_KINDS[overrides.pop("model", "cbow")]
     base = {f.name: getattr(model_cfg, f.name) for f in fields(model_cfg) if f.name not in overrides}
     names = {f.name for f in fields(config_cls)}
     cfg = config_cls(**{k: v for k, v in base.items() if k in names and (config_cls is NLIModelConfig or k != "route")}, **overrides)
+    return cfg, model_cls
+
+
+def build_model(model_cfg: NLIModelConfig, overrides: dict[str, Any], vectors: WordVectors) -> NLIRoutingModel:
+    """The model of a method (see :func:`method_config`)."""
+    cfg, model_cls = method_config(model_cfg, overrides)
     return model_cls(cfg, vectors.weight, vectors.pad_id)
 
 
