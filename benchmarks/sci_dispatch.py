@@ -54,6 +54,8 @@ ROWS = [
     ("WP signature", "wp-signature"),
     ("Classifier signature", "classifier-signature"),
     ("WP signature, thesis Q-learning", "wp-signature/thesis-q"),
+    ("WP signature, tables at -1", "wp-signature/init-1"),
+    ("Classifier signature, tables at -1", "classifier-signature/init-1"),
     ("WP+D (two-stage)", "wp-signature+D"),
     ("WP k-means", "wp-kmeans"),
     ("WP agglomerative", "wp-agglomerative"),
@@ -68,7 +70,10 @@ COLUMNS = ["joint", "disjoint", "mismatch", "nested"]
 #: thesis-q: the Q-learning of the thesis' era in this library (greedy ties at random, every visited
 #: entry moved by its own batch mean), under which signature agents keep distinct paths
 VARIANTS = {
-    "wp-signature/thesis-q": ("wp-signature", {"learner_args": "ties=random,batch_mean=state-action"}),
+    "wp-signature/thesis-q": ("wp-signature", {"learner_args": "ties=random,batch_mean=state-action", "router_init": -1.0}),
+    # the defaults before router_init 0 (issue 15): tables start at the worst reward and routers collapse
+    "wp-signature/init-1": ("wp-signature", {"router_init": -1.0}),
+    "classifier-signature/init-1": ("classifier-signature", {"router_init": -1.0}),
 }
 DISPATCHING = [m for _, m in ROWS if m not in ("cbow", "wp-signature", "classifier-signature", *VARIANTS)]
 #: issue 15: a run has left the plateau at the first epoch whose validation accuracy reaches this

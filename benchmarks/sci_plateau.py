@@ -42,7 +42,7 @@ STARTED_AT = commit()  # the code this process runs (HEAD may move while it runs
 #: The settings below were measured before the defaults changed (issue 15): each runs on top of
 #: ``THESIS`` (the thesis' classifier on [p; h] with 3 hidden layers, Q-learning ties broken at random
 #: and table entries moved by their own batch mean), so they reproduce what they measured.
-THESIS_MODEL = {"pair_features": "concat", "classifier_layers": 3}
+THESIS_MODEL = {"pair_features": "concat", "classifier_layers": 3, "router_init": -1.0}
 THESIS_LEARNER = {"ties": "random", "batch_mean": "state-action"}
 
 
@@ -103,14 +103,22 @@ SETTINGS: dict[str, tuple[str, dict, dict]] = {name: _thesis(*spec) for name, sp
 }.items()}
 
 
-#: settings on top of the current defaults (issue 15, after the defaults changed)
-SETTINGS.update({
+#: settings on top of the defaults of commit 36b2743 (issue 15: match features, one hidden layer,
+#: ties by lowest index, state means), with the tables at -1 as they then started
+PREVIOUS = {"router_init": -1.0}
+SETTINGS.update({name: (method, {**PREVIOUS, **model_over}, train_over) for name, (method, model_over, train_over) in {
     "cls-sig-he": ("classifier-signature", {"classifier_init": "he"}, {}),
     "cls-sig-kappa2": ("classifier-signature", {}, {"explore_kappa": 2.0}),
     "cls-sig-noexplore": ("classifier-signature", {"exploration": "none"}, {}),
     "cls-sig-lr5e-3": ("classifier-signature", {}, {"lr": 0.005}),
     "cls-sig-normalize": ("classifier-signature", {"normalize": True}, {}),
-})
+    # the routers' starting table value (router_init: -1 the worst reward, then 0, the default now)
+    "cls-sig-init0": ("classifier-signature", {"router_init": 0.0}, {}),
+    "cls-sig-init1": ("classifier-signature", {"router_init": 1.0}, {}),
+    "cls-sig-ties-random": ("classifier-signature", {"learner_args": "ties=random"}, {}),
+    "wp-init0": ("wp-signature", {"router_init": 0.0}, {}),
+    "wp-init1": ("wp-signature", {"router_init": 1.0}, {}),
+}.items()})
 
 
 def resolve_setting(name: str) -> tuple[str, dict, dict]:

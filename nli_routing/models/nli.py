@@ -32,6 +32,11 @@ class NLIModelConfig(RouterConfig):
     """Configuration of :class:`NLIRoutingModel` (every field documented for the CLI)."""
 
     route: str = field(default="wp", metadata={"help": f"what is routed: one of {ROUTES}"})
+    router_init: float = field(
+        default=0.0,
+        metadata={"help": "initial table values (the library's RouterConfig: -1, the worst reward); 0 lets an agent "
+                          "whose block earns less than 0 move on, so agents split by signature (BENCHMARKS.md, issue 15)"},
+    )
     num_classes: int = field(default=3, metadata={"help": "output classes (entails, contradicts, permits)"})
     wp_width: int = field(default=4, metadata={"help": "number of word-projection blocks b"})
     wp_depth: int = field(default=1, metadata={"help": "routing depth d of the word projection"})
