@@ -39,7 +39,7 @@ from nli_routing.training.distributed import make_accelerator
 from nli_routing.data.encoding import encode_nli
 from nli_routing.data.multinli import GENRES, SPLITS, load_multinli
 from nli_routing.data.sci import check_meta_coverage
-from nli_routing.models.blocks import RouterConfig
+from nli_routing.routing import RouterConfig
 from nli_routing.models.embeddings import load_word_vectors
 from nli_routing.models.nli import NLIModelConfig
 from nli_routing.training.experiment import METHODS, RECIPE_TRAIN_DEFAULTS, PreparedData, format_table, run_method

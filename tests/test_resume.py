@@ -10,7 +10,8 @@ import nli_routing.models.nli as nli
 from nli_routing.data.encoding import NLICollator
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.training import loop, numerics
-from nli_routing.training.checkpoint import CHECKPOINT_DIR, CheckpointError, latest_checkpoint
+from nli_routing.serialization import CheckpointError
+from nli_routing.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 from nli_routing.training.loop import NonFiniteError, TrainConfig, make_optimizers, train, train_step
 
 from .test_nli_model import batch, weight

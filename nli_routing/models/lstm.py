@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from ..routing import RoutedLayer, Router, Trajectory
 from ..routing.layer import mean_state
-from .blocks import ACTIVATIONS, build_router
+from ..routing import build_router
+from .blocks import ACTIVATIONS
 from .nli import NLIModelConfig, NLIRoutingModel
 
 LSTM_ROUTES = ("none", "i2h", "h2h")
@@ -86,7 +87,7 @@ class RoutedLSTMEncoder(nn.Module):
     ``(p_enc [B, H], h_enc [B, H], trajectories)`` like :class:`~nli_routing.models.cbow.CBOWEncoder`.
     Masks are right-padded bool ``[B, T]``; an empty sentence encodes to zeros. ``pool``: ``"last"``
     (hidden state after the last real token), ``"mean"`` or ``"max"`` over the real tokens.
-    ``router_kwargs`` go to :func:`~nli_routing.models.blocks.build_router` (router type, learner,
+    ``router_kwargs`` go to :func:`~nli_routing.routing.build_router` (router type, learner,
     exploration, seed, ...). H2H routers that read the activation see the masked mean of the
     sample's input word vectors (both sentences) at every step, since the path is chosen before
     the recurrence.

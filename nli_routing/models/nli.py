@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from ..routing import CollaborationReward, RoutedLayer, Trajectory, assign_rewards, final_reward
 from ..routing.bank import LinearBank
-from .blocks import RouterConfig, fc_block, routed_fc_stack
+from ..routing import RouterConfig
+from .blocks import fc_block, routed_fc_stack
 from .cbow import CBOWEncoder
 from .classifier import Classifier
 

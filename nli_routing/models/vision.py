@@ -34,7 +34,8 @@ from ..routing import (
     grouped_apply,
 )
 from ..routing.trajectory import check_range
-from .blocks import RouterConfig, fc_block, routed_fc_stack
+from ..routing import RouterConfig
+from .blocks import fc_block, routed_fc_stack
 
 #: method -> (what the FC part is, router type of routed methods)
 METHODS: dict[str, tuple[str, str | None]] = {

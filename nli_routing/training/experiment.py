@@ -18,7 +18,7 @@ from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
 from ..dispatch.learned import ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
-from ..models.blocks import parse_learner_args
+from ..routing import parse_learner_args
 from ..models.embeddings import WordVectors, load_word_vectors
 from ..models.lstm import LSTMModelConfig, LSTMNLIModel
 from ..models.nli import NLIModelConfig, NLIRoutingModel

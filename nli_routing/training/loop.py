@@ -25,15 +25,14 @@ from .checkpoint import (
     CHECKPOINT_DIR,
     LOOP_RNG_FILE,
     LOOP_STATE_FILE,
-    CheckpointError,
     capture_rng,
-    load_checkpoint,
     num_batches,
     resolve_checkpoint,
     restore_rng,
     resumed_batches,
     save_checkpoint,
 )
+from ..serialization import CheckpointError, load_checkpoint
 from .distributed import make_accelerator
 from .evaluation import collect_record, evaluate, record_metrics, routed_layer_names
 from .numerics import NonFiniteError, check_finite_step, clip_group, optimizer_params

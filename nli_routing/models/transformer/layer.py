@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ...routing import Decision, RoutedLayer, Router, Trajectory
 from ...routing.layer import mean_state
-from ..blocks import build_router
+from ...routing import build_router
 from .config import DEFAULT_TARGETS, INJECT_ROUTES, RoutedTransformerConfig
 
 try:  # Transformers >= 5 records hidden states / attentions with hooks and a context variable

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ...routing import CollaborationReward, Router
-from ...training.checkpoint import CheckpointError, load_checkpoint
+from ...serialization import CheckpointError, load_checkpoint
 from ..blocks import routed_fc_stack
 from ..classifier import Classifier
 from ..embeddings import default_model_path
