@@ -86,7 +86,7 @@ class RecipeArgs:
     num_blocks: int = field(default=2, metadata={"help": "routed copies per module (transformer-attention/-block)"})
 
 
-def resolve_method(name: str) -> str:
+def canonical_method(name: str) -> str:
     """The ``METHODS`` name of a recipe method (``-genre`` aliases), or the name of a transformer method."""
     if name in METHODS:
         return name
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for noisy in ("datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        methods = [resolve_method(m) for m in recipe.methods]
+        methods = [canonical_method(m) for m in recipe.methods]
     except ValueError as err:
         parser.error(str(err))
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))

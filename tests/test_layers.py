@@ -60,3 +60,20 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     (fake / "models" / "bad.py").write_text("from ..training.loop import train\nfrom ..routing import Router\n")
     (fake / "models" / "ok.py").write_text("import nli_routing.routing.layer\nfrom ..serialization import load_checkpoint\n")
     assert upward_imports(fake) == ["models/bad.py imports training"]
+
+
+def test_every_subclass_calls_its_parents_init():
+    """No ``nn.Module.__init__(self)`` that skips a parent's ``__init__`` (DESIGN.md, engine rules)."""
+    skipping = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if "nn.Module.__init__(self)" in p.read_text()]
+    assert not skipping, f"modules that skip their parent's __init__: {skipping}"
+
+
+def test_every_model_kind_is_a_routed_model():
+    from nli_routing.models.base import RoutedModel
+    from nli_routing.models.lstm import LSTMNLIModel
+    from nli_routing.models.nli import NLIRoutingModel
+    from nli_routing.models.transformer.model import RoutedTransformerForNLI
+    from nli_routing.models.vision import VisionMTLModel
+
+    for cls in (NLIRoutingModel, LSTMNLIModel, RoutedTransformerForNLI, VisionMTLModel):
+        assert issubclass(cls, RoutedModel), cls.__name__

@@ -198,11 +198,11 @@ def _recipe():
 
 def test_recipe_methods_resolve_to_experiment_methods():
     recipe = _recipe()
-    assert recipe.resolve_method("wp-genre") == "wp-signature"
-    assert recipe.resolve_method("lstm-i2h") == "lstm-i2h"
-    assert recipe.resolve_method("transformer-attention") == "transformer-attention"
+    assert recipe.canonical_method("wp-genre") == "wp-signature"
+    assert recipe.canonical_method("lstm-i2h") == "lstm-i2h"
+    assert recipe.canonical_method("transformer-attention") == "transformer-attention"
     with pytest.raises(ValueError, match="unknown method"):
-        recipe.resolve_method("wp-nothing")
+        recipe.canonical_method("wp-nothing")
 
 
 @pytest.fixture

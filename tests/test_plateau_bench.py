@@ -46,8 +46,9 @@ def test_plateau_settings_are_pinned_to_the_thesis_configuration_they_measured()
     bench = load("sci_plateau")
     method, model, train = bench.SETTINGS["default"]
     assert method == "wp-signature" and train == {}
-    assert model == {"pair_features": "concat", "classifier_layers": 3,
+    assert model == {"pair_features": "concat", "classifier_layers": 3, "router_init": -1.0,
                      "learner_args": "ties=random,batch_mean=state-action"}
+    assert bench.SETTINGS["cls-sig-he"][1]["router_init"] == -1.0  # measured before the tables started at 0
     assert bench.SETTINGS["ties-lowest"][1]["learner_args"] == "ties=lowest,batch_mean=state-action"
     assert bench.SETTINGS["match-cls1"][1]["pair_features"] == "match"
     assert bench.resolve_setting("m:wp-signature+D") == ("wp-signature+D", {}, {})

@@ -199,10 +199,6 @@ class PreparedData:
     meta_names: list[str]
     meta_column: str = "signature"
 
-    @property
-    def signature_names(self) -> list[str]:  # the SCI name of the meta classes
-        return self.meta_names
-
 
 def prepare_sci(args: DataArgs) -> PreparedData:
     """Load, check and tokenize an SCI folder with the tokenizer of the chosen word vectors."""

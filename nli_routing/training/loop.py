@@ -32,9 +32,10 @@ from .checkpoint import (
     resumed_batches,
     save_checkpoint,
 )
+from ..models.base import RoutedModel
 from ..serialization import CheckpointError, load_checkpoint
 from .distributed import make_accelerator
-from .evaluation import collect_record, evaluate, record_metrics, routed_layer_names
+from .evaluation import collect_record, evaluate, record_metrics
 from .numerics import NonFiniteError, check_finite_step, clip_group, optimizer_params
 from .tracking import check_collapse, flat_metrics, start_tracking
 
@@ -180,7 +181,9 @@ def make_optimizers(
 
     Frozen parameters are left out; either optimizer is ``None`` when it has nothing to train.
     """
-    router_params = model.router_parameters() if hasattr(model, "router_parameters") else []
+    if not isinstance(model, RoutedModel):
+        raise TypeError(f"the loop trains routed models (nli_routing.models.base.RoutedModel), got {type(model).__name__}")
+    router_params = model.router_parameters()
     ids = {id(p) for p in router_params}
     block_params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     router_params = [p for p in router_params if p.requires_grad]
@@ -338,7 +341,7 @@ def train(
         raise ValueError("the model has no trainable parameter (everything is frozen)")
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     unwrapped = accelerator.unwrap_model(model)
-    names = routed_layer_names(unwrapped)
+    names = unwrapped.routed_layer_names
     if cfg.log_with:
         start_tracking(accelerator, Path(output_dir).name if output_dir is not None else "run", asdict(cfg))
     ckpt_root = Path(output_dir) / CHECKPOINT_DIR if output_dir is not None else None

@@ -57,8 +57,11 @@ CONTROLLER_NAME = "routing_controller"
 class RoutingController(nn.Module):
     """The router of all routed positions of one model and the state of the current forward pass.
 
-    Quacks like a routed layer for the training loop (``router``, ``num_actions``, ``depth``).
+    The routed layer of a model with injected routing (``router``, ``num_actions``, ``depth``,
+    ``block_sets``; no stop action).
     """
+
+    stop_action: int | None = None
 
     def __init__(self, router: Router, positions: Sequence[str], width: int) -> None:
         super().__init__()
