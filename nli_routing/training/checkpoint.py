@@ -61,9 +61,11 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
 def capture_rng(loader: Any = None) -> dict[str, Any]:
     """Every RNG state the training loop depends on: Python, NumPy, torch (CPU and CUDA) and the
     generators of ``loader`` (its shuffling order)."""
-    state: dict[str, Any] = {
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {  # tensors and plain values only: a weights-only load reads it back
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
         "loader": [g.get_state() for g in _loader_generators(loader)] if loader is not None else [],
     }
@@ -75,7 +77,8 @@ def capture_rng(loader: Any = None) -> dict[str, Any]:
 def restore_rng(state: dict[str, Any], loader: Any = None) -> None:
     """Inverse of :func:`capture_rng`."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

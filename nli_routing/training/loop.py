@@ -374,10 +374,10 @@ def train(
         history, best_epoch, global_step = state["history"], state["best_epoch"], state["global_step"]
         best_score, start_epoch = float(state["best_score"]), state["epoch"]
         prior_seconds = float(state.get("train_seconds", 0.0))
-        resumed = load_checkpoint(path / LOOP_RNG_FILE.format(accelerator.process_index), weights_only=False)
+        resumed = load_checkpoint(path / LOOP_RNG_FILE.format(accelerator.process_index))
         resumed["steps"] = state["step_in_epoch"]
         if (path / BEST_STATE_FILE).is_file():
-            best_state = load_checkpoint(path / BEST_STATE_FILE, map_location="cpu", weights_only=False)
+            best_state = load_checkpoint(path / BEST_STATE_FILE, map_location="cpu")
         restore_rng(resumed["rng"], train_loader)
         logger.info("resumed from %s (epoch %d, step %d)", path, start_epoch, resumed["steps"])
 
