@@ -59,3 +59,54 @@ def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") 
     if bad:
         raise CheckpointError(f"{path} is not a state dict: keys {bad[:5]} are not parameter names")
     return dict(state)
+
+
+# ---------------------------------------------------------------------- non-tensor state as JSON + tensors
+#: how a tensor or a tuple is marked in the JSON structure of :func:`split_state`
+_TENSOR, _TUPLE = "__tensor__", "__tuple__"
+
+
+def split_state(state: Mapping[str, Any], prefix: str = "extra/") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``state`` (a mapping of names to nested dicts, lists, tuples, numbers, strings, ``None`` and
+    tensors, e.g. the ``extra_state`` entries of a state dict: router epochs and generator states) as a
+    JSON-able structure and the tensors it holds (named ``prefix<n>``; the structure refers to them by
+    name). :func:`join_state` is the inverse. Anything else raises a ``TypeError`` naming the entry."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(value: Any, where: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            name = f"{prefix}{len(tensors)}"
+            tensors[name] = value.detach().cpu().contiguous().clone()
+            return {_TENSOR: name}
+        if isinstance(value, Mapping):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise TypeError(f"state entry {where!r} has non-string keys {bad[:3]}")
+            return {k: encode(v, f"{where}.{k}") for k, v in value.items()}
+        if isinstance(value, tuple):
+            return {_TUPLE: [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"state entry {where!r} is a {type(value).__name__}: only tensors, numbers, strings, "
+                        "lists, tuples and dicts are saved")
+
+    return {k: encode(v, k) for k, v in state.items()}, tensors
+
+
+def join_state(structure: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Inverse of :func:`split_state`."""
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {_TENSOR}:
+                return tensors[value[_TENSOR]]
+            if set(value) == {_TUPLE}:
+                return tuple(decode(v) for v in value[_TUPLE])
+            return {k: decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    return {k: decode(v) for k, v in structure.items()}

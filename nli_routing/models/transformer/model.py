@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ...routing import Router
-from ...serialization import CheckpointError, load_checkpoint
+from ...serialization import CheckpointError, join_state, split_state
 from ..blocks import routed_fc_stack
 from ..classifier import Classifier
 from ..embeddings import default_model_path
@@ -24,7 +24,11 @@ from .layer import RoutedModule, get_controller, inject_routing
 
 CONFIG_FILE = "routing_config.json"
 WEIGHTS_FILE = "model.safetensors"
-EXTRA_STATE_FILE = "extra_state.pt"
+#: the non-tensor state (router epochs, generator states) as JSON; its tensors are in WEIGHTS_FILE under EXTRA_PREFIX
+EXTRA_STATE_FILE = "extra_state.json"
+EXTRA_PREFIX = "__extra__."
+#: what older versions wrote instead (a pickle: refused, with a message)
+LEGACY_EXTRA_STATE_FILE = "extra_state.pt"
 BACKBONE_DIR = "backbone"
 
 
@@ -124,8 +128,9 @@ class RoutedTransformerForNLI(RoutedModel):
             ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
             tensors[key] = value.clone() if ptr in seen else value  # safetensors refuses shared storage
             seen[ptr] = key
-        save_file(tensors, str(out / WEIGHTS_FILE))
-        torch.save(extra, out / EXTRA_STATE_FILE)
+        structure, extra_tensors = split_state(extra, prefix=EXTRA_PREFIX)
+        save_file({**tensors, **extra_tensors}, str(out / WEIGHTS_FILE))
+        (out / EXTRA_STATE_FILE).write_text(json.dumps(structure, indent=1))
         if tokenizer is not None:
             tokenizer.save_pretrained(out / BACKBONE_DIR)
 
@@ -145,9 +150,18 @@ class RoutedTransformerForNLI(RoutedModel):
             raise
         except Exception as err:  # safetensors' header/size errors name no file
             raise CheckpointError(f"{weights} is truncated or not a safetensors file: {err}") from None
-        extra_file = src / EXTRA_STATE_FILE
-        if extra_file.exists():
-            state.update(load_checkpoint(extra_file, map_location=map_location, weights_only=False))
+        if (src / LEGACY_EXTRA_STATE_FILE).exists() and not (src / EXTRA_STATE_FILE).exists():
+            raise CheckpointError(
+                f"{src} was saved by an older nli_routing (pickled {LEGACY_EXTRA_STATE_FILE}, which is not loaded "
+                "because unpickling can run code): load it with that version and save_pretrained it again"
+            )
+        extra_tensors = {k: state.pop(k) for k in [k for k in state if k.startswith(EXTRA_PREFIX)]}
+        if (src / EXTRA_STATE_FILE).exists():
+            try:
+                structure = json.loads((src / EXTRA_STATE_FILE).read_text())
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"{src / EXTRA_STATE_FILE} is truncated or not JSON: {err}") from None
+            state.update(join_state(structure, extra_tensors))
         model.load_state_dict(state, strict=True)
         return model
 
