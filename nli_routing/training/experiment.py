@@ -14,6 +14,7 @@ from accelerate.utils import set_seed
 from datasets import ClassLabel, DatasetDict
 from torch.utils.data import DataLoader
 
+from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
 from ..dispatch.learned import ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
@@ -26,8 +27,7 @@ from .loop import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO_ROOT / "data" / "sci_synthetic" / "joint"
+DEFAULT_DATA_DIR = EMBEDDED_SCI / "joint"
 
 #: Training defaults of the SCI recipes. The library's TrainConfig keeps plain SGD for the blocks
 #: (the thesis' choice), but on MiniLM CBOW features SGD stays near the majority class on SCI joint
