@@ -35,7 +35,7 @@ from scipy import stats as sps
 from nli_routing.analysis.plots import plot_dispatch_distribution
 from nli_routing.data import EMBEDDED_SCI
 from nli_routing.models.nli import NLIModelConfig
-from nli_routing.training.experiment import (
+from nli_routing.experiments.nli import (
     RECIPE_TRAIN_DEFAULTS,
     DataArgs,
     DispatchArgs,

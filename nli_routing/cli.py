@@ -15,7 +15,7 @@ from typing import Sequence
 
 def _list(_: argparse.Namespace) -> None:
     from .routing import EXPLORATION_PRESETS, LEARNERS
-    from .training.experiment import METHODS
+    from .experiments.nli import METHODS
 
     print("learners:    " + ", ".join(sorted(LEARNERS)))
     print("exploration: " + ", ".join(f"{k} {v.to_dict()}" for k, v in EXPLORATION_PRESETS.items()))

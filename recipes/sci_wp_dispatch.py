@@ -32,7 +32,7 @@ from transformers import HfArgumentParser
 from nli_routing.training.distributed import make_accelerator
 from nli_routing.models.nli import NLIModelConfig
 from nli_routing.analysis.plots import plot_dispatch_distribution
-from nli_routing.training.experiment import (
+from nli_routing.experiments.nli import (
     DISPATCH_CHOICES,
     METHODS,
     RECIPE_TRAIN_DEFAULTS,

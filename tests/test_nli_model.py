@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
-from nli_routing.training.experiment import (
+from nli_routing.experiments.nli import (
     DEFAULT_DATA_DIR,
     RECIPE_TRAIN_DEFAULTS,
     DataArgs,

@@ -23,7 +23,7 @@ from ..routing import parse_learner_args
 from ..models.embeddings import WordVectors, load_word_vectors
 from ..models.lstm import LSTMModelConfig, LSTMNLIModel
 from ..models.nli import NLIModelConfig, NLIRoutingModel
-from .loop import TrainConfig, train
+from ..training.loop import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
