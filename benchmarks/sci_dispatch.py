@@ -234,6 +234,7 @@ def plot_histories(runs: list[dict], path: Path, column: str = "joint") -> None:
 
 def report(runs: list[dict], out: Path, meta: dict) -> None:
     summary = summarize(runs)
+    out.parent.mkdir(parents=True, exist_ok=True)
     plot(summary, runs, out.with_suffix(".png"))
     plot_histories(runs, out.with_name(out.stem + "_escape.png"))
     figdir = out.with_suffix("")
