@@ -114,7 +114,7 @@ def train_cfg(**kw):
 
 
 def cbow_cfg():
-    from nli_routing.training.experiment import RECIPE_TRAIN_DEFAULTS
+    from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS
 
     return train_cfg(**RECIPE_TRAIN_DEFAULTS)
 

@@ -32,7 +32,7 @@ from scipy import stats as sps
 
 from nli_routing.models.nli import NLIModelConfig
 from nli_routing.routing import LEARNERS
-from nli_routing.training.experiment import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
+from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
 from nli_routing.training.loop import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

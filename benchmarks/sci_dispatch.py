@@ -9,7 +9,7 @@ signatures, then a dispatcher with the model fixed; tested without signatures), 
 agglomerative dispatch, and the learned online dispatchers (basic, RBAE with CBOW / attention /
 one-hot / seq2seq encoders). Columns: joint, disjoint, mismatch (training lacks four signatures,
 whose agents stay untrained: ``allow_unseen_meta``), and nested: each model trained on joint is
-fine-tuned on ``data/sci_synthetic/nested`` for ``--nested_epochs`` (the nested corpus' signature
+fine-tuned on ``nli_routing/data/sci_synthetic/nested`` for ``--nested_epochs`` (the nested corpus' signature
 names are added to joint's, so signature agents exist for every class).
 
 Every run's summary (accuracy, routing and dispatch entropy, the test dispatch distribution per
@@ -33,8 +33,9 @@ from pathlib import Path
 from scipy import stats as sps
 
 from nli_routing.analysis.plots import plot_dispatch_distribution
+from nli_routing.data import EMBEDDED_SCI
 from nli_routing.models.nli import NLIModelConfig
-from nli_routing.training.experiment import (
+from nli_routing.experiments.nli import (
     RECIPE_TRAIN_DEFAULTS,
     DataArgs,
     DispatchArgs,
@@ -233,6 +234,7 @@ def plot_histories(runs: list[dict], path: Path, column: str = "joint") -> None:
 
 def report(runs: list[dict], out: Path, meta: dict) -> None:
     summary = summarize(runs)
+    out.parent.mkdir(parents=True, exist_ok=True)
     plot(summary, runs, out.with_suffix(".png"))
     plot_histories(runs, out.with_name(out.stem + "_escape.png"))
     figdir = out.with_suffix("")
@@ -251,7 +253,7 @@ def report(runs: list[dict], out: Path, meta: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sci_root", default="../shared/data/sci")
-    ap.add_argument("--nested_dir", default=str(Path(__file__).resolve().parents[1] / "data/sci_synthetic/nested"))
+    ap.add_argument("--nested_dir", default=str(EMBEDDED_SCI / "nested"))
     ap.add_argument("--variants", nargs="+", default=["joint", "disjoint", "mismatch"])
     ap.add_argument("--methods", nargs="+", default=[m for _, m in ROWS])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])

@@ -26,7 +26,7 @@ import numpy as np
 
 from nli_routing.data.sci import load_sci
 from nli_routing.models.nli import NLIModelConfig
-from nli_routing.training.experiment import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
+from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
 from nli_routing.training.loop import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path

@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sci_plateau.py --data_dir ../shared/data/sci/joint \
         --settings default ties-lowest --seeds 0 1 2 3 4 --epochs 5 [--worker 0 --workers 2]
 
-A *setting* is a method of ``training/experiment.py`` plus recipe flags (``SETTINGS``). Each
+A *setting* is a method of ``experiments/nli.py`` plus recipe flags (``SETTINGS``). Each
 (setting, seed) run trains on the full training set with the recipe defaults and records validation
 accuracy per epoch; the *escape epoch* is the first epoch (1-based) with validation accuracy >= 75%
 (``None``: never). Runs are resumable: each finished run is one JSON file under ``--out``, and runs
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import commit, machine  # noqa: E402
 
 from nli_routing.models.nli import NLIModelConfig  # noqa: E402
-from nli_routing.training.experiment import (  # noqa: E402
+from nli_routing.experiments.nli import (  # noqa: E402
     RECIPE_TRAIN_DEFAULTS,
     DataArgs,
     prepare_sci,

@@ -10,8 +10,8 @@ routed attention (issue 5).
 Rows (test accuracy at the best validation epoch):
 
 * LSTM none / classifier / I2H / H2H: the methods ``lstm``, ``lstm-classifier``, ``lstm-i2h`` and
-  ``lstm-h2h`` of :data:`nli_routing.training.experiment.METHODS`, on the full training set, run by
-  :func:`~nli_routing.training.experiment.run_method` with the recipe defaults;
+  ``lstm-h2h`` of :data:`nli_routing.experiments.nli.METHODS`, on the full training set, run by
+  :func:`~nli_routing.experiments.nli.run_method` with the recipe defaults;
 * MiniLM none / classifier / attention / block: the packaged MiniLM fine-tuned by
   ``recipes/finetune_routed_transformer.py`` (its ``main`` is called with an argument list), on a
   fixed random subset of ``--max_train_samples`` training pairs, with ``--num_blocks`` routed copies
@@ -144,7 +144,7 @@ def lstm_run(method: str, prepared, epochs: int, seed: int) -> dict[str, Any]:
     """One LSTM method of METHODS trained and tested by run_method (recipe defaults)."""
     from nli_routing.models.nli import NLIModelConfig
     from nli_routing.models.transformer import count_parameters
-    from nli_routing.training.experiment import METHODS, RECIPE_TRAIN_DEFAULTS, build_model, run_method
+    from nli_routing.experiments.nli import METHODS, RECIPE_TRAIN_DEFAULTS, build_model, run_method
     from nli_routing.training.loop import TrainConfig
 
     model_cfg = NLIModelConfig()
@@ -241,11 +241,12 @@ def step_time_run(args: argparse.Namespace) -> dict[str, Any]:
     from nli_routing.models.transformer import count_parameters
     from nli_routing.training.loop import TrainConfig
 
-    recipe = load_recipe()
+    from nli_routing.experiments.transformer import TRAIN_DEFAULTS
+
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     batch, names = sci_batch(args.sci_root, args.step_batch, tokenizer)
     make = minilm_factory(args.num_blocks, len(names))
-    cfg = TrainConfig(**recipe.TRAIN_DEFAULTS, cpu=True)
+    cfg = TrainConfig(**TRAIN_DEFAULTS, cpu=True)
     res = step_time_ratio(make, batch, cfg, warmup=args.step_warmup, steps_per_block=args.step_block,
                           repeats=args.step_repeats)
     res["parameters"] = {k: count_parameters(make(k)) for k in ("none", "attention")}
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"step time: routed attention / none = {res['ratio']:.3f} ({res['routed_ms']:.0f} / "
                   f"{res['baseline_ms']:.0f} ms; {time.time() - t:.0f}s)", flush=True)
     if "lstm" in args.parts and any(wanted(n) for n, _ in LSTM_ROWS):
-        from nli_routing.training.experiment import DataArgs, prepare_sci
+        from nli_routing.experiments.nli import DataArgs, prepare_sci
 
         prepared = None
         for seed in args.seeds:

@@ -1,6 +1,6 @@
 """The ``nli-routing`` command line: small utilities around the library.
 
-    nli-routing generate-sci --out data/sci_synthetic      # the project's implicative data
+    nli-routing generate-sci --out nli_routing/data/sci_synthetic      # the project's implicative data
     nli-routing list                                       # registered learners and recipe methods
     nli-routing analyze RUN_DIR --by signature             # path overlap, routing map, entropy, plots
 """
@@ -15,7 +15,7 @@ from typing import Sequence
 
 def _list(_: argparse.Namespace) -> None:
     from .routing import EXPLORATION_PRESETS, LEARNERS
-    from .training.experiment import METHODS
+    from .experiments.nli import METHODS
 
     print("learners:    " + ", ".join(sorted(LEARNERS)))
     print("exploration: " + ", ".join(f"{k} {v.to_dict()}" for k, v in EXPLORATION_PRESETS.items()))

@@ -15,125 +15,23 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from datasets import DatasetDict
-from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, HfArgumentParser
+from transformers import HfArgumentParser
 
+from nli_routing.experiments.nli import format_table
+from nli_routing.experiments.transformer import TRAIN_DEFAULTS, PairDataArgs, load_data, train_transformer
+from nli_routing.models.transformer import TransformerNLIConfig
 from nli_routing.training.distributed import make_accelerator
-from nli_routing.data.sci import check_meta_coverage, load_sci
-from nli_routing.models.embeddings import default_model_path
-from nli_routing.models.transformer import (
-    PairCollator,
-    RoutedTransformerForNLI,
-    TransformerNLIConfig,
-    count_parameters,
-    encode_pairs,
-)
-from nli_routing.training.experiment import DEFAULT_DATA_DIR, format_table
-from nli_routing.training.loop import TrainConfig, train
-
-#: Fine-tuning defaults: Adam at 5e-5 for the pretrained weights and the head; the tabular routers
-#: keep SGD at 200x that rate (0.01, the rate the CBOW recipes use for their tables).
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "block_optimizer": "adam", "lr": 5e-5, "router_lr_ratio": 200.0, "epochs": 3, "batch_size": 32,
-    "eval_batch_size": 128,
-}
-
-
-@dataclass
-class PairDataArgs:
-    """Where the SCI data comes from and how much of it is used."""
-
-    data_dir: str = field(default=str(DEFAULT_DATA_DIR), metadata={"help": "SCI folder (jsonl or official files)"})
-    variant: str | None = field(default=None, metadata={"help": "variant for the official file names"})
-    max_length: int = field(default=128, metadata={"help": "tokens kept per premise/hypothesis pair"})
-    max_train_samples: int | None = field(default=None, metadata={"help": "cap the training set (quick runs)"})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "cap validation and test (quick runs)"})
-    allow_unseen_meta: bool = field(
-        default=False, metadata={"help": "allow signatures in validation/test that training never saw"}
-    )
+from nli_routing.training.loop import TrainConfig
 
 
 @dataclass
 class RecipeArgs:
     output_dir: str = field(default="outputs/finetune_routed_transformer", metadata={"help": "where results go"})
     save_model: bool = field(default=False, metadata={"help": "also write the model with save_pretrained"})
-
-
-def load_data(args: PairDataArgs) -> tuple[DatasetDict, list[str]]:
-    """Load and check the SCI splits (optionally capped); returns them and the signature names."""
-    path = Path(args.data_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"SCI data folder {path} does not exist")
-    dsd = load_sci(path, variant=args.variant)
-    if args.max_train_samples:
-        dsd["train"] = dsd["train"].shuffle(seed=0).select(range(min(args.max_train_samples, len(dsd["train"]))))
-    if args.max_eval_samples:
-        for split in ("validation", "test"):
-            if split in dsd:
-                dsd[split] = dsd[split].select(range(min(args.max_eval_samples, len(dsd[split]))))
-    try:
-        unseen = check_meta_coverage(dsd, "signature", allow_unseen=args.allow_unseen_meta)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}. Pass --allow_unseen_meta to train anyway") from None
-    if unseen:
-        logging.getLogger(__name__).warning("signatures unseen in training (untrained agents): %s", sorted(unseen))
-    return dsd, list(dsd["train"].features["signature"].names)
-
-
-def train_transformer(
-    dsd: DatasetDict,
-    meta_names: list[str],
-    meta_column: str,
-    model_cfg: TransformerNLIConfig,
-    train_cfg: TrainConfig,
-    max_length: int,
-    output_dir: str | Path | None,
-    accelerator: Accelerator | None = None,
-) -> dict[str, Any]:
-    """Fine-tune a routed Transformer on loaded ``train``/``validation``/``test`` splits routed on ``meta_column``.
-
-    Returns ``{"summary", "run", "model", "tokenizer", "config", "parameters"}``.
-    """
-    model_path = model_cfg.model_name_or_path or default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers
-        tokenizer.pad_token = tokenizer.eos_token
-    cfg = replace(model_cfg, model_name_or_path=model_path, num_meta=len(meta_names), router_seed=train_cfg.seed)
-    set_seed(train_cfg.seed)  # the routed copies' noise and the new heads follow the seed
-    model = RoutedTransformerForNLI(cfg)
-    counts = count_parameters(model)
-    encoded = encode_pairs(dsd, tokenizer, max_length)
-    keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label", meta_column)
-            if c in encoded["train"].column_names]
-    collate = PairCollator(tokenizer.pad_token_id, meta_column)
-
-    def loader(split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        data = encoded[split].select_columns(keep).with_format(None)
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate)
-
-    train_loader = loader("train", train_cfg.batch_size, True)
-    eval_loaders = {s: loader(s, train_cfg.eval_batch_size, False) for s in ("validation", "test") if s in encoded}
-    result = train(model, train_loader, eval_loaders, train_cfg, output_dir, meta_names, accelerator)
-    final = result["final"]
-    entropy = final.get("test", final.get("validation", {})).get("routing_entropy_0", {})
-    summary = {
-        "method": f"transformer-{cfg.route}",
-        "validation_accuracy": final.get("validation", {}).get("accuracy"),
-        "test_accuracy": final.get("test", {}).get("accuracy"),
-        "routing_entropy": entropy.get("overall"),
-        "best_epoch": result["best_epoch"],
-        "train_seconds": result["train_seconds"],
-        "parameters": counts,
-    }
-    return {"summary": summary, "run": result, "model": model, "tokenizer": tokenizer, "config": cfg,
-            "parameters": counts}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -23,10 +23,8 @@ writes ``results.json`` plus one run folder per method (metrics, checkpoint, rou
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -39,10 +37,10 @@ from nli_routing.training.distributed import make_accelerator
 from nli_routing.data.encoding import encode_nli
 from nli_routing.data.multinli import GENRES, SPLITS, load_multinli
 from nli_routing.data.sci import check_meta_coverage
-from nli_routing.models.blocks import RouterConfig
+from nli_routing.routing import RouterConfig
 from nli_routing.models.embeddings import load_word_vectors
 from nli_routing.models.nli import NLIModelConfig
-from nli_routing.training.experiment import METHODS, RECIPE_TRAIN_DEFAULTS, PreparedData, format_table, run_method
+from nli_routing.experiments.nli import METHODS, RECIPE_TRAIN_DEFAULTS, PreparedData, format_table, run_method
 from nli_routing.training.loop import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -86,7 +84,7 @@ class RecipeArgs:
     num_blocks: int = field(default=2, metadata={"help": "routed copies per module (transformer-attention/-block)"})
 
 
-def resolve_method(name: str) -> str:
+def canonical_method(name: str) -> str:
     """The ``METHODS`` name of a recipe method (``-genre`` aliases), or the name of a transformer method."""
     if name in METHODS:
         return name
@@ -131,15 +129,8 @@ def run_transformer(
     route: str, dsd: DatasetDict, recipe: RecipeArgs, model_cfg: RouterConfig, train_cfg: TrainConfig,
     output_dir: Path, accelerator: Accelerator,
 ) -> dict[str, Any]:
-    """A routed Transformer routed on the genre, trained by ``recipes/finetune_routed_transformer.py``."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    finetune = importlib.import_module("finetune_routed_transformer")
-    train_transformer = getattr(finetune, "train_transformer", None)
-    if train_transformer is None:
-        raise NotImplementedError(
-            "the transformer-* methods need finetune_routed_transformer.train_transformer(dsd, meta_names, "
-            "meta_column, model_cfg, train_cfg, max_length, output_dir, accelerator)"
-        )
+    """A routed Transformer routed on the genre (:func:`nli_routing.experiments.transformer.train_transformer`)."""
+    from nli_routing.experiments.transformer import train_transformer
     from nli_routing.models.transformer import TransformerNLIConfig
 
     shared = {f.name: getattr(model_cfg, f.name) for f in fields(RouterConfig) if f.name != "num_meta"}
@@ -162,7 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for noisy in ("datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        methods = [resolve_method(m) for m in recipe.methods]
+        methods = [canonical_method(m) for m in recipe.methods]
     except ValueError as err:
         parser.error(str(err))
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))

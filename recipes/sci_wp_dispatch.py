@@ -6,7 +6,7 @@
     python recipes/sci_wp_dispatch.py --methods cbow wp-signature --epochs 5 --cpu
     python recipes/sci_wp_dispatch.py --dispatch rbae-cbow            # WP routed by a learned dispatcher
     python recipes/sci_wp_dispatch.py --dispatch signature --two_stage   # WP+D: signatures, then a dispatcher
-    python recipes/sci_wp_dispatch.py --dispatch basic --nested_dir data/sci_synthetic/nested
+    python recipes/sci_wp_dispatch.py --dispatch basic --nested_dir nli_routing/data/sci_synthetic/nested
 
 ``--dispatch`` picks what the word projection is routed on: ``signature`` (the meta label),
 ``kmeans`` / ``agglomerative`` (offline clusters), or a learned dispatcher trained with the model
@@ -32,7 +32,7 @@ from transformers import HfArgumentParser
 from nli_routing.training.distributed import make_accelerator
 from nli_routing.models.nli import NLIModelConfig
 from nli_routing.analysis.plots import plot_dispatch_distribution
-from nli_routing.training.experiment import (
+from nli_routing.experiments.nli import (
     DISPATCH_CHOICES,
     METHODS,
     RECIPE_TRAIN_DEFAULTS,

@@ -37,7 +37,7 @@ def main() -> None:
     opts = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     from nli_routing.models.nli import NLIModelConfig
     from nli_routing.training.distributed import make_accelerator
-    from nli_routing.training.experiment import DataArgs, build_model, make_loaders, prepare_sci
+    from nli_routing.experiments.nli import DataArgs, build_model, make_loaders, prepare_sci
     from nli_routing.training.loop import TrainConfig, train
 
     handlers = None

@@ -5,7 +5,7 @@ A per-step routed layer of ``depth`` steps x 4 blocks; block k of step t adds th
 (``BEST``); a sample's task loss is the number of steps that left it (``0.5 * ||y - target||^2``)
 and its reward is +1 when the whole path is the task's best, else -1 (the ``"correct"`` reward of
 the NLI models). Depth 1 is a contextual bandit, depth 2 needs credit for both steps. Routers are
-built by :func:`nli_routing.models.blocks.build_router` exactly as the models build them, start
+built by :func:`nli_routing.routing.build_router` exactly as the models build them, start
 from a uniform policy, and are trained the way the training loop trains them: the router loss plus
 the task loss (which reaches relaxed routers through their straight-through weights).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nli_routing.models.blocks import build_router
+from nli_routing.routing import build_router
 from nli_routing.routing import RoutedLayer, assign_rewards, final_reward
 
 WIDTH = 4

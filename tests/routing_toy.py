@@ -4,7 +4,7 @@ A routed MLP (3 routed layers x ``width`` blocks Linear(64, 64) + ReLU, one tabu
 agent per task for 8 tasks, reward +1/-1 from a shared 10-class head; blocks SGD 0.5, routers SGD
 0.01) learns labels that one linear teacher gives, whatever the task, on fresh batches of 128. With
 ``width = 1`` it is its unrouted twin (the engine is exact). Router settings not given are the
-library's defaults (:class:`~nli_routing.models.blocks.RouterConfig`).
+library's defaults (:class:`~nli_routing.routing.RouterConfig`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nli_routing.models.blocks import RouterConfig, routed_fc_stack
+from nli_routing.models.blocks import routed_fc_stack
+from nli_routing.routing import RouterConfig
 from nli_routing.routing import assign_rewards, final_reward
 from nli_routing.training.loop import task_loss
 

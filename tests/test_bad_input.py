@@ -28,7 +28,7 @@ from nli_routing.data.encoding import NLICollator, encode_nli
 from nli_routing.data.multinli import MATCHED_GENRES, MultiNLIFormatError, load_multinli
 from nli_routing.data.sci import SCIFormatError, check_meta_coverage, load_sci
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
-from nli_routing.training.checkpoint import CheckpointError
+from nli_routing.serialization import CheckpointError
 
 # --------------------------------------------------------------------------- good data to break
 SCI_ROWS = [

@@ -14,7 +14,7 @@ from nli_routing.analysis.entropy import dispatch_statistics
 from nli_routing.analysis.records import RoutingRecord
 from nli_routing.dispatch.learned import ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
-from nli_routing.training.experiment import (
+from nli_routing.experiments.nli import (
     DispatchArgs,
     align_meta,
     dispatch_method,
@@ -241,7 +241,7 @@ def test_dispatch_method_names():
 def test_align_meta_numbers_classes_alike():
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    from nli_routing.training.experiment import PreparedData
+    from nli_routing.experiments.nli import PreparedData
 
     def prep(names, values):
         feats = Features({"signature": ClassLabel(names=names), "x": Value("int64")})
@@ -277,7 +277,7 @@ def test_recipe_dispatch_and_two_stage_write_reports(tmp_path):
 @pytest.mark.parametrize("method", ["wp-signature", "wp-kmeans", "wp-rbae-cbow", "wp-signature+D"])
 def test_nested_finetuning_continues_the_joint_model(method):
     """Thesis: a model trained on joint is fine-tuned on the nested variant (signatures aligned by name)."""
-    from nli_routing.training.experiment import DEFAULT_DATA_DIR, RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
+    from nli_routing.experiments.nli import DEFAULT_DATA_DIR, RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
 
     joint = prepare_sci(DataArgs(data_dir=str(DEFAULT_DATA_DIR), embeddings="random:8", max_train_samples=150))
     nested = prepare_sci(DataArgs(data_dir=str(DEFAULT_DATA_DIR.parent / "nested"), embeddings="random:8",

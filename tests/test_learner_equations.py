@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from nli_routing.models.blocks import build_router
+from nli_routing.routing import build_router
 from nli_routing.routing import (
     ApproxRouter,
     DispatchedRouter,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
-from nli_routing.training.experiment import (
+from nli_routing.experiments.nli import (
     DEFAULT_DATA_DIR,
     RECIPE_TRAIN_DEFAULTS,
     DataArgs,
@@ -133,7 +133,7 @@ def test_end_to_end_beats_majority_on_generated_data(generated, method, tmp_path
     assert acc > majority + 0.05, f"{method}: test accuracy {acc:.3f} vs majority {majority:.3f}"
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["final"]["test"]["n"] == 400
-    assert set(metrics["final"]["test"]["accuracy_per_meta"]) <= set(generated.signature_names)
+    assert set(metrics["final"]["test"]["accuracy_per_meta"]) <= set(generated.meta_names)
     assert (tmp_path / "model.pt").exists()
     if method.startswith("wp"):
         ent = metrics["final"]["test"]["routing_entropy_0"]

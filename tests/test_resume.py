@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import nli_routing.models.nli as nli
+import nli_routing.models.base as routed_base
 from nli_routing.data.encoding import NLICollator
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.training import loop, numerics
-from nli_routing.training.checkpoint import CHECKPOINT_DIR, CheckpointError, latest_checkpoint
+from nli_routing.serialization import CheckpointError
+from nli_routing.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 from nli_routing.training.loop import NonFiniteError, TrainConfig, make_optimizers, train, train_step
 
 from .test_nli_model import batch, weight
@@ -179,7 +180,7 @@ def test_nan_reward_raises_naming_the_learner_and_step_before_any_update(tmp_pat
         snapshots[step] = copy.deepcopy(model_.state_dict())
         return train_step(model_, batch_, block_opt, router_opt, cfg, accelerator, step)
 
-    real_reward = nli.final_reward
+    real_reward = routed_base.final_reward
     calls = []
 
     def nan_reward(*args, **kwargs):  # NaN rewards from the 7th training batch on
@@ -187,7 +188,7 @@ def test_nan_reward_raises_naming_the_learner_and_step_before_any_update(tmp_pat
         r = real_reward(*args, **kwargs)
         return r * float("nan") if len(calls) == 7 else r
 
-    monkeypatch.setattr(nli, "final_reward", nan_reward)
+    monkeypatch.setattr(routed_base, "final_reward", nan_reward)
     monkeypatch.setattr(loop, "train_step", step)
     cfg = TrainConfig(epochs=2, batch_size=BATCH, cpu=True, progress=False, select_best=False)
     with pytest.raises(NonFiniteError) as err:

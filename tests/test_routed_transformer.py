@@ -189,10 +189,22 @@ def test_save_and_load_round_trip(route, tmp_path):
     model.save_pretrained(tmp_path / "m")
     loaded = RoutedTransformerForNLI.from_pretrained(tmp_path / "m").eval()
     assert loaded.config == model.config
+    for a, b in zip(model.routers(), loaded.routers()):  # exploration RNGs restored (before any draw)
+        assert torch.equal(a.generator.get_state(), b.generator.get_state())
     assert torch.equal(loaded(**batch).logits, logits)
     for a, b in zip(model.routers(), loaded.routers()):
         assert torch.equal(a.table, b.table) and b.epoch == 3
     assert count_parameters(loaded) == count_parameters(model)
+    assert not list((tmp_path / "m").glob("*.pt"))  # no pickle in the folder
+
+
+def test_a_folder_with_a_pickled_extra_state_is_refused_with_a_message(tmp_path):
+    from nli_routing.serialization import CheckpointError
+
+    nli_model("attention").save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "extra_state.json").rename(tmp_path / "m" / "extra_state.pt")
+    with pytest.raises(CheckpointError, match="older nli_routing.*save_pretrained it again"):
+        RoutedTransformerForNLI.from_pretrained(tmp_path / "m")
 
 
 @pytest.mark.parametrize("route", ["attention", "block"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nli_routing.data import EMBEDDED_SCI
 from nli_routing.data.sci import LABELS, SIGNATURES, VARIANTS, check_meta_coverage, load_sci
 from nli_routing.data.synthetic import (
     COMPLEMENTS,
@@ -23,7 +24,7 @@ from nli_routing.data.synthetic import (
     write_sci,
 )
 
-EMBEDDED = Path(__file__).resolve().parents[1] / "data" / "sci_synthetic"
+EMBEDDED = EMBEDDED_SCI
 
 
 def _by_name(name: str):

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nli_routing.data.encoding import NLICollator
-from nli_routing.models.blocks import ROUTER_TYPES, parse_learner_args
+from nli_routing.routing import ROUTER_TYPES, parse_learner_args
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.routing import Trajectory
 from nli_routing.training.loop import TrainConfig, exploration_squash, is_router_batch, task_loss, train

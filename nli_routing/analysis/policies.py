@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..training.checkpoint import load_state_dict
+from ..serialization import load_state_dict
 
 __all__ = ["POLICY_KINDS", "router_tables", "table_policies", "policy_cosine"]
 
@@ -33,7 +33,7 @@ def router_tables(state_dict: Mapping[str, Any] | str | Path) -> dict[str, np.nd
     """The tabular routers' tables ``[agents, depth, actions]`` of a state dict (or a ``model.pt`` path).
 
     Keys are the parameter names without the trailing ``.table`` (e.g. ``encoder.projection.router``).
-    A truncated or foreign ``model.pt`` raises :class:`~nli_routing.training.checkpoint.CheckpointError`
+    A truncated or foreign ``model.pt`` raises :class:`~nli_routing.serialization.CheckpointError`
     naming the file.
     """
     if isinstance(state_dict, (str, Path)):

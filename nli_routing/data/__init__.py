@@ -1,6 +1,9 @@
 """nli_routing.data: SCI (``sci``), MultiNLI (``multinli``), the implicative generator, encoding,
 and the multi-task image sets (``image_mtl``: MNIST-MTL, Fashion-MNIST-MTL, CIFAR-MTL, MIN-MTL)."""
 
+from importlib.resources import files
+from pathlib import Path
+
 from .image_mtl import (
     build_cifar_mtl,
     build_fashion_mnist_mtl,
@@ -12,7 +15,12 @@ from .image_mtl import (
     load_mnist_mtl,
 )
 
+#: the project's generated SCI-style data, shipped inside the package (``joint``, ``disjoint``,
+#: ``mismatch``, ``nested``; see its README.md), so an installed package runs the main job offline
+EMBEDDED_SCI = Path(str(files("nli_routing.data") / "sci_synthetic"))
+
 __all__ = [
+    "EMBEDDED_SCI",
     "build_cifar_mtl",
     "build_fashion_mnist_mtl",
     "build_min_mtl",

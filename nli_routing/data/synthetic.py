@@ -381,7 +381,7 @@ def write_sci(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``python -m nli_routing.data.synthetic --out data/sci_synthetic``."""
+    """CLI: ``python -m nli_routing.data.synthetic --out nli_routing/data/sci_synthetic``."""
     ap = argparse.ArgumentParser(description="Generate the synthetic SCI-style implicative NLI data.")
     ap.add_argument("--out", required=True, help="output folder (one subfolder per variant)")
     ap.add_argument("--n_train", type=int, default=3000)

@@ -39,7 +39,6 @@ __all__ = [
     "ENCODERS",
     "DispatchOutput",
     "LearnedDispatcher",
-    "build_dispatcher",
     "compact_vocabulary",
 ]
 
@@ -326,13 +325,3 @@ class LearnedDispatcher(nn.Module):
             total = total + out.recon_loss.mean()
         return total
 
-
-def build_dispatcher(
-    kind: str,
-    embedding: nn.Embedding,
-    num_dispatch: int,
-    vocab_map: Tensor | None = None,
-    **kwargs,
-) -> LearnedDispatcher:
-    """A :class:`LearnedDispatcher` (keyword arguments as in its constructor)."""
-    return LearnedDispatcher(kind, embedding, num_dispatch, vocab_map=vocab_map, **kwargs)

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from ..routing import RoutedLayer, Router, Trajectory
 from ..routing.layer import mean_state
-from .blocks import ACTIVATIONS, build_router
+from ..routing import build_router
+from .blocks import ACTIVATIONS
 from .nli import NLIModelConfig, NLIRoutingModel
 
 LSTM_ROUTES = ("none", "i2h", "h2h")
@@ -86,7 +87,7 @@ class RoutedLSTMEncoder(nn.Module):
     ``(p_enc [B, H], h_enc [B, H], trajectories)`` like :class:`~nli_routing.models.cbow.CBOWEncoder`.
     Masks are right-padded bool ``[B, T]``; an empty sentence encodes to zeros. ``pool``: ``"last"``
     (hidden state after the last real token), ``"mean"`` or ``"max"`` over the real tokens.
-    ``router_kwargs`` go to :func:`~nli_routing.models.blocks.build_router` (router type, learner,
+    ``router_kwargs`` go to :func:`~nli_routing.routing.build_router` (router type, learner,
     exploration, seed, ...). H2H routers that read the activation see the masked mean of the
     sample's input word vectors (both sentences) at every step, since the path is chosen before
     the recurrence.
@@ -300,14 +301,14 @@ class LSTMModelConfig(NLIModelConfig):
 class LSTMNLIModel(NLIRoutingModel):
     """:class:`NLIRoutingModel` with a (routed) LSTM encoder instead of CBOW.
 
-    Inherits the forward (concatenate, normalise, classify), the router loss, ``routers``,
-    ``router_parameters``, ``block_parameters`` and ``set_epoch``; only the parts are built here.
+    Inherits the forward (pair features, normalise, classify) and the routing plumbing; only the
+    encoder is built here (:meth:`build_encoder`).
     """
 
-    def __init__(self, config: LSTMModelConfig, weight: Tensor, pad_id: int) -> None:
-        nn.Module.__init__(self)  # NLIRoutingModel.__init__ would build a CBOW encoder
-        self.config = c = config
-        self.encoder = RoutedLSTMEncoder(
+    def build_encoder(self, weight: Tensor, pad_id: int) -> tuple[nn.Module, int, list[tuple[str, nn.Module]]]:
+        """The (routed) LSTM encoder, its output size and its routed layer (``lstm-<route>``)."""
+        c = self.config
+        encoder = RoutedLSTMEncoder(
             weight,
             pad_id,
             hidden=c.lstm_hidden,
@@ -321,5 +322,5 @@ class LSTMNLIModel(NLIRoutingModel):
             meta_keyword=c.num_meta if c.meta_keyword else 0,
             router_kwargs=c.router_kwargs(),
         )
-        routed: list[RoutedLayer] = [self.encoder.routed] if self.encoder.routed is not None else []
-        self.build_head(c.lstm_hidden, routed, [f"lstm-{c.lstm_route}"] * len(routed))
+        routed = [(f"lstm-{c.lstm_route}", encoder.routed)] if encoder.routed is not None else []
+        return encoder, c.lstm_hidden, routed

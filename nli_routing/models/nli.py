@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..routing import CollaborationReward, RoutedLayer, Trajectory, assign_rewards, final_reward
+from ..routing import RoutedLayer, RouterConfig, Trajectory
 from ..routing.bank import LinearBank
-from .blocks import RouterConfig, fc_block, routed_fc_stack
+from .base import RoutedModel
+from .blocks import fc_block, routed_fc_stack
 from .cbow import CBOWEncoder
 from .classifier import Classifier
 
@@ -103,14 +104,24 @@ def he_init(module: nn.Module) -> None:
             m.bias.zero_()
 
 
-class NLIRoutingModel(nn.Module):
-    """Encode premise and hypothesis separately, concatenate, classify into 3 classes."""
+class NLIRoutingModel(RoutedModel):
+    """Encode premise and hypothesis separately, combine (``pair_features``), classify into 3 classes.
+
+    The encoder is :meth:`build_encoder`'s (CBOW here, with an optionally routed word projection);
+    subclasses with another encoder (``LSTMNLIModel``) override it and keep the head, the forward and
+    the routing plumbing of :class:`~nli_routing.models.base.RoutedModel`.
+    """
 
     def __init__(self, config: NLIModelConfig, weight: Tensor, pad_id: int) -> None:
-        super().__init__()
-        self.config = c = config
+        super().__init__(config)
+        self.encoder, dim, routed = self.build_encoder(weight, pad_id)
+        self.build_head(dim, routed)
+
+    def build_encoder(self, weight: Tensor, pad_id: int) -> tuple[nn.Module, int, list[tuple[str, RoutedLayer]]]:
+        """The sentence encoder, its output size and its routed layers ``(name, layer)``."""
+        c = self.config
         dim = int(weight.shape[1])
-        routed: list[RoutedLayer] = []
+        routed: list[tuple[str, RoutedLayer]] = []
         projection = None
         if "wp" in c.route:
             projection = routed_fc_stack(
@@ -124,22 +135,19 @@ class NLIRoutingModel(nn.Module):
                 gate_init=c.wp_gate_init,
                 **c.router_kwargs(),
             )
-            routed.append(projection)
+            routed.append(("wp", projection))
         elif c.route == "projection":
             projection = nn.Sequential(*(
                 fc_block(dim, dim, c.wp_activation, residual=c.wp_residual) for _ in range(c.wp_depth)
             ))
-        self.encoder = CBOWEncoder(
+        encoder = CBOWEncoder(
             weight, pad_id, projection, c.freeze_embeddings, c.pool, c.num_meta if c.meta_keyword else 0
         )
-        self.build_head(dim, routed, ["wp"] * len(routed))
+        return encoder, dim, routed
 
-    def build_head(self, dim: int, routed: list[RoutedLayer], names: list[str] | None = None) -> None:
-        """Normalisation, the (optionally routed) classifier on the pair features (``pair_features``) and the reward parts.
-
-        ``routed`` holds the encoder's routed layers (``names`` names them in routing records); a
-        routed classifier is appended to it.
-        """
+    def build_head(self, dim: int, routed: list[tuple[str, RoutedLayer]]) -> None:
+        """Normalisation, the (optionally routed) classifier on the pair features (``pair_features``),
+        and the routed layers: the encoder's (``routed``) and the classifier's."""
         c = self.config
         self.norm = nn.LayerNorm(dim, elementwise_affine=False) if c.normalize else nn.Identity()
         routed_cls = None
@@ -151,92 +159,12 @@ class NLIRoutingModel(nn.Module):
                 c.num_meta,
                 **c.router_kwargs(seed_offset=1),
             )
-            routed.append(routed_cls)
         self.classifier = Classifier(
             in_dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls
         )
         if c.classifier_init == "he":
             he_init(routed_cls.blocks if routed_cls is not None else self.classifier.hidden)
-        names = list(names) if names is not None else [f"encoder{i}" for i in range(len(routed))]
-        self.routed_layer_names = names + ["classifier"] * (routed_cls is not None)
-        self.routed_layers = routed  # plain list: the modules are registered through their parents
-        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho, depths=layer.block_sets) for layer in routed)
-
-    #: stage 2 of two-stage dispatch: blocks and routers fixed, only the dispatcher learns
-    #: (class defaults, so every subclass has them whatever its ``__init__`` builds)
-    routing_frozen = False
-    _unfrozen: tuple = ()
-
-    @property
-    def dispatcher(self) -> nn.Module | None:
-        """The learned dispatcher choosing each sample's meta class (see :meth:`attach_dispatcher`)."""
-        return self._modules.get("dispatcher")
-
-    def attach_dispatcher(self, dispatcher: nn.Module) -> None:
-        """Route with the meta class a learned dispatcher picks from the tokens (the batch's meta
-        labels are then never read by the model; they stay in the batch for per-class reports).
-
-        The dispatcher's number of classes must equal the routers' number of meta classes.
-        """
-        if dispatcher.num_dispatch != self.config.num_meta:
-            raise ValueError(
-                f"the dispatcher chooses among {dispatcher.num_dispatch} classes but the model's routers "
-                f"have {self.config.num_meta} meta classes"
-            )
-        self._modules["dispatcher"] = dispatcher  # a registered submodule (saved, moved, trained)
-
-    def freeze_routing(self) -> None:
-        """Fix every parameter and router outside the dispatcher (stage 2 of two-stage dispatch).
-
-        The frozen parts stay in eval mode (greedy routers, no dropout) even under ``model.train()``
-        and their router losses are not computed; only the dispatcher trains.
-        """
-        if self.dispatcher is None:
-            raise ValueError("attach a dispatcher before freezing the routing (nothing would learn)")
-        keep = {id(p) for p in self.dispatcher.parameters()}
-        self._unfrozen = [p for p in self.parameters() if id(p) not in keep and p.requires_grad]
-        for p in self._unfrozen:
-            p.requires_grad_(False)
-        self.routing_frozen = True
-        self.train(self.training)
-
-    def detach_dispatcher(self) -> nn.Module | None:
-        """Remove the dispatcher (routing reads the batch's meta labels again) and undo
-        :meth:`freeze_routing`; returns the removed dispatcher."""
-        dispatcher = self._modules.pop("dispatcher", None)
-        for p in self._unfrozen:
-            p.requires_grad_(True)
-        self._unfrozen = ()
-        self.routing_frozen = False
-        self.train(self.training)
-        return dispatcher
-
-    def train(self, mode: bool = True) -> "NLIRoutingModel":
-        super().train(mode)
-        if self.routing_frozen:
-            for name, child in self.named_children():
-                if child is not self.dispatcher:
-                    child.train(False)
-        return self
-
-    def routers(self) -> list[nn.Module]:
-        return [layer.router for layer in self.routed_layers]
-
-    def router_parameters(self) -> list[nn.Parameter]:
-        params = [p for r in self.routers() for p in r.parameters()]
-        if self.dispatcher is not None:
-            params += self.dispatcher.router_parameters()
-        return params
-
-    def block_parameters(self) -> list[nn.Parameter]:
-        ids = {id(p) for p in self.router_parameters()}
-        return [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
-
-    def set_epoch(self, epoch: int) -> None:
-        for r in self.routers():
-            r.set_epoch(epoch)
-        if self.dispatcher is not None:
-            self.dispatcher.set_epoch(epoch)
+        self.register_routed(list(routed) + ([("classifier", routed_cls)] if routed_cls is not None else []))
 
     def forward(
         self,
@@ -262,18 +190,3 @@ class NLIRoutingModel(nn.Module):
         if self.config.pair_features == "concat":
             return torch.cat([p, h], -1)
         return torch.cat([p, h, (p - h).abs(), p * h], -1)
-
-    def router_loss(self, out: NLIOutput, labels: Tensor) -> Tensor:
-        """Assign rewards to every trajectory and return the summed router (and dispatcher) loss."""
-        if not out.trajectories and out.dispatch is None:
-            return out.logits.new_zeros(())
-        correct = out.logits.detach().argmax(-1) == labels
-        reward = final_reward(self.config.reward, correct=correct, per_sample_loss=out.per_sample_loss)
-        total = out.logits.new_zeros(())
-        if not self.routing_frozen:
-            for layer, collab, traj in zip(self.routed_layers, self.collaboration, out.trajectories):
-                assign_rewards(traj, reward, collab)
-                total = total + layer.router.loss(traj)
-        if out.dispatch is not None and self.dispatcher.training:
-            total = total + self.dispatcher.loss(out.dispatch, reward)
-        return total

@@ -23,18 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..routing import (
-    CollaborationReward,
-    FixedRandomRouter,
-    LinearBank,
-    RoutedLayer,
-    Trajectory,
-    assign_rewards,
-    final_reward,
-    grouped_apply,
-)
+from ..routing import FixedRandomRouter, LinearBank, RoutedLayer, RouterConfig, Trajectory, grouped_apply
 from ..routing.trajectory import check_range
-from .blocks import RouterConfig, fc_block, routed_fc_stack
+from .base import RoutedModel
+from .blocks import fc_block, routed_fc_stack
 
 #: method -> (what the FC part is, router type of routed methods)
 METHODS: dict[str, tuple[str, str | None]] = {
@@ -182,12 +174,12 @@ class TaskHeads(nn.Module):
         return grouped_apply(x, task, self.heads, identity=False)
 
 
-class VisionMTLModel(nn.Module):
+class VisionMTLModel(RoutedModel):
     """The 'Base' convnet with one of the multi-task methods of :data:`METHODS` (see the module doc)."""
 
     def __init__(self, config: VisionMTLConfig) -> None:
-        super().__init__()
-        self.config = c = config
+        super().__init__(config)
+        c = config
         kind, router_type = METHODS[c.method]
         tasks = c.num_meta
         width = c.fc_width or tasks  # blocks per routed FC layer
@@ -239,19 +231,7 @@ class VisionMTLModel(nn.Module):
             routed.append(self.routed_fc)
             names.append("fc")
         self.heads = TaskHeads(c.fc_hidden, c.num_classes, tasks)
-        self.routed_layers = routed  # plain list: the modules are registered through their parents
-        self.routed_layer_names = names
-        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho, depths=layer.block_sets) for layer in routed)
-
-    def routers(self) -> list[nn.Module]:
-        return [layer.router for layer in self.routed_layers]
-
-    def router_parameters(self) -> list[nn.Parameter]:
-        return [p for r in self.routers() for p in r.parameters()]
-
-    def set_epoch(self, epoch: int) -> None:
-        for r in self.routers():
-            r.set_epoch(epoch)
+        self.register_routed(list(zip(names, routed)))
 
     def forward(self, pixel_values: Tensor, meta: Tensor | None = None, labels: Tensor | None = None,
                 **_: Tensor) -> VisionMTLOutput:
@@ -275,18 +255,6 @@ class VisionMTLModel(nn.Module):
         logits = self.heads(x, meta)
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
         return VisionMTLOutput(logits, loss, trajs)
-
-    def router_loss(self, out: VisionMTLOutput, labels: Tensor) -> Tensor:
-        """Assign rewards to every trajectory and return the summed router loss."""
-        total = out.logits.new_zeros(())
-        if not out.trajectories:
-            return total
-        correct = out.logits.detach().argmax(-1) == labels
-        reward = final_reward(self.config.reward, correct=correct, per_sample_loss=out.per_sample_loss)
-        for layer, collab, traj in zip(self.routed_layers, self.collaboration, out.trajectories):
-            assign_rewards(traj, reward, collab)
-            total = total + layer.router.loss(traj)
-        return total
 
 
 class ImageMTLCollator:

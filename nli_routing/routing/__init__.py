@@ -2,6 +2,7 @@
 
 from .approx import ApproxRouter
 from .bank import LinearBank
+from .config import RouterConfig, parse_learner_args
 from .baselines import FixedRandomRouter, NoUpdateLearner, SoftGate, SoftMixtureLayer
 from .exploration import EXPLORATION_PRESETS, ExplorationSchedule, get_schedule
 from .layer import RoutedLayer, grouped_apply, mean_state
@@ -16,10 +17,19 @@ from .learners import (
     register_learner,
 )
 from .rewards import REWARD_KINDS, CollaborationReward, assign_rewards, final_reward
+from .registry import ROUTER_TYPES, ROUTERS, RouterSpec, build_router, check_router_learner, register_router
 from .routers import DispatchedRouter, PerStepRouter, Router, TabularRouter, select_samples
 from .trajectory import Decision, Trajectory
 
 __all__ = [
+    "ROUTERS",
+    "ROUTER_TYPES",
+    "RouterConfig",
+    "RouterSpec",
+    "build_router",
+    "check_router_learner",
+    "parse_learner_args",
+    "register_router",
     "EXPLORATION_PRESETS",
     "LEARNERS",
     "RELAXED_WEIGHTS",

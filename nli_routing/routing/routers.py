@@ -29,16 +29,17 @@ class Router(nn.Module):
     def __init__(
         self,
         num_actions: int,
-        learner: str | Learner = "qlearning",
+        learner: str | Learner | None = "qlearning",
         exploration: str | ExplorationSchedule | dict = "med",
         seed: int = 0,
         learner_kwargs: dict | None = None,
     ) -> None:
+        """``learner=None``: a composite router whose parts have the learners (``DispatchedRouter``)."""
         super().__init__()
         if num_actions < 1:
             raise ValueError(f"a router needs at least one action, got {num_actions}")
         self.num_actions = num_actions
-        self.learner = build_learner(learner, **(learner_kwargs or {}))
+        self.learner = None if learner is None else build_learner(learner, **(learner_kwargs or {}))
         setup = getattr(self.learner, "setup_actions", None)
         if callable(setup):  # learners with action-sized modules (e.g. RELAX's critic)
             setup(num_actions)
@@ -270,14 +271,14 @@ class DispatchedRouter(Router):
     """
 
     def __init__(self, dispatcher: Router, subrouters: Sequence[Router]) -> None:
-        nn.Module.__init__(self)  # no learner/schedule of its own: its parts have theirs
         if len(subrouters) < 1:
             raise ValueError("DispatchedRouter needs at least one subrouter")
         if dispatcher.num_actions != len(subrouters):
             raise ValueError(
                 f"dispatcher has {dispatcher.num_actions} actions but there are {len(subrouters)} subrouters"
             )
-        self.num_actions = _check_same_width(subrouters, "dispatched subrouters")
+        # no learner of its own: its parts have theirs
+        super().__init__(_check_same_width(subrouters, "dispatched subrouters"), learner=None, exploration="none")
         self.dispatcher = dispatcher
         self.subrouters = nn.ModuleList(subrouters)
         relaxed = {bool(r.relaxed) for r in subrouters}

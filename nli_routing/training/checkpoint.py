@@ -6,10 +6,8 @@ Resume (:func:`save_checkpoint`, used by :func:`nli_routing.training.loop.train`
 RNGs), the loop's counters and history, the best epoch's model and the data order's RNG states;
 written to a hidden folder and renamed when complete.
 
-:func:`load_checkpoint` wraps :func:`torch.load`: a missing file raises :class:`FileNotFoundError`,
-and a truncated, empty or foreign file raises :class:`CheckpointError` (a :class:`ValueError`)
-``"<path> is truncated or not a checkpoint (<size> bytes): <reason>"`` instead of the raw
-zip/pickle error from inside torch.
+:func:`~nli_routing.serialization.load_checkpoint` (reading a file with errors that name it) lives in
+the package's bottom layer, :mod:`nli_routing.serialization`.
 """
 
 from __future__ import annotations
@@ -18,58 +16,13 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 
-__all__ = ["CheckpointError", "capture_rng", "latest_checkpoint", "load_checkpoint", "load_state_dict",
-           "resolve_checkpoint", "restore_rng", "save_checkpoint"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read; the message names the file."""
-
-
-def _reason(err: BaseException) -> str:
-    """The first line of ``err``'s message (torch's zip errors run on for several sentences)."""
-    text = str(err).strip()
-    first = text.splitlines()[0] if text else ""
-    if not first:
-        return f"{type(err).__name__} (the file ends early)"
-    return first if len(first) <= 200 else first[:197] + "..."
-
-
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True
-) -> Any:
-    """``torch.load(path)`` whose errors name ``path`` (see the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path} is truncated or not a checkpoint (0 bytes): the file is empty")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as err:  # zip, pickle, EOF and weights-only errors from torch
-        if "Weights only load failed" in str(err):
-            raise CheckpointError(
-                f"{path} holds objects that a weights-only load refuses (not a plain state dict): {_reason(err)}"
-            ) from None
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({size} bytes): {_reason(err)}") from None
-
-
-def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """:func:`load_checkpoint` that also checks the file holds a state dict (a mapping keyed by names)."""
-    state = load_checkpoint(path, map_location=map_location)
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path} is not a state dict: it holds a {type(state).__name__}")
-    bad = [repr(k) for k in state if not isinstance(k, str)]
-    if bad:
-        raise CheckpointError(f"{path} is not a state dict: keys {bad[:5]} are not parameter names")
-    return dict(state)
+__all__ = ["capture_rng", "latest_checkpoint", "resolve_checkpoint", "restore_rng", "save_checkpoint"]
 
 
 # ---------------------------------------------------------------------- resumable training state
@@ -108,9 +61,11 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
 def capture_rng(loader: Any = None) -> dict[str, Any]:
     """Every RNG state the training loop depends on: Python, NumPy, torch (CPU and CUDA) and the
     generators of ``loader`` (its shuffling order)."""
-    state: dict[str, Any] = {
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {  # tensors and plain values only: a weights-only load reads it back
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
         "loader": [g.get_state() for g in _loader_generators(loader)] if loader is not None else [],
     }
@@ -122,7 +77,8 @@ def capture_rng(loader: Any = None) -> dict[str, Any]:
 def restore_rng(state: dict[str, Any], loader: Any = None) -> None:
     """Inverse of :func:`capture_rng`."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -14,13 +14,7 @@ from torch.utils.data import DataLoader
 from ..analysis.collapse import COLLAPSE_THRESHOLD, dispatch_collapse, path_collapse
 from ..analysis.entropy import dispatch_statistics, selection_entropy
 from ..analysis.records import LayerRecord, RoutingRecord
-
-
-def routed_layer_names(model: nn.Module) -> list[str]:
-    """The model's names of its routed layers (``layer<i>`` where it gives none)."""
-    layers = list(getattr(model, "routed_layers", []) or [])
-    names = list(getattr(model, "routed_layer_names", None) or [])
-    return [names[i] if i < len(names) else f"layer{i}" for i in range(len(layers))]
+from ..models.base import RoutedModel
 
 
 @torch.no_grad()
@@ -44,28 +38,27 @@ def collect_record(
             routes[i].append(
                 (accelerator.gather_for_metrics(traj.actions), accelerator.gather_for_metrics(traj.active))
             )
-        disp = getattr(out, "dispatch", None)
-        if disp is not None:
-            dispatch.append(accelerator.gather_for_metrics(disp.actions[:, 0]))
+        if out.dispatch is not None:
+            dispatch.append(accelerator.gather_for_metrics(out.dispatch.actions[:, 0]))
     model.train(was_training)
     meta = torch.cat(metas).cpu() if metas else torch.zeros(0, dtype=torch.long)
     n_meta = max(int(meta.max()) + 1 if meta.numel() else 1, len(meta_names or []))
     names = list(meta_names or [str(i) for i in range(n_meta)])
-    unwrapped = accelerator.unwrap_model(model)
-    layer_names = routed_layer_names(unwrapped)
+    unwrapped: RoutedModel = accelerator.unwrap_model(model)
+    named = unwrapped.named_routed_layers()
     layers = []
     for i, parts in enumerate(routes):
-        routed = unwrapped.routed_layers[i]
+        name, routed = named[i]
         layers.append(
             LayerRecord(
-                name=layer_names[i],
+                name=name,
                 num_actions=routed.num_actions,
                 actions=torch.cat([a for a, _ in parts]).cpu().numpy(),
                 active=torch.cat([b for _, b in parts]).cpu().numpy(),
-                stop_action=getattr(routed, "stop_action", None),
+                stop_action=routed.stop_action,
             )
         )
-    dispatcher = getattr(unwrapped, "dispatcher", None)
+    dispatcher = unwrapped.dispatcher
     return RoutingRecord(
         meta=meta.numpy(),
         meta_names=names,

@@ -25,17 +25,17 @@ from .checkpoint import (
     CHECKPOINT_DIR,
     LOOP_RNG_FILE,
     LOOP_STATE_FILE,
-    CheckpointError,
     capture_rng,
-    load_checkpoint,
     num_batches,
     resolve_checkpoint,
     restore_rng,
     resumed_batches,
     save_checkpoint,
 )
+from ..models.base import RoutedModel
+from ..serialization import CheckpointError, load_checkpoint
 from .distributed import make_accelerator
-from .evaluation import collect_record, evaluate, record_metrics, routed_layer_names
+from .evaluation import collect_record, evaluate, record_metrics
 from .numerics import NonFiniteError, check_finite_step, clip_group, optimizer_params
 from .tracking import check_collapse, flat_metrics, start_tracking
 
@@ -181,7 +181,9 @@ def make_optimizers(
 
     Frozen parameters are left out; either optimizer is ``None`` when it has nothing to train.
     """
-    router_params = model.router_parameters() if hasattr(model, "router_parameters") else []
+    if not isinstance(model, RoutedModel):
+        raise TypeError(f"the loop trains routed models (nli_routing.models.base.RoutedModel), got {type(model).__name__}")
+    router_params = model.router_parameters()
     ids = {id(p) for p in router_params}
     block_params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     router_params = [p for p in router_params if p.requires_grad]
@@ -339,7 +341,7 @@ def train(
         raise ValueError("the model has no trainable parameter (everything is frozen)")
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     unwrapped = accelerator.unwrap_model(model)
-    names = routed_layer_names(unwrapped)
+    names = unwrapped.routed_layer_names
     if cfg.log_with:
         start_tracking(accelerator, Path(output_dir).name if output_dir is not None else "run", asdict(cfg))
     ckpt_root = Path(output_dir) / CHECKPOINT_DIR if output_dir is not None else None
@@ -372,10 +374,10 @@ def train(
         history, best_epoch, global_step = state["history"], state["best_epoch"], state["global_step"]
         best_score, start_epoch = float(state["best_score"]), state["epoch"]
         prior_seconds = float(state.get("train_seconds", 0.0))
-        resumed = load_checkpoint(path / LOOP_RNG_FILE.format(accelerator.process_index), weights_only=False)
+        resumed = load_checkpoint(path / LOOP_RNG_FILE.format(accelerator.process_index))
         resumed["steps"] = state["step_in_epoch"]
         if (path / BEST_STATE_FILE).is_file():
-            best_state = load_checkpoint(path / BEST_STATE_FILE, map_location="cpu", weights_only=False)
+            best_state = load_checkpoint(path / BEST_STATE_FILE, map_location="cpu")
         restore_rng(resumed["rng"], train_loader)
         logger.info("resumed from %s (epoch %d, step %d)", path, start_epoch, resumed["steps"])
 

@@ -11,6 +11,9 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from ..models.base import RoutedModel
+from ..routing import Router
+
 
 class NonFiniteError(FloatingPointError):
     """A loss or gradient of a training step is NaN or infinite (raised before any parameter changes)."""
@@ -27,7 +30,7 @@ def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
     return [p.grad for p in params if p.grad is not None]
 
 
-def _learner_owners(model: nn.Module) -> dict[int, tuple[str, str]]:
+def _learner_owners(model: RoutedModel) -> dict[int, tuple[str, str]]:
     """``id(parameter) -> (owner description, parameter name)`` for every router/learner parameter.
 
     The owner of a parameter is the outermost module with a ``learner`` below the model (a
@@ -35,21 +38,14 @@ def _learner_owners(model: nn.Module) -> dict[int, tuple[str, str]]:
     layer it belongs to (``routed_layer_names``) and its learner's registered name.
     """
     module_names = {id(m): n for n, m in model.named_modules()}
-    layer_prefix: dict[str, str] = {}
-    try:
-        layers = list(getattr(model, "routed_layers", None) or [])
-        labels = list(getattr(model, "routed_layer_names", None) or [])
-    except Exception:  # a model without the full protocol: name parameters only
-        layers, labels = [], []
-    for i, layer in enumerate(layers):
-        if id(layer) in module_names:
-            layer_prefix[module_names[id(layer)]] = labels[i] if i < len(labels) else f"layer{i}"
+    layer_prefix = {module_names[id(layer)]: name for name, layer in model.named_routed_layers()
+                    if id(layer) in module_names}
     owners: dict[int, tuple[str, str]] = {}
     claimed: list[str] = []
     for qn, module in model.named_modules():
-        learner = getattr(module, "learner", None)
-        if not isinstance(learner, nn.Module) or any(qn == c or qn.startswith(c + ".") for c in claimed):
+        if not isinstance(module, Router) or module.learner is None or any(qn == c or qn.startswith(c + ".") for c in claimed):
             continue
+        learner = module.learner
         claimed.append(qn)
         layer = next(
             (label for prefix, label in sorted(layer_prefix.items(), key=lambda kv: -len(kv[0]))
@@ -57,7 +53,7 @@ def _learner_owners(model: nn.Module) -> dict[int, tuple[str, str]]:
             None,
         )
         where = f"router of layer {layer!r}" if layer is not None else f"router {qn!r}"
-        desc = f"{where} (learner {getattr(learner, 'name', type(learner).__name__)!r})"
+        desc = f"{where} (learner {learner.name!r})"
         for pn, param in module.named_parameters():
             owners[id(param)] = (desc, f"{qn}.{pn}" if qn else pn)
     return owners

@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..blocks import ROUTER_TYPES, RouterConfig
+from ...routing import ROUTER_TYPES, RouterConfig
 
 INJECT_ROUTES = ("attention", "block")
 NLI_ROUTES = ("none", "classifier") + INJECT_ROUTES

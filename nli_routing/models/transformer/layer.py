@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ...routing import Decision, RoutedLayer, Router, Trajectory
 from ...routing.layer import mean_state
-from ..blocks import build_router
+from ...routing import build_router
 from .config import DEFAULT_TARGETS, INJECT_ROUTES, RoutedTransformerConfig
 
 try:  # Transformers >= 5 records hidden states / attentions with hooks and a context variable
@@ -57,8 +57,11 @@ CONTROLLER_NAME = "routing_controller"
 class RoutingController(nn.Module):
     """The router of all routed positions of one model and the state of the current forward pass.
 
-    Quacks like a routed layer for the training loop (``router``, ``num_actions``, ``depth``).
+    The routed layer of a model with injected routing (``router``, ``num_actions``, ``depth``,
+    ``block_sets``; no stop action).
     """
+
+    stop_action: int | None = None
 
     def __init__(self, router: Router, positions: Sequence[str], width: int) -> None:
         super().__init__()

@@ -12,18 +12,23 @@ from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ...routing import CollaborationReward, Router
-from ...training.checkpoint import CheckpointError, load_checkpoint
+from ...routing import Router
+from ...serialization import CheckpointError, join_state, split_state
 from ..blocks import routed_fc_stack
 from ..classifier import Classifier
 from ..embeddings import default_model_path
-from ..nli import NLIOutput, NLIRoutingModel
+from ..base import RoutedModel
+from ..nli import NLIOutput
 from .config import INJECT_ROUTES, TransformerNLIConfig
 from .layer import RoutedModule, get_controller, inject_routing
 
 CONFIG_FILE = "routing_config.json"
 WEIGHTS_FILE = "model.safetensors"
-EXTRA_STATE_FILE = "extra_state.pt"
+#: the non-tensor state (router epochs, generator states) as JSON; its tensors are in WEIGHTS_FILE under EXTRA_PREFIX
+EXTRA_STATE_FILE = "extra_state.json"
+EXTRA_PREFIX = "__extra__."
+#: what older versions wrote instead (a pickle: refused, with a message)
+LEGACY_EXTRA_STATE_FILE = "extra_state.pt"
 BACKBONE_DIR = "backbone"
 
 
@@ -40,29 +45,30 @@ def pool_hidden(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
     raise ValueError(f"unknown pooling {how!r}")
 
 
-class RoutedTransformerForNLI(NLIRoutingModel):
+class RoutedTransformerForNLI(RoutedModel):
     """A pretrained encoder reads ``[CLS] premise [SEP] hypothesis [SEP]``; pooled -> classifier -> 3 classes.
 
     ``route``: ``"attention"`` / ``"block"`` inject routed copies into the encoder (one
     trajectory per batch over all routed positions), ``"classifier"`` routes the classifier's hidden
     layers (:func:`routed_fc_stack`), ``"none"`` is the plain fine-tuned model. The training-loop
     interface (``router_loss``, ``routers``, ``router_parameters``, ``set_epoch``) is inherited
-    from :class:`NLIRoutingModel`; ``routed_layers`` lists the injected routing controller and/or
+    from :class:`~nli_routing.models.base.RoutedModel`; the routed layers are the injected routing
+    controller (``encoder-attention`` / ``encoder-block``) and/or
     the routed classifier (each with ``router`` and ``num_actions``).
     """
 
     def __init__(self, config: TransformerNLIConfig, backbone: nn.Module | None = None) -> None:
-        nn.Module.__init__(self)  # NLIRoutingModel.__init__ would build a CBOW encoder
         from transformers import AutoModel
 
-        self.config = c = config
+        super().__init__(config)
+        c = config
         if backbone is None:
             backbone = AutoModel.from_pretrained(c.model_name_or_path or default_model_path())
         self.backbone = backbone
-        routed: list[nn.Module] = []
+        routed: list[tuple[str, nn.Module]] = []
         if c.route in INJECT_ROUTES:
             inject_routing(backbone, c)
-            routed.append(get_controller(backbone))
+            routed.append((f"encoder-{c.route}", get_controller(backbone)))
         dim = int(backbone.config.hidden_size)
         self.dropout = nn.Dropout(c.dropout)
         routed_cls = None
@@ -71,10 +77,9 @@ class RoutedTransformerForNLI(NLIRoutingModel):
                 [dim] + [c.classifier_hidden] * c.classifier_layers, c.classifier_width, c.num_meta,
                 **c.router_kwargs(seed_offset=1),
             )
-            routed.append(routed_cls)
+            routed.append(("classifier", routed_cls))
         self.classifier = Classifier(dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls)
-        self.routed_layers = routed  # plain list: the modules are registered through their parents
-        self.collaboration = nn.ModuleList(CollaborationReward(layer.num_actions, c.rho, depths=layer.block_sets) for layer in routed)
+        self.register_routed(routed)
 
     def encode(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
@@ -123,8 +128,9 @@ class RoutedTransformerForNLI(NLIRoutingModel):
             ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
             tensors[key] = value.clone() if ptr in seen else value  # safetensors refuses shared storage
             seen[ptr] = key
-        save_file(tensors, str(out / WEIGHTS_FILE))
-        torch.save(extra, out / EXTRA_STATE_FILE)
+        structure, extra_tensors = split_state(extra, prefix=EXTRA_PREFIX)
+        save_file({**tensors, **extra_tensors}, str(out / WEIGHTS_FILE))
+        (out / EXTRA_STATE_FILE).write_text(json.dumps(structure, indent=1))
         if tokenizer is not None:
             tokenizer.save_pretrained(out / BACKBONE_DIR)
 
@@ -144,9 +150,18 @@ class RoutedTransformerForNLI(NLIRoutingModel):
             raise
         except Exception as err:  # safetensors' header/size errors name no file
             raise CheckpointError(f"{weights} is truncated or not a safetensors file: {err}") from None
-        extra_file = src / EXTRA_STATE_FILE
-        if extra_file.exists():
-            state.update(load_checkpoint(extra_file, map_location=map_location, weights_only=False))
+        if (src / LEGACY_EXTRA_STATE_FILE).exists() and not (src / EXTRA_STATE_FILE).exists():
+            raise CheckpointError(
+                f"{src} was saved by an older nli_routing (pickled {LEGACY_EXTRA_STATE_FILE}, which is not loaded "
+                "because unpickling can run code): load it with that version and save_pretrained it again"
+            )
+        extra_tensors = {k: state.pop(k) for k in [k for k in state if k.startswith(EXTRA_PREFIX)]}
+        if (src / EXTRA_STATE_FILE).exists():
+            try:
+                structure = json.loads((src / EXTRA_STATE_FILE).read_text())
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"{src / EXTRA_STATE_FILE} is truncated or not JSON: {err}") from None
+            state.update(join_state(structure, extra_tensors))
         model.load_state_dict(state, strict=True)
         return model
 

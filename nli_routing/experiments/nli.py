@@ -14,20 +14,20 @@ from accelerate.utils import set_seed
 from datasets import ClassLabel, DatasetDict
 from torch.utils.data import DataLoader
 
+from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
 from ..dispatch.learned import ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
-from ..models.blocks import parse_learner_args
+from ..routing import parse_learner_args
 from ..models.embeddings import WordVectors, load_word_vectors
 from ..models.lstm import LSTMModelConfig, LSTMNLIModel
 from ..models.nli import NLIModelConfig, NLIRoutingModel
-from .loop import TrainConfig, train
+from ..training.loop import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO_ROOT / "data" / "sci_synthetic" / "joint"
+DEFAULT_DATA_DIR = EMBEDDED_SCI / "joint"
 
 #: Training defaults of the SCI recipes. The library's TrainConfig keeps plain SGD for the blocks
 #: (the thesis' choice), but on MiniLM CBOW features SGD stays near the majority class on SCI joint
@@ -198,10 +198,6 @@ class PreparedData:
     vectors: WordVectors
     meta_names: list[str]
     meta_column: str = "signature"
-
-    @property
-    def signature_names(self) -> list[str]:  # the SCI name of the meta classes
-        return self.meta_names
 
 
 def prepare_sci(args: DataArgs) -> PreparedData:

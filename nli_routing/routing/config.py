@@ -1,0 +1,69 @@
+"""The routing settings every routed model shares (the base of the model configs; all CLI flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .registry import ROUTER_TYPES, check_router_learner
+
+__all__ = ["RouterConfig", "parse_learner_args"]
+
+
+def parse_learner_args(spec: str) -> dict:
+    """``"entropy_coef=0.01,target=td"`` -> ``{"entropy_coef": 0.01, "target": "td"}``."""
+    out: dict = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if "=" not in item:
+            raise ValueError(f"learner argument {item!r} is not of the form key=value")
+        key, value = (x.strip() for x in item.split("=", 1))
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+@dataclass
+class RouterConfig:
+    """The routing settings every routed model shares (base of the model configs; all CLI flags)."""
+
+    num_meta: int = field(default=1, metadata={"help": "number of meta classes (signatures, genres, clusters)"})
+    router: str = field(default="tabular", metadata={"help": f"router architecture: one of {ROUTER_TYPES}"})
+    learner: str = field(default="qlearning", metadata={"help": "decision-making algorithm (registry name)"})
+    learner_args: str = field(
+        default="", metadata={"help": "learner options as key=value pairs, e.g. 'entropy_coef=0.01,target=td'"}
+    )
+    exploration: str = field(default="low", metadata={"help": "exploration preset: high, med, low, none"})
+    router_init: float = field(
+        default=-1.0,
+        metadata={"help": "initial table values; -1 (the worst reward) keeps greedy choices stable"},
+    )
+    num_subrouters: int = field(default=3, metadata={"help": "subrouters of the dispatched router"})
+    router_grad_to_activations: bool = field(
+        default=False, metadata={"help": "let router losses backpropagate into the activations (approximators)"}
+    )
+    router_seed: int = field(default=0, metadata={"help": "seed of the routers (recipes set it from --seed)"})
+
+    def __post_init__(self) -> None:
+        if self.router not in ROUTER_TYPES:
+            raise ValueError(f"router must be one of {ROUTER_TYPES}, got {self.router!r}")
+        # fail early, when the flags are parsed: a malformed spec, an unknown option or value, a pair that cannot train
+        check_router_learner(self.router, self.learner, parse_learner_args(self.learner_args))
+
+    def router_kwargs(self, seed_offset: int = 0) -> dict[str, Any]:
+        """Arguments of :func:`build_router` from this config."""
+        return dict(
+            router_type=self.router,
+            learner=self.learner,
+            exploration=self.exploration,
+            seed=self.router_seed + seed_offset,
+            learner_kwargs=parse_learner_args(self.learner_args),
+            router_init=self.router_init,
+            detach_state=not self.router_grad_to_activations,
+            num_subrouters=self.num_subrouters,
+        )

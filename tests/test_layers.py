@@ -1,0 +1,79 @@
+"""The package's layers: imports only point down (DESIGN.md), checked by parsing every module."""
+
+import ast
+from pathlib import Path
+
+import nli_routing
+
+ROOT = Path(nli_routing.__file__).parent
+#: bottom to top; a module may import its own layer and the layers below it
+LAYERS = ["serialization", "routing", "models", "data", "dispatch", "analysis", "training", "metrics", "experiments", "cli"]
+
+
+def imported_layers(path: Path, root: Path = ROOT) -> set[str]:
+    """The top-level subpackages of ``nli_routing`` that ``path`` imports (relative or absolute)."""
+    rel = path.relative_to(root).parts
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(rel[:-1])[: len(rel) - node.level]
+            parts = base + (node.module.split(".") if node.module else [a.name for a in node.names][:1])
+            if parts:
+                out.add(parts[0])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nli_routing."):
+            out.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("nli_routing.")}
+    return {name.removesuffix(".py") for name in out}
+
+
+def layer_of(path: Path, root: Path = ROOT) -> str:
+    return path.relative_to(root).parts[0].removesuffix(".py")
+
+
+def upward_imports(root: Path = ROOT) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "__init__.py":
+            continue
+        here = LAYERS.index(layer_of(path, root))
+        for target in sorted(imported_layers(path, root)):
+            if target in LAYERS and LAYERS.index(target) > here:
+                out.append(f"{path.relative_to(root)} imports {target}")
+    return out
+
+
+def test_every_module_belongs_to_a_layer():
+    names = {layer_of(p) for p in ROOT.rglob("*.py")} - {"__init__"}
+    assert names <= set(LAYERS), f"modules outside the layer map: {sorted(names - set(LAYERS))}"
+
+
+def test_imports_only_point_down():
+    upward = upward_imports()
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The check itself can fail: a module of models/ importing training is caught."""
+    fake = tmp_path / "nli_routing"
+    (fake / "models").mkdir(parents=True)
+    (fake / "models" / "bad.py").write_text("from ..training.loop import train\nfrom ..routing import Router\n")
+    (fake / "models" / "ok.py").write_text("import nli_routing.routing.layer\nfrom ..serialization import load_checkpoint\n")
+    assert upward_imports(fake) == ["models/bad.py imports training"]
+
+
+def test_every_subclass_calls_its_parents_init():
+    """No ``nn.Module.__init__(self)`` that skips a parent's ``__init__`` (DESIGN.md, engine rules)."""
+    skipping = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if "nn.Module.__init__(self)" in p.read_text()]
+    assert not skipping, f"modules that skip their parent's __init__: {skipping}"
+
+
+def test_every_model_kind_is_a_routed_model():
+    from nli_routing.models.base import RoutedModel
+    from nli_routing.models.lstm import LSTMNLIModel
+    from nli_routing.models.nli import NLIRoutingModel
+    from nli_routing.models.transformer.model import RoutedTransformerForNLI
+    from nli_routing.models.vision import VisionMTLModel
+
+    for cls in (NLIRoutingModel, LSTMNLIModel, RoutedTransformerForNLI, VisionMTLModel):
+        assert issubclass(cls, RoutedModel), cls.__name__
