@@ -35,4 +35,6 @@ def test_unknown_router_names_the_registered_ones():
         build_router("nope", [4, 4], 3, 2)
     with pytest.raises(ValueError, match="router must be one of"):
         RouterConfig(router="nope")
+    with pytest.raises(ValueError, match="router_init must be a finite number"):
+        RouterConfig(router_init=float("nan"))
     assert set(ROUTERS) | {"soft"} == set(ROUTER_TYPES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,8 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if self.router not in ROUTER_TYPES:
             raise ValueError(f"router must be one of {ROUTER_TYPES}, got {self.router!r}")
+        if not math.isfinite(self.router_init):
+            raise ValueError(f"router_init must be a finite number, got {self.router_init!r}")
         # fail early, when the flags are parsed: a malformed spec, an unknown option or value, a pair that cannot train
         check_router_learner(self.router, self.learner, parse_learner_args(self.learner_args))
 
