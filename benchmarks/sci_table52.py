@@ -183,7 +183,7 @@ def minilm_run(route: str, args: argparse.Namespace, seed: int, work_dir: Path) 
     payload = json.loads((out / "results.json").read_text())
     run = payload["run"]
     train_args = payload["args"]["train"]
-    for f in (out / route).glob("model.pt"):
+    for f in (out / route).glob("model.safetensors"):
         f.unlink()  # checkpoints of 90-250 MB are not kept
     return {
         "test_accuracy": summary["test_accuracy"],

@@ -3,6 +3,7 @@
     nli-routing generate-sci --out nli_routing/data/sci_synthetic      # the project's implicative data
     nli-routing list                                       # registered learners and recipe methods
     nli-routing analyze RUN_DIR --by signature             # path overlap, routing map, entropy, plots
+    nli-routing convert OLD_RUN_DIR OUT_DIR                # model.pt of older versions -> save_pretrained folder
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def _analyze(args: argparse.Namespace) -> None:
     print(f"{len(result['files'])} files written to {Path(result['files'][-1]).parent}")
 
 
+def _convert(args: argparse.Namespace) -> None:
+    from .models.convert import convert_run_folder
+
+    model = convert_run_folder(args.run_dir, args.out_dir, pad_id=args.pad_id)
+    print(f"{type(model).__name__} written to {args.out_dir} (load it with from_pretrained)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="nli-routing", description=__doc__,
@@ -41,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("list", help="list learners, exploration presets and SCI methods").set_defaults(func=_list)
     analyze = sub.add_parser(
         "analyze", help="routing analyses of a training run: path overlap, routing map, entropy, dispatch, policies",
-        description="Reads RUN_DIR/routing_<split>.npz (and model.pt for the tabular policies) and writes PNG "
+        description="Reads RUN_DIR/routing_<split>.npz (and model.safetensors, or an older model.pt, for the tabular policies) and writes PNG "
         "heatmaps, CSV and JSON (see nli_routing.analysis.report).",
     )
-    analyze.add_argument("run_dir", help="output folder of a training run (metrics.json, routing_*.npz, model.pt)")
+    analyze.add_argument("run_dir", help="output folder of a training run (metrics.json, routing_*.npz, config.json + model.safetensors)")
     analyze.add_argument("--by", default="meta", choices=["signature", "genre", "meta", "dispatch"],
                          help="group samples by the meta column (signature/genre/meta) or by the dispatcher's choice")
     analyze.add_argument("--split", default="test", help="which routing record: routing_<split>.npz")
@@ -55,6 +63,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                          help="policy of a router table for the cosine similarity (greedy one-hot argmax by default)")
     analyze.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (--policy softmax)")
     analyze.set_defaults(func=_analyze)
+    convert = sub.add_parser(
+        "convert", help="convert an older run folder (model_config.json + model.pt) into a save_pretrained folder",
+        description="Reads RUN_DIR/model_config.json and RUN_DIR/model.pt (weights-only: no code is unpickled) "
+        "and writes OUT_DIR/config.json + model.safetensors, which from_pretrained and AutoModel load.",
+    )
+    convert.add_argument("run_dir", help="run folder of an older nli_routing (model_config.json, model.pt)")
+    convert.add_argument("out_dir", help="where the converted model folder goes")
+    convert.add_argument("--pad_id", type=int, default=0, help="padding token id of the run's vocabulary (0 in every recipe)")
+    convert.set_defaults(func=_convert)
     if argv and argv[0] == "generate-sci":
         from .data.synthetic import main as generate
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_state_dict"]
+__all__ = ["CheckpointError", "load_checkpoint", "load_safetensors", "load_state_dict"]
 
 
 class CheckpointError(ValueError):
@@ -59,6 +59,21 @@ def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") 
     if bad:
         raise CheckpointError(f"{path} is not a state dict: keys {bad[:5]} are not parameter names")
     return dict(state)
+
+
+def load_safetensors(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing file raises :class:`FileNotFoundError`, a damaged
+    one :class:`CheckpointError` naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return load_file(str(path), device=str(map_location))
+    except Exception as err:  # safetensors' header/size errors name no file
+        raise CheckpointError(f"{path} is truncated or not a safetensors file ({path.stat().st_size} bytes): "
+                              f"{_reason(err)}") from None
 
 
 # ---------------------------------------------------------------------- non-tensor state as JSON + tensors

@@ -9,8 +9,7 @@ from nli_routing.analysis.collapse import dispatch_collapse, path_collapse
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.training.loop import TrainConfig, train
 
-from .test_nli_model import weight
-from .test_training_options import tiny_loader
+from .helpers import tiny_loader, weight
 
 
 def test_path_collapse_by_hand():

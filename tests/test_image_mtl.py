@@ -227,7 +227,7 @@ def test_recipe_runs_on_local_arrays(tmp_path, digits, monkeypatch):
         "--fc_hidden", "16", "--cpu", "--progress", "false", "--output_dir", str(tmp_path / "out"),
     ])
     assert set(results) == {"routing", "task-routing-layer"}
-    assert (tmp_path / "out" / "results.json").exists() and (tmp_path / "out" / "routing" / "model.pt").exists()
+    assert (tmp_path / "out" / "results.json").exists() and (tmp_path / "out" / "routing" / "model.safetensors").exists()
 
 
 def test_unknown_task_ids_fail_clearly():

@@ -22,7 +22,7 @@ from nli_routing.routing import (
 from nli_routing.routing.learners import LEARNERS, clip_projection, epsilon_greedy, wpl_target
 from nli_routing.routing.learners.base import epsilon_greedy_rows
 
-from .known_answer import greedy_hit_rate, make_layer, train_layer
+from .helpers.known_answer import greedy_hit_rate, make_layer, train_layer
 
 # ------------------------------------------------------------------------- exploration, eq. 3.3
 

@@ -11,7 +11,7 @@ import torch
 
 from nli_routing.routing.learners import LEARNERS
 
-from .known_answer import BEST, ROUTERS, greedy_hit_rate, make_layer, train_layer
+from .helpers.known_answer import BEST, ROUTERS, greedy_hit_rate, make_layer, train_layer
 
 #: SGD rate of the tables per learner (WPL's projection needs lr <= 1; see its module doc)
 TABULAR_LR = {"qlearning": 0.3, "advantage": 0.3, "wpl": 0.3}

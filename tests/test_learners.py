@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from nli_routing.routing import Decision, TabularRouter, Trajectory, assign_rewards, final_reward
 from nli_routing.routing.learners import LEARNERS, clip_projection, discounted_returns, wpl_target
 
-from .test_qlearning_rewards import sgd_step
+from .helpers import sgd_step
 
 
 def make_traj(router: TabularRouter, meta, actions, active) -> Trajectory:

@@ -20,29 +20,8 @@ from nli_routing.experiments.nli import (
 from nli_routing.training.loop import TrainConfig
 
 from .conftest import REPO_ROOT
+from .helpers import DIM, batch, weight
 
-VOCAB, DIM = 50, 16
-
-
-def batch(b=6, tp=5, th=4, num_meta=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pm = torch.ones(b, tp, dtype=torch.bool)
-    pm[0, 2:] = False  # a short premise
-    pm[1] = False  # an empty premise
-    return {
-        "premise_ids": torch.randint(1, VOCAB, (b, tp), generator=g) * pm,
-        "premise_mask": pm,
-        "hypothesis_ids": torch.randint(1, VOCAB, (b, th), generator=g),
-        "hypothesis_mask": torch.ones(b, th, dtype=torch.bool),
-        "meta": torch.randint(0, num_meta, (b,), generator=g),
-        "labels": torch.randint(0, 3, (b,), generator=g),
-    }
-
-
-def weight():
-    w = torch.randn(VOCAB, DIM)
-    w[0] = 0
-    return w
 
 
 @pytest.mark.parametrize(
@@ -134,7 +113,10 @@ def test_end_to_end_beats_majority_on_generated_data(generated, method, tmp_path
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["final"]["test"]["n"] == 400
     assert set(metrics["final"]["test"]["accuracy_per_meta"]) <= set(generated.meta_names)
-    assert (tmp_path / "model.pt").exists()
+    from transformers import AutoModel
+
+    saved = AutoModel.from_pretrained(tmp_path)  # the run folder is a saved model
+    assert isinstance(saved, NLIRoutingModel) and saved.settings.route == ("wp" if method.startswith("wp") else "none")
     if method.startswith("wp"):
         ent = metrics["final"]["test"]["routing_entropy_0"]
         assert 0.0 <= ent["overall"] <= 2.0 + 1e-6  # log2(4 blocks)

@@ -13,6 +13,7 @@ from nli_routing.routing import (
     final_reward,
 )
 from nli_routing.routing.learners import q_targets
+from .helpers import sgd_step
 
 
 def make_traj(router: TabularRouter, meta, actions, active) -> Trajectory:
@@ -32,13 +33,6 @@ def make_traj(router: TabularRouter, meta, actions, active) -> Trajectory:
         num_actions=router.num_actions,
         stop_action=None,
     )
-
-
-def sgd_step(router: TabularRouter, traj: Trajectory, lr: float) -> None:
-    opt = torch.optim.SGD(router.parameters(), lr=lr)
-    opt.zero_grad()
-    router.loss(traj).backward()
-    opt.step()
 
 
 def test_q_targets_bootstrap_and_terminal():

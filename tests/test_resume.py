@@ -14,7 +14,7 @@ from nli_routing.serialization import CheckpointError
 from nli_routing.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 from nli_routing.training.loop import NonFiniteError, TrainConfig, make_optimizers, train, train_step
 
-from .test_nli_model import batch, weight
+from .helpers import batch, weight
 
 N_TRAIN, BATCH, EPOCHS = 40, 8, 3  # 5 batches per epoch, 15 steps
 STEPS_PER_EPOCH = N_TRAIN // BATCH

@@ -188,7 +188,8 @@ def test_save_and_load_round_trip(route, tmp_path):
     logits = model(**batch).logits
     model.save_pretrained(tmp_path / "m")
     loaded = RoutedTransformerForNLI.from_pretrained(tmp_path / "m").eval()
-    assert loaded.config == model.config
+    assert loaded.settings == model.settings
+    assert loaded.config.encoder_layout == model.config.encoder_layout
     for a, b in zip(model.routers(), loaded.routers()):  # exploration RNGs restored (before any draw)
         assert torch.equal(a.generator.get_state(), b.generator.get_state())
     assert torch.equal(loaded(**batch).logits, logits)
@@ -198,13 +199,42 @@ def test_save_and_load_round_trip(route, tmp_path):
     assert not list((tmp_path / "m").glob("*.pt"))  # no pickle in the folder
 
 
-def test_a_folder_with_a_pickled_extra_state_is_refused_with_a_message(tmp_path):
+def write_legacy_folder(model, folder):
+    """The folder layout of earlier versions: routing_config.json, backbone/config.json,
+    model.safetensors with the routers' extra state as JSON structure + tensors."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from nli_routing.serialization import split_state
+
+    folder.mkdir(parents=True)
+    (folder / "routing_config.json").write_text(json.dumps(model.settings.to_dict()))
+    model.backbone.config.save_pretrained(folder / "backbone")
+    tensors, extra = {}, {}
+    for key, value in model.state_dict().items():
+        if key.endswith("_extra_state"):
+            router = model.get_submodule(key.rsplit(".", 1)[0])
+            extra[key] = {"epoch": router.epoch, "generator": router.generator.get_state()}
+        else:
+            tensors[key] = value.detach().clone().contiguous()
+    structure, extra_tensors = split_state(extra, prefix="__extra__.")
+    save_file({**tensors, **extra_tensors}, str(folder / "model.safetensors"))
+    (folder / "extra_state.json").write_text(json.dumps(structure))
+
+
+def test_a_folder_of_the_older_layout_still_loads_and_a_pickled_one_is_refused(tmp_path):
     from nli_routing.serialization import CheckpointError
 
-    nli_model("attention").save_pretrained(tmp_path / "m")
-    (tmp_path / "m" / "extra_state.json").rename(tmp_path / "m" / "extra_state.pt")
+    model = nli_model("attention").eval()
+    model.routers()[0].set_epoch(2)
+    write_legacy_folder(model, tmp_path / "old")
+    loaded = RoutedTransformerForNLI.from_pretrained(tmp_path / "old")
+    batch = nli_batch()
+    assert torch.equal(loaded(**batch).logits, model(**batch).logits) and loaded.routers()[0].epoch == 2
+    (tmp_path / "old" / "extra_state.json").rename(tmp_path / "old" / "extra_state.pt")
     with pytest.raises(CheckpointError, match="older nli_routing.*save_pretrained it again"):
-        RoutedTransformerForNLI.from_pretrained(tmp_path / "m")
+        RoutedTransformerForNLI.from_pretrained(tmp_path / "old")
 
 
 @pytest.mark.parametrize("route", ["attention", "block"])
@@ -299,4 +329,4 @@ def test_recipe_runs_end_to_end(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "transformer-attention" in proc.stdout and "copies" in proc.stdout
-    assert (tmp_path / "results.json").exists() and (tmp_path / "attention" / "model.pt").exists()
+    assert (tmp_path / "results.json").exists() and (tmp_path / "attention" / "model.safetensors").exists()

@@ -23,7 +23,7 @@ from nli_routing.routing import (
     grouped_apply,
 )
 
-from .test_routing_engine import per_sample_reference
+from .helpers import per_sample_reference
 
 NO_EXPLORE = "none"
 ALWAYS = {"start": 1.0, "anneal": 1.0, "every": 1, "floor": 1.0}

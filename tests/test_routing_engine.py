@@ -5,20 +5,7 @@ import torch
 from torch import nn
 
 from nli_routing.routing import LinearBank, RoutedLayer, TabularRouter, grouped_apply
-
-
-def per_sample_reference(layer: RoutedLayer, x: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Run every sample alone through the blocks its trajectory names (the obvious slow way)."""
-    outs = []
-    for i in range(x.shape[0]):
-        xi = x[i : i + 1]
-        for t in range(layer.depth):
-            a = int(actions[i, t])
-            if a < 0 or a == layer.stop_action:
-                break
-            xi = layer.step_blocks(t)[a](xi)
-        outs.append(xi)
-    return torch.cat(outs)
+from .helpers import per_sample_reference
 
 
 def make_blocks(n: int, dim: int, kind: str = "modules") -> list[nn.Module] | LinearBank:

@@ -11,7 +11,7 @@ previous defaults (ties at random per sample, entries moved by their own batch m
 import pytest
 import torch
 
-from .routing_toy import eval_loss, make_toy, train_toy
+from .helpers.routing_toy import eval_loss, make_toy, train_toy
 
 STEPS = 600
 MARGIN = 1.3  # routed greedy loss <= MARGIN x unrouted

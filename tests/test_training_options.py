@@ -2,15 +2,13 @@
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from nli_routing.data.encoding import NLICollator
 from nli_routing.routing import ROUTER_TYPES, parse_learner_args
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.routing import Trajectory
 from nli_routing.training.loop import TrainConfig, exploration_squash, is_router_batch, task_loss, train
 
-from .test_nli_model import batch, weight
+from .helpers import batch, tiny_loader, weight
 
 
 @pytest.mark.parametrize("router", ROUTER_TYPES)
@@ -82,17 +80,6 @@ def test_router_data_split_is_exact_and_deterministic():
     picks = [is_router_batch(i, 0.25) for i in range(100)]
     assert sum(picks) == 25 and picks == [is_router_batch(i, 0.25) for i in range(100)]
     assert not any(is_router_batch(i, 0.0) for i in range(10))
-
-
-def tiny_loader(n=48, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = [
-        {"premise_ids": torch.randint(1, 50, (4,), generator=g).tolist(),
-         "hypothesis_ids": torch.randint(1, 50, (3,), generator=g).tolist(),
-         "label": int(torch.randint(0, 3, (1,), generator=g)), "signature": i % 3}
-        for i in range(n)
-    ]
-    return DataLoader(rows, batch_size=8, collate_fn=NLICollator(0, "signature"))
 
 
 def test_training_loop_with_split_data_and_kappa_runs():

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..serialization import load_state_dict
+from ..serialization import load_safetensors, load_state_dict
 
 __all__ = ["POLICY_KINDS", "router_tables", "table_policies", "policy_cosine"]
 
@@ -30,14 +30,17 @@ POLICY_KINDS = ("greedy", "softmax", "table")
 
 
 def router_tables(state_dict: Mapping[str, Any] | str | Path) -> dict[str, np.ndarray]:
-    """The tabular routers' tables ``[agents, depth, actions]`` of a state dict (or a ``model.pt`` path).
+    """The tabular routers' tables ``[agents, depth, actions]`` of a state dict, or of a saved model
+    (a folder or its ``model.safetensors``; a ``model.pt`` of older run folders is read weights-only).
 
     Keys are the parameter names without the trailing ``.table`` (e.g. ``encoder.projection.router``).
-    A truncated or foreign ``model.pt`` raises :class:`~nli_routing.serialization.CheckpointError`
-    naming the file.
+    A truncated or foreign file raises :class:`~nli_routing.serialization.CheckpointError` naming it.
     """
     if isinstance(state_dict, (str, Path)):
-        state_dict = load_state_dict(state_dict)
+        path = Path(state_dict)
+        if path.is_dir():
+            path = path / "model.safetensors"
+        state_dict = load_safetensors(path) if path.suffix == ".safetensors" else load_state_dict(path)
     out = {}
     for key, value in state_dict.items():
         if key == "table" or key.endswith(".table"):

@@ -1,7 +1,7 @@
 """``nli-routing analyze``: every routing analysis of a training run, as PNG heatmaps, CSV and JSON.
 
 :func:`analyze_run` reads a run folder written by :func:`nli_routing.training.loop.train`
-(``routing_<split>.npz`` and, for the policy similarity, ``model.pt``) and writes into ``out_dir``:
+(``routing_<split>.npz`` and, for the policy similarity, the saved model's ``model.safetensors``) and writes into ``out_dir``:
 
 * ``overlap.{png,csv}``: module selections shared by the dominant paths of every pair of classes
   (diagonal = path length), rows ordered by hierarchical clustering (Figures 5.12/5.13);
@@ -81,7 +81,7 @@ def analyze_record(
 ) -> dict[str, Any]:
     """Run every analysis on a (regrouped) routing record; see the module docstring for the files.
 
-    ``state_dict`` (or a ``model.pt`` path) adds the policy similarity of its tabular routers: a
+    ``state_dict`` (or a saved model: folder, ``model.safetensors`` or an older ``model.pt``) adds the policy similarity of its tabular routers: a
     table with one row per meta class of ``meta_record`` (default ``record``; pass the record
     before :func:`~nli_routing.analysis.overlap.regroup` when grouping by dispatch) is shown for
     the classes present in it, other tables with all their rows (named after the groups of
@@ -199,7 +199,7 @@ def analyze_run(
     policy: str = "greedy",
     temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Analyse the routing of a run folder's ``routing_<split>.npz`` (and tables of ``model.pt``).
+    """Analyse the routing of a run folder's ``routing_<split>.npz`` (and the router tables of its ``model.safetensors``).
 
     ``by``: ``signature``, ``genre`` or ``meta`` (the record's meta column, the name only labels
     the figures) or ``dispatch`` (the learned dispatcher's choice). ``out_dir`` defaults to
@@ -218,7 +218,9 @@ def analyze_run(
         raise FileNotFoundError(f"{path} does not exist; routing records in {run}: {found or 'none'}")
     original = load_routing_record(path)
     record = regroup(original, "dispatch" if by == "dispatch" else "meta")
-    model = run / "model.pt"
+    model = run / "model.safetensors"
+    if not model.is_file():
+        model = run / "model.pt"  # run folders of older versions (read weights-only)
     out = Path(out_dir) if out_dir is not None else run / f"analysis_{split}_{by}"
     return analyze_record(record, out, group_name=by, match=match, state_dict=model if model.is_file() else None,
                           policy=policy, temperature=temperature, label=f"{run.name} {split}", meta_record=original)

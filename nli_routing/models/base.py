@@ -1,4 +1,5 @@
-"""The base of every routed model: its routed layers by name, their routers, and the routing objective.
+"""The base of every routed model: a Hugging Face model with its routed layers by name, their routers,
+and the routing objective.
 
 A model kind (CBOW/NLI, LSTM, Transformer, vision) builds its encoder and head, then declares its
 routed layers with :meth:`RoutedModel.register_routed` (names in routing records, logs and errors). The
@@ -11,29 +12,97 @@ training loop, evaluation and numerics read the routed parts only through this i
 - ``router_loss(out, labels)``: the final reward of every sample (``config.reward``), the collaboration
   reward of each layer, and the sum of the router losses (plus the dispatcher's);
 - an optional learned ``dispatcher`` (:meth:`attach_dispatcher`, :meth:`freeze_routing`).
+
+Every kind is a :class:`transformers.PreTrainedModel` with a :class:`RoutedModelConfig` (a
+``PretrainedConfig`` holding the kind's settings dataclass field by field): ``save_pretrained`` writes
+``config.json`` and ``model.safetensors`` (router tables as parameters/buffers, the routers' epochs and
+generators as ``uint8`` tensors: no pickle anywhere), ``from_pretrained`` (a folder or a Hub id) and
+``AutoModel.from_pretrained`` rebuild it exactly (:mod:`nli_routing.models.auto` registers the kinds).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
 
+import torch
 from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
 
 from ..routing import CollaborationReward, assign_rewards, final_reward
+from ..serialization import CheckpointError, load_safetensors
 
-__all__ = ["RoutedModel"]
+__all__ = ["RoutedModel", "RoutedModelConfig", "WEIGHTS_FILE", "LEGACY_WEIGHTS_FILE"]
+
+WEIGHTS_FILE = "model.safetensors"
+#: what run folders of older versions hold (a torch pickle, read only weights-only by the converter)
+LEGACY_WEIGHTS_FILE = "model.pt"
 
 
-class RoutedModel(nn.Module):
-    """Routed layers by name, their routers and rewards, and an optional learned dispatcher.
-
-    ``config`` needs ``num_meta`` (meta classes), ``reward`` (final reward kind) and ``rho``
-    (collaboration reward weight), as every routed model config has.
+class RoutedModelConfig(PretrainedConfig):
+    """A ``PretrainedConfig`` whose fields are those of a settings dataclass (``settings_class``: the
+    model kind's ``NLIModelConfig`` / ``LSTMModelConfig`` / ``VisionMTLConfig`` / ``TransformerNLIConfig``),
+    stored flat (``config.route``, ``config.num_meta``, ... as in ``config.json``) and validated by the
+    dataclass; ``settings`` rebuilds the dataclass. Subclasses set ``model_type`` and ``settings_class``
+    and may add fields of their own (``extra_fields``: name -> default).
     """
 
+    model_type = "nli-routing"
+    settings_class: ClassVar[type] = None  # type: ignore[assignment]
+    extra_fields: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # transformers 5 turns config subclasses into dataclasses whose generated __init__ would replace
+        # this one unless the subclass defines __init__ itself: give every subclass this __init__
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = RoutedModelConfig.__init__
+        super().__init_subclass__(**kwargs)
+
+    def __init__(self, **kwargs: Any) -> None:
+        names = [f.name for f in dataclasses.fields(self.settings_class)]
+        values = {k: kwargs.pop(k) for k in names if k in kwargs}
+        settings = self.settings_class(**values)  # validates; fills the defaults
+        extra = {name: kwargs.pop(name, default) for name, default in self.extra_fields.items()}
+        super().__init__(**kwargs)  # (transformers' config resets what is set before it)
+        for name in names:
+            setattr(self, name, getattr(settings, name))
+        for name, value in extra.items():
+            setattr(self, name, value)
+
+    @classmethod
+    def from_settings(cls, settings: Any, **extra: Any) -> "RoutedModelConfig":
+        """The config of a settings dataclass instance (plus ``extra_fields`` values)."""
+        if not isinstance(settings, cls.settings_class):
+            raise TypeError(f"{cls.__name__} holds a {cls.settings_class.__name__}, got {type(settings).__name__}")
+        return cls(**dataclasses.asdict(settings), **extra)
+
+    @property
+    def settings(self) -> Any:
+        """The settings dataclass of these fields (validated again: a field set to a bad value fails here)."""
+        return self.settings_class(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self.settings_class)})
+
+    def router_kwargs(self, seed_offset: int = 0) -> dict[str, Any]:
+        return self.settings.router_kwargs(seed_offset)
+
+
+class RoutedModel(PreTrainedModel):
+    """Routed layers by name, their routers and rewards, and an optional learned dispatcher.
+
+    ``config``: the kind's :class:`RoutedModelConfig` or its settings dataclass (wrapped); it needs
+    ``num_meta`` (meta classes), ``reward`` (final reward kind) and ``rho`` (collaboration reward
+    weight), as every routed model config has. Subclasses set ``config_class``.
+    """
+
+    config_class = RoutedModelConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+
     def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.config = config
+        if not isinstance(config, PretrainedConfig):
+            config = self.config_class.from_settings(config)
+        super().__init__(config)
         self._routed: list[tuple[str, nn.Module]] = []  # registered through their parents (no second key)
         self.routing_frozen = False  # stage 2 of two-stage dispatch: only the dispatcher learns
         self._unfrozen: list[nn.Parameter] = []
@@ -151,3 +220,156 @@ class RoutedModel(nn.Module):
                 if child is not self.dispatcher:
                     child.train(False)
         return self
+
+    # ------------------------------------------------------------------ Hugging Face model plumbing
+    def _init_weights(self, module: nn.Module) -> None:
+        """Every part initialises itself when built (and a pretrained backbone is already trained):
+        ``post_init`` must not re-initialise anything."""
+
+    @property
+    def settings(self) -> Any:
+        """The settings dataclass of ``config``."""
+        return self.config.settings
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        tokenizer: Any = None,
+        state_dict: dict[str, Tensor] | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (every entry of the state dict is a tensor:
+        weights, router tables, the routers' epochs and generators), and ``tokenizer`` when given.
+
+        ``push_to_hub=True`` uploads the folder (``repo_id``, ``token``, ``commit_message``, ``private``
+        as for transformers' models); other keyword arguments of transformers' ``save_pretrained``
+        (``safe_serialization``, ``max_shard_size``, ...) are accepted and ignored: the file is one
+        safetensors file.
+        """
+        from safetensors.torch import save_file
+
+        out = Path(save_directory)
+        if out.is_file():
+            raise ValueError(f"save_pretrained needs a folder, {out} is a file")
+        repo_id = kwargs.pop("repo_id", None)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("token", "commit_message", "private", "create_pr") if k in kwargs}
+        out.mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
+        self.config.save_pretrained(out)
+        state = self.state_dict() if state_dict is None else state_dict
+        tensors: dict[str, Tensor] = {}
+        seen: set[tuple] = set()
+        for key, value in state.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"state entry {key!r} is a {type(value).__name__}, not a tensor: it cannot be saved")
+            value = value.detach().cpu().contiguous()
+            ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+            tensors[key] = value.clone() if ptr in seen else value  # safetensors refuses shared storage
+            seen.add(ptr)
+        tmp = out / (WEIGHTS_FILE + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(out / WEIGHTS_FILE)  # never leave a half-written file under the real name
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+        if push_to_hub:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=hub_kwargs.get("token"))
+            repo = repo_id or out.name
+            api.create_repo(repo, exist_ok=True, private=hub_kwargs.get("private"))
+            api.upload_folder(repo_id=repo, folder_path=str(out), commit_message=hub_kwargs.get("commit_message"),
+                              create_pr=hub_kwargs.get("create_pr", False))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *model_args: Any,
+        config: RoutedModelConfig | None = None,
+        map_location: str | torch.device = "cpu",
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **kwargs: Any,
+    ) -> "RoutedModel":
+        """Rebuild a model written by :meth:`save_pretrained` from a folder or a Hub repository id
+        (downloaded with ``huggingface_hub``): same weights, router tables, epochs and generators, so
+        the same logits and routes. A run folder of an older version (``model.pt``) is refused with the
+        command that converts it (``nli-routing convert``); nothing is ever unpickled."""
+        src = resolve_model_folder(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=local_files_only, token=token)
+        legacy = cls._legacy_folder(src)
+        if legacy is not None:
+            return legacy
+        if config is None:
+            config = load_model_config(src)
+        if not isinstance(config, cls.config_class):
+            raise CheckpointError(
+                f"{src / 'config.json'} describes a {type(config).__name__} (model_type "
+                f"{getattr(config, 'model_type', None)!r}), not a {cls.__name__}: load it with "
+                "transformers.AutoModel.from_pretrained or the matching class"
+            )
+        model = cls._build_for_load(config, src)
+        model.load_state_dict(read_weights(src, map_location), strict=True)
+        model.name_or_path = str(pretrained_model_name_or_path)
+        model.config._name_or_path = str(pretrained_model_name_or_path)
+        model.eval()
+        return model
+
+    @classmethod
+    def _build_for_load(cls, config: RoutedModelConfig, folder: Path) -> "RoutedModel":
+        """An instance of the right shapes whose weights :meth:`from_pretrained` then loads."""
+        return cls(config)
+
+    @classmethod
+    def _legacy_folder(cls, folder: Path) -> "RoutedModel | None":
+        """A model read from an older folder layout, or None (the current layout)."""
+        if not (folder / "config.json").exists() and (folder / LEGACY_WEIGHTS_FILE).exists():
+            raise CheckpointError(
+                f"{folder} holds a {LEGACY_WEIGHTS_FILE} of an older nli_routing (a torch pickle, not loaded by "
+                f"from_pretrained): convert it with `nli-routing convert {folder} OUT_DIR`, then load OUT_DIR"
+            )
+        return None
+
+
+def resolve_model_folder(name_or_path: str | Path, **hub: Any) -> Path:
+    """A local folder as is; anything else is a Hub repository id, downloaded (``snapshot_download``)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{path} is a file: a saved model is a folder (config.json + {WEIGHTS_FILE})")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), **{k: v for k, v in hub.items() if v is not None}))
+    except Exception as err:
+        raise OSError(f"{name_or_path} is neither a local folder nor a Hub model that can be downloaded: "
+                      f"{(str(err).splitlines() or [type(err).__name__])[0]}") from None
+
+
+def load_model_config(folder: Path) -> RoutedModelConfig:
+    """The config of a saved model folder (its ``model_type`` picks the class)."""
+    from transformers import AutoConfig
+
+    from . import auto  # noqa: F401  (registers the model types)
+
+    file = folder / "config.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{folder} has no config.json: not a saved model folder")
+    try:
+        json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{file} is truncated or not JSON: {err}") from None
+    return AutoConfig.from_pretrained(str(folder))
+
+
+def read_weights(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """The tensors of ``folder/model.safetensors``; a damaged file raises :class:`CheckpointError` naming it."""
+    weights = folder / WEIGHTS_FILE
+    if not weights.exists():
+        raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}")
+    return load_safetensors(weights, map_location)

@@ -36,7 +36,7 @@ from ..routing import RoutedLayer, Router, Trajectory
 from ..routing.layer import mean_state
 from ..routing import build_router
 from .blocks import ACTIVATIONS
-from .nli import NLIModelConfig, NLIRoutingModel
+from .nli import NLIModelConfig, NLIRoutingConfig, NLIRoutingModel
 
 LSTM_ROUTES = ("none", "i2h", "h2h")
 LSTM_POOLS = ("last", "mean", "max")
@@ -298,12 +298,21 @@ class LSTMModelConfig(NLIModelConfig):
             raise ValueError(f"lstm_pool must be one of {LSTM_POOLS}, got {self.lstm_pool!r}")
 
 
+class LSTMNLIConfig(NLIRoutingConfig):
+    """The Hugging Face config of :class:`LSTMNLIModel` (the fields of :class:`LSTMModelConfig`)."""
+
+    model_type = "nli-routing-lstm"
+    settings_class = LSTMModelConfig
+
+
 class LSTMNLIModel(NLIRoutingModel):
     """:class:`NLIRoutingModel` with a (routed) LSTM encoder instead of CBOW.
 
     Inherits the forward (pair features, normalise, classify) and the routing plumbing; only the
     encoder is built here (:meth:`build_encoder`).
     """
+
+    config_class = LSTMNLIConfig
 
     def build_encoder(self, weight: Tensor, pad_id: int) -> tuple[nn.Module, int, list[tuple[str, nn.Module]]]:
         """The (routed) LSTM encoder, its output size and its routed layer (``lstm-<route>``)."""

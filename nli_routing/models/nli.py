@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..routing import RoutedLayer, RouterConfig, Trajectory
 from ..routing.bank import LinearBank
-from .base import RoutedModel
+from .base import RoutedModel, RoutedModelConfig
 from .blocks import fc_block, routed_fc_stack
 from .cbow import CBOWEncoder
 from .classifier import Classifier
@@ -83,6 +83,15 @@ class NLIModelConfig(RouterConfig):
         return asdict(self)
 
 
+class NLIRoutingConfig(RoutedModelConfig):
+    """The Hugging Face config of :class:`NLIRoutingModel`: the fields of :class:`NLIModelConfig` plus
+    the word-vector table's shape (``vocab_size``, ``embedding_dim``) and ``pad_id``."""
+
+    model_type = "nli-routing-cbow"
+    settings_class = NLIModelConfig
+    extra_fields = {"vocab_size": 0, "embedding_dim": 0, "pad_id": 0}
+
+
 @dataclass
 class NLIOutput:
     logits: Tensor
@@ -112,9 +121,26 @@ class NLIRoutingModel(RoutedModel):
     the routing plumbing of :class:`~nli_routing.models.base.RoutedModel`.
     """
 
-    def __init__(self, config: NLIModelConfig, weight: Tensor, pad_id: int) -> None:
+    config_class = NLIRoutingConfig
+    main_input_name = "premise_ids"
+
+    def __init__(self, config: NLIModelConfig | NLIRoutingConfig, weight: Tensor | None = None,
+                 pad_id: int | None = None) -> None:
+        """``config``: the settings (then ``weight``, the word vectors ``[V, D]``, is needed) or a saved
+        model's :class:`NLIRoutingConfig` (then ``weight`` may be omitted: a zero table of the config's
+        shape, which ``from_pretrained`` fills)."""
+        if isinstance(config, NLIRoutingConfig):
+            if weight is None:
+                weight = torch.zeros(config.vocab_size, config.embedding_dim)
+        elif weight is None:
+            raise ValueError(f"{type(self).__name__}({type(config).__name__}) needs the word vectors (weight [V, D])")
+        else:
+            config = self.config_class.from_settings(config)
+        config.vocab_size, config.embedding_dim = (int(n) for n in weight.shape)
+        if pad_id is not None:
+            config.pad_id = int(pad_id)
         super().__init__(config)
-        self.encoder, dim, routed = self.build_encoder(weight, pad_id)
+        self.encoder, dim, routed = self.build_encoder(weight, config.pad_id)
         self.build_head(dim, routed)
 
     def build_encoder(self, weight: Tensor, pad_id: int) -> tuple[nn.Module, int, list[tuple[str, RoutedLayer]]]:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..routing import FixedRandomRouter, LinearBank, RoutedLayer, RouterConfig, Trajectory, grouped_apply
 from ..routing.trajectory import check_range
-from .base import RoutedModel
+from .base import RoutedModel, RoutedModelConfig
 from .blocks import fc_block, routed_fc_stack
 
 #: method -> (what the FC part is, router type of routed methods)
@@ -79,6 +79,13 @@ class VisionMTLConfig(RouterConfig):
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class VisionMTLModelConfig(RoutedModelConfig):
+    """The Hugging Face config of :class:`VisionMTLModel` (the fields of :class:`VisionMTLConfig`)."""
+
+    model_type = "nli-routing-vision-mtl"
+    settings_class = VisionMTLConfig
 
 
 @dataclass
@@ -177,9 +184,12 @@ class TaskHeads(nn.Module):
 class VisionMTLModel(RoutedModel):
     """The 'Base' convnet with one of the multi-task methods of :data:`METHODS` (see the module doc)."""
 
-    def __init__(self, config: VisionMTLConfig) -> None:
+    config_class = VisionMTLModelConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: VisionMTLConfig | VisionMTLModelConfig) -> None:
         super().__init__(config)
-        c = config
+        c = self.config
         kind, router_type = METHODS[c.method]
         tasks = c.num_meta
         width = c.fc_width or tasks  # blocks per routed FC layer

@@ -92,12 +92,26 @@ class Router(nn.Module):
         """The router loss of one trajectory (delegated to the learner)."""
         return self.learner.loss(trajectory)
 
-    def get_extra_state(self) -> dict:
-        return {"epoch": self.epoch, "generator": self.generator.get_state()}
+    def get_extra_state(self) -> Tensor:
+        """The epoch and the exploration generator's state as one ``uint8`` tensor (8 bytes of the
+        epoch as int64, then the generator state), so a state dict holds only tensors (safetensors,
+        no pickle)."""
+        epoch = torch.tensor([self.epoch], dtype=torch.int64).view(torch.uint8)
+        return torch.cat([epoch, self.generator.get_state()])
 
-    def set_extra_state(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self.generator.set_state(state["generator"])
+    def set_extra_state(self, state: Tensor | dict) -> None:
+        """Inverse of :meth:`get_extra_state`; also reads the ``{"epoch", "generator"}`` dict of
+        state dicts written before the tensor form."""
+        if isinstance(state, dict):
+            self.epoch = int(state["epoch"])
+            self.generator.set_state(state["generator"])
+            return
+        if not isinstance(state, Tensor) or state.dtype != torch.uint8 or state.dim() != 1 or state.numel() <= 8:
+            raise ValueError("a router's extra state must be the uint8 tensor of get_extra_state "
+                             f"(epoch + generator state), got {type(state).__name__}")
+        state = state.cpu()
+        self.epoch = int(state[:8].clone().view(torch.int64)[0])
+        self.generator.set_state(state[8:].clone())
 
 
 class TabularRouter(Router):

@@ -159,8 +159,8 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)  # left by a save that was killed
     accelerator.wait_for_everyone()
-    # extra state (router epochs and generators) is not a tensor: safetensors cannot hold it
-    accelerator.save_state(str(tmp), safe_serialization=False)
+    # every state entry is a tensor (router epochs and generators included): models go to safetensors
+    accelerator.save_state(str(tmp), safe_serialization=True)
     torch.save(loop_rng, tmp / LOOP_RNG_FILE.format(accelerator.process_index))
     if accelerator.is_main_process:
         if best_state is not None:

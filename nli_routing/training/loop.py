@@ -481,8 +481,9 @@ def train(
 
 
 def save_run(model: nn.Module, result: dict, cfg: TrainConfig, output_dir: str | Path) -> None:
-    """Write ``metrics.json`` (with the seed), ``timing.json``, ``train_config.json``,
-    ``model_config.json`` and ``model.pt``.
+    """Write ``metrics.json`` (with the seed), ``timing.json``, ``train_config.json`` and the trained
+    model (``model.save_pretrained``: ``config.json`` + ``model.safetensors``, so the run folder loads
+    with ``from_pretrained`` / ``AutoModel.from_pretrained``).
 
     ``metrics.json`` holds only what the seed determines, so the same command with the same seed
     writes the same file; the wall-clock time goes to ``timing.json``.
@@ -493,8 +494,4 @@ def save_run(model: nn.Module, result: dict, cfg: TrainConfig, output_dir: str |
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "timing.json").write_text(json.dumps({"train_seconds": result.get("train_seconds")}, indent=2))
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    if hasattr(model, "config") and hasattr(model.config, "to_dict"):
-        (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-    tmp = out / "model.pt.tmp"
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(out / "model.pt")  # never leave a half-written checkpoint under the real name
+    model.save_pretrained(out)

@@ -9,27 +9,35 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ...routing import Router
-from ...serialization import CheckpointError, join_state, split_state
+from ...serialization import CheckpointError, join_state
 from ..blocks import routed_fc_stack
 from ..classifier import Classifier
 from ..embeddings import default_model_path
-from ..base import RoutedModel
+from ..base import RoutedModel, RoutedModelConfig, read_weights
 from ..nli import NLIOutput
 from .config import INJECT_ROUTES, TransformerNLIConfig
 from .layer import RoutedModule, get_controller, inject_routing
 
-CONFIG_FILE = "routing_config.json"
-WEIGHTS_FILE = "model.safetensors"
-#: the non-tensor state (router epochs, generator states) as JSON; its tensors are in WEIGHTS_FILE under EXTRA_PREFIX
-EXTRA_STATE_FILE = "extra_state.json"
-EXTRA_PREFIX = "__extra__."
-#: what older versions wrote instead (a pickle: refused, with a message)
-LEGACY_EXTRA_STATE_FILE = "extra_state.pt"
-BACKBONE_DIR = "backbone"
+#: the folder layout of older versions (routing_config.json, backbone/config.json, model.safetensors,
+#: extra_state.json): still read by from_pretrained; a pickled extra_state.pt is refused with a message
+LEGACY_CONFIG_FILE = "routing_config.json"
+LEGACY_EXTRA_STATE_FILE = "extra_state.json"
+LEGACY_PICKLE_FILE = "extra_state.pt"
+LEGACY_EXTRA_PREFIX = "__extra__."
+LEGACY_BACKBONE_DIR = "backbone"
+
+
+class RoutedTransformerNLIConfig(RoutedModelConfig):
+    """The Hugging Face config of :class:`RoutedTransformerForNLI`: the fields of
+    :class:`TransformerNLIConfig` plus ``encoder_layout`` (the encoder's own config as a dict, so a
+    saved model rebuilds its encoder without downloading it)."""
+
+    model_type = "nli-routing-transformer"
+    settings_class = TransformerNLIConfig
+    extra_fields = {"encoder_layout": None}
 
 
 def pool_hidden(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
@@ -57,13 +65,23 @@ class RoutedTransformerForNLI(RoutedModel):
     the routed classifier (each with ``router`` and ``num_actions``).
     """
 
-    def __init__(self, config: TransformerNLIConfig, backbone: nn.Module | None = None) -> None:
-        from transformers import AutoModel
+    config_class = RoutedTransformerNLIConfig
+
+    def __init__(self, config: TransformerNLIConfig | RoutedTransformerNLIConfig,
+                 backbone: nn.Module | None = None) -> None:
+        """``backbone``: the encoder; by default the pretrained ``model_name_or_path`` (the packaged
+        MiniLM), or, for a saved model's config, an untrained encoder of its ``encoder_layout``."""
+        from transformers import AutoConfig, AutoModel
 
         super().__init__(config)
-        c = config
+        c = self.config
         if backbone is None:
-            backbone = AutoModel.from_pretrained(c.model_name_or_path or default_model_path())
+            if c.encoder_layout is not None:
+                values = dict(c.encoder_layout)
+                backbone = AutoModel.from_config(AutoConfig.for_model(values.pop("model_type"), **values))
+            else:
+                backbone = AutoModel.from_pretrained(c.model_name_or_path or default_model_path())
+        c.encoder_layout = backbone.config.to_dict()
         self.backbone = backbone
         routed: list[tuple[str, nn.Module]] = []
         if c.route in INJECT_ROUTES:
@@ -111,58 +129,33 @@ class RoutedTransformerForNLI(RoutedModel):
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
         return NLIOutput(logits, loss, trajectories + cls_trajs)
 
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | Path, tokenizer: Any = None) -> None:
-        """Write the routing config, the backbone's config, all weights (copies and router tables
-        included) as safetensors, and the routers' non-tensor state (exploration RNG, epoch)."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
-        self.backbone.config.save_pretrained(out / BACKBONE_DIR)
-        tensors, extra, seen = {}, {}, {}
-        for key, value in self.state_dict().items():
-            if not isinstance(value, Tensor):
-                extra[key] = value
-                continue
-            value = value.detach().cpu().contiguous()
-            ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
-            tensors[key] = value.clone() if ptr in seen else value  # safetensors refuses shared storage
-            seen[ptr] = key
-        structure, extra_tensors = split_state(extra, prefix=EXTRA_PREFIX)
-        save_file({**tensors, **extra_tensors}, str(out / WEIGHTS_FILE))
-        (out / EXTRA_STATE_FILE).write_text(json.dumps(structure, indent=1))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out / BACKBONE_DIR)
-
+    # ------------------------------------------------------------------ persistence (older layout)
     @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "RoutedTransformerForNLI":
-        """Rebuild a model written by :meth:`save_pretrained` (no download: the backbone comes from its config)."""
+    def _legacy_folder(cls, folder: Path) -> "RoutedTransformerForNLI | None":
+        """Read the layout of older versions (``routing_config.json`` + ``backbone/``; JSON and
+        safetensors only). ``save_pretrained`` it to get the current layout."""
         from transformers import AutoConfig, AutoModel
 
-        src = Path(path)
-        config = TransformerNLIConfig.from_dict(json.loads((src / CONFIG_FILE).read_text()))
-        backbone = AutoModel.from_config(AutoConfig.from_pretrained(src / BACKBONE_DIR))
-        model = cls(config, backbone)
-        weights = src / WEIGHTS_FILE
-        try:
-            state: dict[str, Any] = load_file(str(weights), device=str(map_location))
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # safetensors' header/size errors name no file
-            raise CheckpointError(f"{weights} is truncated or not a safetensors file: {err}") from None
-        if (src / LEGACY_EXTRA_STATE_FILE).exists() and not (src / EXTRA_STATE_FILE).exists():
+        if (folder / "config.json").exists() or not (folder / LEGACY_CONFIG_FILE).exists():
+            return None
+        if (folder / LEGACY_PICKLE_FILE).exists() and not (folder / LEGACY_EXTRA_STATE_FILE).exists():
             raise CheckpointError(
-                f"{src} was saved by an older nli_routing (pickled {LEGACY_EXTRA_STATE_FILE}, which is not loaded "
+                f"{folder} was saved by an older nli_routing (pickled {LEGACY_PICKLE_FILE}, which is not loaded "
                 "because unpickling can run code): load it with that version and save_pretrained it again"
             )
-        extra_tensors = {k: state.pop(k) for k in [k for k in state if k.startswith(EXTRA_PREFIX)]}
-        if (src / EXTRA_STATE_FILE).exists():
+        settings = TransformerNLIConfig.from_dict(json.loads((folder / LEGACY_CONFIG_FILE).read_text()))
+        backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder / LEGACY_BACKBONE_DIR))
+        model = cls(settings, backbone)
+        state: dict[str, Any] = read_weights(folder)
+        extra = {k: state.pop(k) for k in [k for k in state if k.startswith(LEGACY_EXTRA_PREFIX)]}
+        if (folder / LEGACY_EXTRA_STATE_FILE).exists():
             try:
-                structure = json.loads((src / EXTRA_STATE_FILE).read_text())
+                structure = json.loads((folder / LEGACY_EXTRA_STATE_FILE).read_text())
             except json.JSONDecodeError as err:
-                raise CheckpointError(f"{src / EXTRA_STATE_FILE} is truncated or not JSON: {err}") from None
-            state.update(join_state(structure, extra_tensors))
+                raise CheckpointError(f"{folder / LEGACY_EXTRA_STATE_FILE} is truncated or not JSON: {err}") from None
+            state.update(join_state(structure, extra))
         model.load_state_dict(state, strict=True)
+        model.eval()
         return model
 
 
