@@ -1,6 +1,6 @@
 """Reading saved files safely: errors that name the file, and no unpickling of arbitrary objects.
 
-:func:`load_checkpoint` wraps :func:`torch.load` (``weights_only`` by default): a missing file raises
+:func:`load_checkpoint` wraps :func:`torch.load` (always ``weights_only``): a missing file raises
 :class:`FileNotFoundError`, and a truncated, empty or foreign file raises :class:`CheckpointError` (a
 :class:`ValueError`) ``"<path> is truncated or not a checkpoint (<size> bytes): <reason>"`` instead of
 the raw zip/pickle error from inside torch. The bottom layer of the package: models, analysis and
@@ -31,7 +31,7 @@ def _reason(err: BaseException) -> str:
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True
+    path: str | Path, map_location: str | torch.device = "cpu"
 ) -> Any:
     """``torch.load(path)`` whose errors name ``path`` (see the module docstring)."""
     path = Path(path)
@@ -41,7 +41,7 @@ def load_checkpoint(
     if size == 0:
         raise CheckpointError(f"{path} is truncated or not a checkpoint (0 bytes): the file is empty")
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+        return torch.load(path, map_location=map_location, weights_only=True)  # never unpickles objects
     except Exception as err:  # zip, pickle, EOF and weights-only errors from torch
         if "Weights only load failed" in str(err):
             raise CheckpointError(

@@ -77,3 +77,20 @@ def test_every_model_kind_is_a_routed_model():
 
     for cls in (NLIRoutingModel, LSTMNLIModel, RoutedTransformerForNLI, VisionMTLModel):
         assert issubclass(cls, RoutedModel), cls.__name__
+
+
+def test_no_load_path_unpickles():
+    """Model folders, checkpoints and routing records are read without unpickling: no
+    ``weights_only=False``, no ``pickle``, no ``allow_pickle=True`` anywhere in the package."""
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg in ("weights_only", "allow_pickle"):
+                value = node.value
+                if not (isinstance(value, ast.Constant) and value.value is (node.arg == "weights_only")):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.arg}")
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle") for n in names):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports pickle")
+    assert not offenders, offenders
