@@ -55,6 +55,9 @@ def test_convert_refuses_bad_folders_in_one_line(tmp_path, capsys):
     assert exit_.value.code == 2 and "model_config.json does not exist" in err and len(err.strip().splitlines()) == 1
     model, _ = build_model("cbow", "wp")
     write_old_run_folder(model, tmp_path / "old")
+    with pytest.raises(SystemExit):
+        cli(["convert", str(tmp_path / "old"), str(tmp_path / "out"), "--pad_id", "50"])
+    assert "--pad_id 50 is outside the vocabulary" in capsys.readouterr().err
     (tmp_path / "old" / "model.pt").write_bytes((tmp_path / "old" / "model.pt").read_bytes()[:100])
     with pytest.raises(SystemExit):
         cli(["convert", str(tmp_path / "old"), str(tmp_path / "out")])

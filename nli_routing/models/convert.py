@@ -54,6 +54,9 @@ def convert_run_folder(src: str | Path, dst: str | Path, pad_id: int = 0) -> Rou
         key = "encoder.embedding.weight"
         if key not in state:
             raise CheckpointError(f"{weights} has no {key}: not the weights of the model in {config_file}")
+        vocab = int(state[key].shape[0])
+        if not 0 <= pad_id < vocab:
+            raise ValueError(f"--pad_id {pad_id} is outside the vocabulary of {weights} (ids 0..{vocab - 1})")
         model = (LSTMNLIModel if lstm else NLIRoutingModel)(settings, state[key].clone(), pad_id=pad_id)
     try:
         model.load_state_dict(state, strict=True)
