@@ -7,6 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from nli_routing.models.blocks import routed_fc_stack
 from nli_routing.routing import LinearBank, RoutedLayer, SoftMixtureLayer, TabularRouter, assign_rewards
+from nli_routing.routing.decision import RoutingPass
 from nli_routing.routing.layer import grouped_apply
 
 
@@ -148,9 +149,10 @@ def test_routed_hot_path_has_no_host_synchronisation(allow_stop):
     meta = torch.randint(0, 4, (64,))
     x = torch.randn(64, 16, requires_grad=True)
     path = layer.router.decide_path(meta, layer.depth)  # meta checked by forward(); here the path alone
+    rp = RoutingPass(layer.router, meta)  # checks the meta labels (a host read) before the hot path
     with HostReads() as mode:
         path = layer.router.decide_path(meta, layer.depth)
-        y, traj = layer.forward_path(x, meta, None, path)
+        y, traj = layer.forward_path(x, rp, None, path)
         assign_rewards(traj, torch.randn(64))
         (y.sum() + layer.router.loss(traj)).backward()
     assert mode.seen == [], f"host reads in the routed hot path: {sorted(set(mode.seen))}"

@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..routing import RoutedLayer, Router, Trajectory
-from ..routing.layer import mean_state
-from ..routing import build_router
+from ..routing import RoutedLayer, Router, Trajectory, build_router
+from ..routing.decision import RoutingPass
+from ..routing.execution import EXECUTIONS
 from .blocks import ACTIVATIONS
 from .nli import NLIModelConfig, NLIRoutingConfig, NLIRoutingModel
 
 LSTM_ROUTES = ("none", "i2h", "h2h")
+PATHS = EXECUTIONS["path"]
 LSTM_POOLS = ("last", "mean", "max")
 
 
@@ -147,68 +148,46 @@ class RoutedLSTMEncoder(nn.Module):
 
     # ------------------------------------------------------------------ routing decisions
     def decide_h2h(self, x: Tensor, mask: Tensor, meta: Tensor | None) -> tuple[Tensor, Tensor | None, Trajectory]:
-        """H2H path ``[B, d]`` of every sample, the relaxed scale ``[B]`` (or None) and the trajectory."""
-        layer = self.routed
-        router = layer.router
-        b = x.shape[0]
-        if meta is not None and hasattr(router, "check_meta"):
-            router.check_meta(meta)
-        state = mean_state(x, mask) if getattr(router, "reads_state", False) else x
+        """H2H path ``[B, d]`` of every sample, the relaxed scale ``[B]`` (or None) and the trajectory.
+
+        The path is chosen before the recurrence, every step from the same state (the masked mean
+        of the sample's word vectors for routers that read it)."""
+        rp = RoutingPass(self.routed.router, meta)
         decisions, scale = [], None
         for t in range(self.depth):
-            dec = router.decide(state, meta, t)
-            decisions.append(dec)
-            if getattr(router, "relaxed", False):
-                w = RoutedLayer.relaxed_scale(dec)
+            dec = rp.decide(t, x, mask)
+            decisions.append(dec.actions)
+            w = rp.scale(dec)
+            if w is not None:
                 scale = w if scale is None else scale * w
-        active = [torch.ones(b, dtype=torch.bool, device=x.device)] * self.depth
-        meta_t = meta if meta is not None else torch.zeros(b, dtype=torch.long, device=x.device)
-        traj = Trajectory.from_decisions(meta_t, decisions, active, None)
-        return torch.stack([d.actions for d in decisions], 1), scale, traj
+        return torch.stack(decisions, 1), scale, rp.trajectory(self.depth)
 
     # ------------------------------------------------------------------ recurrence
-    def _compose(self, path: list[int], h: Tensor) -> Tensor:
-        """Apply the routed H2H composition of one path to ``h``."""
-        for t, a in enumerate(path):
-            h = self.routed.step_blocks(t)[a](h)
-        return h
-
     def recur(
         self, gx: Tensor, mask: Tensor, paths: Tensor | None = None, scale: Tensor | None = None
     ) -> Tensor:
         """Run the recurrence over ``gx [N, T, 4H]`` (I2H pre-activations) -> ``[N, H]`` encodings.
 
-        ``paths [N, d]`` (routed H2H only): the batch is sorted by path once; at every time step
-        each path's composition runs on its contiguous slice. ``scale [N]`` multiplies the routed
-        H2H output (straight-through weights of relaxed routers).
+        ``paths [N, d]`` (routed H2H only): the batch is sorted by path once (the ``"path"``
+        execution of :mod:`nli_routing.routing.execution`); at every time step each path's
+        composition runs on its contiguous slice. ``scale [N]`` multiplies the routed H2H output
+        (straight-through weights of relaxed routers).
         """
         n, steps = gx.shape[0], gx.shape[1]
-        inverse = None
-        chunks: list[tuple[list[int], int]] = []
+        plan = None
         if paths is not None:
-            width = len(self.routed.step_blocks(0))
-            code = torch.zeros(n, dtype=torch.long, device=gx.device)
-            for t in range(paths.shape[1]):
-                code = code * width + paths[:, t]
-            order = torch.argsort(code, stable=True)
-            uniq, counts = torch.unique(code, return_counts=True)
-            for c, k in zip(uniq.tolist(), counts.tolist()):
-                path = [(c // width ** (self.depth - 1 - t)) % width for t in range(self.depth)]
-                chunks.append((path, k))
-            gx, mask = gx.index_select(0, order), mask.index_select(0, order)
-            scale = None if scale is None else scale.index_select(0, order).unsqueeze(1)
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(n, device=order.device)
+            blocks = self.routed.blocks
+            plan = PATHS.plan(blocks, paths)
+            gx, mask = plan.gather(gx), plan.gather(mask)
+            scale = None if scale is None else plan.gather(scale)
+            single = plan.single
 
         def hidden_transform(h: Tensor) -> Tensor:
-            if paths is None:
+            if plan is None:
                 return self.h2h(h)
-            if len(chunks) == 1:
-                u = self._compose(chunks[0][0], h)
-            else:
-                parts = h.split([k for _, k in chunks])
-                u = torch.cat([self._compose(p, part) for (p, _), part in zip(chunks, parts)])
-            return u if scale is None else u * scale
+            if single is not None:
+                return PATHS.run_one(blocks, single, h, scale)
+            return PATHS.run_sorted(blocks, h, plan.sorted_groups, scale, counts=plan.counts)
 
         h = gx.new_zeros(n, self.hidden)
         c = gx.new_zeros(n, self.hidden)
@@ -232,7 +211,7 @@ class RoutedLSTMEncoder(nn.Module):
             out = pooled / mask.sum(1, keepdim=True).clamp_min(1).to(pooled.dtype)
         else:
             out = torch.where(mask.any(1, keepdim=True), pooled, torch.zeros_like(pooled))
-        return out if inverse is None else out.index_select(0, inverse)
+        return out if plan is None else plan.restore(out)
 
     def forward(
         self,

@@ -5,7 +5,9 @@ from .bank import LinearBank
 from .config import RouterConfig, parse_learner_args
 from .baselines import FixedRandomRouter, NoUpdateLearner, SoftGate, SoftMixtureLayer
 from .exploration import EXPLORATION_PRESETS, ExplorationSchedule, get_schedule
-from .layer import RoutedLayer, grouped_apply, mean_state
+from .decision import RoutingPass, mean_state
+from .execution import EXECUTIONS, Execution, GroupPlan, execution_for, grouped_apply
+from .layer import RoutedLayer
 from .learners import (
     LEARNERS,
     RELAXED_WEIGHTS,
@@ -30,7 +32,12 @@ __all__ = [
     "check_router_learner",
     "parse_learner_args",
     "register_router",
+    "EXECUTIONS",
     "EXPLORATION_PRESETS",
+    "Execution",
+    "GroupPlan",
+    "RoutingPass",
+    "execution_for",
     "LEARNERS",
     "RELAXED_WEIGHTS",
     "REWARD_KINDS",

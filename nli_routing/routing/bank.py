@@ -2,7 +2,7 @@
 
 ``LinearBank(G, in, out)`` holds G blocks ``act(x @ W_g + b_g)`` (optionally residual,
 ``x + gate_g * act(x @ W_g + b_g)``) in three tensors: ``weight [G, in, out]``, ``bias [G, out]``
-and ``gate [G]``. A routed layer (or :func:`~nli_routing.routing.layer.grouped_apply`) hands it
+and ``gate [G]``. A routed layer (or :func:`~nli_routing.routing.execution.grouped_apply`) hands it
 the rows sorted by block id; the bank computes every block's group in one call, whatever G is:
 
 * ``impl="grouped_mm"``: :func:`torch.nn.functional.grouped_mm` over the sorted rows (one call with
@@ -228,7 +228,7 @@ class LinearBank(nn.Module):
     ) -> Tensor:
         """Row i of ``xs [N, in]`` through block ``sorted_groups[i]`` (ascending; ``>= G`` last: stopped
         rows kept as they are, needs ``in == out``), returned in the same order (a routed layer chains
-        steps without restoring the order between; :func:`~nli_routing.routing.layer.grouped_apply`
+        steps without restoring the order between; :func:`~nli_routing.routing.execution.grouped_apply`
         sorts and unsorts). ``scale [N]`` multiplies computed rows (relaxed routers);
         ``identity=False`` promises that no row is stopped (skips one masking op).
         ``offsets``: :meth:`group_offsets` of ``sorted_groups`` when the caller has them already."""

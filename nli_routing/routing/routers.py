@@ -82,6 +82,9 @@ class Router(nn.Module):
             extra = {**extra, **heads}
         return Decision(actions=actions, explored=explored, values=values, state_index=state_index, extra=extra)
 
+    def check_meta(self, meta: Tensor) -> None:
+        """Raise a clear error for meta labels this router cannot route (default: any are fine)."""
+
     def decide_path(self, meta: Tensor, depth: int) -> Decision | None:
         """Every step's decision at once (``Decision`` tensors ``[B, depth, ...]``) for routers whose
         values do not read the activation (tabular agents, fixed routes); ``None`` (the default)
@@ -201,10 +204,9 @@ def _check_same_width(routers: Sequence[nn.Module], what: str) -> int:
     return widths.pop()
 
 
-def _check_meta_all(routers: Sequence[nn.Module], meta: Tensor) -> None:
+def _check_meta_all(routers: Sequence[Router], meta: Tensor) -> None:
     for r in routers:
-        if hasattr(r, "check_meta"):
-            r.check_meta(meta)
+        r.check_meta(meta)
 
 
 class PerStepRouter(Router):
@@ -232,8 +234,8 @@ class PerStepRouter(Router):
         super().__init__(width, learner, exploration, seed, learner_kwargs)
         self.steps = nn.ModuleList(routers)
         self.depth = len(routers)
-        self.reads_state = any(getattr(r, "reads_state", False) for r in routers)
-        self.indexes_states = all(getattr(r, "indexes_states", False) for r in routers)
+        self.reads_state = any(r.reads_state for r in routers)
+        self.indexes_states = all(r.indexes_states for r in routers)
         if self.learner.tabular_only and not self.indexes_states:
             raise ValueError(
                 f"learner {self.learner.name!r} needs tabular subrouters (its values are a policy table); "
@@ -301,8 +303,8 @@ class DispatchedRouter(Router):
         if dispatcher.relaxed and not relaxed.issuperset({True}):
             raise ValueError("a relaxed dispatcher needs relaxed subrouters")
         self._relaxed = relaxed.pop()
-        self.reads_state = any(getattr(r, "reads_state", False) for r in [dispatcher, *subrouters])
-        self.indexes_states = all(getattr(r, "indexes_states", False) for r in subrouters)
+        self.reads_state = any(r.reads_state for r in [dispatcher, *subrouters])
+        self.indexes_states = all(r.indexes_states for r in subrouters)
         self.epoch = 0
         self.generator = torch.Generator()
         self._cache: dict[str, Tensor] | None = None

@@ -12,7 +12,7 @@ for the calls inside a ``with`` block. The hook also defaults ``use_cache=False`
 be split across copies). After the forward pass the routing trajectory is in
 ``model.routing_controller.last_trajectory``.
 
-Execution groups the batch by chosen copy, as :func:`~nli_routing.routing.grouped_apply` does:
+Execution is the ``"call"`` implementation of :mod:`nli_routing.routing.execution`, which groups the batch by chosen copy:
 samples are sorted by copy, every copy runs once on its samples with the matching slice of every
 batch-shaped argument (tensors of 2 or more dims whose first dim is the batch size: hidden states,
 attention masks ``[B, 1, T, T]``, per-sample position ids; tensors with a broadcast batch dim of 1,
@@ -41,9 +41,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...routing import Decision, RoutedLayer, Router, Trajectory
-from ...routing.layer import mean_state
-from ...routing import build_router
+from ...routing import Decision, Router, Trajectory, build_router
+from ...routing.decision import RoutingPass
+from ...routing.execution import CallExecution
 from .config import DEFAULT_TARGETS, INJECT_ROUTES, RoutedTransformerConfig
 
 try:  # Transformers >= 5 records hidden states / attentions with hooks and a context variable
@@ -73,99 +73,40 @@ class RoutingController(nn.Module):
         self.num_actions = router.num_actions
         self.context_meta: Tensor | None = None
         self.last_trajectory: Trajectory | None = None
-        self._pass: dict[str, Any] | None = None
+        self._pass: RoutingPass | None = None
+        self._mask: Tensor | None = None
         self.forward_params: list[str] = []  # parameter names of the top model's forward (set on injection)
 
     def begin(self, meta: Tensor | None, mask: Tensor | None) -> None:
         """Start a forward pass with these meta labels (and 2-D attention mask for state pooling)."""
-        if meta is not None and hasattr(self.router, "check_meta"):
-            self.router.check_meta(meta)
-        self._pass = {"meta": meta, "mask": mask, "decisions": {}}
+        self._pass = RoutingPass(self.router, meta)
+        self._mask = mask
         self.last_trajectory = None
 
     def decide(self, position: int, hidden: Tensor) -> Decision:
         """The decision of routed position ``position`` for the batch of activations ``hidden``."""
-        p = self._pass
-        if p is None:
+        rp = self._pass
+        if rp is None:
             raise RuntimeError(
                 "a routed module ran outside a forward pass of the model it was injected into: call "
                 "model(..., meta=meta) or use routing_context(model, meta)"
             )
-        if position in p["decisions"]:
+        if position in rp.decisions:
             raise RuntimeError(f"routed position {position} ({self.positions[position]}) ran twice in one pass")
-        meta = p["meta"]
-        if meta is not None and meta.shape[0] != hidden.shape[0]:
-            raise ValueError(f"meta has {meta.shape[0]} labels for a batch of {hidden.shape[0]} samples")
-        state = hidden
-        if getattr(self.router, "reads_state", False):
-            mask = p["mask"]
-            ok = mask is not None and hidden.dim() == 3 and tuple(mask.shape) == tuple(hidden.shape[:2])
-            state = mean_state(hidden, mask if ok else None)
-        dec = self.router.decide(state, meta, position)
-        p["decisions"][position] = dec
-        return dec
+        mask = self._mask
+        ok = mask is not None and hidden.dim() == 3 and tuple(mask.shape) == tuple(hidden.shape[:2])
+        return rp.decide(position, hidden, mask if ok else None)
 
     def finish(self) -> Trajectory | None:
         """End the pass: stack its decisions (in position order) into ``last_trajectory``."""
-        p, self._pass = self._pass, None
-        if p is None or not p["decisions"]:
+        rp, self._pass, self._mask = self._pass, None, None
+        if rp is None:
             return None
-        missing = [self.positions[i] for i in range(self.depth) if i not in p["decisions"]]
-        if missing:
-            raise RuntimeError(f"routed modules {missing} did not run in this forward pass")
-        decisions = [p["decisions"][i] for i in range(self.depth)]
-        b = decisions[0].actions.shape[0]
-        device = decisions[0].actions.device
-        meta = p["meta"] if p["meta"] is not None else torch.zeros(b, dtype=torch.long, device=device)
-        active = [torch.ones(b, dtype=torch.bool, device=device)] * self.depth
-        self.last_trajectory = Trajectory.from_decisions(meta, decisions, active, None)
+        self.last_trajectory = rp.trajectory(self.depth, names=self.positions)
         return self.last_trajectory
 
 
-# ---------------------------------------------------------------------- splitting and merging
-def _take(obj: Any, idx: Tensor, b: int) -> Any:
-    """The samples ``idx`` of every batch-shaped tensor in ``obj`` (nested tuples/lists/dicts)."""
-    if isinstance(obj, Tensor):
-        return obj.index_select(0, idx) if obj.dim() >= 2 and obj.shape[0] == b else obj
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_take(o, idx, b) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_take(o, idx, b) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _take(v, idx, b) for k, v in obj.items()}
-    return obj
-
-
-def _merge(outs: list[Any], sizes: list[int], inverse: Tensor) -> Any:
-    """Reassemble per-group outputs (same structure) into batch order."""
-    first = outs[0]
-    if first is None:
-        return None
-    if isinstance(first, Tensor):
-        if all(isinstance(o, Tensor) and o.dim() >= 1 and o.shape[0] == n for o, n in zip(outs, sizes)):
-            return torch.cat(outs).index_select(0, inverse)
-        return first
-    if isinstance(first, dict):  # dicts and ModelOutput
-        merged = {k: _merge([o[k] for o in outs], sizes, inverse) for k in first.keys()}
-        return merged if type(first) is dict else type(first)(**merged)
-    if isinstance(first, tuple) and hasattr(first, "_fields"):
-        return type(first)(*(_merge(list(parts), sizes, inverse) for parts in zip(*outs)))
-    if isinstance(first, (tuple, list)):
-        return type(first)(_merge(list(parts), sizes, inverse) for parts in zip(*outs))
-    return first
-
-
-def _scale_first(out: Any, scale: Tensor | None) -> Any:
-    """Multiply the main output (the tensor, or a tuple's first element) by a per-sample scale."""
-    if scale is None:
-        return out
-    if isinstance(out, Tensor):
-        return out * scale.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
-    if isinstance(out, tuple) and out and isinstance(out[0], Tensor):
-        return (_scale_first(out[0], scale),) + tuple(out[1:])
-    raise TypeError(f"cannot scale a routed output of type {type(out).__name__} (relaxed routers)")
-
-
+# ---------------------------------------------------------------------- execution
 def _has_cache(obj: Any) -> bool:
     if isinstance(obj, (tuple, list)):
         return any(_has_cache(o) for o in obj)
@@ -174,47 +115,20 @@ def _has_cache(obj: Any) -> bool:
     return hasattr(obj, "get_seq_length") and hasattr(obj, "update")  # a transformers Cache
 
 
-def routed_call(copies: Sequence[nn.Module], groups: Tensor, args: tuple, kwargs: dict) -> Any:
-    """Call ``copies[g]`` on the samples of group g, each copy once; outputs in batch order."""
-    b = groups.shape[0]
-    counts = torch.bincount(groups, minlength=len(copies)).tolist()
-    nonempty = [g for g, c in enumerate(counts) if c]
-    if len(nonempty) == 1:
-        return copies[nonempty[0]](*args, **kwargs)
+def _refuse_cache(args: tuple, kwargs: dict) -> None:
     if _has_cache(args) or _has_cache(kwargs):
         raise NotImplementedError(
             "a KV cache cannot be split across routed copies: pass use_cache=False (or route one batch per copy)"
         )
-    order = torch.argsort(groups, stable=True)
-    chunks = order.split(counts)
-    collector = _active_collector.get() if _active_collector is not None else None
-    outs, captured = [], []
-    for g in nonempty:
-        idx = chunks[g]
-        inner = None
-        if collector:
-            # the copy's own capture hooks record into a fresh collector, merged below
-            inner = {k: ([None] * len(v) if isinstance(v, list) and not k.startswith("_") else v)
-                     for k, v in collector.items()}
-            token = _active_collector.set(inner)
-        try:
-            outs.append(copies[g](*_take(args, idx, b), **_take(kwargs, idx, b)))
-        finally:
-            if inner is not None:
-                _active_collector.reset(token)
-        captured.append(inner)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(b, device=order.device)
-    sizes = [counts[g] for g in nonempty]
-    if collector:
-        for key, values in collector.items():
-            if key.startswith("_") or not isinstance(values, list):
-                continue
-            new = [c[key][len(values):] for c in captured]
-            if len({len(n) for n in new}) != 1:
-                raise RuntimeError(f"routed copies recorded different numbers of {key!r}")
-            values.extend(_merge(list(parts), sizes, inverse) for parts in zip(*new))
-    return _merge(outs, sizes, inverse)
+
+
+#: the "call" execution of injected copies, recording Transformers' captured outputs per copy
+COPY_EXECUTION = CallExecution(collector=_active_collector, refuse=_refuse_cache)
+
+
+def routed_call(copies: Sequence[nn.Module], groups: Tensor, args: tuple, kwargs: dict, scale: Tensor | None = None) -> Any:
+    """Call ``copies[g]`` on the samples of group g, each copy once; outputs in batch order."""
+    return COPY_EXECUTION(copies, (args, kwargs), groups, scale)
 
 
 class RoutedModule(nn.Module):
@@ -247,11 +161,9 @@ class RoutedModule(nn.Module):
         hidden = args[0] if args else kwargs.get("hidden_states")
         if not isinstance(hidden, Tensor):
             raise TypeError(f"{self.target_name}: the first argument must be the hidden states tensor")
-        dec = self._controller.decide(self.position, hidden)
-        out = routed_call(self.copies, dec.actions, args, kwargs)
-        if getattr(self._controller.router, "relaxed", False):
-            out = _scale_first(out, RoutedLayer.relaxed_scale(dec))
-        return out
+        ctrl = self._controller
+        dec = ctrl.decide(self.position, hidden)
+        return routed_call(self.copies, dec.actions, args, kwargs, ctrl._pass.scale(dec))
 
     def extra_repr(self) -> str:
         return f"position={self.position}, target={self.target_name!r}, copies={self.num_copies}"
