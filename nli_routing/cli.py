@@ -4,6 +4,8 @@
     nli-routing list                                       # registered learners and recipe methods
     nli-routing analyze RUN_DIR --by signature             # path overlap, routing map, entropy, plots
     nli-routing convert OLD_RUN_DIR OUT_DIR                # model.pt of older versions -> save_pretrained folder
+    nli-routing predict MODEL --input pairs.jsonl --output preds.jsonl    # labels and routes of new pairs
+    nli-routing predict MODEL --premise "..." --hypothesis "..." --meta "+|-"
 """
 
 from __future__ import annotations
@@ -40,6 +42,37 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"{type(model).__name__} written to {args.out_dir} (load it with from_pretrained)")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from .inference.io import read_pairs, write_predictions
+    from .inference.predict import RoutedNLIPredictor
+
+    if (args.input is None) == (args.premise is None):
+        raise ValueError("give either --input FILE or --premise (with --hypothesis)")
+    if args.premise is not None and args.hypothesis is None:
+        raise ValueError("--premise needs --hypothesis")
+    if args.input is None and args.meta is None:
+        pairs = [{"premise": args.premise, "hypothesis": args.hypothesis}]
+    elif args.input is None:
+        pairs = [{"premise": args.premise, "hypothesis": args.hypothesis, "meta": args.meta}]
+    else:
+        if args.hypothesis is not None or args.meta is not None:
+            raise ValueError("--hypothesis and --meta go with --premise; with --input every pair has its own fields")
+        pairs = read_pairs(args.input)
+    predictor = RoutedNLIPredictor.from_pretrained(args.model, meta_fallback=args.meta_fallback)
+    rows = predictor.predict(pairs, batch_size=args.batch_size, progress=args.output is not None)
+    write_predictions(rows, args.output)
+    if args.output is not None:
+        note = f" ({predictor.fallbacks} with the fallback meta {args.meta_fallback!r})" if predictor.fallbacks else ""
+        print(f"{len(rows)} predictions written to {args.output}{note}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="nli-routing", description=__doc__,
@@ -72,6 +105,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     convert.add_argument("out_dir", help="where the converted model folder goes")
     convert.add_argument("--pad_id", type=int, default=0, help="padding token id of the run's vocabulary (0 in every recipe)")
     convert.set_defaults(func=_convert)
+    predict = sub.add_parser(
+        "predict", help="predict labels and routes of new premise/hypothesis pairs with a saved model",
+        description="MODEL is a saved model folder (a run folder of a recipe) or a Hub id. Writes one JSON "
+        "object per pair: label, score, probabilities, the route of every routed layer, the meta class and "
+        "where it came from (given, dispatched, fallback, none), and the dispatcher's choice.",
+    )
+    predict.add_argument("model", help="saved model folder or Hub id")
+    predict.add_argument("--input", default=None, help="pairs file: .jsonl, .csv or .tsv (premise, hypothesis, meta columns)")
+    predict.add_argument("--output", default=None, help="predictions .jsonl (default: stdout)")
+    predict.add_argument("--premise", default=None, help="one pair's premise (instead of --input)")
+    predict.add_argument("--hypothesis", default=None, help="one pair's hypothesis")
+    predict.add_argument("--meta", default=None, help="one pair's meta class (signature, genre) name or index")
+    predict.add_argument("--meta_fallback", default=None,
+                         help="meta class for pairs without a (known) meta value (counted); default: an error")
+    predict.add_argument("--batch_size", type=_positive_int, default=64, help="pairs per forward pass")
+    predict.set_defaults(func=_predict)
     if argv and argv[0] == "generate-sci":
         from .data.synthetic import main as generate
 
@@ -80,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, TypeError, OSError) as err:  # bad input: one clear line, no traceback
         parser.exit(2, f"nli-routing {args.command}: error: {err}\n")
 
 

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from ..models.base import register_dispatcher
 from ..routing import ApproxRouter, Trajectory, assign_rewards
-from ..routing.layer import grouped_apply
+from ..routing.execution import grouped_apply
 
 __all__ = [
     "ONLINE_DISPATCHERS",
@@ -225,6 +226,7 @@ class LearnedDispatcher(nn.Module):
             raise ValueError(f"num_dispatch must be >= 1, got {num_dispatch}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        enc_choice = encoder
         self.kind = kind
         self.num_dispatch = int(num_dispatch)
         self.alpha = float(alpha)
@@ -265,9 +267,42 @@ class LearnedDispatcher(nn.Module):
                 self.decoder = nn.Linear(projection, self.encoder.vocab_size)
             else:
                 self.decoder = SequenceDecoder(embedding, vocab_map, projection, hidden)
+        #: the constructor's arguments (JSON): a saved model's config keeps them to rebuild the dispatcher
+        self.settings = {
+            "kind": kind, "num_dispatch": self.num_dispatch, "encoder": enc_choice, "hidden": hidden,
+            "projection": projection, "bottleneck": bottleneck, "alpha": self.alpha, "pair": bool(pair),
+            "learner": learner if isinstance(learner, str) else None, "learner_kwargs": dict(learner_kwargs or {}),
+            "exploration": exploration, "detach_state": detach_state, "seed": seed,
+            "vocab_map_size": None if vocab_map is None else int(vocab_map.numel()),
+            "compact_vocab_size": None if vocab_map is None else int(vocab_map.max()) + 1,
+        }
+
+    def to_config(self) -> dict:
+        """The settings a saved model's ``config.learned_dispatch`` holds (the weights, vocabulary map
+        and the agent's generator are in ``model.safetensors``)."""
+        if self.settings["learner"] is None:
+            raise ValueError("a dispatcher built with a learner object (not a registered name) cannot be saved")
+        return {"builder": "learned", **self.settings}
+
+    @classmethod
+    def from_config(cls, embedding: nn.Embedding, settings: dict) -> "LearnedDispatcher":
+        """A dispatcher of the shapes of :meth:`to_config`'s ``settings`` (its vocabulary map and weights
+        are placeholders until the saved state dict is loaded)."""
+        s = {k: v for k, v in settings.items() if k not in ("builder", "vocab_map_size", "compact_vocab_size")}
+        vocab_map = None
+        if settings.get("vocab_map_size"):
+            vocab_map = torch.zeros(int(settings["vocab_map_size"]), dtype=torch.long)
+            vocab_map[0] = int(settings["compact_vocab_size"]) - 1  # same compact size, filled on load
+        return cls(embedding=embedding, vocab_map=vocab_map, **s)
 
     def set_epoch(self, epoch: int) -> None:
         self.policy.set_epoch(epoch)
+
+    def probabilities(self, out: DispatchOutput) -> Tensor:
+        """``[B]`` softmax of the agent's action values at each chosen class (for policy learners the
+        policy's probability; for value learners a softmax of the estimates)."""
+        values = out.trajectory.values[:, 0]
+        return torch.softmax(values.float(), -1).gather(1, out.meta.unsqueeze(1)).squeeze(1)
 
     def router_parameters(self) -> list[nn.Parameter]:
         """The agent's parameters (trained by the router optimizer); the rest train with the blocks."""
@@ -325,3 +360,9 @@ class LearnedDispatcher(nn.Module):
             total = total + out.recon_loss.mean()
         return total
 
+
+
+@register_dispatcher("learned")
+def _rebuild(model: nn.Module, settings: dict) -> LearnedDispatcher:
+    """Rebuild a saved model's dispatcher (it shares the model's word vectors, as in training)."""
+    return LearnedDispatcher.from_config(model.encoder.embedding, settings)

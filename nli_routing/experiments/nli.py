@@ -198,6 +198,12 @@ class PreparedData:
     vectors: WordVectors
     meta_names: list[str]
     meta_column: str = "signature"
+    max_length: int = 64
+
+    @property
+    def label_names(self) -> list[str] | None:
+        feature = self.data["train"].features.get("label")
+        return list(feature.names) if isinstance(feature, ClassLabel) else None
 
 
 def prepare_sci(args: DataArgs) -> PreparedData:
@@ -225,7 +231,11 @@ def prepare_sci(args: DataArgs) -> PreparedData:
     vectors = load_word_vectors(args.embeddings)
     dsd = encode_nli(dsd, vectors.tokenizer, max_length=args.max_length)
     names = dsd["train"].features["signature"].names
-    return PreparedData(dsd, vectors, list(names))
+    return PreparedData(dsd, vectors, list(names), max_length=args.max_length)
+
+
+#: what the offline dispatchers encode (CBOW of the premise's first 64 tokens), saved with the model
+OFFLINE_DISPATCH_INPUT = {"text_column": "premise", "max_length": 64}
 
 
 def method_data(
@@ -239,7 +249,8 @@ def method_data(
     if meta_source in ("signature", "meta"):  # the data set's own meta column (signature, genre)
         return prepared.data, prepared.meta_column, prepared.meta_names, None
     dsd, dispatcher = dispatch_dataset(
-        prepared.data, prepared.vectors, method=meta_source, k=k, seed=seed, dispatcher=dispatcher
+        prepared.data, prepared.vectors, method=meta_source, k=k, seed=seed, dispatcher=dispatcher,
+        text_column=OFFLINE_DISPATCH_INPUT["text_column"], max_length=OFFLINE_DISPATCH_INPUT["max_length"],
     )
     return dsd, "cluster", [f"cluster_{i}" for i in range(dispatcher.k)], dispatcher
 
@@ -301,17 +312,20 @@ def _fit(
     two_stage: bool,
     dispatch_args: DispatchArgs,
     vocab_map,
+    tokenizer=None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``dsd``; with ``two_stage``, then train a dispatcher with the model fixed."""
+    """Train ``model`` on ``dsd``; with ``two_stage``, then train a dispatcher with the model fixed.
+    The run folders get the ``tokenizer`` beside the model (self-describing for inference)."""
     train_loader, eval_loaders = make_loaders(dsd, pad_id, meta_column, train_cfg)
-    result = train(model, train_loader, eval_loaders, train_cfg, out, meta_names, accelerator)
+    result = train(model, train_loader, eval_loaders, train_cfg, out, meta_names, accelerator, tokenizer=tokenizer)
     if two_stage:
         stage1 = {k: result[k] for k in ("final", "best_epoch", "train_seconds", "history")}
         dispatcher = dispatch_args.build("two-stage", model, model.config.num_meta, vocab_map, train_cfg.seed)
         model.attach_dispatcher(dispatcher)
         model.freeze_routing()
         cfg2 = replace(train_cfg, epochs=dispatch_args.stage2_epochs)
-        result = train(model, train_loader, eval_loaders, cfg2, out / "stage2" if out else None, meta_names, accelerator)
+        result = train(model, train_loader, eval_loaders, cfg2, out / "stage2" if out else None, meta_names, accelerator,
+                       tokenizer=tokenizer)
         result["stage1"] = stage1
         result["train_seconds"] += stage1["train_seconds"]
     return result
@@ -333,6 +347,23 @@ def summarize(method: str, result: dict[str, Any]) -> dict[str, Any]:
     if "stage1" in result:
         summary["test_accuracy_with_meta"] = result["stage1"]["final"].get("test", {}).get("accuracy")
     return summary
+
+
+def describe_model(
+    model: NLIRoutingModel, prepared: PreparedData, meta_column: str, meta_names: list[str],
+    offline: OfflineDispatcher | None, learned: str | None,
+) -> None:
+    """Record what inference needs in the model's config (label and meta names, the column routed on,
+    tokens kept, word vectors, an offline dispatcher's centroids); a learned dispatcher records itself."""
+    model.describe(
+        label_names=prepared.label_names,
+        meta_names=[f"dispatch_{i}" for i in range(model.config.num_meta)] if learned else meta_names,
+        meta_column="dispatch" if learned else meta_column,
+        data_meta_column=prepared.meta_column,
+        input_max_length=prepared.max_length,
+        embeddings=prepared.vectors.source,
+        offline_dispatch=None if offline is None else {**offline.state_dict(), **OFFLINE_DISPATCH_INPUT},
+    )
 
 
 def run_method(
@@ -373,9 +404,12 @@ def run_method(
         vocab_map = compact_vocabulary(column, prepared.vectors.weight.shape[0])
     if kind:
         model.attach_dispatcher(dispatch_args.build(kind, model, dispatch_k, vocab_map, train_cfg.seed))
+    describe_model(model, prepared, meta_column, meta_names, offline, kind)
     out = Path(output_dir) if output_dir is not None else None
     pad = prepared.vectors.pad_id
-    result = _fit(model, dsd, meta_column, meta_names, pad, train_cfg, out, accelerator, two_stage, dispatch_args, vocab_map)
+    tok = prepared.vectors.tokenizer
+    result = _fit(model, dsd, meta_column, meta_names, pad, train_cfg, out, accelerator, two_stage, dispatch_args, vocab_map,
+                  tok)
     result["summary"] = summarize(method, result)
     if finetune is not None:
         if offline is None and not kind and finetune.meta_names[: len(meta_names)] != meta_names:
@@ -386,7 +420,8 @@ def run_method(
         ft_data, ft_column, ft_names, _ = method_data(finetune, meta_source, dispatch_k, train_cfg.seed, offline)
         cfg = replace(train_cfg, epochs=finetune_epochs)
         sub = out / "finetune" if out else None
-        ft = _fit(model, ft_data, ft_column, ft_names, pad, cfg, sub, accelerator, two_stage, dispatch_args, vocab_map)
+        describe_model(model, finetune, ft_column, ft_names, offline, kind)
+        ft = _fit(model, ft_data, ft_column, ft_names, pad, cfg, sub, accelerator, two_stage, dispatch_args, vocab_map, tok)
         ft["summary"] = summarize(method, ft)
         result["finetune"] = ft
     return result

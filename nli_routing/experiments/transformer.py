@@ -106,7 +106,10 @@ def train_transformer(
 
     train_loader = loader("train", train_cfg.batch_size, True)
     eval_loaders = {s: loader(s, train_cfg.eval_batch_size, False) for s in ("validation", "test") if s in encoded}
-    result = train(model, train_loader, eval_loaders, train_cfg, output_dir, meta_names, accelerator)
+    label = dsd["train"].features.get("label")
+    model.describe(label_names=getattr(label, "names", None), meta_names=meta_names, meta_column=meta_column,
+                   data_meta_column=meta_column, input_max_length=max_length)
+    result = train(model, train_loader, eval_loaders, train_cfg, output_dir, meta_names, accelerator, tokenizer=tokenizer)
     final = result["final"]
     entropy = final.get("test", final.get("validation", {})).get("routing_entropy_0", {})
     summary = {

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,37 @@ from transformers import PretrainedConfig, PreTrainedModel
 from ..routing import CollaborationReward, assign_rewards, final_reward
 from ..serialization import CheckpointError, load_safetensors
 
-__all__ = ["RoutedModel", "RoutedModelConfig", "WEIGHTS_FILE", "LEGACY_WEIGHTS_FILE"]
+__all__ = ["RoutedModel", "RoutedModelConfig", "WEIGHTS_FILE", "LEGACY_WEIGHTS_FILE", "INFERENCE_FIELDS",
+           "DISPATCHER_BUILDERS", "register_dispatcher"]
+
+#: what a saved model needs at inference besides its weights, kept in config.json by every kind
+#: (:meth:`RoutedModel.describe`): the meta classes it routes on and their names, the data's own meta
+#: column (reports by signature of a cluster-routed run), the tokens kept per text (``input_max_length``;
+#: not ``max_length``, which transformers reserves for generation), the
+#: word-vector source, an offline dispatcher's centroids and a learned dispatcher's settings
+INFERENCE_FIELDS: dict[str, Any] = {
+    "meta_names": None,
+    "meta_column": None,
+    "data_meta_column": None,
+    "input_max_length": None,
+    "embeddings": None,
+    "offline_dispatch": None,
+    "learned_dispatch": None,
+}
+
+#: learned-dispatcher kinds a saved model can rebuild (``config.learned_dispatch["builder"]``):
+#: name -> ``builder(model, settings) -> dispatcher`` (registered by :mod:`nli_routing.dispatch.learned`)
+DISPATCHER_BUILDERS: dict[str, Callable[[Any, dict], nn.Module]] = {}
+
+
+def register_dispatcher(name: str) -> Callable[[Callable], Callable]:
+    """Register a builder that rebuilds a saved model's learned dispatcher from its settings."""
+
+    def wrap(builder: Callable) -> Callable:
+        DISPATCHER_BUILDERS[name] = builder
+        return builder
+
+    return wrap
 
 WEIGHTS_FILE = "model.safetensors"
 #: what run folders of older versions hold (a torch pickle, read only weights-only by the converter)
@@ -50,6 +80,8 @@ class RoutedModelConfig(PretrainedConfig):
     """
 
     model_type = "nli-routing"
+    #: outputs transformers.Trainer leaves out of its predictions (only the logits are stacked)
+    keys_to_ignore_at_inference = ["per_sample_loss", "trajectories", "dispatch"]
     settings_class: ClassVar[type] = None  # type: ignore[assignment]
     extra_fields: ClassVar[dict[str, Any]] = {}
 
@@ -64,7 +96,7 @@ class RoutedModelConfig(PretrainedConfig):
         names = [f.name for f in dataclasses.fields(self.settings_class)]
         values = {k: kwargs.pop(k) for k in names if k in kwargs}
         settings = self.settings_class(**values)  # validates; fills the defaults
-        extra = {name: kwargs.pop(name, default) for name, default in self.extra_fields.items()}
+        extra = {name: kwargs.pop(name, default) for name, default in {**INFERENCE_FIELDS, **self.extra_fields}.items()}
         super().__init__(**kwargs)  # (transformers' config resets what is set before it)
         for name in names:
             setattr(self, name, getattr(settings, name))
@@ -186,6 +218,7 @@ class RoutedModel(PreTrainedModel):
                 f"have {self.config.num_meta} meta classes"
             )
         self._modules["dispatcher"] = dispatcher  # a registered submodule (saved, moved, trained)
+        self.config.learned_dispatch = dispatcher.to_config()  # so from_pretrained rebuilds it
 
     def freeze_routing(self) -> None:
         """Fix every parameter and router outside the dispatcher (stage 2 of two-stage dispatch).
@@ -206,6 +239,7 @@ class RoutedModel(PreTrainedModel):
         """Remove the dispatcher (routing reads the batch's meta labels again) and undo
         :meth:`freeze_routing`; returns the removed dispatcher."""
         dispatcher = self._modules.pop("dispatcher", None)
+        self.config.learned_dispatch = None
         for p in self._unfrozen:
             p.requires_grad_(True)
         self._unfrozen = []
@@ -220,6 +254,47 @@ class RoutedModel(PreTrainedModel):
                 if child is not self.dispatcher:
                     child.train(False)
         return self
+
+    # ------------------------------------------------------------------ what inference needs
+    def describe(
+        self,
+        label_names: Sequence[str] | None = None,
+        meta_names: Sequence[str] | None = None,
+        meta_column: str | None = None,
+        data_meta_column: str | None = None,
+        input_max_length: int | None = None,
+        embeddings: str | None = None,
+        offline_dispatch: dict | None = None,
+    ) -> None:
+        """Record in the config what inference needs besides the weights (see :data:`INFERENCE_FIELDS`):
+        ``label_names`` become ``id2label`` / ``label2id``; ``meta_names`` name the routers' meta classes
+        (signatures, genres, ``cluster_<i>``), ``meta_column`` the column routed on, ``data_meta_column``
+        the data's own meta column; ``offline_dispatch``: an offline dispatcher's state (centroids) plus
+        the ``text_column`` and ``max_length`` it encodes."""
+        c = self.config
+        if label_names is not None:
+            c.id2label = {i: str(n) for i, n in enumerate(label_names)}
+            c.label2id = {str(n): i for i, n in enumerate(label_names)}
+        if meta_names is not None:
+            meta_names = [str(n) for n in meta_names]
+            if self.dispatcher is None and len(meta_names) != int(c.num_meta):
+                raise ValueError(f"{len(meta_names)} meta names for a model with {c.num_meta} meta classes")
+            c.meta_names = meta_names
+        for name, value in (("meta_column", meta_column), ("data_meta_column", data_meta_column),
+                            ("input_max_length", input_max_length), ("embeddings", embeddings),
+                            ("offline_dispatch", offline_dispatch)):
+            if value is not None:
+                setattr(c, name, value)
+
+    @property
+    def needs_meta(self) -> bool:
+        """Whether the forward reads meta labels (routed layers or a meta keyword, no learned dispatcher)."""
+        if self.dispatcher is not None:
+            return False
+        return bool(self._routed) or self.reads_meta_keyword
+
+    #: the forward adds a learned vector of the meta label (kinds with a ``meta_keyword`` setting override)
+    reads_meta_keyword = False
 
     # ------------------------------------------------------------------ Hugging Face model plumbing
     def _init_weights(self, module: nn.Module) -> None:
@@ -313,6 +388,15 @@ class RoutedModel(PreTrainedModel):
                 "transformers.AutoModel.from_pretrained or the matching class"
             )
         model = cls._build_for_load(config, src)
+        spec = config.learned_dispatch
+        if spec:
+            builder = DISPATCHER_BUILDERS.get(spec.get("builder"))
+            if builder is None:
+                raise CheckpointError(
+                    f"{src / 'config.json'}: learned dispatcher {spec.get('builder')!r} is not registered "
+                    f"(known: {sorted(DISPATCHER_BUILDERS)}); import nli_routing.dispatch.learned first"
+                )
+            model.attach_dispatcher(builder(model, spec))
         model.load_state_dict(read_weights(src, map_location), strict=True)
         model.name_or_path = str(pretrained_model_name_or_path)
         model.config._name_or_path = str(pretrained_model_name_or_path)

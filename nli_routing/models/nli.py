@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.utils import ModelOutput
 
 from ..routing import RoutedLayer, RouterConfig, Trajectory
 from ..routing.bank import LinearBank
@@ -93,11 +94,17 @@ class NLIRoutingConfig(RoutedModelConfig):
 
 
 @dataclass
-class NLIOutput:
-    logits: Tensor
-    per_sample_loss: Tensor | None
-    trajectories: list[Trajectory]
-    dispatch: Any = None  # DispatchOutput of a learned dispatcher (None without one)
+class NLIOutput(ModelOutput):
+    """A routed model's output (a transformers ``ModelOutput``): ``loss`` (mean cross-entropy, when
+    labels are given: what ``transformers.Trainer`` reads), ``logits [B, C]``, ``per_sample_loss [B]``,
+    ``trajectories`` (one per routed layer, in ``routed_layer_names`` order) and ``dispatch`` (a learned
+    dispatcher's ``DispatchOutput``, None without one)."""
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    per_sample_loss: Tensor | None = None
+    trajectories: list[Trajectory] | None = None
+    dispatch: Any = None
 
 
 @torch.no_grad()
@@ -142,6 +149,10 @@ class NLIRoutingModel(RoutedModel):
         super().__init__(config)
         self.encoder, dim, routed = self.build_encoder(weight, config.pad_id)
         self.build_head(dim, routed)
+
+    @property
+    def reads_meta_keyword(self) -> bool:
+        return bool(self.config.meta_keyword)
 
     def build_encoder(self, weight: Tensor, pad_id: int) -> tuple[nn.Module, int, list[tuple[str, RoutedLayer]]]:
         """The sentence encoder, its output size and its routed layers ``(name, layer)``."""
@@ -209,7 +220,8 @@ class NLIRoutingModel(RoutedModel):
         p, h, trajs = self.encoder(premise_ids, premise_mask, hypothesis_ids, hypothesis_mask, meta)
         logits, cls_trajs = self.classifier(self.pair(self.norm(p), self.norm(h)), meta)
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
-        return NLIOutput(logits, loss, trajs + cls_trajs, dispatch)
+        return NLIOutput(loss=None if loss is None else loss.mean(), logits=logits, per_sample_loss=loss,
+                         trajectories=trajs + cls_trajs, dispatch=dispatch)
 
     def pair(self, p: Tensor, h: Tensor) -> Tensor:
         """The classifier's input from the two sentence encodings (``pair_features``)."""

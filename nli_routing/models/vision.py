@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.utils import ModelOutput
 
 from ..routing import FixedRandomRouter, LinearBank, RoutedLayer, RouterConfig, Trajectory, grouped_apply
 from ..routing.trajectory import check_range
@@ -89,10 +90,14 @@ class VisionMTLModelConfig(RoutedModelConfig):
 
 
 @dataclass
-class VisionMTLOutput:
-    logits: Tensor
-    per_sample_loss: Tensor | None
-    trajectories: list[Trajectory]
+class VisionMTLOutput(ModelOutput):
+    """As :class:`~nli_routing.models.nli.NLIOutput`: ``loss`` (mean, with labels), ``logits``,
+    ``per_sample_loss``, ``trajectories``, ``dispatch`` (always None here)."""
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    per_sample_loss: Tensor | None = None
+    trajectories: list[Trajectory] | None = None
     dispatch: Any = None
 
 
@@ -264,7 +269,8 @@ class VisionMTLModel(RoutedModel):
             trajs.append(traj)
         logits = self.heads(x, meta)
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
-        return VisionMTLOutput(logits, loss, trajs)
+        return VisionMTLOutput(loss=None if loss is None else loss.mean(), logits=logits, per_sample_loss=loss,
+                               trajectories=trajs)
 
 
 class ImageMTLCollator:

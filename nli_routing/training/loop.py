@@ -308,6 +308,7 @@ def train(
     meta_names: list[str] | None = None,
     accelerator: Accelerator | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Train blocks and routers together; evaluate every epoch; write metrics and a checkpoint.
 
@@ -473,17 +474,18 @@ def train(
         accelerator.end_training()
     result = {"history": history, "best_epoch": best_epoch, "final": final, "train_seconds": train_seconds}
     if output_dir is not None and accelerator.is_main_process:
-        save_run(unwrapped, result, cfg, output_dir)
+        save_run(unwrapped, result, cfg, output_dir, tokenizer)
         for name, rec in records.items():
             rec.save(Path(output_dir) / f"routing_{name}.npz")
     accelerator.wait_for_everyone()
     return result
 
 
-def save_run(model: nn.Module, result: dict, cfg: TrainConfig, output_dir: str | Path) -> None:
+def save_run(model: nn.Module, result: dict, cfg: TrainConfig, output_dir: str | Path, tokenizer: Any = None) -> None:
     """Write ``metrics.json`` (with the seed), ``timing.json``, ``train_config.json`` and the trained
-    model (``model.save_pretrained``: ``config.json`` + ``model.safetensors``, so the run folder loads
-    with ``from_pretrained`` / ``AutoModel.from_pretrained``).
+    model (``model.save_pretrained``: ``config.json`` + ``model.safetensors``, and the ``tokenizer``
+    files when given, so the run folder loads with ``from_pretrained`` / ``AutoModel.from_pretrained``
+    and predicts with ``nli-routing predict``).
 
     ``metrics.json`` holds only what the seed determines, so the same command with the same seed
     writes the same file; the wall-clock time goes to ``timing.json``.
@@ -494,4 +496,4 @@ def save_run(model: nn.Module, result: dict, cfg: TrainConfig, output_dir: str |
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "timing.json").write_text(json.dumps({"train_seconds": result.get("train_seconds")}, indent=2))
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    model.save_pretrained(out)
+    model.save_pretrained(out, tokenizer=tokenizer)

@@ -1,0 +1,126 @@
+"""Inference on saved runs: every model kind (CBOW, LSTM, routed MiniLM; signature, offline-cluster and
+learned dispatch) predicts from its run folder exactly what the training run recorded on its test
+split (labels and routes), through the Python API, ``nli-routing predict`` and the ``routed-nli``
+pipeline (in a fresh process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nli_routing.analysis.records import load_routing_record
+from nli_routing.cli import main as cli
+from nli_routing.experiments.nli import DataArgs, prepare_sci, run_method
+from nli_routing.experiments.transformer import PairDataArgs, load_data, train_transformer
+from nli_routing.inference import RoutedNLIPredictor
+from nli_routing.models.nli import NLIModelConfig
+from nli_routing.models.transformer import TransformerNLIConfig
+from nli_routing.training.loop import TrainConfig
+
+METHODS = ["cbow", "wp-signature", "wp-kmeans", "wp-basic", "lstm-h2h"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One tiny training run per method (embedded SCI data, packaged MiniLM vectors) and a routed MiniLM."""
+    root = tmp_path_factory.mktemp("runs")
+    prepared = prepare_sci(DataArgs(max_train_samples=240))
+    model_cfg = NLIModelConfig(classifier_hidden=32)
+    train_cfg = TrainConfig(epochs=1, batch_size=32, lr=2e-3, block_optimizer="adam", router_lr_ratio=5.0, seed=0)
+    for method in METHODS:
+        run_method(method, prepared, model_cfg, train_cfg, 3, root / method)
+    dsd, names = load_data(PairDataArgs(max_train_samples=48, max_eval_samples=40, max_length=48, allow_unseen_meta=True))
+    tcfg = TransformerNLIConfig(route="attention", num_blocks=2, classifier_hidden=16)
+    train_transformer(dsd, names, "signature", tcfg, replace(train_cfg, batch_size=16, lr=5e-5), 48, root / "minilm")
+    return root, prepared, dsd
+
+
+def pairs_of(split) -> list[dict]:
+    names = split.features["signature"].names
+    return [{"premise": r["premise"], "hypothesis": r["hypothesis"], "signature": names[r["signature"]]}
+            for r in split.with_format(None)]
+
+
+@pytest.mark.parametrize("method", METHODS + ["minilm"])
+def test_predictions_equal_the_runs_own_test_records(runs, method):
+    root, prepared, dsd = runs
+    folder = root / method
+    assert (folder / "tokenizer.json").exists() and (folder / "config.json").exists()
+    split = (dsd if method == "minilm" else prepared.data)["test"]
+    predictor = RoutedNLIPredictor.from_pretrained(folder)
+    preds = predictor.predict(pairs_of(split), batch_size=50)
+    record = load_routing_record(folder / "routing_test.npz")
+    labels = [predictor.model.config.label2id[p["label"]] for p in preds]
+    assert np.array_equal(np.asarray(labels), record.preds), f"{method}: labels differ from the run's test record"
+    for layer in record.layers:
+        for i, p in enumerate(preds):
+            want = [("stop" if a == layer.stop_action else int(a)) for a in layer.actions[i] if a >= 0]
+            assert p["route"][layer.name] == want, f"{method}, sample {i}, layer {layer.name}"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    acc = float(np.mean(np.asarray(labels) == record.labels))
+    assert acc == pytest.approx(metrics["final"]["test"]["accuracy"], abs=1e-6)
+    source = {"cbow": "given", "wp-signature": "given", "wp-kmeans": "dispatched", "wp-basic": "dispatched",
+              "lstm-h2h": "given", "minilm": "given"}[method]
+    assert {p["meta_source"] for p in preds} == {source}
+    if method in ("wp-kmeans", "wp-basic"):
+        assert all(p["dispatch"]["class"] == p["meta"] for p in preds)
+        assert np.array_equal([predictor.meta_names.index(p["meta"]) for p in preds],
+                              record.dispatch if record.dispatch is not None else record.meta)
+
+
+def test_missing_meta_is_an_error_or_a_counted_fallback(runs):
+    root, *_ = runs
+    pair = {"premise": "Ann managed to leave.", "hypothesis": "Ann left."}
+    with pytest.raises(ValueError, match=r"pair 0: this model routes on 'signature'.*\+\|-"):
+        RoutedNLIPredictor.from_pretrained(root / "wp-signature").predict([pair])
+    predictor = RoutedNLIPredictor.from_pretrained(root / "wp-signature", meta_fallback="+|-")
+    out = predictor.predict([pair, {**pair, "signature": "no|such"}, {**pair, "meta": 0}])
+    assert [o["meta_source"] for o in out] == ["fallback", "fallback", "given"] and predictor.fallbacks == 2
+    # a dispatching model needs no meta
+    assert RoutedNLIPredictor.from_pretrained(root / "wp-basic").predict(pair)[0]["meta_source"] == "dispatched"
+
+
+def test_cli_predict_writes_one_line_per_pair(runs, tmp_path, capsys):
+    root, prepared, _ = runs
+    pairs = pairs_of(prepared.data["test"].select(range(7)))
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    out = tmp_path / "preds.jsonl"
+    cli(["predict", str(root / "wp-signature"), "--input", str(src), "--output", str(out), "--batch_size", "3"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    api = RoutedNLIPredictor.from_pretrained(root / "wp-signature").predict(pairs)
+    assert rows == json.loads(json.dumps(api))
+    cli(["predict", str(root / "wp-kmeans"), "--premise", "Ann managed to leave.", "--hypothesis", "Ann left."])
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert one["meta_source"] == "dispatched" and set(one["route"]) == {"wp"}
+
+
+def test_the_pipeline_in_a_fresh_process(runs):
+    root, *_ = runs
+    code = (
+        "import json, sys; import nli_routing.inference.pipeline; from transformers import pipeline\n"
+        "out = {}\n"
+        "for m in sys.argv[1:]:\n"
+        "    nli = pipeline('routed-nli', model=m)\n"
+        "    out[m] = nli([{'text': 'Ann managed to leave.', 'text_pair': 'Ann left.', 'meta': '+|-'}], top_k=None)\n"
+        "print(json.dumps(out))\n"
+    )
+    folders = [str(root / m) for m in ("wp-signature", "wp-basic", "lstm-h2h", "minilm")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code, *folders], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    for folder in folders:
+        ranked = out[folder][0]
+        assert len(ranked) == 3 and abs(sum(r["score"] for r in ranked) - 1) < 1e-5
+        api = RoutedNLIPredictor.from_pretrained(folder).predict(
+            {"premise": "Ann managed to leave.", "hypothesis": "Ann left.", "meta": "+|-"})[0]
+        assert ranked[0]["label"] == api["label"] and ranked[0]["route"] == api["route"]
+        assert ranked[0]["score"] == pytest.approx(api["score"], abs=1e-6)
