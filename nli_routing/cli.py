@@ -6,6 +6,7 @@
     nli-routing convert OLD_RUN_DIR OUT_DIR                # model.pt of older versions -> save_pretrained folder
     nli-routing predict MODEL --input pairs.jsonl --output preds.jsonl    # labels and routes of new pairs
     nli-routing predict MODEL --premise "..." --hypothesis "..." --meta "+|-"
+    nli-routing app MODEL                                  # the Gradio app (pip install "nli_routing[app]")
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"{len(rows)} predictions written to {args.output}{note}")
 
 
+def _app(args: argparse.Namespace) -> None:
+    from .inference.app import run
+
+    run(args)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -121,6 +128,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                          help="meta class for pairs without a (known) meta value (counted); default: an error")
     predict.add_argument("--batch_size", type=_positive_int, default=64, help="pairs per forward pass")
     predict.set_defaults(func=_predict)
+    app = sub.add_parser("app", help="a Gradio web app for a saved model (pair and batch-file tabs)",
+                         description="Serves the model's app: a pair tab (label, probabilities, the route as a "
+                         "picture) and a batch-file tab. Needs Gradio (pip install \"nli_routing[app]\").")
+    app.add_argument("model", help="saved model folder or Hub id")
+    app.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for a Space)")
+    app.add_argument("--port", type=int, default=7860, help="port (1-65535)")
+    app.add_argument("--meta_fallback", default=None, help="meta class for pairs without one (default: an error)")
+    app.set_defaults(func=_app)
     if argv and argv[0] == "generate-sci":
         from .data.synthetic import main as generate
 
@@ -129,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, OSError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, TypeError, OSError, ImportError) as err:  # bad input: one clear line, no traceback
         parser.exit(2, f"nli-routing {args.command}: error: {err}\n")
 
 

@@ -37,12 +37,18 @@ class RecipeArgs:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = HfArgumentParser((RecipeArgs, PairDataArgs, TransformerNLIConfig, TrainConfig))
     parser.set_defaults(**TRAIN_DEFAULTS)
-    recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses(args=argv)
+    try:  # bad flags: one line and exit status 2
+        recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
-    dsd, names = load_data(data_args)
+    try:
+        dsd, names = load_data(data_args)
+    except (ValueError, FileNotFoundError) as err:  # bad data: one line naming the file
+        parser.error(str(err))
     out = Path(recipe.output_dir)
     res = train_transformer(dsd, names, "signature", model_cfg, train_cfg, data_args.max_length,
                             out / model_cfg.route, accelerator)

@@ -26,6 +26,8 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import HfArgumentParser
 
+from nli_routing.routing.config import check_at_least
+
 from nli_routing.data.image_mtl import DATASETS
 from nli_routing.models.vision import METHODS, ImageMTLCollator, VisionMTLConfig, VisionMTLModel
 from nli_routing.training.loop import TrainConfig, train
@@ -44,6 +46,9 @@ class ImageDataArgs:
     per_class: int = field(default=1000, metadata={"help": "one-vs-rest sets: training samples per class and task"})
     test_per_task: int = field(default=200, metadata={"help": "one-vs-rest sets: test (and validation) samples per task"})
     data_seed: int = field(default=0, metadata={"help": "seed of the task construction"})
+
+    def __post_init__(self) -> None:
+        check_at_least(self, per_class=1, test_per_task=1)
 
 
 @dataclass
@@ -110,11 +115,14 @@ IMAGE_TRAIN_DEFAULTS: dict[str, Any] = {"block_optimizer": "adam", "lr": 0.001, 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = HfArgumentParser((ImageDataArgs, RecipeArgs, ModelArgs, TrainConfig))
     parser.set_defaults(**IMAGE_TRAIN_DEFAULTS)
-    data_args, recipe, model_args, train_cfg = parser.parse_args_into_dataclasses(args=argv)
-    model_cfg = VisionMTLConfig(**vars(model_args))
-    for m in recipe.method:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+    try:  # bad flags: one line and exit status 2
+        data_args, recipe, model_args, train_cfg = parser.parse_args_into_dataclasses(args=argv)
+        model_cfg = VisionMTLConfig(**vars(model_args))
+        for m in recipe.method:
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+    except ValueError as err:
+        parser.error(str(err))
     dsd = load_image_mtl(data_args)
     out = Path(recipe.output_dir)
     results = {}

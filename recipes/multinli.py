@@ -38,6 +38,7 @@ from nli_routing.data.encoding import encode_nli
 from nli_routing.data.multinli import GENRES, SPLITS, load_multinli
 from nli_routing.data.sci import check_meta_coverage
 from nli_routing.routing import RouterConfig
+from nli_routing.routing.config import check_at_least
 from nli_routing.models.embeddings import load_word_vectors
 from nli_routing.models.nli import NLIModelConfig
 from nli_routing.experiments.nli import METHODS, RECIPE_TRAIN_DEFAULTS, PreparedData, format_table, run_method
@@ -68,6 +69,9 @@ class MultiNLIDataArgs:
     max_train_samples: int | None = field(default=None, metadata={"help": "cap the training set (quick runs)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "cap validation and test (quick runs)"})
 
+    def __post_init__(self) -> None:
+        check_at_least(self, max_length=1, dispatch_k=1, max_train_samples=1, max_eval_samples=1)
+
 
 @dataclass
 class RecipeArgs:
@@ -82,6 +86,11 @@ class RecipeArgs:
     transformer_lr: float = field(default=5e-5, metadata={"help": "Adam lr of the transformer-* methods"})
     transformer_max_length: int = field(default=128, metadata={"help": "tokens per pair (transformer-* methods)"})
     num_blocks: int = field(default=2, metadata={"help": "routed copies per module (transformer-attention/-block)"})
+
+    def __post_init__(self) -> None:
+        check_at_least(self, transformer_max_length=4, num_blocks=1)
+        if not self.transformer_lr > 0:
+            raise ValueError(f"transformer_lr must be > 0, got {self.transformer_lr}")
 
 
 def canonical_method(name: str) -> str:
@@ -148,7 +157,10 @@ def run_transformer(
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = HfArgumentParser((RecipeArgs, MultiNLIDataArgs, NLIModelConfig, TrainConfig))
     parser.set_defaults(**RECIPE_TRAIN_DEFAULTS)
-    recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses(args=argv)
+    try:  # bad flags: one line and exit status 2
+        recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -46,6 +46,7 @@ from nli_routing.experiments.nli import (
     resolve_method,
     run_method,
 )
+from nli_routing.routing.config import check_at_least
 from nli_routing.training.loop import TrainConfig
 
 
@@ -69,6 +70,7 @@ class RecipeArgs:
     nested_epochs: int = field(default=3, metadata={"help": "epochs of the nested fine-tuning"})
 
     def __post_init__(self) -> None:
+        check_at_least(self, nested_epochs=1)
         if self.dispatch is not None:
             self.methods = [dispatch_method(self.dispatch, self.two_stage)]
         elif self.two_stage:

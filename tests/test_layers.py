@@ -7,7 +7,8 @@ import nli_routing
 
 ROOT = Path(nli_routing.__file__).parent
 #: bottom to top; a module may import its own layer and the layers below it
-LAYERS = ["serialization", "routing", "models", "data", "dispatch", "analysis", "training", "metrics", "experiments", "cli"]
+LAYERS = ["serialization", "routing", "models", "data", "dispatch", "analysis", "training", "metrics", "experiments", "inference",
+          "cli"]
 
 
 def imported_layers(path: Path, root: Path = ROOT) -> set[str]:

@@ -144,3 +144,39 @@ def plot_routing_map(
         ylabel=ylabel, annotations=notes, cmap=cmap, vmin=-0.5, vmax=max(n_actions, 1) - 0.5,
         colorbar_label="module", colorbar_ticks=list(range(max(n_actions, 1))),
     )
+
+
+def plot_route(
+    route: Mapping[str, Sequence[int | str]],
+    layers: Mapping[str, tuple[int, int, int | None]],
+    title: str = "route",
+) -> Figure:
+    """One sample's route as a picture: for every routed layer (a row band) and depth (a column),
+    the layer's actions as cells, the chosen block filled (``"stop"``: the stop cell), later depths
+    after a stop left grey. ``layers``: name -> ``(depth, num_actions, stop_action)``."""
+    names = list(layers)
+    depth = max((layers[n][0] for n in names), default=1)
+    width = max((layers[n][1] for n in names), default=1)
+    fig = Figure(figsize=(1.2 + 1.1 * depth, 0.6 + 0.45 * width * max(len(names), 1)))
+    axes = fig.subplots(max(len(names), 1), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names or ["(no routed layer)"]):
+        d, a, stop = layers.get(name, (1, 1, None))
+        chosen = list(route.get(name, []))
+        grid = np.zeros((a, d))
+        for t in range(d):
+            if t >= len(chosen):
+                grid[:, t] = -1  # after a stop
+                continue
+            c = chosen[t]
+            grid[stop if c == "stop" else int(c), t] = 1
+        ax.imshow(grid, cmap=ListedColormap(["#dddddd", "#f7f7f7", "#d95f02"]), vmin=-1, vmax=1, aspect="auto")
+        ax.set_xticks(range(d), [f"depth {t + 1}" for t in range(d)])
+        ax.set_yticks(range(a), ["stop" if stop is not None and i == stop else f"block {i}" for i in range(a)])
+        ax.set_xticks(np.arange(-0.5, d, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, a, 1), minor=True)
+        ax.grid(which="minor", color="white", linewidth=2)
+        ax.tick_params(which="minor", length=0)
+        ax.set_title(name, fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -20,6 +20,7 @@ from ..data.sci import check_meta_coverage, load_sci
 from ..dispatch.learned import ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..routing import parse_learner_args
+from ..routing.config import check_at_least
 from ..models.embeddings import WordVectors, load_word_vectors
 from ..models.lstm import LSTMModelConfig, LSTMNLIModel
 from ..models.nli import NLIModelConfig, NLIRoutingModel
@@ -111,6 +112,9 @@ class DataArgs:
         metadata={"help": "allow signatures in validation/test that training never saw (their agents stay untrained)"},
     )
 
+    def __post_init__(self) -> None:
+        check_at_least(self, max_length=1, dispatch_k=1, max_train_samples=1)
+
 
 @dataclass
 class DispatchArgs:
@@ -137,6 +141,7 @@ class DispatchArgs:
             raise ValueError(f"dispatch_encoder must be one of {ENCODERS}, got {self.dispatch_encoder!r}")
         if self.dispatch_input not in ("premise", "pair"):
             raise ValueError(f"dispatch_input must be 'premise' or 'pair', got {self.dispatch_input!r}")
+        check_at_least(self, dispatch_hidden=1, dispatch_projection=1, dispatch_bottleneck=1, stage2_epochs=1)
         if not 0.0 <= self.dispatch_alpha <= 1.0:
             raise ValueError(f"dispatch_alpha must be in [0, 1], got {self.dispatch_alpha}")
         parse_learner_args(self.dispatch_learner_args)

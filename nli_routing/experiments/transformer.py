@@ -24,6 +24,7 @@ from ..models.transformer import (
     count_parameters,
     encode_pairs,
 )
+from ..routing.config import check_at_least
 from ..training.loop import TrainConfig, train
 from .nli import DEFAULT_DATA_DIR
 
@@ -50,6 +51,9 @@ class PairDataArgs:
     allow_unseen_meta: bool = field(
         default=False, metadata={"help": "allow signatures in validation/test that training never saw"}
     )
+
+    def __post_init__(self) -> None:
+        check_at_least(self, max_length=4, max_train_samples=1, max_eval_samples=1)
 
 
 def load_data(args: PairDataArgs) -> tuple[DatasetDict, list[str]]:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..routing import RoutedLayer, Router, Trajectory, build_router
+from ..routing.config import check_at_least
 from ..routing.decision import RoutingPass
 from ..routing.execution import EXECUTIONS
 from .blocks import ACTIVATIONS
@@ -269,6 +270,7 @@ class LSTMModelConfig(NLIModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_at_least(self, lstm_hidden=1, lstm_width=1, lstm_depth=1)
         if self.route not in ("none", "classifier"):
             raise ValueError(f"LSTM models route 'none' or 'classifier' (no word projection), got {self.route!r}")
         if self.lstm_route not in LSTM_ROUTES:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from ..routing import RoutedLayer, RouterConfig, Trajectory
+from ..routing.config import check_at_least
 from ..routing.bank import LinearBank
 from .base import RoutedModel, RoutedModelConfig
 from .blocks import fc_block, routed_fc_stack
@@ -70,6 +71,7 @@ class NLIModelConfig(RouterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_at_least(self, num_classes=2, wp_width=1, wp_depth=1, classifier_width=1, classifier_hidden=1)
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
         if self.pair_features not in PAIR_FEATURES:

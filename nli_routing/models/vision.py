@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from ..routing import FixedRandomRouter, LinearBank, RoutedLayer, RouterConfig, Trajectory, grouped_apply
+from ..routing.config import check_at_least
 from ..routing.trajectory import check_range
 from .base import RoutedModel, RoutedModelConfig
 from .blocks import fc_block, routed_fc_stack
@@ -73,6 +74,8 @@ class VisionMTLConfig(RouterConfig):
         super().__post_init__()
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        check_at_least(self, num_classes=2, in_channels=1, image_size=1, conv_channels=1, conv_layers=1, fc_hidden=1,
+                       fc_layers=1)
         if self.fc_width < 0:
             raise ValueError(f"fc_width must be >= 0 (0: one block per task), got {self.fc_width}")
         if not 0.0 < self.sigma <= 1.0:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .exploration import EXPLORATION_PRESETS
 from .registry import ROUTER_TYPES, check_router_learner
 
 __all__ = ["RouterConfig", "parse_learner_args"]
@@ -27,6 +28,14 @@ def parse_learner_args(spec: str) -> dict:
         else:
             out[key] = {"true": True, "false": False}.get(value.lower(), value)
     return out
+
+
+def check_at_least(obj: Any, **minimums: float) -> None:
+    """Raise ``ValueError`` naming the first field of ``obj`` below its minimum (``None`` passes: unset)."""
+    for name, low in minimums.items():
+        value = getattr(obj, name)
+        if value is not None and not value >= low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 @dataclass
@@ -53,6 +62,9 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if self.router not in ROUTER_TYPES:
             raise ValueError(f"router must be one of {ROUTER_TYPES}, got {self.router!r}")
+        check_at_least(self, num_meta=1, num_subrouters=1)
+        if self.exploration not in EXPLORATION_PRESETS:
+            raise ValueError(f"exploration must be one of {sorted(EXPLORATION_PRESETS)}, got {self.exploration!r}")
         if not math.isfinite(self.router_init):
             raise ValueError(f"router_init must be a finite number, got {self.router_init!r}")
         # fail early, when the flags are parsed: a malformed spec, an unknown option or value, a pair that cannot train

@@ -33,6 +33,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from ..models.base import RoutedModel
+from ..routing.config import check_at_least
 from ..serialization import CheckpointError, load_checkpoint
 from .distributed import make_accelerator
 from .evaluation import collect_record, evaluate, record_metrics
@@ -126,6 +127,9 @@ class TrainConfig:
     collapse_warmup: int = field(default=1, metadata={"help": "epochs before collapse warnings start"})
 
     def __post_init__(self) -> None:
+        check_at_least(self, epochs=1, batch_size=1, eval_batch_size=1)
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.router_lr_ratio < 1.0:
             raise ValueError(f"router_lr_ratio must be >= 1 (router lr >= block lr), got {self.router_lr_ratio}")
         if not self.explore_kappa >= 0.0:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ...routing import ROUTER_TYPES, RouterConfig
+from ...routing.config import check_at_least
 
 INJECT_ROUTES = ("attention", "block")
 NLI_ROUTES = ("none", "classifier") + INJECT_ROUTES
@@ -57,8 +58,7 @@ class RoutedTransformerConfig(RouterConfig):
         super().__post_init__()
         if self.route not in NLI_ROUTES:
             raise ValueError(f"route must be one of {NLI_ROUTES}, got {self.route!r}")
-        if self.num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        check_at_least(self, num_blocks=1)
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if self.router not in ROUTERS:
@@ -91,6 +91,7 @@ class TransformerNLIConfig(RoutedTransformerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_at_least(self, num_classes=2, classifier_hidden=1, classifier_layers=0, classifier_width=1)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.route == "classifier" and self.classifier_layers < 1:
