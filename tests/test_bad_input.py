@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -424,3 +425,129 @@ def test_unlabelled_multinli_rows_are_dropped_and_counted(tmp_path: Path) -> Non
     assert report["train"]["rows"] == 3 and report["train"]["dropped_no_gold"] == 1
     assert report["train"]["empty_premise"] == 1 and report["train"]["empty_hypothesis"] == 0
     assert report["validation_mismatched"]["dropped_no_gold"] == 1 and len(dsd["validation_mismatched"]) == 2
+
+
+# --------------------------------------------------------------------------- issue 17: inference and recipe flags
+ROOT = Path(__file__).resolve().parents[1]
+PAIR = {"premise": "Ann managed to leave.", "hypothesis": "Ann left."}
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Path:
+    """A tiny trained wp-signature run folder (config, weights, tokenizer)."""
+    from nli_routing.experiments.nli import DataArgs, prepare_sci, run_method
+    from nli_routing.training.loop import TrainConfig
+
+    folder = tmp_path_factory.mktemp("bad_inference") / "wp-signature"
+    run_method("wp-signature", prepare_sci(DataArgs(max_train_samples=60, allow_unseen_meta=True)), NLIModelConfig(classifier_hidden=8),
+               TrainConfig(epochs=1, batch_size=32, seed=0), 3, folder)
+    return folder
+
+
+def _write(tmp: Path, name: str, text: str) -> str:
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+def _no_tokenizer(tmp: Path, model: Path) -> str:
+    import shutil
+
+    out = tmp / "no_tokenizer"
+    shutil.copytree(model, out)
+    for f in out.glob("tokenizer*"):
+        f.unlink()
+    return str(out)
+
+
+#: (name, argv builder (tmp, model) -> argv for ``nli-routing``, or a callable run directly, message pattern)
+INFERENCE_CASES: list[tuple[str, Callable[[Path, Path], Any], str]] = [
+    ("predict-missing-meta", lambda t, m: ["predict", str(m), "--premise", "a", "--hypothesis", "b"],
+     r"pair 0: this model routes on 'signature' and the pair has none.*--meta_fallback"),
+    ("predict-unknown-meta", lambda t, m: ["predict", str(m), "--premise", "a", "--hypothesis", "b", "--meta", "x|y"],
+     r"pair 0: unknown signature 'x\|y'; known values: \["),
+    ("predict-meta-index-out-of-range", lambda t, m: ["predict", str(m), "--premise", "a", "--hypothesis", "b",
+                                                      "--meta", "99"], r"pair 0: meta index 99 outside 0\.\."),
+    ("predict-unknown-fallback", lambda t, m: ["predict", str(m), "--premise", "a", "--hypothesis", "b",
+                                               "--meta_fallback", "nope"], r"meta_fallback: unknown signature 'nope'"),
+    ("predict-unknown-format", lambda t, m: ["predict", str(m), "--input", _write(t, "pairs.txt", "x\n")],
+     r"pairs\.txt: unknown input format '\.txt'"),
+    ("predict-bad-json-line", lambda t, m: ["predict", str(m), "--input", _write(t, "p.jsonl", json.dumps(PAIR) + "\n{oops\n")],
+     r"p\.jsonl, line 2: not JSON"),
+    ("predict-json-not-an-object", lambda t, m: ["predict", str(m), "--input", _write(t, "l.jsonl", "[1, 2]\n")],
+     r"l\.jsonl, line 1: expected a JSON object, got list"),
+    ("predict-csv-missing-column", lambda t, m: ["predict", str(m), "--input", _write(t, "p.csv", "premise,meta\na,+|-\n")],
+     r"p\.csv, line 1: header lacks column\(s\) \['hypothesis'\]"),
+    ("predict-csv-extra-cells", lambda t, m: ["predict", str(m), "--input",
+                                              _write(t, "x.csv", "premise,hypothesis,signature\na,b,+|-\nc,d,+|-,extra\n")],
+     r"x\.csv, line 3: 4 cells for 3 header columns"),
+    ("predict-empty-file", lambda t, m: ["predict", str(m), "--input", _write(t, "e.jsonl", "\n\n")], r"e\.jsonl: no pairs"),
+    ("predict-missing-file", lambda t, m: ["predict", str(m), "--input", str(t / "absent.jsonl")],
+     r"input file .*absent\.jsonl does not exist"),
+    ("predict-no-premise-field", lambda t, m: ["predict", str(m), "--input", _write(t, "n.jsonl", '{"hypothesis": "b"}\n')],
+     r"pair 0: no 'premise' \(or 'text'\) field"),
+    ("predict-premise-not-a-string", lambda t, m: ["predict", str(m), "--input",
+                                                   _write(t, "s.jsonl", '{"premise": 3, "hypothesis": "b"}\n')],
+     r"pair 0: field 'premise' must be a string, got int"),
+    ("predict-input-and-premise", lambda t, m: ["predict", str(m), "--input", "x.jsonl", "--premise", "a"],
+     r"either --input FILE or --premise"),
+    ("predict-batch-size-0", lambda t, m: ["predict", str(m), "--premise", "a", "--hypothesis", "b", "--batch_size", "0"],
+     r"--batch_size: must be >= 1, got 0"),
+    ("predict-not-a-model-folder", lambda t, m: ["predict", str(t), "--premise", "a", "--hypothesis", "b"],
+     r"has no config\.json: not a saved model folder"),
+    ("predict-no-tokenizer", lambda t, m: ["predict", _no_tokenizer(t, m), "--premise", "a", "--hypothesis", "b"],
+     r"has no tokenizer files .*save_pretrained\(folder, tokenizer=tokenizer\)"),
+    ("app-bad-port", lambda t, m: ["app", str(m), "--port", "0"], r"--port must be in 1\.\.65535, got 0"),
+]
+
+
+@pytest.mark.parametrize(("name", "argv", "pattern"), INFERENCE_CASES, ids=[c[0] for c in INFERENCE_CASES])
+def test_inference_bad_input(name, argv, pattern, saved_model: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli(argv(tmp_path, saved_model))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    last = err.strip().splitlines()[-1]  # (argparse's own errors print the usage above it)
+    assert "Traceback" not in err and last.startswith("nli-routing "), err
+    assert re.search(pattern, last), err
+
+
+def test_pipeline_refuses_input_that_is_not_a_pair(saved_model: Path) -> None:
+    import nli_routing.inference.pipeline  # noqa: F401  (registers routed-nli)
+    from transformers import pipeline
+
+    nli = pipeline("routed-nli", model=str(saved_model))
+    with pytest.raises(ValueError, match=r"routed-nli takes a dict with text and text_pair .* got str"):
+        nli("Ann managed to leave.")
+    with pytest.raises(ValueError, match=r"pair 0: no 'hypothesis' \(or 'text_pair'\) field"):
+        nli({"text": "Ann managed to leave.", "meta": "+|-"})
+
+
+#: (recipe, flags, message): every recipe validates its flags when it parses them (one line, exit 2)
+RECIPE_CASES = [
+    ("sci_wp_dispatch.py", ["--epochs", "0"], r"epochs must be >= 1, got 0"),
+    ("sci_wp_dispatch.py", ["--wp_depth", "0"], r"wp_depth must be >= 1, got 0"),
+    ("sci_wp_dispatch.py", ["--batch_size", "0"], r"batch_size must be >= 1, got 0"),
+    ("sci_wp_dispatch.py", ["--exploration", "nope"], r"exploration must be one of \['high', 'low', 'med', 'none'\]"),
+    ("sci_wp_dispatch.py", ["--learner_args", "foo=1"], r"learner 'qlearning'.*'foo'"),
+    ("sci_wp_dispatch.py", ["--dispatch_k", "0"], r"dispatch_k must be >= 1, got 0"),
+    ("sci_wp_dispatch.py", ["--max_train_samples", "0"], r"max_train_samples must be >= 1, got 0"),
+    ("finetune_routed_transformer.py", ["--num_blocks", "0"], r"num_blocks must be >= 1, got 0"),
+    ("finetune_routed_transformer.py", ["--max_length", "2"], r"max_length must be >= 4, got 2"),
+    ("image_mtl.py", ["--per_class", "0"], r"per_class must be >= 1, got 0"),
+    ("multinli.py", ["--max_eval_samples", "0"], r"max_eval_samples must be >= 1, got 0"),
+    ("multinli.py", ["--wp_width", "0"], r"wp_width must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("recipe", "flags", "pattern"), RECIPE_CASES,
+                         ids=[f"{r.removesuffix('.py')}{'_'.join(f)}" for r, f, _ in RECIPE_CASES])
+def test_recipe_flags_are_validated_when_parsed(recipe, flags, pattern, monkeypatch, capsys) -> None:
+    import runpy
+
+    monkeypatch.setattr("sys.argv", [recipe, *flags, "--output_dir", "/nonexistent/never-written"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(ROOT / "recipes" / recipe), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err, err
+    assert re.search(pattern, err.strip().splitlines()[-1]), err
