@@ -24,6 +24,11 @@ optimizer steps. Sections:
 4. peak memory of every configuration: the parameters, and the peak of what one step allocates on
    top (activations, gradients, temporaries).
 5. ``compile``: the routed and unrouted MLP under ``torch.compile`` (inductor) against eager.
+6. ``predict``: inference through :class:`~nli_routing.inference.RoutedNLIPredictor` (tokenizing,
+   meta lookup, forward, the route of every sample) from saved model folders, pairs per second at
+   ``--predict_batch`` (512): CBOW+WP (routed by signature) vs CBOW with the unrouted projection of
+   the same depth, the H2H-routed LSTM vs the plain LSTM, routed-attention MiniLM vs MiniLM; the
+   pairs are the embedded SCI test split, repeated to ``--predict_pairs``.
 
 ``mlp-256`` repeats section 1's MLP with blocks of 256x256 (no target: it shows how the fixed cost of
 routing shrinks against the arithmetic).
@@ -59,7 +64,7 @@ from common import (  # noqa: E402
     step_profile,
 )
 
-SECTIONS = ("mlp", "cbow", "scaling", "minilm", "compile")
+SECTIONS = ("mlp", "cbow", "scaling", "minilm", "compile", "predict")
 TARGETS = {"ratio": 1.3, "blocks_128_vs_8": 1.2, "minilm": 1.2}
 
 
@@ -242,6 +247,71 @@ def minilm_section(args, log) -> dict:
     return row
 
 
+def predict_section(args, log) -> list[dict]:
+    """Pairs per second of ``predict`` for routed models vs their unrouted counterparts (same run)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from nli_routing.experiments.nli import DataArgs, build_model, prepare_sci
+    from nli_routing.inference import RoutedNLIPredictor
+    from nli_routing.models.embeddings import default_model_path
+    from nli_routing.models.nli import NLIModelConfig
+    from nli_routing.models.transformer import RoutedTransformerForNLI, TransformerNLIConfig
+
+    prepared = prepare_sci(DataArgs())
+    test = prepared.data["test"].with_format(None)
+    names = prepared.meta_names
+    rows = [{"premise": r["premise"], "hypothesis": r["hypothesis"], "signature": names[r["signature"]]} for r in test]
+    pairs = (rows * (args.predict_pairs // len(rows) + 1))[: args.predict_pairs]
+    base = NLIModelConfig(num_meta=len(names), classifier_hidden=600)
+    kinds = {
+        "cbow+wp": ({"route": "wp"}, {"route": "projection"}),
+        "lstm-h2h": ({"model": "lstm", "route": "none", "lstm_route": "h2h"},
+                     {"model": "lstm", "route": "none", "lstm_route": "none"}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="perf_predict_"))
+    predictors: dict[str, RoutedNLIPredictor] = {}
+    for name, (routed, unrouted) in kinds.items():
+        for tag, over in (("routed", routed), ("unrouted", unrouted)):
+            model = build_model(base, over, prepared.vectors)
+            model.describe(label_names=prepared.label_names, meta_names=names, meta_column="signature",
+                           data_meta_column="signature", input_max_length=prepared.max_length)
+            model.save_pretrained(tmp / f"{name}-{tag}", tokenizer=prepared.vectors.tokenizer)
+            predictors[f"{name}/{tag}"] = RoutedNLIPredictor.from_pretrained(tmp / f"{name}-{tag}")
+    if "minilm" in args.predict_models:
+        tok = AutoTokenizer.from_pretrained(default_model_path())
+        for tag, route in (("routed", "attention"), ("unrouted", "none")):
+            torch.manual_seed(0)
+            model = RoutedTransformerForNLI(TransformerNLIConfig(route=route, num_blocks=args.minilm_blocks,
+                                                                 num_meta=len(names)))
+            model.describe(label_names=prepared.label_names, meta_names=names, meta_column="signature",
+                           data_meta_column="signature", input_max_length=128)
+            model.save_pretrained(tmp / f"minilm-{tag}", tokenizer=tok)
+            predictors[f"minilm/{tag}"] = RoutedNLIPredictor.from_pretrained(tmp / f"minilm-{tag}")
+    predictors = {k: v for k, v in predictors.items() if k.split("/")[0] in args.predict_models}
+    times: dict[str, list[float]] = {k: [] for k in predictors}
+    for k, p in predictors.items():  # warm-up
+        p.predict(pairs[: args.predict_batch], batch_size=args.predict_batch)
+    for _ in range(args.predict_rounds):  # interleaved rounds: drift hits every configuration alike
+        for k, p in predictors.items():
+            t0 = time.perf_counter()
+            p.predict(pairs, batch_size=args.predict_batch)
+            times[k].append(time.perf_counter() - t0)
+    out = []
+    for name in dict.fromkeys(k.split("/")[0] for k in predictors):
+        r, u = times[f"{name}/routed"], times[f"{name}/unrouted"]
+        ratios = sorted(a / b for a, b in zip(r, u))  # round by round, routed time over unrouted time
+        row = {"model": name, "batch": args.predict_batch, "pairs": len(pairs), "rounds": args.predict_rounds,
+               "routed_pairs_per_s": len(pairs) / min(r), "unrouted_pairs_per_s": len(pairs) / min(u),
+               "time_ratio_median": ratios[len(ratios) // 2], "time_ratio_min": ratios[0], "time_ratio_max": ratios[-1]}
+        log(f"predict  {name:<9} batch {args.predict_batch}: routed {row['routed_pairs_per_s']:8.0f} pairs/s  unrouted "
+            f"{row['unrouted_pairs_per_s']:8.0f} pairs/s  time ratio {row['time_ratio_median']:.2f} "
+            f"({row['time_ratio_min']:.2f}-{row['time_ratio_max']:.2f})")
+        out.append(row)
+    return out
+
+
 def _finetune_defaults() -> dict:
     from sci_table52 import load_recipe
 
@@ -307,6 +377,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--minilm_blocks", type=int, default=4)
     p.add_argument("--minilm_batch", type=int, default=16)
     p.add_argument("--minilm_length", type=int, default=32)
+    p.add_argument("--predict_batch", type=int, default=512)
+    p.add_argument("--predict_pairs", type=int, default=4096)
+    p.add_argument("--predict_rounds", type=int, default=5)
+    p.add_argument("--predict_models", nargs="+", default=["cbow+wp", "lstm-h2h", "minilm"],
+                   choices=["cbow+wp", "lstm-h2h", "minilm"])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--steps_per_round", type=int, default=5)
@@ -320,6 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.batches, args.blocks, args.tasks = [32], [2, 8], [2, 8]
         args.scaling_batches, args.minilm_batch, args.minilm_length = [64], 2, 8
         args.warmup, args.rounds, args.steps_per_round = 1, 1, 1
+        args.predict_batch, args.predict_pairs, args.predict_rounds = 16, 32, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -349,6 +425,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["minilm"] = minilm_section(args, log)
     if "compile" in args.only:
         result["compile"] = compile_section(args, log)
+    if "predict" in args.only:
+        result["predict"] = predict_section(args, log)
     result["seconds"] = time.perf_counter() - start
     result["verdicts"] = verdicts(result)
     out = Path(args.output)

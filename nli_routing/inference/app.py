@@ -20,6 +20,9 @@ from .predict import RoutedNLIPredictor
 __all__ = ["build_app", "main"]
 
 NO_META = "(none: use the fallback)"
+#: the pair shown when the page opens (an SCI test pair: "be too afraid to", signature -|o)
+EXAMPLE = {"premise": "Priya was too afraid to attend the meeting on Monday",
+           "hypothesis": "Priya did not attend the meeting on Monday", "meta": "-|o"}
 
 
 def _gradio():
@@ -41,7 +44,7 @@ def build_app(model: str | Path | RoutedNLIPredictor, meta_fallback: str | None 
     gr = _gradio()
     predictor = model if isinstance(model, RoutedNLIPredictor) else RoutedNLIPredictor.from_pretrained(model, meta_fallback)
     shapes = layer_shapes(predictor)
-    name = str(predictor.model.name_or_path or "routed model")
+    name = Path(str(predictor.model.name_or_path or "routed model")).name
     needs = predictor.model.needs_meta and predictor.dispatches is None
     field = predictor.meta_field
 
@@ -74,10 +77,11 @@ def build_app(model: str | Path | RoutedNLIPredictor, meta_fallback: str | None 
                     + ("meta chosen by the model's dispatcher." if predictor.dispatches else
                        f"routes on **{field}**." if needs else "reads no meta labels."))
         with gr.Tab("Pair"):
-            premise = gr.Textbox(label="premise", value="Ann managed to leave the house.")
-            hypothesis = gr.Textbox(label="hypothesis", value="Ann left the house.")
+            premise = gr.Textbox(label="premise", value=EXAMPLE["premise"])
+            hypothesis = gr.Textbox(label="hypothesis", value=EXAMPLE["hypothesis"])
             choices = ([NO_META] if predictor.meta_fallback is not None else []) + predictor.meta_names
-            meta = gr.Dropdown(choices=choices, value=choices[0] if choices else None, label=field,
+            first = EXAMPLE["meta"] if EXAMPLE["meta"] in choices else (choices[0] if choices else None)
+            meta = gr.Dropdown(choices=choices, value=first, label=field,
                                visible=needs, allow_custom_value=False)
             button = gr.Button("Predict", variant="primary")
             with gr.Row():
@@ -85,6 +89,8 @@ def build_app(model: str | Path | RoutedNLIPredictor, meta_fallback: str | None 
                 picture = gr.Plot(label="route")
             details = gr.JSON(label="prediction")
             button.click(predict_one, [premise, hypothesis, meta], [probs, picture, details], api_name="predict")
+            if not needs or choices:  # the example pair is predicted when the page opens
+                app.load(predict_one, [premise, hypothesis, meta], [probs, picture, details], api_name=False)
         with gr.Tab("Batch file"):
             upload = gr.File(label="pairs (.jsonl, .csv, .tsv)", file_types=[".jsonl", ".csv", ".tsv"])
             run = gr.Button("Predict the file")

@@ -57,7 +57,7 @@ class VisionMTLConfig(RouterConfig):
     in_channels: int = field(default=1, metadata={"help": "image channels"})
     image_size: int = field(default=28, metadata={"help": "image height = width"})
     conv_channels: int = field(default=32, metadata={"help": "filters of every conv layer"})
-    conv_layers: int = field(default=4, metadata={"help": "conv layers (3x3, batch norm, ReLU)"})
+    conv_layers: int = field(default=4, metadata={"help": "conv layers (3x3, batch norm, ReLU; 0: an MLP on the flat input)"})
     pool: bool = field(default=True, metadata={"help": "2x2 max-pool after each conv while the map is > 1x1"})
     fc_hidden: int = field(default=128, metadata={"help": "units of the fully connected layers"})
     fc_layers: int = field(default=3, metadata={"help": "fully connected layers (the routed ones)"})
@@ -74,7 +74,7 @@ class VisionMTLConfig(RouterConfig):
         super().__post_init__()
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
-        check_at_least(self, num_classes=2, in_channels=1, image_size=1, conv_channels=1, conv_layers=1, fc_hidden=1,
+        check_at_least(self, num_classes=2, in_channels=1, image_size=1, conv_channels=1, conv_layers=0, fc_hidden=1,
                        fc_layers=1)
         if self.fc_width < 0:
             raise ValueError(f"fc_width must be >= 0 (0: one block per task), got {self.fc_width}")
