@@ -41,13 +41,11 @@ from scipy import stats as sps
 from torch.utils.data import DataLoader
 
 from nli_routing.models.vision import ImageMTLCollator, VisionMTLConfig, VisionMTLModel
+from nli_routing.experiments.bench import commit, machine, merge_worker_results
+from nli_routing.experiments.image import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_method
 from nli_routing.training.loop import TrainConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # recipes/
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
-from common import commit, machine, merge_worker_results  # noqa: E402
-from recipes.image_mtl import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_method  # noqa: E402
 
 #: (row name, method); the thesis' Figure 5.3 baselines first, routing variants after
 ROWS = [

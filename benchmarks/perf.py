@@ -53,8 +53,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from nli_routing.experiments.bench import (  # noqa: E402
     StepSetup,
     commit,
     interleaved_step_times,
@@ -313,9 +312,9 @@ def predict_section(args, log) -> list[dict]:
 
 
 def _finetune_defaults() -> dict:
-    from sci_table52 import load_recipe
+    from nli_routing.experiments.transformer import TRAIN_DEFAULTS  # the fine-tuning recipe's defaults
 
-    return dict(load_recipe().TRAIN_DEFAULTS)
+    return dict(TRAIN_DEFAULTS)
 
 
 # ---------------------------------------------------------------------- report

@@ -35,8 +35,7 @@ from nli_routing.routing import LEARNERS
 from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
 from nli_routing.training.loop import TrainConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import commit, machine, merge_worker_results  # noqa: E402
+from nli_routing.experiments.bench import commit, machine, merge_worker_results  # noqa: E402
 
 VALUE_BASED = {"qlearning", "advantage"}
 STARTED_AT = commit()

@@ -46,8 +46,7 @@ from nli_routing.experiments.nli import (
 )
 from nli_routing.training.loop import TrainConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import commit, machine, merge_worker_results  # noqa: E402
+from nli_routing.experiments.bench import commit, machine, merge_worker_results  # noqa: E402
 
 #: (row name of Table 6.1, method)
 ROWS = [

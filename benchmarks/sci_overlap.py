@@ -29,8 +29,7 @@ from nli_routing.models.nli import NLIModelConfig
 from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS, DataArgs, prepare_sci, run_method
 from nli_routing.training.loop import TrainConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import commit, machine  # noqa: E402
+from nli_routing.experiments.bench import commit, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,9 +23,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import commit, machine  # noqa: E402
+from nli_routing.experiments.bench import commit, machine  # noqa: E402
 
 from nli_routing.models.nli import NLIModelConfig  # noqa: E402
 from nli_routing.experiments.nli import (  # noqa: E402

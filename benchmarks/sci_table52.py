@@ -43,8 +43,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import (  # noqa: E402
+from nli_routing.experiments.bench import (  # noqa: E402
     StepSetup,
     commit,
     interleaved_step_times,

@@ -29,8 +29,11 @@ def _list(_: argparse.Namespace) -> None:
 def _analyze(args: argparse.Namespace) -> None:
     from .analysis.report import analyze_run
 
+    if args.dpi < 1:
+        raise ValueError(f"--dpi must be >= 1, got {args.dpi}")
     result = analyze_run(args.run_dir, by=args.by, split=args.split, out_dir=args.out, match=args.match,
-                         policy=args.policy, temperature=args.temperature)
+                         policy=args.policy, temperature=args.temperature, dpi=args.dpi,
+                         vector=None if args.vector == "none" else args.vector)
     for row in result.get("dominant_paths", []):
         print(f"{row['class']:>14}  path {row['path']:<12} share {row['share']:.2f}  samples {row['samples']}")
     print(f"{len(result['files'])} files written to {Path(result['files'][-1]).parent}")
@@ -90,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     analyze = sub.add_parser(
         "analyze", help="routing analyses of a training run: path overlap, routing map, entropy, dispatch, policies",
         description="Reads RUN_DIR/routing_<split>.npz (and model.safetensors, or an older model.pt, for the tabular policies) and writes PNG "
-        "heatmaps, CSV and JSON (see nli_routing.analysis.report).",
+        "(and PDF or SVG) heatmaps, CSV and JSON (see nli_routing.analysis.report).",
     )
     analyze.add_argument("run_dir", help="output folder of a training run (metrics.json, routing_*.npz, config.json + model.safetensors)")
     analyze.add_argument("--by", default="meta", choices=["signature", "genre", "meta", "dispatch"],
@@ -102,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     analyze.add_argument("--policy", default="greedy", choices=["greedy", "softmax", "table"],
                          help="policy of a router table for the cosine similarity (greedy one-hot argmax by default)")
     analyze.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (--policy softmax)")
+    analyze.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figures")
+    analyze.add_argument("--vector", default="pdf", choices=["pdf", "svg", "none"],
+                         help="vector copy of every figure beside its PNG (for papers)")
     analyze.set_defaults(func=_analyze)
     convert = sub.add_parser(
         "convert", help="convert an older run folder (model_config.json + model.pt) into a save_pretrained folder",

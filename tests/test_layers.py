@@ -95,3 +95,13 @@ def test_no_load_path_unpickles():
                 if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle") for n in names):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports pickle")
     assert not offenders, offenders
+
+
+def test_no_sys_path_tricks_in_tests_benchmarks_or_recipes():
+    """Scripts import the installed package (and, run as scripts, their own folder); nothing edits sys.path."""
+    repo = ROOT.parent
+    found = [f"{p.relative_to(repo)}:{i}" for folder in ("tests", "benchmarks", "recipes")
+             for p in sorted((repo / folder).rglob("*.py"))
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if "sys.path." in line and p.name != "test_layers.py"]
+    assert not found, "sys.path edits: " + ", ".join(found)

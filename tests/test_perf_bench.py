@@ -2,13 +2,11 @@
 
 import importlib.util
 import json
-import sys
 
 from .conftest import REPO_ROOT
 
 
 def test_perf_suite_quick_run_writes_its_report(tmp_path):
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("perf_bench", REPO_ROOT / "benchmarks" / "perf.py")
     perf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(perf)

@@ -17,10 +17,19 @@ from matplotlib.figure import Figure
 __all__ = ["plot_heatmap", "plot_dispatch_distribution", "plot_routing_map"]
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+#: vector formats written beside every PNG (``vector=``)
+VECTOR_FORMATS = ("pdf", "svg")
+
+
+def _save(fig: Figure, path: str | Path, dpi: int = 120, vector: str | None = "pdf") -> Path:
+    """Write ``path`` (PNG at ``dpi``) and, with ``vector`` (``pdf`` or ``svg``), the same figure beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    if vector is not None:
+        if vector not in VECTOR_FORMATS:
+            raise ValueError(f"vector format must be one of {VECTOR_FORMATS}, got {vector!r}")
+        fig.savefig(path.with_suffix(f".{vector}"), bbox_inches="tight")
     return path
 
 
@@ -43,11 +52,15 @@ def plot_heatmap(
     vmax: float | None = None,
     colorbar_label: str = "",
     colorbar_ticks: Sequence[float] | None = None,
+    discrete: bool = False,
+    **save: Any,
 ) -> Path:
-    """Write a labelled heatmap of ``matrix [rows, cols]`` to ``path`` (PNG); returns the path.
+    """Write a labelled heatmap of ``matrix [rows, cols]`` to ``path`` (PNG, plus ``save``'s vector
+    copy: see :func:`_save`); returns the PNG path.
 
     Each cell is annotated with its value (or with ``annotations[i][j]`` when given; ``""`` leaves
-    a cell blank). NaN cells are drawn blank.
+    a cell blank). NaN cells are drawn blank. ``discrete``: integer counts ``vmin..vmax`` get one
+    colour each and a colour bar with one tick per count.
     """
     m = np.asarray(matrix, dtype=float)
     if m.ndim != 2 or m.shape != (len(row_labels), len(col_labels)):
@@ -55,6 +68,12 @@ def plot_heatmap(
     rows, cols = m.shape
     fig = Figure(figsize=(max(3.0, 0.6 * cols + 2.0), max(2.5, 0.45 * rows + 1.5)))
     ax = fig.add_subplot()
+    if discrete:
+        low = int(vmin if vmin is not None else np.nanmin(m))
+        high = int(vmax if vmax is not None else np.nanmax(m))
+        base = colormaps[cmap] if isinstance(cmap, str) else cmap
+        cmap, vmin, vmax = base.resampled(high - low + 1), low - 0.5, high + 0.5
+        colorbar_ticks = list(range(low, high + 1))
     image = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     bar = fig.colorbar(image, ax=ax)
     if colorbar_label:
@@ -77,12 +96,12 @@ def plot_heatmap(
                         r, g, b, _ = image.cmap(image.norm(m[i, j]))
                         color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
                     ax.text(j, i, str(text), ha="center", va="center", fontsize=8, color=color)
-    return _save(fig, path)
+    return _save(fig, path, **save)
 
 
 def plot_dispatch_distribution(
     record_or_stats: Any, path: str | Path, normalize: bool = True, title: str | None = None,
-    ylabel: str = "meta class",
+    ylabel: str = "meta class", **save: Any,
 ) -> Path:
     """Heatmap of the dispatcher's choices per meta class (thesis Figure 6.5); returns the PNG path.
 
@@ -115,12 +134,13 @@ def plot_dispatch_distribution(
     return plot_heatmap(
         values, names, [str(i) for i in range(k)], path, title=title, xlabel="subrouter (dispatch choice)",
         ylabel=ylabel, annotations=notes, vmin=0.0, vmax=1.0 if normalize else None,
-        colorbar_label="fraction of the class" if normalize else "samples",
+        colorbar_label="fraction of the class" if normalize else "samples", **save,
     )
 
 
 def plot_routing_map(
-    routing_map: Mapping[str, Any], path: str | Path, title: str = "Routing map", ylabel: str = "meta class"
+    routing_map: Mapping[str, Any], path: str | Path, title: str = "Routing map", ylabel: str = "meta class",
+    **save: Any,
 ) -> Path:
     """Heatmap of the module chosen at each depth for each meta class (thesis Figure 5.6).
 
@@ -142,7 +162,7 @@ def plot_routing_map(
     return plot_heatmap(
         values, routing_map["classes"], routing_map["depth_labels"], path, title=title, xlabel="layer / depth",
         ylabel=ylabel, annotations=notes, cmap=cmap, vmin=-0.5, vmax=max(n_actions, 1) - 0.5,
-        colorbar_label="module", colorbar_ticks=list(range(max(n_actions, 1))),
+        colorbar_label="module", colorbar_ticks=list(range(max(n_actions, 1))), **save,
     )
 
 

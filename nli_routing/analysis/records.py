@@ -52,6 +52,12 @@ class RoutingRecord:
     num_dispatch: int = 0
     labels: np.ndarray | None = None
     preds: np.ndarray | None = None
+    #: what ``meta`` holds ("signature", "genre", "cluster"; None in records of older versions) and,
+    #: when the run routed on another column (offline clusters), the data's own meta column per sample
+    meta_column: str | None = None
+    data_meta: np.ndarray | None = None
+    data_meta_names: list[str] | None = None
+    data_meta_column: str | None = None
 
     def __post_init__(self) -> None:
         self.meta = np.asarray(self.meta, dtype=np.int64)
@@ -66,6 +72,15 @@ class RoutingRecord:
         if n and int(self.meta.max()) >= len(self.meta_names):
             raise ValueError(f"meta label {int(self.meta.max())} has no name (only {len(self.meta_names)} names)")
 
+    def by_data_meta(self) -> "RoutingRecord":
+        """The same record grouped by the data's own meta column (e.g. signatures of a cluster-routed run)."""
+        from dataclasses import replace
+
+        if self.data_meta is None or self.data_meta_names is None:
+            raise ValueError("this record holds no data meta column (the run routed on the data's own meta labels)")
+        return replace(self, meta=self.data_meta, meta_names=list(self.data_meta_names), meta_column=self.data_meta_column,
+                       data_meta=None, data_meta_names=None, data_meta_column=None)
+
     def __len__(self) -> int:
         return int(self.meta.shape[0])
 
@@ -76,6 +91,9 @@ class RoutingRecord:
         header = {
             "meta_names": list(self.meta_names),
             "num_dispatch": int(self.num_dispatch),
+            "meta_column": self.meta_column,
+            "data_meta_names": None if self.data_meta_names is None else list(self.data_meta_names),
+            "data_meta_column": self.data_meta_column,
             "layers": [
                 {"name": l.name, "num_actions": int(l.num_actions), "stop_action": l.stop_action} for l in self.layers
             ],
@@ -84,7 +102,7 @@ class RoutingRecord:
         for i, layer in enumerate(self.layers):
             arrays[f"layer{i}_actions"] = layer.actions
             arrays[f"layer{i}_active"] = layer.active
-        for key in ("dispatch", "labels", "preds"):
+        for key in ("dispatch", "labels", "preds", "data_meta"):
             value = getattr(self, key)
             if value is not None:
                 arrays[key] = np.asarray(value)
@@ -139,6 +157,10 @@ def load_routing_record(path: str | Path) -> RoutingRecord:
             num_dispatch=header.get("num_dispatch", 0),
             labels=arrays.get("labels"),
             preds=arrays.get("preds"),
+            meta_column=header.get("meta_column"),
+            data_meta=arrays.get("data_meta"),
+            data_meta_names=header.get("data_meta_names"),
+            data_meta_column=header.get("data_meta_column"),
         )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None

@@ -29,7 +29,7 @@ from .entropy import dispatch_statistics
 from .overlap import class_entropy, cluster_order, path_overlap, regroup, routing_map, soft_path_overlap
 from .plots import plot_dispatch_distribution, plot_heatmap, plot_routing_map
 from .policies import POLICY_KINDS, policy_cosine, router_tables
-from .records import load_routing_record
+from .records import RoutingRecord, load_routing_record
 
 __all__ = ["GROUPINGS", "analyze_run", "analyze_record"]
 
@@ -64,6 +64,46 @@ def _reorder(matrix: np.ndarray, order: Sequence[int]) -> np.ndarray:
     return np.asarray(matrix)[np.ix_(order, order)]
 
 
+def plural(n: int, word: str) -> str:
+    """``"1 position"``, ``"3 positions"``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+#: how a figure names the classes of each ``--by`` grouping
+GROUP_WORDS = {"signature": "signatures", "genre": "genres", "meta": "meta classes", "dispatch": "dispatch classes",
+               "cluster": "clusters"}
+#: readable names of router parameter prefixes (policy similarity titles)
+ROUTER_WORDS = {"encoder.projection": "word-projection", "classifier.routed": "classifier", "encoder.routed": "LSTM",
+                "routing_controller": "Transformer"}
+
+
+def describe_model(config: dict | None) -> str:
+    """What a reader knows about a run's model, from its ``config.json``: ``"WP d=3, b=4"``,
+    ``"classifier, 1 layer, b=4"``, ``"LSTM H2H d=2, b=4"``, ``"attention copies, b=2"``."""
+    if not config:
+        return ""
+    c, parts = config, []
+    route = c.get("route", "none")
+    if c.get("model_type") == "nli-routing-lstm" and c.get("lstm_route", "none") != "none":
+        parts.append(f"LSTM {c['lstm_route'].upper()} d={c.get('lstm_depth')}, b={c.get('lstm_width')}")
+    if c.get("model_type") == "nli-routing-transformer" and route in ("attention", "block"):
+        parts.append(f"{route} copies, b={c.get('num_blocks')}")
+    if "wp" in route:
+        parts.append(f"WP d={c.get('wp_depth')}, b={c.get('wp_width')}")
+    if "classifier" in route:
+        parts.append(f"classifier, {plural(int(c.get('classifier_layers', 1)), 'layer')}, b={c.get('classifier_width')}")
+    if c.get("meta_column") in ("cluster", "dispatch"):
+        parts.append("routed on " + ("offline clusters" if c["meta_column"] == "cluster" else "a learned dispatcher"))
+    return "; ".join(parts)
+
+
+def _router_words(key: str) -> str:
+    for prefix, words in ROUTER_WORDS.items():
+        if key.startswith(prefix):
+            return words
+    return key
+
+
 def _path_text(path: Sequence[int]) -> str:
     return "-".join("." if a < 0 else str(int(a)) for a in path)
 
@@ -78,6 +118,8 @@ def analyze_record(
     temperature: float = 1.0,
     label: str = "",
     meta_record=None,
+    dpi: int = 120,
+    vector: str | None = "pdf",
 ) -> dict[str, Any]:
     """Run every analysis on a (regrouped) routing record; see the module docstring for the files.
 
@@ -91,7 +133,9 @@ def analyze_record(
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     result: dict[str, Any] = {"group_by": group_name, "samples": len(record), "match": match}
-    head = f"{label}: " if label else ""
+    groups = GROUP_WORDS.get(group_name, group_name)
+    tail = f" ({label})" if label else ""
+    save = {"dpi": dpi, "vector": vector}
     if record.layers:
         ov = path_overlap(record, match=match)
         order = ov["order"]
@@ -99,10 +143,12 @@ def analyze_record(
         overlap = _reorder(ov["overlap"], order)
         result["overlap"] = {"classes": classes, "matrix": overlap, "columns": ov["columns"]}
         files.append(_write_matrix(out / "overlap.csv", overlap, classes, classes, group_name))
+        positions = len(ov["columns"])
         files.append(plot_heatmap(
-            overlap, classes, classes, out / "overlap.png", cmap="Blues", vmin=0,
-            vmax=max(len(ov["columns"]), 1), colorbar_label="shared module selections",
-            title=f"{head}dominant-path overlap by {group_name} ({len(ov['columns'])} positions, match={match})",
+            overlap, classes, classes, out / "overlap.png", cmap="Blues", vmin=0, vmax=max(positions, 1),
+            colorbar_label="shared module selections", discrete=True, xlabel=group_name, ylabel=group_name,
+            title=f"path overlap between {groups}{tail}\n(dominant paths, {plural(positions, 'routed position')}, "
+                  f"same module {'at the same depth' if match == 'depth' else 'at any depth'})", **save,
         ))
         soft = soft_path_overlap(record)
         soft_m = _reorder(soft["overlap"], order)
@@ -110,8 +156,8 @@ def analyze_record(
         files.append(_write_matrix(out / "soft_overlap.csv", soft_m, classes, classes, group_name))
         files.append(plot_heatmap(
             soft_m, classes, classes, out / "soft_overlap.png", cmap="Blues", vmin=0,
-            vmax=max(len(ov["columns"]), 1), colorbar_label="expected shared selections",
-            title=f"{head}expected path overlap of two samples by {group_name}",
+            vmax=max(positions, 1), colorbar_label="expected shared selections", xlabel=group_name, ylabel=group_name,
+            title=f"expected path overlap of two samples between {groups}{tail}", **save,
         ))
         dominant = []
         with (out / "dominant_paths.csv").open("w", newline="") as f:
@@ -138,8 +184,8 @@ def analyze_record(
             for c, mods, shares in zip(classes, rmap_sorted["modules"], rmap_sorted["shares"]):
                 w.writerow([c, *mods.tolist(), *[round(float(s), 4) for s in shares]])
         files.append(out / "routing_map.csv")
-        files.append(plot_routing_map(rmap_sorted, out / "routing_map.png", title=f"{head}routing map by {group_name}",
-                                      ylabel=group_name))
+        files.append(plot_routing_map(rmap_sorted, out / "routing_map.png", title=f"routing map of the {groups}{tail}",
+                                      ylabel=group_name, **save))
         result["entropy"] = class_entropy(record)
     else:
         logger.info("the record has no routed layers: no overlap, routing map or entropy")
@@ -157,7 +203,7 @@ def analyze_record(
         counts = [stats["distribution"][n] for n in present]
         files.append(_write_matrix(out / "dispatch.csv", counts, present,
                                    [f"dispatch {k}" for k in range(stats["num_dispatch"])], group_name))
-        files.append(plot_dispatch_distribution(stats, out / "dispatch.png", ylabel=group_name))
+        files.append(plot_dispatch_distribution(stats, out / "dispatch.png", ylabel=group_name, **save))
     if state_dict is not None:
         result["policy_cosine"] = {}
         meta_record = meta_record if meta_record is not None else record
@@ -179,8 +225,11 @@ def analyze_record(
             files.append(_write_matrix(out / f"policy_cosine_{slug}.csv", cos, classes, classes, key))
             files.append(plot_heatmap(
                 cos, classes, classes, out / f"policy_cosine_{slug}.png", cmap="magma", vmin=0.0, vmax=1.0,
-                colorbar_label="cosine similarity", title=f"{head}{policy} policy similarity: {key}",
+                colorbar_label="cosine similarity", xlabel=group_name, ylabel=group_name,
+                title=f"{policy} policy similarity of the {_router_words(key)} agents{tail}", **save,
             ))
+    if vector is not None:  # the vector copy of every figure
+        files += [f.with_suffix(f".{vector}") for f in files if f.suffix == ".png"]
     result["files"] = [str(f) for f in files] + [str(out / "analysis.json")]
     if "entropy" in result:
         (out / "entropy.json").write_text(json.dumps(_jsonable(
@@ -188,6 +237,18 @@ def analyze_record(
         result["files"].append(str(out / "entropy.json"))
     (out / "analysis.json").write_text(json.dumps(_jsonable(result), indent=2))
     return result
+
+
+def select_grouping(record: RoutingRecord, by: str, path: Path) -> RoutingRecord:
+    """The record whose ``meta`` holds the classes ``--by`` names: its routed column, or the data's own
+    meta column kept beside it (a cluster-routed run grouped by signature); any other name is an error."""
+    if by not in ("signature", "genre") or record.meta_column is None or record.meta_column == by:
+        return record  # --by meta / dispatch, or a record of an older version (its meta column unnamed)
+    if record.data_meta_column == by:
+        return record.by_data_meta()
+    held = " and ".join(c for c in (record.meta_column, record.data_meta_column) if c)
+    raise ValueError(f"--by {by}: {path} holds {held} classes, not {by} (use --by meta"
+                     + (f" or --by {record.data_meta_column}" if record.data_meta_column else "") + ")")
 
 
 def analyze_run(
@@ -198,6 +259,8 @@ def analyze_run(
     match: str = "depth",
     policy: str = "greedy",
     temperature: float = 1.0,
+    dpi: int = 120,
+    vector: str | None = "pdf",
 ) -> dict[str, Any]:
     """Analyse the routing of a run folder's ``routing_<split>.npz`` (and the router tables of its ``model.safetensors``).
 
@@ -216,11 +279,19 @@ def analyze_run(
     if not path.is_file():
         found = sorted(p.name for p in run.glob("routing_*.npz"))
         raise FileNotFoundError(f"{path} does not exist; routing records in {run}: {found or 'none'}")
-    original = load_routing_record(path)
+    original = select_grouping(load_routing_record(path), by, path)
     record = regroup(original, "dispatch" if by == "dispatch" else "meta")
     model = run / "model.safetensors"
     if not model.is_file():
         model = run / "model.pt"  # run folders of older versions (read weights-only)
     out = Path(out_dir) if out_dir is not None else run / f"analysis_{split}_{by}"
+    config = None
+    if (run / "config.json").is_file():
+        try:
+            config = json.loads((run / "config.json").read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{run / 'config.json'} is not JSON: {err}") from None
+    label = "; ".join(p for p in (describe_model(config), f"{split} split") if p)
     return analyze_record(record, out, group_name=by, match=match, state_dict=model if model.is_file() else None,
-                          policy=policy, temperature=temperature, label=f"{run.name} {split}", meta_record=original)
+                          policy=policy, temperature=temperature, label=label, meta_record=original, dpi=dpi,
+                          vector=vector)

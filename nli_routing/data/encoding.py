@@ -140,9 +140,10 @@ class NLICollator:
     are ignored.
     """
 
-    def __init__(self, pad_id: int, meta_column: str | None = "signature") -> None:
+    def __init__(self, pad_id: int, meta_column: str | None = "signature", data_meta_column: str | None = None) -> None:
         self.pad_id = int(pad_id)
         self.meta_column = meta_column
+        self.data_meta_column = data_meta_column  # also collated as ``data_meta`` (routing records only)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
@@ -159,6 +160,8 @@ class NLICollator:
             batch["meta"] = torch.tensor(
                 [int(f[self.meta_column]) for f in features], dtype=torch.long
             )
+        if self.data_meta_column is not None and self.data_meta_column in first:
+            batch["data_meta"] = torch.tensor([int(f[self.data_meta_column]) for f in features], dtype=torch.long)
         return batch
 
     def __repr__(self) -> str:

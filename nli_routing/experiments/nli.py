@@ -261,11 +261,14 @@ def method_data(
 
 
 def make_loaders(
-    dsd: DatasetDict, pad_id: int, meta_column: str, cfg: TrainConfig
+    dsd: DatasetDict, pad_id: int, meta_column: str, cfg: TrainConfig, data_meta_column: str | None = None
 ) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """Training and evaluation data loaders over the tokenized splits."""
-    collate = NLICollator(pad_id, meta_column)
-    keep = ["premise_ids", "hypothesis_ids", "label", meta_column]
+    """Training and evaluation data loaders over the tokenized splits; ``data_meta_column`` (the data's
+    own meta column when routing on another one, e.g. clusters) reaches the routing records."""
+    if data_meta_column == meta_column or (data_meta_column is not None and data_meta_column not in dsd["train"].column_names):
+        data_meta_column = None
+    collate = NLICollator(pad_id, meta_column, data_meta_column)
+    keep = ["premise_ids", "hypothesis_ids", "label", meta_column] + ([data_meta_column] if data_meta_column else [])
 
     def subset(split: str):
         return dsd[split].select_columns(keep).with_format(None)
@@ -321,7 +324,7 @@ def _fit(
 ) -> dict[str, Any]:
     """Train ``model`` on ``dsd``; with ``two_stage``, then train a dispatcher with the model fixed.
     The run folders get the ``tokenizer`` beside the model (self-describing for inference)."""
-    train_loader, eval_loaders = make_loaders(dsd, pad_id, meta_column, train_cfg)
+    train_loader, eval_loaders = make_loaders(dsd, pad_id, meta_column, train_cfg, model.config.data_meta_column)
     result = train(model, train_loader, eval_loaders, train_cfg, out, meta_names, accelerator, tokenizer=tokenizer)
     if two_stage:
         stage1 = {k: result[k] for k in ("final", "best_epoch", "train_seconds", "history")}
@@ -365,6 +368,7 @@ def describe_model(
         meta_names=[f"dispatch_{i}" for i in range(model.config.num_meta)] if learned else meta_names,
         meta_column="dispatch" if learned else meta_column,
         data_meta_column=prepared.meta_column,
+        data_meta_names=prepared.meta_names,
         input_max_length=prepared.max_length,
         embeddings=prepared.vectors.source,
         offline_dispatch=None if offline is None else {**offline.state_dict(), **OFFLINE_DISPATCH_INPUT},

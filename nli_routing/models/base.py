@@ -46,6 +46,7 @@ INFERENCE_FIELDS: dict[str, Any] = {
     "meta_names": None,
     "meta_column": None,
     "data_meta_column": None,
+    "data_meta_names": None,
     "input_max_length": None,
     "embeddings": None,
     "offline_dispatch": None,
@@ -262,6 +263,7 @@ class RoutedModel(PreTrainedModel):
         meta_names: Sequence[str] | None = None,
         meta_column: str | None = None,
         data_meta_column: str | None = None,
+        data_meta_names: Sequence[str] | None = None,
         input_max_length: int | None = None,
         embeddings: str | None = None,
         offline_dispatch: dict | None = None,
@@ -280,6 +282,8 @@ class RoutedModel(PreTrainedModel):
             if self.dispatcher is None and len(meta_names) != int(c.num_meta):
                 raise ValueError(f"{len(meta_names)} meta names for a model with {c.num_meta} meta classes")
             c.meta_names = meta_names
+        if data_meta_names is not None:
+            c.data_meta_names = [str(n) for n in data_meta_names]
         for name, value in (("meta_column", meta_column), ("data_meta_column", data_meta_column),
                             ("input_max_length", input_max_length), ("embeddings", embeddings),
                             ("offline_dispatch", offline_dispatch)):

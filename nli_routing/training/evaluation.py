@@ -24,7 +24,7 @@ def collect_record(
     """Predictions, labels, meta classes and every routing choice over a data loader (all processes)."""
     was_training = model.training
     model.eval()
-    preds, labels, metas, dispatch = [], [], [], []
+    preds, labels, metas, dispatch, data_metas = [], [], [], [], []
     routes: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for batch in loader:
         out = model(**batch)
@@ -40,6 +40,8 @@ def collect_record(
             )
         if out.dispatch is not None:
             dispatch.append(accelerator.gather_for_metrics(out.dispatch.actions[:, 0]))
+        if "data_meta" in batch:
+            data_metas.append(accelerator.gather_for_metrics(batch["data_meta"]))
     model.train(was_training)
     meta = torch.cat(metas).cpu() if metas else torch.zeros(0, dtype=torch.long)
     n_meta = max(int(meta.max()) + 1 if meta.numel() else 1, len(meta_names or []))
@@ -67,6 +69,10 @@ def collect_record(
         num_dispatch=int(dispatcher.num_dispatch) if dispatch and dispatcher is not None else 0,
         labels=torch.cat(labels).cpu().numpy() if labels else None,
         preds=torch.cat(preds).cpu().numpy() if preds else None,
+        meta_column=unwrapped.config.meta_column,
+        data_meta=torch.cat(data_metas).cpu().numpy() if data_metas else None,
+        data_meta_names=unwrapped.config.data_meta_names if data_metas else None,
+        data_meta_column=unwrapped.config.data_meta_column if data_metas else None,
     )
 
 

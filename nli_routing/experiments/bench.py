@@ -1,4 +1,5 @@
-"""What every benchmark records next to its numbers: the machine and the commit."""
+"""What every benchmark records next to its numbers (the machine, the commit of the code that ran) and
+the training-step timing the ratio benchmarks share (interleaved rounds, profiles, peak memory)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+#: the folder of the code that runs (a checkout or a worktree): its git HEAD is the commit benchmarks record
+CODE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
@@ -30,9 +32,9 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The short hash of the repository's HEAD ("unknown" outside a git checkout)."""
+    """The short hash of the HEAD of the checkout the running ``nli_routing`` comes from ("unknown" outside one)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=CODE_ROOT)
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
