@@ -151,3 +151,44 @@ def test_greedy_policy_spreads_ties_like_the_router():
     untrained = torch.full((2, 1, 4), -1.0)
     assert table_policies(untrained, "greedy")[0, 0].tolist() == [0.25] * 4
     assert policy_cosine(untrained)["cosine"][0, 1] == pytest.approx(1.0)
+
+
+def test_a_cluster_routed_record_is_analysed_by_signature_and_genre_is_refused(tmp_path, capsys):
+    """The record of a cluster-routed run keeps the data's signatures beside the clusters it routed on."""
+    from dataclasses import replace
+
+    rec = make_record()
+    signatures = np.array([i % 2 for i in range(len(rec))])
+    clustered = replace(rec, meta_column="cluster", data_meta=signatures, data_meta_names=["+|-", "-|+"],
+                        data_meta_column="signature")
+    run = tmp_path / "run"
+    clustered.save(run / "routing_test.npz")
+    main(["analyze", str(run), "--by", "signature", "--dpi", "60", "--vector", "svg"])
+    out = run / "analysis_test_signature"
+    saved = json.loads((out / "analysis.json").read_text())
+    assert saved["overlap"]["classes"] and set(saved["overlap"]["classes"]) == {"+|-", "-|+"}
+    assert (out / "overlap.svg").stat().st_size > 0 and _is_png(out / "overlap.png")
+    main(["analyze", str(run), "--by", "meta", "--vector", "none"])
+    assert set(json.loads((run / "analysis_test_meta" / "analysis.json").read_text())["overlap"]["classes"]) == set("abcd")
+    assert not (run / "analysis_test_meta" / "overlap.pdf").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", str(run), "--by", "genre"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "holds cluster and signature classes, not genre" in err
+    plain = tmp_path / "plain"
+    replace(rec, meta_column="signature").save(plain / "routing_test.npz")
+    with pytest.raises(SystemExit):
+        main(["analyze", str(plain), "--by", "genre"])
+    assert "holds signature classes, not genre (use --by meta)" in capsys.readouterr().err
+
+
+def test_figure_titles_name_the_model_and_grammar():
+    from nli_routing.analysis.report import describe_model, plural
+
+    assert plural(1, "routed position") == "1 routed position" and plural(3, "layer") == "3 layers"
+    assert describe_model({"route": "wp", "wp_depth": 3, "wp_width": 4}) == "WP d=3, b=4"
+    assert describe_model({"route": "wp", "wp_depth": 1, "wp_width": 4, "meta_column": "cluster"}) == \
+        "WP d=1, b=4; routed on offline clusters"
+    assert describe_model({"model_type": "nli-routing-lstm", "route": "none", "lstm_route": "h2h", "lstm_depth": 2,
+                           "lstm_width": 4}) == "LSTM H2H d=2, b=4"

@@ -69,6 +69,9 @@ def test_predictions_equal_the_runs_own_test_records(runs, method):
     source = {"cbow": "given", "wp-signature": "given", "wp-kmeans": "dispatched", "wp-basic": "dispatched",
               "lstm-h2h": "given", "minilm": "given"}[method]
     assert {p["meta_source"] for p in preds} == {source}
+    if method == "wp-kmeans":  # the record keeps the data's signatures beside the clusters routed on
+        assert record.meta_column == "cluster" and record.data_meta_column == "signature"
+        assert np.array_equal(record.data_meta, np.asarray(split["signature"]))
     if method in ("wp-kmeans", "wp-basic"):
         assert all(p["dispatch"]["class"] == p["meta"] for p in preds)
         assert np.array_equal([predictor.meta_names.index(p["meta"]) for p in preds],
