@@ -71,3 +71,36 @@ def test_routing_trainer_trains_the_routers_like_the_projects_loop(tmp_path):
 def test_routing_trainer_refuses_a_model_that_is_not_routed(tmp_path):
     with pytest.raises(TypeError, match="routed models"):
         RoutingTrainer(model=torch.nn.Linear(2, 2), args=args(tmp_path), train_dataset=[])
+
+
+def pair_rows(n: int = 32, t: int = 7, num_meta: int = 3) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(1, 99, (t,), generator=g), "attention_mask": torch.ones(t, dtype=torch.long),
+             "labels": int(torch.randint(0, 3, (1,), generator=g)), "meta": i % num_meta} for i in range(n)]
+
+
+def stack(rows: list[dict]) -> dict:
+    return {k: torch.stack([r[k] for r in rows]) if torch.is_tensor(rows[0][k]) else torch.tensor([r[k] for r in rows])
+            for k in rows[0]}
+
+
+def test_routing_trainer_trains_a_routed_transformer_and_an_injected_hf_model(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from nli_routing.models.transformer import (RoutedTransformerConfig, RoutedTransformerForNLI, TransformerNLIConfig,
+                                                get_controller, inject_routing)
+
+    from .helpers import tiny_bert
+
+    torch.manual_seed(0)
+    nli = RoutedTransformerForNLI(TransformerNLIConfig(route="attention", num_blocks=2, num_meta=3, classifier_hidden=8,
+                                                       exploration="high"), backbone=tiny_bert())
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                    intermediate_size=37, vocab_size=99, num_labels=3))
+    inject_routing(bert, RoutedTransformerConfig(route="attention", num_blocks=2, num_meta=3, exploration="high"))
+    for model in (nli, bert):
+        table = get_controller(model).router.table.detach().clone()
+        RoutingTrainer(model=model, args=args(tmp_path), train_dataset=pair_rows(),
+                       data_collator=stack, router_lr=0.05).train()
+        assert not torch.equal(get_controller(model).router.table, table), f"{type(model).__name__}: routers did not learn"

@@ -15,6 +15,10 @@ optimizer, which holds only the block parameters. The routers' exploration follo
 
 The meta column must reach the collator: ``remove_unused_columns`` is switched off (the model's
 forward takes ``meta``, the data set calls it ``signature`` or ``genre``).
+
+Any Hugging Face model with routing injected by :func:`~nli_routing.models.transformer.inject_routing`
+(e.g. a ``BertForSequenceClassification``) trains the same way: its router is rewarded +1/-1 for
+each sample's correct/incorrect prediction (the batch needs ``labels`` and ``meta``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..models.base import RoutedModel
+from ..models.transformer.layer import RoutingController, get_controller
+from ..routing import assign_rewards, final_reward
 
 __all__ = ["RoutingTrainer"]
 
@@ -39,11 +45,37 @@ class _RouterSteps(TrainerCallback):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.trainer.routed_model.set_epoch(int(state.epoch or 0))
+        self.trainer.routing.set_epoch(int(state.epoch or 0))
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.trainer.router_optimizer is not None:
             self.trainer.router_optimizer.step()
+
+
+class InjectedRouting:
+    """The routing objective of a plain Hugging Face model with injected routing (one controller)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.controller: RoutingController = get_controller(model)
+
+    def router_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.controller.router.parameters())
+
+    def block_parameters(self) -> list[torch.nn.Parameter]:
+        ids = {id(p) for p in self.router_parameters()}
+        return [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.controller.router.set_epoch(epoch)
+
+    def router_loss(self, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+        traj = self.controller.last_trajectory
+        if traj is None:
+            raise ValueError("the injected routing made no decision in this forward pass (pass meta=... in the batch)")
+        correct = outputs.logits.detach().argmax(-1) == labels
+        assign_rewards(traj, final_reward("correct", correct=correct))
+        return self.controller.router.loss(traj)
 
 
 class RoutingTrainer(Trainer):
@@ -55,8 +87,15 @@ class RoutingTrainer(Trainer):
 
     def __init__(self, *args: Any, router_lr: float | None = None, router_lr_ratio: float = 5.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.routed_model, RoutedModel):
-            raise TypeError(f"RoutingTrainer trains routed models (RoutedModel), got {type(self.routed_model).__name__}")
+        model = self.routed_model
+        if isinstance(model, RoutedModel):
+            self.routing: RoutedModel | InjectedRouting = model
+        else:
+            try:
+                self.routing = InjectedRouting(model)
+            except ValueError:
+                raise TypeError(f"RoutingTrainer trains routed models (a RoutedModel or a model with inject_routing), "
+                                f"got {type(model).__name__}") from None
         if router_lr is not None and router_lr <= 0:
             raise ValueError(f"router_lr must be > 0, got {router_lr}")
         self.router_lr = float(router_lr) if router_lr is not None else self.args.learning_rate * router_lr_ratio
@@ -75,11 +114,10 @@ class RoutingTrainer(Trainer):
         """The Trainer's optimizer (its class and settings from the arguments) over the block
         parameters only, and the router optimizer (SGD at ``router_lr``) over the routers'."""
         if self.optimizer is None:
-            routed = self.routed_model
-            opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, routed)
-            blocks = routed.block_parameters()
+            opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.routed_model)
+            blocks = self.routing.block_parameters()
             self.optimizer = opt_cls([{"params": blocks, "weight_decay": self.args.weight_decay}], **opt_kwargs)
-            routers = [p for p in routed.router_parameters() if p.requires_grad]
+            routers = [p for p in self.routing.router_parameters() if p.requires_grad]
             self.router_optimizer = torch.optim.SGD(routers, lr=self.router_lr) if routers else None
         return self.optimizer
 
@@ -90,7 +128,7 @@ class RoutingTrainer(Trainer):
             raise ValueError("RoutingTrainer needs labels in the batch (a 'labels' key from the collator)")
         loss = outputs.loss
         if model.training:
-            router_loss = self.routed_model.router_loss(outputs, inputs["labels"])
+            router_loss = self.routing.router_loss(outputs, inputs["labels"])
             self.last_router_loss = router_loss.detach()
             loss = loss + router_loss
         return (loss, outputs) if return_outputs else loss
