@@ -532,6 +532,7 @@ RECIPE_CASES = [
     ("sci_wp_dispatch.py", ["--learner_args", "foo=1"], r"learner 'qlearning'.*'foo'"),
     ("sci_wp_dispatch.py", ["--dispatch_k", "0"], r"dispatch_k must be >= 1, got 0"),
     ("sci_wp_dispatch.py", ["--max_train_samples", "0"], r"max_train_samples must be >= 1, got 0"),
+    ("sci_wp_dispatch.py", ["--lr", "-1"], r"lr must be >= 0, got -1"),
     ("finetune_routed_transformer.py", ["--num_blocks", "0"], r"num_blocks must be >= 1, got 0"),
     ("finetune_routed_transformer.py", ["--max_length", "2"], r"max_length must be >= 4, got 2"),
     ("image_mtl.py", ["--per_class", "0"], r"per_class must be >= 1, got 0"),

@@ -98,8 +98,8 @@ def test_cli_predict_writes_one_line_per_pair(runs, tmp_path, capsys):
     out = tmp_path / "preds.jsonl"
     cli(["predict", str(root / "wp-signature"), "--input", str(src), "--output", str(out), "--batch_size", "3"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    api = RoutedNLIPredictor.from_pretrained(root / "wp-signature").predict(pairs)
-    assert rows == json.loads(json.dumps(api))
+    api = RoutedNLIPredictor.from_pretrained(root / "wp-signature").predict(pairs, batch_size=3)
+    assert rows == json.loads(json.dumps(api))  # the same batches: the same numbers
     cli(["predict", str(root / "wp-kmeans"), "--premise", "Ann managed to leave.", "--hypothesis", "Ann left."])
     one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert one["meta_source"] == "dispatched" and set(one["route"]) == {"wp"}
@@ -127,3 +127,14 @@ def test_the_pipeline_in_a_fresh_process(runs):
             {"premise": "Ann managed to leave.", "hypothesis": "Ann left.", "meta": "+|-"})[0]
         assert ranked[0]["label"] == api["label"] and ranked[0]["route"] == api["route"]
         assert ranked[0]["score"] == pytest.approx(api["score"], abs=1e-6)
+
+
+def test_the_pipeline_takes_a_loaded_model_and_tokenizer(runs):
+    import nli_routing.inference.pipeline  # noqa: F401
+    from transformers import AutoModel, AutoTokenizer, pipeline
+
+    root, *_ = runs
+    folder = root / "lstm-h2h"
+    nli = pipeline("routed-nli", model=AutoModel.from_pretrained(folder), tokenizer=AutoTokenizer.from_pretrained(folder))
+    out = nli({"text": "Ann managed to leave.", "text_pair": "Ann left.", "meta": "+|-"})
+    assert out[0]["route"].keys() == {"lstm-h2h"} and 0 < out[0]["score"] <= 1

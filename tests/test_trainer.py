@@ -104,3 +104,9 @@ def test_routing_trainer_trains_a_routed_transformer_and_an_injected_hf_model(tm
         RoutingTrainer(model=model, args=args(tmp_path), train_dataset=pair_rows(),
                        data_collator=stack, router_lr=0.05).train()
         assert not torch.equal(get_controller(model).router.table, table), f"{type(model).__name__}: routers did not learn"
+    # the injected model saves with transformers' own save_pretrained (router state is tensors only)
+    bert.save_pretrained(tmp_path / "bert")
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "bert" / "model.safetensors"))
+    assert torch.equal(saved["routing_controller.router.table"], get_controller(bert).router.table.detach())

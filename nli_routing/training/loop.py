@@ -128,8 +128,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_at_least(self, epochs=1, batch_size=1, eval_batch_size=1)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.lr >= 0:  # 0: nothing moves (gradients only, e.g. to check clipping)
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
         if self.router_lr_ratio < 1.0:
             raise ValueError(f"router_lr_ratio must be >= 1 (router lr >= block lr), got {self.router_lr_ratio}")
         if not self.explore_kappa >= 0.0:
