@@ -31,7 +31,6 @@ from nli_routing.training.loop import TrainConfig
 @dataclass
 class RecipeArgs:
     output_dir: str = field(default="outputs/finetune_routed_transformer", metadata={"help": "where results go"})
-    save_model: bool = field(default=False, metadata={"help": "also write the model with save_pretrained"})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -61,8 +60,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload = {"args": {"recipe": asdict(recipe), "data": asdict(data_args), "model": asdict(cfg),
                             "train": asdict(train_cfg)}, "summary": summary, "run": res["run"]}
         (out / "results.json").write_text(json.dumps(payload, indent=2))
-        if recipe.save_model:
-            accelerator.unwrap_model(res["model"]).save_pretrained(out / cfg.route / "model", res["tokenizer"])
         accelerator.print(f"results written to {out / 'results.json'}")
     return summary
 

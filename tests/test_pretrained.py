@@ -5,6 +5,7 @@ refused, and no pickle in any saved model or checkpoint."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,29 @@ def test_a_state_dict_holds_only_tensors_and_the_router_state_round_trips():
     assert torch.equal(other.routers()[0].generator.get_state(), model.routers()[0].generator.get_state())
     with pytest.raises(ValueError, match="extra state must be the uint8 tensor"):
         other.routers()[0].set_extra_state(torch.zeros(3))
+
+
+def test_push_to_hub_uploads_the_run_folder_in_the_hubs_layout(tmp_path, monkeypatch):
+    """Offline: the Hub client is replaced by a recorder; the folder it would upload is complete."""
+    import huggingface_hub
+
+    from nli_routing.experiments.nli import DataArgs, prepare_sci, run_method
+    from nli_routing.models.nli import NLIModelConfig
+    from nli_routing.training.loop import TrainConfig
+
+    calls = []
+
+    def upload_folder(self, repo_id, folder_path, **kw):
+        calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    cfg = TrainConfig(epochs=1, batch_size=32, seed=0, push_to_hub=True, hub_model_id="me/sci")
+    run_method("wp-signature", prepare_sci(DataArgs(max_train_samples=60, allow_unseen_meta=True)),
+               NLIModelConfig(classifier_hidden=8), cfg, 3, tmp_path / "wp-signature")
+    assert calls[0] == ("create", "me/sci-wp-signature")
+    kind, repo, files = calls[1]
+    assert kind == "upload" and repo == "me/sci-wp-signature"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(files)
+    with pytest.raises(ValueError, match="--hub_model_id needs --push_to_hub"):
+        TrainConfig(hub_model_id="me/sci")

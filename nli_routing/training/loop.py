@@ -112,6 +112,14 @@ class TrainConfig:
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when an accelerator is present"})
     select_best: bool = field(default=True, metadata={"help": "report test metrics at the best validation epoch"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on the main process"})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "upload every trained model folder to the Hub (repo --hub_model_id-<run folder>, e.g. "
+                          "me/sci-wp-signature); needs a login (huggingface-cli login or HF_TOKEN)"},
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "with --push_to_hub: the repo prefix, e.g. me/sci (default: the run folder name)"}
+    )
     log_with: str | None = field(
         default=None,
         metadata={
@@ -142,6 +150,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 (or None to not clip), got {value}")
+        if self.hub_model_id is not None and not self.push_to_hub:
+            raise ValueError("--hub_model_id needs --push_to_hub")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:
@@ -500,4 +510,10 @@ def save_run(model: nn.Module, result: dict, cfg: TrainConfig, output_dir: str |
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "timing.json").write_text(json.dumps({"train_seconds": result.get("train_seconds")}, indent=2))
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    model.save_pretrained(out, tokenizer=tokenizer)
+    hub = {}
+    if cfg.push_to_hub:  # the folder as written, uploaded (HfApi.upload_folder)
+        repo = f"{cfg.hub_model_id}-{out.name}" if cfg.hub_model_id else out.name
+        hub = {"push_to_hub": True, "repo_id": repo, "commit_message": f"nli_routing run {out.name} (seed {cfg.seed})"}
+    model.save_pretrained(out, tokenizer=tokenizer, **hub)
+    if hub:
+        logger.info("pushed %s to the Hub as %s", out, hub["repo_id"])
