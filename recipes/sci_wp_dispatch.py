@@ -31,7 +31,6 @@ from transformers import HfArgumentParser
 
 from nli_routing.training.distributed import make_accelerator
 from nli_routing.models.nli import NLIModelConfig
-from nli_routing.analysis.plots import plot_dispatch_distribution
 from nli_routing.experiments.nli import (
     DISPATCH_CHOICES,
     METHODS,
@@ -45,6 +44,7 @@ from nli_routing.experiments.nli import (
     prepare_sci,
     resolve_method,
     run_method,
+    write_dispatch_report,
 )
 from nli_routing.routing.config import check_at_least
 from nli_routing.training.loop import TrainConfig
@@ -125,23 +125,6 @@ def main() -> None:
                    "summary": rows, "nested_summary": nested_rows, "runs": results}
         (out / "results.json").write_text(json.dumps(payload, indent=2))
         accelerator.print(f"results written to {out / 'results.json'}")
-
-
-def write_dispatch_report(result: dict, out: Path) -> None:
-    """``dispatch_report.json`` + ``.png``: dispatch entropy and choices per signature on the test set."""
-    parts = {"": result, "nested_": result.get("finetune")}
-    for prefix, res in parts.items():
-        if res is None:
-            continue
-        split = "test" if "test" in res["final"] else "validation"
-        stats = res["final"][split].get("dispatch")
-        if stats is None:
-            continue
-        report = {"split": split, "accuracy": res["final"][split]["accuracy"], **stats}
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{prefix}dispatch_report.json").write_text(json.dumps(report, indent=2))
-        plot_dispatch_distribution(stats, out / f"{prefix}dispatch_report.png",
-                                   title=f"{res['summary']['method']}: dispatch per signature ({split})")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Recipes parse arguments and call these functions; no recipe copies the training 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from accelerate.utils import set_seed
 from datasets import ClassLabel, DatasetDict
 from torch.utils.data import DataLoader
 
+from ..analysis.plots import plot_dispatch_distribution
 from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
@@ -463,3 +465,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"{r['method']:<{width}}" + "".join(fmt(r.get(key), spec) for _, key, spec in cols))
     return "\n".join(lines)
+
+
+def write_dispatch_report(result: dict, out: Path) -> None:
+    """``dispatch_report.json`` + ``.png``: dispatch entropy and choices per signature on the test set."""
+    parts = {"": result, "nested_": result.get("finetune")}
+    for prefix, res in parts.items():
+        if res is None:
+            continue
+        split = "test" if "test" in res["final"] else "validation"
+        stats = res["final"][split].get("dispatch")
+        if stats is None:
+            continue
+        report = {"split": split, "accuracy": res["final"][split]["accuracy"], **stats}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{prefix}dispatch_report.json").write_text(json.dumps(report, indent=2))
+        plot_dispatch_distribution(stats, out / f"{prefix}dispatch_report.png",
+                                   title=f"{res['summary']['method']}: dispatch per signature ({split})")
