@@ -23,6 +23,8 @@ CASES = [
     ("lstm", "classifier", "approx", "qlearning"),
     ("transformer", "attention", "tabular", "qlearning"),
     ("transformer", "block", "tabular", "reinforce"),
+    ("transformer", "lora", "tabular", "qlearning"),
+    ("transformer", "lora", "approx", "gumbel"),
     ("transformer", "classifier", "approx", "qlearning"),
     ("vision", "routing", "tabular", "qlearning"),
     ("vision", "routing-recurrent", "tabular", "gumbel"),

@@ -9,8 +9,9 @@ eager / batched_mm / grouped_mm experts):
   ``__call__`` gathers, runs and restores the input order. Implementations (:data:`EXECUTIONS`):
 
   - ``"eager"``: a list of modules, each called once on its contiguous slice of rows;
-  - ``"grouped_mm"``: a :class:`~nli_routing.routing.bank.LinearBank`, all groups in one grouped
-    matmul without host synchronisation;
+  - ``"grouped_mm"``: a :class:`~nli_routing.routing.bank.LinearBank` (or the low-rank experts of
+    :class:`~nli_routing.routing.lowrank.LowRankBank`), all groups in one grouped matmul without
+    host synchronisation;
   - ``"call"``: injected modules (a pretrained Transformer's layers) called with every
     batch-shaped positional and keyword argument sliced to the group, outputs reassembled;
   - ``"path"``: a composition of one block per step for every path (path codes as groups), for
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .bank import LinearBank, inverse_permutation
+from .lowrank import LowRankBank
 
 
 def per_sample(scale: Tensor, like: Tensor) -> Tensor:
@@ -333,9 +335,10 @@ EXECUTIONS: dict[str, Execution] = {
 }
 
 
-def execution_for(blocks: Sequence[nn.Module] | LinearBank) -> Execution:
-    """The implementation for a block set: grouped matmul for a :class:`LinearBank`, eager otherwise."""
-    return EXECUTIONS["grouped_mm" if isinstance(blocks, LinearBank) else "eager"]
+def execution_for(blocks: Sequence[nn.Module] | LinearBank | LowRankBank) -> Execution:
+    """The implementation for a block set: grouped matmul for a :class:`LinearBank` or a
+    :class:`~nli_routing.routing.lowrank.LowRankBank`, eager otherwise."""
+    return EXECUTIONS["grouped_mm" if isinstance(blocks, (LinearBank, LowRankBank)) else "eager"]
 
 
 def sorted_apply(

@@ -107,6 +107,7 @@ ROUTED_NAMES = {
     ("lstm", "classifier"): ["lstm-i2h", "classifier"],
     ("transformer", "attention"): ["encoder-attention"],
     ("transformer", "block"): ["encoder-block"],
+    ("transformer", "lora"): ["encoder-lora"],
     ("transformer", "classifier"): ["classifier"],
     ("vision", "routing"): ["fc"],
     ("vision", "routing-recurrent"): ["fc"],
@@ -132,8 +133,17 @@ def build_model(kind: str, part: str, router: str = "tabular", learner: str = "q
                               **common)
         return LSTMNLIModel(cfg, weight(), pad_id=0), batch(num_meta=num_meta)
     if kind == "transformer":
-        cfg = TransformerNLIConfig(route=part, num_blocks=2, noise_std=0.01, classifier_hidden=8, dropout=0.0, **common)
-        return RoutedTransformerForNLI(cfg, backbone=tiny_bert()), pair_token_batch(num_meta=num_meta)
+        cfg = TransformerNLIConfig(route=part, num_blocks=2, noise_std=0.01, classifier_hidden=8, dropout=0.0,
+                                   lora_rank=4, **common)
+        model = RoutedTransformerForNLI(cfg, backbone=tiny_bert())
+        if part == "lora":  # experts start at zero (all alike): make them differ so routes matter
+            from nli_routing.routing.lowrank import LowRankBank
+
+            with torch.no_grad():
+                for m in model.modules():
+                    if isinstance(m, LowRankBank):
+                        m.B.normal_(0.0, 0.2)
+        return model, pair_token_batch(num_meta=num_meta)
     if kind == "vision":
         cfg = VisionMTLConfig(method=part, conv_layers=3, conv_channels=4, fc_hidden=8, **common)
         return VisionMTLModel(cfg), image_batch(num_meta=num_meta)

@@ -3,6 +3,7 @@ layers injected into a Hugging Face model, and an NLI model on top."""
 
 from .config import DEFAULT_TARGETS, INJECT_ROUTES, NLI_ROUTES, POOLINGS, RoutedTransformerConfig, TransformerNLIConfig
 from .layer import (
+    RoutedLoRALinear,
     RoutedModule,
     RoutingController,
     get_controller,
@@ -20,6 +21,7 @@ __all__ = [
     "NLI_ROUTES",
     "POOLINGS",
     "PairCollator",
+    "RoutedLoRALinear",
     "RoutedModule",
     "RoutedTransformerConfig",
     "RoutedTransformerForNLI",

@@ -9,7 +9,7 @@ from typing import Any
 from ...routing import ROUTER_TYPES, RouterConfig
 from ...routing.config import check_at_least
 
-INJECT_ROUTES = ("attention", "block")
+INJECT_ROUTES = ("attention", "block", "lora")
 NLI_ROUTES = ("none", "classifier") + INJECT_ROUTES
 POOLINGS = ("mean", "cls", "last")
 ROUTERS = tuple(t for t in ROUTER_TYPES if t != "soft")  # the soft mixture is no router
@@ -17,9 +17,13 @@ ROUTERS = tuple(t for t in ROUTER_TYPES if t != "soft")  # the soft mixture is n
 #: model_type -> {route: regex of the routed module names}; names are matched on a dot boundary at
 #: the end of the full module name, so ``encoder.layer.3`` matches ``bert.encoder.layer.3`` too.
 DEFAULT_TARGETS: dict[str, dict[str, str]] = {
-    "bert": {"block": r"encoder\.layer\.\d+", "attention": r"encoder\.layer\.\d+\.attention"},
+    "bert": {"block": r"encoder\.layer\.\d+", "attention": r"encoder\.layer\.\d+\.attention",
+             # every linear layer of the attention (query, key, value, output) and the feed-forward
+             "lora": r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
+                     r"intermediate\.dense|output\.dense)"},
     "gpt2": {"block": r"h\.\d+", "attention": r"h\.\d+\.attn"},
-    "distilbert": {"block": r"transformer\.layer\.\d+", "attention": r"transformer\.layer\.\d+\.attention"},
+    "distilbert": {"block": r"transformer\.layer\.\d+", "attention": r"transformer\.layer\.\d+\.attention",
+                   "lora": r"transformer\.layer\.\d+\.(attention\.(q_lin|k_lin|v_lin|out_lin)|ffn\.lin1|ffn\.lin2)"},
 }
 for _alias in ("roberta", "xlm-roberta", "electra", "camembert"):
     DEFAULT_TARGETS[_alias] = DEFAULT_TARGETS["bert"]
@@ -35,11 +39,12 @@ class RoutedTransformerConfig(RouterConfig):
 
     route: str = field(
         default="attention",
-        metadata={"help": "what is routed: attention sublayers or whole layers (block) get routed copies; "
+        metadata={"help": "what is routed: attention sublayers or whole layers (block) get routed copies; lora "
+                          "gives every linear layer of the attention and feed-forward b routed low-rank experts; "
                           "classifier routes only the head; none is the plain fine-tuned model",
                   "choices": list(NLI_ROUTES)},
     )
-    num_blocks: int = field(default=2, metadata={"help": "copies b of every routed module"})
+    num_blocks: int = field(default=2, metadata={"help": "copies b of every routed module (route=lora: experts per layer)"})
     noise_std: float = field(
         default=3e-4, metadata={"help": "std of the Gaussian noise added to each copy's weights (variance < 1e-7)"}
     )
@@ -52,13 +57,18 @@ class RoutedTransformerConfig(RouterConfig):
                           "boundary); default per architecture, e.g. BERT encoder.layer.N[.attention], "
                           "GPT-2 h.N[.attn]"},
     )
-    noise_seed: int = field(default=0, metadata={"help": "seed of the copies' noise"})
+    noise_seed: int = field(default=0, metadata={"help": "seed of the copies' noise (and of the low-rank experts' A)"})
+    lora_rank: int = field(default=8, metadata={"help": "route=lora: rank r of every low-rank expert"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "route=lora: experts' deltas are scaled by alpha / r"})
+    lora_train_base: bool = field(
+        default=False, metadata={"help": "route=lora: also train the pretrained weights (default: frozen, as LoRA)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.route not in NLI_ROUTES:
             raise ValueError(f"route must be one of {NLI_ROUTES}, got {self.route!r}")
-        check_at_least(self, num_blocks=1)
+        check_at_least(self, num_blocks=1, lora_rank=1)
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if self.router not in ROUTERS:

@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from ...routing import Decision, Router, Trajectory, build_router
 from ...routing.decision import RoutingPass
-from ...routing.execution import CallExecution
+from ...routing.execution import CallExecution, execution_for
+from ...routing.lowrank import LowRankBank
 from .config import DEFAULT_TARGETS, INJECT_ROUTES, RoutedTransformerConfig
 
 try:  # Transformers >= 5 records hidden states / attentions with hooks and a context variable
@@ -169,6 +170,42 @@ class RoutedModule(nn.Module):
         return f"position={self.position}, target={self.target_name!r}, copies={self.num_copies}"
 
 
+class RoutedLoRALinear(nn.Module):
+    """A pretrained ``nn.Linear`` plus ``b`` routed low-rank experts: ``y = base(x) + delta_k(x)`` with
+    ``k`` the expert the model's router picks for the sample (``route="lora"``). The experts start at
+    zero (``B = 0``), so the injected model starts as the pretrained one; all experts of the layer run
+    in one grouped computation (:class:`~nli_routing.routing.lowrank.LowRankBank`).
+
+    Attributes the wrapper lacks (``weight``, ``in_features``, ...) are read from the base layer.
+    """
+
+    def __init__(self, base: nn.Linear, experts: LowRankBank, position: int, controller: RoutingController,
+                 name: str = "") -> None:
+        super().__init__()
+        self.base = base
+        self.experts = experts
+        self.position = position
+        self.target_name = name
+        object.__setattr__(self, "_controller", controller)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base" or "base" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["base"], name)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ctrl = self._controller
+        dec = ctrl.decide(self.position, x)
+        delta = execution_for(self.experts)(self.experts, x, dec.actions, ctrl._pass.scale(dec), False)
+        return self.base(x) + delta.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"position={self.position}, target={self.target_name!r}, experts={self.experts.num_experts}, rank={self.experts.rank}"
+
+
 # ---------------------------------------------------------------------- injection
 def _pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     ctrl: RoutingController = getattr(module, CONTROLLER_NAME)
@@ -240,10 +277,14 @@ def inject_routing(model: nn.Module, config: RoutedTransformerConfig) -> nn.Modu
         some = [n for n, _ in model.named_modules() if n][:8]
         raise ValueError(f"no module name matches {patterns}; names look like {some}")
     hidden = int(model.config.hidden_size) if hasattr(model, "config") else 0
-    router = build_router(
-        dims=[max(hidden, 1)] * (len(names) + 1), width=config.num_blocks, num_meta=config.num_meta,
-        **config.router_kwargs(),
-    )
+    dims = [max(hidden, 1)] * (len(names) + 1)
+    if config.route == "lora":
+        linears = [model.get_submodule(n) for n in names]
+        wrong = [n for n, m in zip(names, linears) if not isinstance(m, nn.Linear)]
+        if wrong:
+            raise ValueError(f"route='lora' routes linear layers; not nn.Linear: {wrong[:4]}")
+        dims = [m.in_features for m in linears] + [linears[-1].out_features]  # what each position's router reads
+    router = build_router(dims=dims, width=config.num_blocks, num_meta=config.num_meta, **config.router_kwargs())
     controller = RoutingController(router, names, config.num_blocks)
     controller.forward_params = list(inspect.signature(model.forward).parameters)
     gen = torch.Generator().manual_seed(config.noise_seed)
@@ -251,6 +292,12 @@ def inject_routing(model: nn.Module, config: RoutedTransformerConfig) -> nn.Modu
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         original = getattr(parent, child)
+        if config.route == "lora":
+            experts = LowRankBank(config.num_blocks, original.in_features, original.out_features, config.lora_rank,
+                                  config.lora_alpha, generator=gen).to(original.weight.device, original.weight.dtype)
+            original.requires_grad_(config.lora_train_base)
+            setattr(parent, child, RoutedLoRALinear(original, experts, position, controller, name))
+            continue
         copies = make_copies(original, config.num_blocks, config.noise_std, config.keep_original, gen)
         setattr(parent, child, RoutedModule(copies, position, controller, name))
     model.add_module(CONTROLLER_NAME, controller)

@@ -19,7 +19,7 @@ from ..embeddings import default_model_path
 from ..base import RoutedModel, RoutedModelConfig, read_weights
 from ..nli import NLIOutput
 from .config import INJECT_ROUTES, TransformerNLIConfig
-from .layer import RoutedModule, get_controller, inject_routing
+from .layer import RoutedLoRALinear, RoutedModule, get_controller, inject_routing
 
 #: the folder layout of older versions (routing_config.json, backbone/config.json, model.safetensors,
 #: extra_state.json): still read by from_pretrained; a pickled extra_state.pt is refused with a message
@@ -162,8 +162,9 @@ class RoutedTransformerForNLI(RoutedModel):
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Parameter counts: ``total``, ``router`` (all routers), ``routed`` (all copies at routed
-    positions), ``copies`` (the ones injection added: all but copy 0), ``base`` (total minus routers
-    and added copies, i.e. the unrouted model) and ``trainable``."""
+    positions, or the routed linear layers and their low-rank experts), ``copies`` (what injection
+    added: all copies but copy 0, or the low-rank experts), ``base`` (total minus routers and added
+    parameters, i.e. the unrouted model) and ``trainable``."""
     router_ids = {id(p) for m in model.modules() if isinstance(m, Router) for p in m.parameters()}
     routed, added = set(), set()
     for m in model.modules():
@@ -173,6 +174,10 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
                 routed |= ids
                 if i:
                     added |= ids
+        elif isinstance(m, RoutedLoRALinear):
+            experts = {id(p) for p in m.experts.parameters()}
+            routed |= experts | {id(p) for p in m.base.parameters()}
+            added |= experts
     params = {id(p): p for p in model.parameters()}
 
     def size(ids: set) -> int:
