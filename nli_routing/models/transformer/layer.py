@@ -132,6 +132,17 @@ def routed_call(copies: Sequence[nn.Module], groups: Tensor, args: tuple, kwargs
     return COPY_EXECUTION(copies, (args, kwargs), groups, scale)
 
 
+def _delegated(module: nn.Module, name: str, child: str, pick) -> Any:
+    """``module``'s attribute ``name``, or, when it has none, that of ``pick(module.<child>)`` (the
+    wrapped original), so code inspecting the original module keeps working."""
+    try:
+        return nn.Module.__getattr__(module, name)
+    except AttributeError:
+        if name == child or child not in module.__dict__.get("_modules", {}):
+            raise
+        return getattr(pick(module._modules[child]), name)
+
+
 class RoutedModule(nn.Module):
     """``b`` copies of one module; the model's router picks one per sample (see module docstring).
 
@@ -151,12 +162,7 @@ class RoutedModule(nn.Module):
         return len(self.copies)
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "copies" or "copies" not in self.__dict__.get("_modules", {}):
-                raise
-            return getattr(self._modules["copies"][0], name)
+        return _delegated(self, name, "copies", lambda copies: copies[0])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         hidden = args[0] if args else kwargs.get("hidden_states")
@@ -189,12 +195,7 @@ class RoutedLoRALinear(nn.Module):
         object.__setattr__(self, "_controller", controller)
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base" or "base" not in self.__dict__.get("_modules", {}):
-                raise
-            return getattr(self._modules["base"], name)
+        return _delegated(self, name, "base", lambda base: base)
 
     def forward(self, x: Tensor) -> Tensor:
         ctrl = self._controller
