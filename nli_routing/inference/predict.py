@@ -84,6 +84,7 @@ class RoutedNLIPredictor:
         self.meta_field = c.data_meta_column or c.meta_column or "meta"
         self.labels = {int(k): v for k, v in (c.id2label or {}).items()} or {i: str(i) for i in range(c.num_classes)}
         self.offline = OfflineDispatcher.from_state_dict(c.offline_dispatch) if c.offline_dispatch else None
+        self._offline_vectors: WordVectors | None = None  # the model's table and tokenizer, built once
         self.fallbacks = 0
         self.meta_fallback = None if meta_fallback is None else self._meta_index(meta_fallback, "meta_fallback")
         if self.transformer:
@@ -128,9 +129,11 @@ class RoutedNLIPredictor:
         if self.dispatches == "learned":
             return torch.zeros(n, dtype=torch.long), ["dispatched"] * n
         if self.dispatches == "offline":
-            vectors = WordVectors(self.tokenizer, self.model.encoder.embedding.weight.detach().float().cpu(),
-                                  int(self.config.pad_id), str(self.config.embeddings))
-            feats = cbow_encode(vectors, list(premises), max_length=int(self.config.offline_dispatch["max_length"]))
+            if self._offline_vectors is None:
+                weight = self.model.encoder.embedding.weight.detach().float().cpu()
+                self._offline_vectors = WordVectors(self.tokenizer, weight, int(self.config.pad_id), str(self.config.embeddings))
+            feats = cbow_encode(self._offline_vectors, list(premises),
+                                max_length=int(self.config.offline_dispatch["max_length"]))
             return torch.as_tensor(self.offline.predict(feats), dtype=torch.long), ["dispatched"] * n
         if not self.model.needs_meta:
             return torch.zeros(n, dtype=torch.long), ["none"] * n

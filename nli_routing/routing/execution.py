@@ -144,8 +144,12 @@ class EagerExecution(Execution):
 
     name = "eager"
 
+    def num_groups(self, blocks: Any) -> int:
+        """Group ids below this run a block (``run_one``); the id equal to it is stopped (kept as is)."""
+        return len(blocks)
+
     def run_sorted(self, blocks, xs, sorted_groups, scale=None, identity=True, counts=None, offsets=None):
-        n = len(blocks)
+        n = self.num_groups(blocks)
         if counts is None:
             counts = torch.bincount(sorted_groups.clamp(max=n), minlength=n + 1).tolist()
         outs, start = [], 0
@@ -202,8 +206,7 @@ class PathExecution(EagerExecution):
         return code
 
     def plan(self, blocks: Sequence[Sequence[nn.Module]], paths: Tensor) -> GroupPlan:
-        w = self.width(blocks)
-        return GroupPlan(self.path_codes(paths, w), w ** len(blocks))
+        return GroupPlan(self.path_codes(paths, self.width(blocks)), self.num_groups(blocks))
 
     def run_one(self, blocks, g, x, scale):
         w, d = self.width(blocks), len(blocks)
@@ -211,15 +214,8 @@ class PathExecution(EagerExecution):
             x = blocks[t][(g // w ** (d - 1 - t)) % w](x)
         return x if scale is None else x * per_sample(scale, x)
 
-    def run_sorted(self, blocks, xs, sorted_groups, scale=None, identity=True, counts=None, offsets=None):
-        if counts is None:
-            raise ValueError("path execution needs the group sizes (a GroupPlan with host counts)")
-        outs, start = [], 0
-        for g, c in enumerate(counts):
-            if c:
-                outs.append(self.run_one(blocks, g, xs.narrow(0, start, c), None if scale is None else scale.narrow(0, start, c)))
-                start += c
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+    def num_groups(self, blocks: Sequence[Sequence[nn.Module]]) -> int:
+        return self.width(blocks) ** len(blocks)  # one group per path
 
     def __call__(self, blocks, x, groups, scale=None, identity=True):
         raise TypeError("path execution runs inside a recurrence: build plan(blocks, paths) and call run_sorted per step")

@@ -108,7 +108,7 @@ class RoutingTrainer(Trainer):
 
     @property
     def routed_model(self) -> RoutedModel:
-        return self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        return self.accelerator.unwrap_model(self.model)
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         """The Trainer's optimizer (its class and settings from the arguments) over the block
