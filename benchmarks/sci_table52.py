@@ -69,6 +69,7 @@ MINILM_ROWS = [
     ("MiniLM classifier", "classifier"),
     ("MiniLM attention", "attention"),
     ("MiniLM block", "block"),
+    ("MiniLM lora", "lora"),
 ]
 
 
@@ -171,9 +172,11 @@ def minilm_run(route: str, args: argparse.Namespace, seed: int, work_dir: Path) 
     """One route of the fine-tuning recipe (its main, called with an argument list)."""
     recipe = load_recipe()
     out = work_dir / f"minilm-{route}-seed{seed}"
-    argv = ["--route", route, "--num_blocks", str(args.num_blocks), "--data_dir", str(Path(args.sci_root) / "joint"),
+    argv = ["--route", route, "--num_blocks", str(args.num_blocks), "--data_dir", str(Path(args.sci_root) / args.variant),
             "--epochs", str(args.minilm_epochs), "--seed", str(seed), "--cpu", "--progress", "false",
             "--output_dir", str(out)]
+    if route == "lora":
+        argv += ["--lora_rank", str(args.lora_rank), "--lora_train_base", str(args.lora_train_base)]
     if args.max_train_samples:
         argv += ["--max_train_samples", str(args.max_train_samples)]
     if args.max_eval_samples:
@@ -283,7 +286,8 @@ def table(runs: list[dict], step: dict | None) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], step: dict | None, path: Path, majority: float | None = None) -> None:
+def plot(runs: list[dict], step: dict | None, path: Path, majority: float | None = None,
+         variant: str = "joint") -> None:
     """Bar chart of test accuracy per row (LSTM rows grey-blue, MiniLM rows green; unrouted darker)."""
     import matplotlib
 
@@ -313,16 +317,16 @@ def plot(runs: list[dict], step: dict | None, path: Path, majority: float | None
         parts.append(f"MiniLM: {mini['train_rows']:,} train rows, {mini['epochs']} ep, {mini['test_rows']:,} test rows")
     if step:
         parts.append(f"routed attention step {step['ratio']:.2f}x")
-    ax.set_title("SCI joint (Table 5.2 rows), seed " + ",".join(sorted({str(r["seed"]) for r in runs})) + "\n"
+    ax.set_title(f"SCI {variant} (Table 5.2 rows), seed " + ",".join(sorted({str(r["seed"]) for r in runs})) + "\n"
                  + "; ".join(parts), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def majority_rate(sci_root: str) -> float | None:
+def majority_rate(sci_root: str, variant: str = "joint") -> float | None:
     try:
-        rows = [json.loads(line) for line in (Path(sci_root) / "joint" / "test.jsonl").read_text().splitlines() if line]
+        rows = [json.loads(line) for line in (Path(sci_root) / variant / "test.jsonl").read_text().splitlines() if line]
     except OSError:
         return None
     labels = [r["label"] for r in rows]
@@ -342,7 +346,7 @@ def report(out: Path, runs_dir: Path, args: argparse.Namespace, wall: float | No
     ``--report_only`` (``wall`` None) the machine, commit, arguments and wall time of the run that
     made the files are kept from the existing ``<output>.json``."""
     runs, step = collect(runs_dir)
-    majority = majority_rate(args.sci_root)
+    majority = majority_rate(args.sci_root, args.variant)
     combined = {"machine": machine(), "commit": commit(), "command": sys.argv, "args": vars(args),
                 "wall_seconds": wall}
     if wall is None and out.with_suffix(".json").exists():
@@ -351,7 +355,7 @@ def report(out: Path, runs_dir: Path, args: argparse.Namespace, wall: float | No
     combined.update({"majority_class_test": majority, "runs": runs, "step_time": step})
     out.with_suffix(".json").write_text(json.dumps(combined, indent=1))
     if runs:
-        plot(runs, step, out.with_suffix(".png"), majority)
+        plot(runs, step, out.with_suffix(".png"), majority, args.variant)
     wall = combined["wall_seconds"]
     print(f"\n{table(runs, step)}\n\nmachine: {combined['machine']}; commit {combined['commit']}"
           + (f"; wall time {wall:.0f}s" if wall is not None else "") + f"\nresults: {out.with_suffix('.json')}")
@@ -361,12 +365,20 @@ def report(out: Path, runs_dir: Path, args: argparse.Namespace, wall: float | No
 
 
 # ---------------------------------------------------------------------- main
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() == "true"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sci_root", default="../shared/data/sci")
     ap.add_argument("--output", default="benchmarks/results/sci_table52",
                     help="results prefix: <output>.json, <output>.png and per-run files in <output>.runs/")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--variant", default="joint", choices=["joint", "disjoint", "mismatch"],
+                    help="SCI split of the MiniLM rows (folder under --sci_root)")
     parts = ["steptime", "lstm", "minilm"]
     ap.add_argument("--parts", nargs="+", default=parts, choices=parts, help="what to run")
     ap.add_argument("--rows", nargs="+", default=None, help="run only these rows (e.g. 'MiniLM block')")
@@ -377,7 +389,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="MiniLM: fixed random subset of the training pairs (0 = all)")
     ap.add_argument("--max_eval_samples", type=int, default=1000,
                     help="MiniLM: first rows of validation and test (the files are shuffled; 0 = all)")
-    ap.add_argument("--num_blocks", type=int, default=4, help="routed copies b of MiniLM attention / block")
+    ap.add_argument("--num_blocks", type=int, default=4, help="routed copies b of MiniLM attention / block / lora")
+    ap.add_argument("--lora_rank", type=int, default=8, help="rank r of the routed low-rank experts (lora row)")
+    ap.add_argument("--lora_train_base", type=_flag, default=True,
+                    help="lora row: also fine-tune the pretrained weights (true: the same budget as the none row "
+                         "plus b routed rank-r deltas; false: frozen as in LoRA)")
     ap.add_argument("--step_batch", type=int, default=32, help="pairs per batch of the step-time measurement")
     ap.add_argument("--step_warmup", type=int, default=2)
     ap.add_argument("--step_block", type=int, default=3, help="consecutive steps per timed block")
@@ -453,19 +469,24 @@ def main(argv: list[str] | None = None) -> None:
     if "minilm" in args.parts:
         from nli_routing.data.sci import load_sci
 
-        n_train = len(load_sci(Path(args.sci_root) / "joint")["train"])
+        n_train = len(load_sci(Path(args.sci_root) / args.variant)["train"])
         for seed in args.seeds:
             for name, route in MINILM_ROWS:
                 key = f"minilm-{route}_seed{seed}"
                 settings = {"epochs": args.minilm_epochs, "max_train_samples": args.max_train_samples,
                             "max_eval_samples": args.max_eval_samples,
-                            "num_blocks": args.num_blocks if route in ("attention", "block") else None}
+                            "num_blocks": args.num_blocks if route in ("attention", "block", "lora") else None}
+                if route == "lora":
+                    settings.update(lora_rank=args.lora_rank, lora_train_base=args.lora_train_base)
+                if args.variant != "joint":
+                    settings["variant"] = args.variant
                 if not wanted(name) or cached(key, settings) is not None:
                     continue
                 t = time.time()
                 res = minilm_run(route, args, seed, work_dir)
                 train_rows = min(args.max_train_samples or n_train, n_train)
                 record = {"name": name, "kind": "minilm", "route": route, "seed": seed, "epochs": args.minilm_epochs,
+                          "variant": args.variant,
                           "train_rows": train_rows, "settings": settings, "wall_seconds": time.time() - t, **res}
                 save(key, record)
                 print(f"{name:<18} seed {seed}: test {res['test_accuracy']:.4f} val {res['validation_accuracy']:.4f} "
