@@ -1,0 +1,334 @@
+"""Training-step time of the authors' reference implementation, PytorchRouting, beside ours on the same
+routed MLP (one process, interleaved rounds, one torch thread).
+
+    HF_HUB_OFFLINE=1 python benchmarks/pytorchrouting_compare.py --pytorchrouting /path/to/RoutingNetworks \
+        --pytorchrouting_commit <sha>           # batches 512 and 2048, 7 rounds
+    HF_HUB_OFFLINE=1 python benchmarks/pytorchrouting_compare.py --quick   # a seconds-long smoke run
+
+PytorchRouting (github cle-ros/RoutingNetworks) is not on PyPI and is not part of this repository:
+``--pytorchrouting`` (default: ``$PYTORCHROUTING_PATH``) names a checkout, whose ``PytorchRouting``
+package is loaded from there by file location (nothing is copied, ``sys.path`` is left alone).
+
+The network on both sides: 3 routed layers of 8 blocks ``Linear(64, 64) + ReLU``, tabular Q-learning
+routers with one agent per task (8 tasks, exploration 0.1), one ``Linear(64, 10)`` head per task
+picked by the task id, final reward +1/-1 for a correct classification. Theirs is built from their
+layers: ``Initialization`` -> ``PerTaskAssignment`` -> 3 x (``QLearning(policy_storage_type='tabular',
+num_agents=8)`` -> ``Selection`` of 8 blocks) -> ``Selection`` of the 8 task heads (driven by the
+task actions), and ``Loss(CrossEntropyLoss(), CorrectClassifiedReward())``. Ours is
+``benchmarks/perf.py``'s ``mlp_model("routing", 8, 8)``; its unrouted twin (``shared-bottom``) is
+timed too. A step is a full training step on both sides: forward, module loss and routing loss,
+backward, the blocks' SGD step and the routers' SGD step (the same learning rates, from
+``perf.train_cfg()``). Inputs: ``perf.mlp_batch`` (random features and task ids), labels from a fixed
+random linear teacher; one fixed batch per size.
+
+Shims for torch 2.13: none of their API needs one. Their code indexes with ``uint8`` masks and passes
+``uint8`` conditions to ``torch.where``; torch still accepts both with a deprecation warning, and
+the script only silences those two warnings (the check that emits them still runs inside their step).
+
+Writes ``<output>.json``: machine, our commit, the checkout's commit, args, the training check (both
+steps learn: loss and router-table change), per-round ms of every implementation, the per-round
+ratio theirs/ours, and the share of each step spent in Python's garbage collector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nli_routing.experiments.bench import StepSetup, commit, interleaved_step_times, machine
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+BLOCKS, TASKS, LAYERS, DIM, CLASSES, EXPLORATION = 8, 8, 3, 64, 10, 0.1
+SHIMS = ["warnings.filterwarnings('ignore') for torch's deprecation warnings about uint8 index masks "
+         "and uint8 torch.where conditions (their code still runs unchanged)"]
+
+
+def fail(msg: str) -> None:
+    print(f"pytorchrouting_compare: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_module(name: str, path: Path, package_dir: Path | None = None):
+    """``path`` as module ``name`` (a package when ``package_dir`` is given), registered in sys.modules."""
+    if name in sys.modules:
+        return sys.modules[name]
+    kw = {"submodule_search_locations": [str(package_dir)]} if package_dir else {}
+    spec = importlib.util.spec_from_file_location(name, path, **kw)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before exec: the package's own absolute imports look it up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def load_pytorchrouting(path: str | None):
+    """The checkout's ``PytorchRouting`` package and the submodules the script uses (exit 2 if absent)."""
+    flag = "--pytorchrouting PATH (or PYTORCHROUTING_PATH)"
+    if not path:
+        fail(f"{flag} is required: a checkout of github cle-ros/RoutingNetworks (not on PyPI)")
+    root = Path(path).expanduser().resolve()
+    if not (root / "PytorchRouting" / "__init__.py").is_file():
+        fail(f"{flag}: {root} is no RoutingNetworks checkout (no PytorchRouting/__init__.py in it)")
+    if root == REPO_ROOT or REPO_ROOT in root.parents:
+        fail(f"{flag}: {root} lies inside this repository; keep the reference code outside it")
+    loaded = sys.modules.get("PytorchRouting")
+    if loaded is not None and Path(loaded.__file__).resolve().parent != root / "PytorchRouting":
+        fail(f"{flag}: another PytorchRouting ({loaded.__file__}) is already imported")
+    warnings.filterwarnings("ignore", message="indexing with dtype torch.uint8")
+    warnings.filterwarnings("ignore", message="where received a uint8 condition")
+    try:
+        load_module("PytorchRouting", root / "PytorchRouting" / "__init__.py", root / "PytorchRouting")
+        import PytorchRouting.CoreLayers as core
+        import PytorchRouting.DecisionLayers as decisions
+        import PytorchRouting.RewardFunctions.Final as rewards
+    except Exception as err:  # noqa: BLE001 - one clear line instead of a traceback
+        fail(f"{flag}: cannot import PytorchRouting from {root}: {type(err).__name__}: {err}")
+    return root, core, decisions, rewards
+
+
+def checkout_commit(root: Path, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+        if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root:
+            return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                  text=True).stdout.strip()
+    except OSError:
+        pass
+    return "unknown (not a git checkout)"
+
+
+class TheirRoutedMLP(nn.Module):
+    """The routed MLP from PytorchRouting's layers (see the module doc)."""
+
+    def __init__(self, pr) -> None:
+        super().__init__()
+        core, decisions, rewards = pr
+        torch.manual_seed(0)
+        self.initialization = core.Initialization()
+        self.assignment = decisions.PerTaskAssignment()  # task id -> agent id
+        self.decisions = nn.ModuleList(
+            decisions.QLearning(BLOCKS, DIM, num_agents=TASKS, exploration=EXPLORATION, policy_storage_type="tabular")
+            for _ in range(LAYERS))
+        self.selections = nn.ModuleList(
+            core.Selection(*[nn.Sequential(nn.Linear(DIM, DIM), nn.ReLU()) for _ in range(BLOCKS)])
+            for _ in range(LAYERS))
+        self.heads = core.Selection(*[nn.Linear(DIM, CLASSES) for _ in range(TASKS)])
+        self.loss = core.Loss(nn.CrossEntropyLoss(), rewards.CorrectClassifiedReward())
+        self._decision_cls = decisions.Decision
+
+    def forward(self, x, tasks: list[int]):
+        y, meta, _ = self.initialization(x, tasks=tasks)
+        y, meta, task_actions = self.assignment(y, meta, None)
+        for decide, select in zip(self.decisions, self.selections):
+            y, meta, actions = decide(y, meta, task_actions)
+            y, meta, _ = select(y, meta, actions)
+        y, meta, _ = self.heads(y, meta, task_actions)
+        return y, meta
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modules() if isinstance(m, self._decision_cls) for p in m.parameters()]
+
+
+class TheirStep:
+    """Their full training step on one fixed batch, with the interface ``interleaved_step_times`` uses."""
+
+    def __init__(self, pr, batch: dict, cfg) -> None:
+        self.model = TheirRoutedMLP(pr).train()
+        self.x = batch["pixel_values"].flatten(1)
+        self.tasks = batch["meta"].tolist()  # their data loaders hand over task ids as a list of ints
+        self.labels = batch["labels"]
+        routers = {id(p) for p in self.model.router_parameters()}
+        blocks = [p for p in self.model.parameters() if id(p) not in routers]
+        self.block_opt = torch.optim.SGD(blocks, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.router_opt = torch.optim.SGD(self.model.router_parameters(), lr=cfg.lr * cfg.router_lr_ratio)
+
+    def sync(self) -> None:
+        pass
+
+    def step(self) -> tuple[float, float]:
+        out, meta = self.model(self.x, self.tasks)
+        module_loss, routing_loss = self.model.loss(out, meta, self.labels)
+        self.block_opt.zero_grad(set_to_none=True)
+        self.router_opt.zero_grad(set_to_none=True)
+        (module_loss + routing_loss).backward()
+        self.block_opt.step()
+        self.router_opt.step()
+        return module_loss.detach(), routing_loss.detach()
+
+
+def make_batch(perf, size: int) -> dict:
+    batch = perf.mlp_batch(size, TASKS, dim=DIM, classes=CLASSES)
+    teacher = torch.randn(DIM, CLASSES, generator=torch.Generator().manual_seed(1))
+    batch["labels"] = (batch["pixel_values"].flatten(1) @ teacher).argmax(1)
+    return batch
+
+
+def flat(params) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params]).clone()
+
+
+def training_check(perf, pr, size: int, steps: int) -> dict:
+    """Both steps learn: the task loss over ``steps`` steps on one batch, and how far the router tables moved."""
+    from nli_routing.training.loop import train_step
+
+    batch, out = make_batch(perf, size), {}
+    ours = StepSetup(perf.mlp_model("routing", BLOCKS, TASKS), batch, perf.train_cfg())
+    theirs = TheirStep(pr, batch, perf.train_cfg())
+    for name, model in (("ours", ours.model), ("pytorchrouting", theirs.model)):
+        routers = {id(p) for p in model.router_parameters()}
+        blocks = [p for p in model.parameters() if id(p) not in routers]
+        before, blocks_before, losses = flat(model.router_parameters()), flat(blocks), []
+        for i in range(steps):
+            if name == "ours":
+                loss = train_step(ours.model, ours.batch, ours.block_opt, ours.router_opt, ours.cfg, step=i)[0]
+            else:
+                loss = theirs.step()[0]
+            losses.append(float(loss))
+        change = float((flat(model.router_parameters()) - before).norm())
+        block_change = float((flat(blocks) - blocks_before).norm())
+        k = max(1, steps // 3)  # exploration makes single steps noisy: compare the first and the last third
+        first, last = statistics.mean(losses[:k]), statistics.mean(losses[-k:])
+        out[name] = {"batch": size, "steps": steps, "loss_first": first, "loss_last": last, "losses": losses,
+                     "router_table_change_norm": change, "block_change_norm": block_change,
+                     "trains": last < first and change > 0 and block_change > 0}
+    return out
+
+
+def gc_share(setup, steps: int, repeats: int) -> dict:
+    """Time of a step spent in Python's garbage collector, three ways, alternating: gc enabled (gc time from
+    ``gc.callbacks``), enabled after ``gc.freeze()`` (full collections skip the objects that existed before:
+    the imported libraries), and disabled."""
+    spent, start = [0.0], [0.0]
+
+    def on_gc(phase, _info):
+        if phase == "start":
+            start[0] = time.perf_counter()
+        else:
+            spent[0] += time.perf_counter() - start[0]
+
+    ms: dict[str, list] = {"enabled": [], "frozen": [], "disabled": []}
+    gc_ms: dict[str, list] = {"enabled": [], "frozen": []}
+    for _ in range(repeats):
+        for mode in ms:
+            gc.collect()
+            gc.freeze() if mode == "frozen" else gc.disable() if mode == "disabled" else None
+            gc.callbacks.append(on_gc)
+            spent[0], t0 = 0.0, time.perf_counter()
+            try:
+                for _ in range(steps):
+                    setup.step()
+            finally:
+                gc.callbacks.remove(on_gc)
+                gc.enable()
+                gc.unfreeze()
+            ms[mode].append(1000 * (time.perf_counter() - t0) / steps)
+            if mode in gc_ms:
+                gc_ms[mode].append(1000 * spent[0] / steps)
+    med = {k: statistics.median(v) for k, v in ms.items()}
+    gc_med = {k: statistics.median(v) for k, v in gc_ms.items()}
+    return {"steps": steps, "repeats": repeats, "ms": med, "gc_ms_per_step": gc_med,
+            "gc_share": gc_med["enabled"] / med["enabled"], "gc_share_frozen": gc_med["frozen"] / med["frozen"],
+            "gc_share_by_disabling": 1 - med["disabled"] / med["enabled"], "tracked_objects": len(gc.get_objects())}
+
+
+def per_round_ratio(rounds: dict, num: str, den: str) -> list[float]:
+    return [a / b for a, b in zip(rounds[num], rounds[den])]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pytorchrouting", default=os.environ.get("PYTORCHROUTING_PATH"),
+                   help="root of a cle-ros/RoutingNetworks checkout (default: $PYTORCHROUTING_PATH)")
+    p.add_argument("--pytorchrouting_commit", default=None, help="the checkout's commit (default: its git HEAD)")
+    p.add_argument("--batches", nargs="+", type=int, default=[512, 2048])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps_per_round", type=int, default=3)
+    p.add_argument("--check_steps", type=int, default=20, help="steps of the training check")
+    p.add_argument("--gc_steps", type=int, default=3, help="steps per gc-on/gc-off measurement (0: skip)")
+    p.add_argument("--gc_repeats", type=int, default=3)
+    p.add_argument("--gc_freeze", action="store_true", help="gc.freeze() before the timed rounds (see gc_share)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--quick", action="store_true", help="batch 64, 2 rounds (a smoke test; numbers meaningless)")
+    p.add_argument("--output", default=str(HERE / "results" / "pytorchrouting_compare"))
+    args = p.parse_args(argv)
+    root, *pr = load_pytorchrouting(args.pytorchrouting)
+    if args.quick:
+        args.batches, args.rounds, args.warmup, args.steps_per_round = [64], 2, 1, 1
+        args.check_steps, args.gc_steps, args.gc_repeats = 5, 1, 1
+    torch.set_num_threads(args.threads)
+    perf = load_module("perf", HERE / "perf.py")
+    start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+
+    result = {"machine": machine(), "commit": commit(),
+              "pytorchrouting": {"path": str(root), "commit": checkout_commit(root, args.pytorchrouting_commit)},
+              "args": vars(args), "shims": SHIMS,
+              "model": f"{LAYERS} routed layers x {BLOCKS} blocks Linear({DIM},{DIM})+ReLU, tabular Q-learning, "
+                       f"{TASKS} tasks (one agent each), per-task heads Linear({DIM},{CLASSES}), reward +1/-1",
+              "results": []}
+    log(f"{result['machine']}; PytorchRouting {result['pytorchrouting']['commit']} from {root}")
+    result["check"] = training_check(perf, pr, min(args.batches), args.check_steps)
+    for name, c in result["check"].items():
+        log(f"check {name:<14} batch {c['batch']}, {c['steps']} steps: loss {c['loss_first']:.4f} -> "
+            f"{c['loss_last']:.4f} (first/last third), change norm of router tables "
+            f"{c['router_table_change_norm']:.4f}, of blocks {c['block_change_norm']:.4f}"
+            f"  {'trains' if c['trains'] else 'DOES NOT TRAIN'}")
+    torch.manual_seed(0)
+    for b in args.batches:
+        batch = make_batch(perf, b)
+        setups = {"pytorchrouting": TheirStep(pr, batch, perf.train_cfg()),
+                  "ours": StepSetup(perf.mlp_model("routing", BLOCKS, TASKS), batch, perf.train_cfg()),
+                  "ours-unrouted": StepSetup(perf.mlp_model("shared-bottom", BLOCKS, TASKS), batch, perf.train_cfg())}
+        gc.collect()
+        if args.gc_freeze:
+            gc.freeze()
+        t = interleaved_step_times(setups, warmup=args.warmup, rounds=args.rounds, steps_per_round=args.steps_per_round)
+        gc.unfreeze()
+        ratios = per_round_ratio(t["rounds"], "pytorchrouting", "ours")
+        routed = per_round_ratio(t["rounds"], "ours", "ours-unrouted")
+        row = {"batch": b, "ms_median": t["ms"], "ms_min": {n: min(v) for n, v in t["rounds"].items()},
+               "ms_max": {n: max(v) for n, v in t["rounds"].items()}, "rounds_ms": t["rounds"],
+               "theirs_over_ours": statistics.median(ratios), "theirs_over_ours_rounds": ratios,
+               "routed_over_unrouted": statistics.median(routed), "routed_over_unrouted_rounds": routed}
+        if args.gc_steps:
+            row["gc"] = {n: gc_share(setups[n], args.gc_steps, args.gc_repeats) for n in ("pytorchrouting", "ours")}
+        result["results"].append(row)
+        for n in setups:
+            log(f"batch {b:>5} {n:<14} {row['ms_median'][n]:9.2f} ms/step (min {row['ms_min'][n]:8.2f}, "
+                f"max {row['ms_max'][n]:8.2f})" + (f"  in gc {g['gc_share']:5.1%} (frozen {g['gc_share_frozen']:5.1%}; "
+                f"time saved with gc off {g['gc_share_by_disabling']:+5.1%})" if (g := row.get("gc", {}).get(n)) else ""))
+        log(f"batch {b:>5} theirs/ours {row['theirs_over_ours']:6.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+            f"   ours routed/unrouted {row['routed_over_unrouted']:5.2f}")
+        del setups
+    result["seconds"] = time.perf_counter() - start
+    out = Path(args.output).with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    log(f"wrote {out} ({result['seconds']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
