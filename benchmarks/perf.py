@@ -19,8 +19,10 @@ optimizer steps. Sections:
    8 tasks) and as the number of tasks grows (2 to 64, one block per task per layer as in the
    thesis' Figure 5.5), next to the soft mixture (every block on every sample) and cross-stitch
    networks (one column per task); each relative to its 8-block (8-task) configuration.
-3. ``minilm``: routed attention (4 copies of every attention sublayer) vs the unrouted MiniLM,
-   fine-tuning step on a batch of 16 pairs of 32 tokens.
+3. ``minilm``: routed attention (4 copies of every attention sublayer; the target row), block (4
+   copies of every layer) and lora (4 rank-8 low-rank experts on every attention projection and
+   feed-forward linear, base frozen) vs the unrouted MiniLM: fine-tuning step on a batch of 16
+   pairs of 32 tokens, parameters added, peak step memory.
 4. peak memory of every configuration: the parameters, and the peak of what one step allocates on
    top (activations, gradients, temporaries).
 5. ``compile``: the routed and unrouted MLP under ``torch.compile`` (inductor) against eager.
@@ -222,8 +224,14 @@ def compile_section(args, log) -> dict:
 
 
 def minilm_section(args, log) -> dict:
-    """Routed attention (4 copies) vs the unrouted MiniLM: one fine-tuning step on synthetic pairs."""
+    """Routed MiniLM vs the unrouted one, one fine-tuning step on synthetic pairs, all routes of
+    ``--minilm_routes`` in the same interleaved rounds: attention (``--minilm_blocks`` copies of every
+    attention sublayer; the row with the target), block (copies of every layer) and lora (that many
+    rank-8 experts on every attention projection and feed-forward linear). Each row: step time
+    ratio, parameters added over the unrouted model, peak step memory."""
     from sci_table52 import minilm_factory  # the Table 5.2 benchmark's model builder
+
+    from nli_routing.models.transformer import count_parameters
 
     recipe_defaults = _finetune_defaults()
     make = minilm_factory(args.minilm_blocks, 8, spread=False)
@@ -233,16 +241,26 @@ def minilm_section(args, log) -> dict:
     ids[:, 0], ids[:, -1] = 101, 102
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
              "labels": torch.randint(0, 3, (size,), generator=g), "meta": torch.randint(0, 8, (size,), generator=g)}
-    setups = {k: StepSetup(make(k), batch, train_cfg(**recipe_defaults), args.device) for k in ("none", "attention")}
+    kinds = ["none", *dict.fromkeys(["attention", *args.minilm_routes])]
+    setups = {k: StepSetup(make(k), batch, train_cfg(**recipe_defaults), args.device) for k in kinds}
+    counts = {k: count_parameters(s.model) for k, s in setups.items()}
     m = measure(setups, args)
-    ratio = round_ratio(m, "attention", "none")
+    routes = {}
+    for k in kinds[1:]:
+        routes[k] = {"ratio": round_ratio(m, k, "none"), "routed_ms": m["ms"][k],
+                     "added_parameters": counts[k]["total"] - counts["none"]["total"],
+                     "trainable_parameters": counts[k]["trainable"], "param_mb": m["param_mb"][k],
+                     "step_peak_mb": m["step_peak_mb"][k]}
+        log(f"minilm {k:<9} batch {size}x{length}: {m['ms'][k]:8.1f} ms vs {m['ms']['none']:8.1f} ms  ratio "
+            f"{routes[k]['ratio']:5.2f}  +{routes[k]['added_parameters']:>11,} params  peak MB "
+            f"{m['step_peak_mb'][k]:7.1f} vs {m['step_peak_mb']['none']:7.1f}")
+    ratio = routes["attention"]["ratio"]
     row = {"model": "minilm", "batch": [size, length], "num_blocks": args.minilm_blocks, "ratio": ratio,
-           "routed_ms": m["ms"]["attention"], "unrouted_ms": m["ms"]["none"],
+           "routed_ms": m["ms"]["attention"], "unrouted_ms": m["ms"]["none"], "routes": routes,
+           "unrouted_parameters": counts["none"]["total"],
            **{k: m[k] for k in ("rounds", "param_mb", "step_peak_mb")}}
     if ratio > TARGETS["minilm"] or args.profile:
-        row["profile"] = {k: step_profile(s, steps=1) for k, s in setups.items()}
-    log(f"minilm   batch {size}x{length}: routed {row['routed_ms']:8.1f} ms  unrouted {row['unrouted_ms']:8.1f} ms"
-        f"  ratio {ratio:5.2f}   peak MB {m['step_peak_mb']['attention']:7.1f} vs {m['step_peak_mb']['none']:7.1f}")
+        row["profile"] = {k: step_profile(setups[k], steps=1) for k in ("none", "attention")}
     return row
 
 
@@ -376,6 +394,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--minilm_blocks", type=int, default=4)
     p.add_argument("--minilm_batch", type=int, default=16)
     p.add_argument("--minilm_length", type=int, default=32)
+    p.add_argument("--minilm_routes", nargs="+", default=["attention", "block", "lora"],
+                   choices=["attention", "block", "lora"], help="routed MiniLM rows (attention always runs)")
     p.add_argument("--predict_batch", type=int, default=512)
     p.add_argument("--predict_pairs", type=int, default=4096)
     p.add_argument("--predict_rounds", type=int, default=5)
