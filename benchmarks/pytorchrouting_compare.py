@@ -2,32 +2,23 @@
 routed MLP (one process, interleaved rounds, one torch thread).
 
     HF_HUB_OFFLINE=1 python benchmarks/pytorchrouting_compare.py --pytorchrouting /path/to/RoutingNetworks \
-        --pytorchrouting_commit <sha>           # batches 512 and 2048, 7 rounds
-    HF_HUB_OFFLINE=1 python benchmarks/pytorchrouting_compare.py --quick   # a seconds-long smoke run
+        --pytorchrouting_commit <sha>     # batches 512 and 2048, 7 rounds (a few minutes)
+    HF_HUB_OFFLINE=1 python benchmarks/pytorchrouting_compare.py --quick ...   # seconds; numbers meaningless
 
-PytorchRouting (github cle-ros/RoutingNetworks) is not on PyPI and is not part of this repository:
-``--pytorchrouting`` (default: ``$PYTORCHROUTING_PATH``) names a checkout, whose ``PytorchRouting``
-package is loaded from there by file location (nothing is copied, ``sys.path`` is left alone).
+PytorchRouting (github cle-ros/RoutingNetworks) is not on PyPI and stays outside this repository:
+``--pytorchrouting`` (default ``$PYTORCHROUTING_PATH``) names a checkout; its package is loaded from there
+by file location (``sys.path`` untouched). Both sides: 3 routed layers of 8 blocks ``Linear(64,64)+ReLU``,
+tabular Q-learning, one agent per task (8 tasks, exploration 0.1), one ``Linear(64,10)`` head per task,
+final reward +1/-1 (correct classification). Theirs: ``Initialization`` -> ``PerTaskAssignment`` -> 3 x
+(``QLearning(policy_storage_type='tabular', num_agents=8)`` -> ``Selection``) -> ``Selection`` of the heads
+(by task), ``Loss(CrossEntropyLoss(), CorrectClassifiedReward())``. Ours: ``perf.mlp_model("routing", 8, 8)``
+and its unrouted twin ``shared-bottom``. A step, both sides: forward, module + routing loss, backward, the
+blocks' and the routers' SGD steps (learning rates of ``perf.train_cfg()``). Batch: ``perf.mlp_batch`` with
+labels from a fixed random linear teacher. GC: the collector's time inside each step during the timed
+rounds (``gc.callbacks``), and step time with it enabled / after ``gc.freeze()`` / disabled.
 
-The network on both sides: 3 routed layers of 8 blocks ``Linear(64, 64) + ReLU``, tabular Q-learning
-routers with one agent per task (8 tasks, exploration 0.1), one ``Linear(64, 10)`` head per task
-picked by the task id, final reward +1/-1 for a correct classification. Theirs is built from their
-layers: ``Initialization`` -> ``PerTaskAssignment`` -> 3 x (``QLearning(policy_storage_type='tabular',
-num_agents=8)`` -> ``Selection`` of 8 blocks) -> ``Selection`` of the 8 task heads (driven by the
-task actions), and ``Loss(CrossEntropyLoss(), CorrectClassifiedReward())``. Ours is
-``benchmarks/perf.py``'s ``mlp_model("routing", 8, 8)``; its unrouted twin (``shared-bottom``) is
-timed too. A step is a full training step on both sides: forward, module loss and routing loss,
-backward, the blocks' SGD step and the routers' SGD step (the same learning rates, from
-``perf.train_cfg()``). Inputs: ``perf.mlp_batch`` (random features and task ids), labels from a fixed
-random linear teacher; one fixed batch per size.
-
-Shims for torch 2.13: none of their API needs one. Their code indexes with ``uint8`` masks and passes
-``uint8`` conditions to ``torch.where``; torch still accepts both with a deprecation warning, and
-the script only silences those two warnings (the check that emits them still runs inside their step).
-
-Writes ``<output>.json``: machine, our commit, the checkout's commit, args, the training check (both
-steps learn: loss and router-table change), per-round ms of every implementation, the per-round
-ratio theirs/ours, and the share of each step spent in Python's garbage collector.
+Shims for torch 2.13: none needed by their API. Their uint8 index masks and uint8 ``torch.where``
+conditions still work but warn; only those two warnings are silenced (their code runs unchanged).
 """
 
 from __future__ import annotations
@@ -72,7 +63,7 @@ def load_module(name: str, path: Path, package_dir: Path | None = None):
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[name]
+        sys.modules.pop(name)
         raise
     return module
 
@@ -103,16 +94,23 @@ def load_pytorchrouting(path: str | None):
 
 
 def checkout_commit(root: Path, explicit: str | None) -> str:
-    if explicit:
-        return explicit
+    """``explicit``, else the HEAD of ``root`` when ``root`` is the top of a git work tree."""
+    git = ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"]
     try:
-        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
-        if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root:
-            return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                  text=True).stdout.strip()
+        out = subprocess.run(git, capture_output=True, text=True) if not explicit else None
     except OSError:
-        pass
+        out = None
+    lines = out.stdout.split() if out is not None and out.returncode == 0 else []
+    if explicit or (len(lines) == 2 and Path(lines[0]).resolve() == root):
+        return explicit or lines[1]
     return "unknown (not a git checkout)"
+
+
+def split_params(model) -> tuple[list, list]:
+    """(router parameters, all the others: the blocks and heads)."""
+    routers = model.router_parameters()
+    ids = {id(q) for q in routers}
+    return routers, [q for q in model.parameters() if id(q) not in ids]
 
 
 class TheirRoutedMLP(nn.Module):
@@ -155,13 +153,10 @@ class TheirStep:
         self.x = batch["pixel_values"].flatten(1)
         self.tasks = batch["meta"].tolist()  # their data loaders hand over task ids as a list of ints
         self.labels = batch["labels"]
-        routers = {id(p) for p in self.model.router_parameters()}
-        blocks = [p for p in self.model.parameters() if id(p) not in routers]
+        routers, blocks = split_params(self.model)  # the two optimizers of our loop's make_optimizers
         self.block_opt = torch.optim.SGD(blocks, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.router_opt = torch.optim.SGD(self.model.router_parameters(), lr=cfg.lr * cfg.router_lr_ratio)
-
-    def sync(self) -> None:
-        pass
+        self.router_opt = torch.optim.SGD(routers, lr=cfg.lr * cfg.router_lr_ratio)
+        self.sync = lambda: None  # CPU only
 
     def step(self) -> tuple[float, float]:
         out, meta = self.model(self.x, self.tasks)
@@ -193,17 +188,11 @@ def training_check(perf, pr, size: int, steps: int) -> dict:
     ours = StepSetup(perf.mlp_model("routing", BLOCKS, TASKS), batch, perf.train_cfg())
     theirs = TheirStep(pr, batch, perf.train_cfg())
     for name, model in (("ours", ours.model), ("pytorchrouting", theirs.model)):
-        routers = {id(p) for p in model.router_parameters()}
-        blocks = [p for p in model.parameters() if id(p) not in routers]
-        before, blocks_before, losses = flat(model.router_parameters()), flat(blocks), []
-        for i in range(steps):
-            if name == "ours":
-                loss = train_step(ours.model, ours.batch, ours.block_opt, ours.router_opt, ours.cfg, step=i)[0]
-            else:
-                loss = theirs.step()[0]
-            losses.append(float(loss))
-        change = float((flat(model.router_parameters()) - before).norm())
-        block_change = float((flat(blocks) - blocks_before).norm())
+        routers, blocks = split_params(model)
+        before, blocks_before = flat(routers), flat(blocks)
+        losses = [float(train_step(ours.model, ours.batch, ours.block_opt, ours.router_opt, ours.cfg, step=i)[0]
+                        if name == "ours" else theirs.step()[0]) for i in range(steps)]
+        change, block_change = float((flat(routers) - before).norm()), float((flat(blocks) - blocks_before).norm())
         k = max(1, steps // 3)  # exploration makes single steps noisy: compare the first and the last third
         first, last = statistics.mean(losses[:k]), statistics.mean(losses[-k:])
         out[name] = {"batch": size, "steps": steps, "loss_first": first, "loss_last": last, "losses": losses,
@@ -212,41 +201,52 @@ def training_check(perf, pr, size: int, steps: int) -> dict:
     return out
 
 
-def gc_share(setup, steps: int, repeats: int) -> dict:
-    """Time of a step spent in Python's garbage collector, three ways, alternating: gc enabled (gc time from
-    ``gc.callbacks``), enabled after ``gc.freeze()`` (full collections skip the objects that existed before:
-    the imported libraries), and disabled."""
-    spent, start = [0.0], [0.0]
+class GcMeter:
+    """Time Python's garbage collector spends inside each setup's steps (a ``gc.callbacks`` hook);
+    ``wrap(name, setup)`` returns the setup with its steps counted (two clock reads a step)."""
 
-    def on_gc(phase, _info):
+    def __init__(self) -> None:
+        self.current, self.t0, self.gc_s, self.step_s = None, 0.0, {}, {}
+
+    def __call__(self, phase: str, _info: dict) -> None:
         if phase == "start":
-            start[0] = time.perf_counter()
-        else:
-            spent[0] += time.perf_counter() - start[0]
+            self.t0 = time.perf_counter()
+        elif self.current is not None:
+            self.gc_s[self.current] += time.perf_counter() - self.t0
 
+    def wrap(self, name: str, setup):
+        self.gc_s[name] = self.step_s[name] = 0.0
+        return type("Metered", (), {"sync": lambda _: setup.sync(), "step": lambda _: self.step(name, setup)})()
+
+    def step(self, name: str, setup) -> None:
+        self.current, t0 = name, time.perf_counter()
+        setup.step()
+        self.step_s[name] += time.perf_counter() - t0
+        self.current = None
+
+
+def gc_modes(setup, steps: int, repeats: int) -> dict:
+    """ms per step with the collector enabled, enabled after ``gc.freeze()`` (full collections then skip every
+    object that existed before, the imported libraries among them) and disabled, in rotating order."""
     ms: dict[str, list] = {"enabled": [], "frozen": [], "disabled": []}
-    gc_ms: dict[str, list] = {"enabled": [], "frozen": []}
-    for _ in range(repeats):
-        for mode in ms:
-            gc.collect()
+    modes = list(ms)
+    setup.step()  # after another implementation's steps, the first one pays for cold caches
+    for r in range(repeats):
+        for mode in modes[r % 3:] + modes[:r % 3]:  # rotating, as the interleaved rounds do
             gc.freeze() if mode == "frozen" else gc.disable() if mode == "disabled" else None
-            gc.callbacks.append(on_gc)
-            spent[0], t0 = 0.0, time.perf_counter()
+            t0 = time.perf_counter()
             try:
                 for _ in range(steps):
                     setup.step()
             finally:
-                gc.callbacks.remove(on_gc)
+                ms[mode].append(1000 * (time.perf_counter() - t0) / steps)
                 gc.enable()
                 gc.unfreeze()
-            ms[mode].append(1000 * (time.perf_counter() - t0) / steps)
-            if mode in gc_ms:
-                gc_ms[mode].append(1000 * spent[0] / steps)
+                if mode == "disabled":
+                    gc.collect()  # the garbage left over is not charged to the next mode
     med = {k: statistics.median(v) for k, v in ms.items()}
-    gc_med = {k: statistics.median(v) for k, v in gc_ms.items()}
-    return {"steps": steps, "repeats": repeats, "ms": med, "gc_ms_per_step": gc_med,
-            "gc_share": gc_med["enabled"] / med["enabled"], "gc_share_frozen": gc_med["frozen"] / med["frozen"],
-            "gc_share_by_disabling": 1 - med["disabled"] / med["enabled"], "tracked_objects": len(gc.get_objects())}
+    return {"steps": steps, "repeats": repeats, "ms": med, "saved_by_disabling": 1 - med["disabled"] / med["enabled"],
+            "saved_by_freezing": 1 - med["frozen"] / med["enabled"]}
 
 
 def per_round_ratio(rounds: dict, num: str, den: str) -> list[float]:
@@ -263,9 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps_per_round", type=int, default=3)
     p.add_argument("--check_steps", type=int, default=20, help="steps of the training check")
-    p.add_argument("--gc_steps", type=int, default=3, help="steps per gc-on/gc-off measurement (0: skip)")
-    p.add_argument("--gc_repeats", type=int, default=3)
-    p.add_argument("--gc_freeze", action="store_true", help="gc.freeze() before the timed rounds (see gc_share)")
+    p.add_argument("--gc_steps", type=int, default=6, help="steps per gc enabled/frozen/disabled block (0: skip)")
+    p.add_argument("--gc_repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--quick", action="store_true", help="batch 64, 2 rounds (a smoke test; numbers meaningless)")
     p.add_argument("--output", default=str(HERE / "results" / "pytorchrouting_compare"))
@@ -300,24 +299,31 @@ def main(argv: list[str] | None = None) -> dict:
         setups = {"pytorchrouting": TheirStep(pr, batch, perf.train_cfg()),
                   "ours": StepSetup(perf.mlp_model("routing", BLOCKS, TASKS), batch, perf.train_cfg()),
                   "ours-unrouted": StepSetup(perf.mlp_model("shared-bottom", BLOCKS, TASKS), batch, perf.train_cfg())}
+        meter = GcMeter()
         gc.collect()
-        if args.gc_freeze:
-            gc.freeze()
-        t = interleaved_step_times(setups, warmup=args.warmup, rounds=args.rounds, steps_per_round=args.steps_per_round)
-        gc.unfreeze()
+        gc.callbacks.append(meter)
+        try:
+            t = interleaved_step_times({n: meter.wrap(n, st) for n, st in setups.items()}, warmup=args.warmup,
+                                       rounds=args.rounds, steps_per_round=args.steps_per_round)
+        finally:
+            gc.callbacks.remove(meter)
         ratios = per_round_ratio(t["rounds"], "pytorchrouting", "ours")
         routed = per_round_ratio(t["rounds"], "ours", "ours-unrouted")
         row = {"batch": b, "ms_median": t["ms"], "ms_min": {n: min(v) for n, v in t["rounds"].items()},
                "ms_max": {n: max(v) for n, v in t["rounds"].items()}, "rounds_ms": t["rounds"],
                "theirs_over_ours": statistics.median(ratios), "theirs_over_ours_rounds": ratios,
                "routed_over_unrouted": statistics.median(routed), "routed_over_unrouted_rounds": routed}
+        row["gc_share_in_rounds"] = {n: meter.gc_s[n] / meter.step_s[n] for n in setups}  # warm-up included
+        row["gc_tracked_objects"] = len(gc.get_objects())
         if args.gc_steps:
-            row["gc"] = {n: gc_share(setups[n], args.gc_steps, args.gc_repeats) for n in ("pytorchrouting", "ours")}
+            row["gc_modes"] = {n: gc_modes(setups[n], args.gc_steps, args.gc_repeats)
+                               for n in ("pytorchrouting", "ours")}
         result["results"].append(row)
         for n in setups:
             log(f"batch {b:>5} {n:<14} {row['ms_median'][n]:9.2f} ms/step (min {row['ms_min'][n]:8.2f}, "
-                f"max {row['ms_max'][n]:8.2f})" + (f"  in gc {g['gc_share']:5.1%} (frozen {g['gc_share_frozen']:5.1%}; "
-                f"time saved with gc off {g['gc_share_by_disabling']:+5.1%})" if (g := row.get("gc", {}).get(n)) else ""))
+                f"max {row['ms_max'][n]:8.2f})  in gc {row['gc_share_in_rounds'][n]:5.1%}" + (
+                f"; time saved: gc off {g['saved_by_disabling']:+5.1%}, gc.freeze() {g['saved_by_freezing']:+5.1%}"
+                if (g := row.get("gc_modes", {}).get(n)) else ""))
         log(f"batch {b:>5} theirs/ours {row['theirs_over_ours']:6.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})"
             f"   ours routed/unrouted {row['routed_over_unrouted']:5.2f}")
         del setups

@@ -147,3 +147,49 @@ def test_packed_tokens_follow_their_sample_path_like_padded_input():
     y_packed, traj_packed = layer(padded[mask], meta, segments=segments)
     assert torch.equal(traj_pad.actions, traj_packed.actions)
     torch.testing.assert_close(y_packed, y_pad[mask])
+
+
+@pytest.mark.parametrize("kind", ["modules", "grouped_mm"])
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("allow_stop", [False, True])
+@pytest.mark.parametrize("learner", ["qlearning", "gumbel"])
+def test_rows_in_the_layers_order_equal_the_input_order_output(kind, depth, allow_stop, learner):
+    """forward_rows makes the rows in the first step's order and returns them in the last one's:
+    permuted back, output and gradients equal forward's (packed tokens, relaxed and stopping routers)."""
+    torch.manual_seed(depth + 2 * allow_stop)
+    width, num_meta = 4, 5
+    router = TabularRouter(num_meta, depth, width + allow_stop, learner=learner, exploration="high", seed=1)
+    with torch.no_grad():
+        router.table.normal_()
+    layer = RoutedLayer(make_blocks(width, 6, kind), router, depth=depth, allow_stop=allow_stop)
+    lengths = torch.tensor([3, 1, 5, 2, 4, 2])
+    segments = torch.arange(6).repeat_interleave(lengths)
+    meta = torch.randint(0, num_meta, (6,))
+    table = torch.randn(20, 6, requires_grad=True)  # an embedding whose gradient must come back too
+    ids = torch.randint(0, 20, (segments.numel(),))
+    upstream = torch.randn(ids.numel(), 6)
+
+    router.generator.manual_seed(7)
+    y, perm, traj = layer.forward_rows(lambda idx: table[ids if idx is None else ids[idx]], meta, segments)
+    assert perm is not None and sorted(perm.tolist()) == list(range(ids.numel()))
+    (y * upstream[perm]).sum().backward()
+    g_rows = table.grad.clone()
+    table.grad = None
+    router.generator.manual_seed(7)
+    y_ref, traj_ref = layer(table[ids], meta, segments=segments)
+    (y_ref * upstream).sum().backward()
+    assert torch.equal(traj.actions, traj_ref.actions)
+    torch.testing.assert_close(y, y_ref[perm])
+    torch.testing.assert_close(g_rows, table.grad)
+
+
+def test_rows_of_a_state_reading_router_come_in_input_order():
+    from nli_routing.routing.approx import ApproxRouter
+
+    torch.manual_seed(0)
+    router = ApproxRouter(6, 3, 1, 3)
+    layer = RoutedLayer(make_blocks(3, 6), router, depth=1)
+    x = torch.randn(7, 6)
+    y, perm, _ = layer.forward_rows(lambda idx: x if idx is None else x[idx], torch.zeros(3, dtype=torch.long),
+                                    torch.tensor([0, 0, 1, 1, 1, 2, 2]))
+    assert perm is None and y.shape == x.shape

@@ -122,11 +122,37 @@ class RoutedLayer(nn.Module):
     def forward(
         self, x: Tensor, meta: Tensor | None, mask: Tensor | None = None, segments: Tensor | None = None
     ) -> tuple[Tensor, Trajectory]:
-        b = self.batch_size(x, meta, segments)
         rp = RoutingPass(self.router, meta, self.stop_action, self.state_fn)
         path = rp.decide_path(self.depth)
         if path is not None:
             return self.forward_path(x, rp, segments, path)
+        return self.forward_steps(x, rp, mask, segments)
+
+    def forward_rows(
+        self, make_rows: Callable[[Tensor | None], Tensor], meta: Tensor, segments: Tensor
+    ) -> tuple[Tensor, Tensor | None, Trajectory]:
+        """Packed rows in an order of the layer's choosing: returns ``(y, perm, trajectory)`` with
+        ``y[i]`` the output of input row ``perm[i]`` (``perm`` None: input order).
+
+        ``make_rows(index)`` builds the input rows ``index`` (None: all, in input order), e.g. an
+        embedding of token ids: when the router decides every step at once (tabular agents, fixed
+        routes), the rows are made directly in the first step's order and the output stays in the
+        last step's, so neither the input nor the output rows are gathered; a caller that pools
+        rows per sample only permutes its segment ids (``segments[perm]``). Other routers read the
+        activation: the rows are made in input order and run through :meth:`forward`.
+        """
+        rp = RoutingPass(self.router, meta, self.stop_action, self.state_fn)
+        path = rp.decide_path(self.depth)
+        if path is None:
+            y, traj = self.forward_steps(make_rows(None), rp, None, segments)
+            return y, None, traj
+        return self.forward_path(None, rp, segments, path, make_rows=make_rows)
+
+    def forward_steps(
+        self, x: Tensor, rp: RoutingPass, mask: Tensor | None, segments: Tensor | None
+    ) -> tuple[Tensor, Trajectory]:
+        """One decision per step, each on the activation the previous step produced."""
+        b = self.batch_size(x, rp.meta, segments)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         scales: list[Tensor] = []
         for t in range(self.depth):
@@ -147,13 +173,16 @@ class RoutedLayer(nn.Module):
         return x, traj
 
     def forward_path(
-        self, x: Tensor, rp: RoutingPass, segments: Tensor | None, path: Decision
-    ) -> tuple[Tensor, Trajectory]:
+        self, x: Tensor | None, rp: RoutingPass, segments: Tensor | None, path: Decision,
+        make_rows: Callable[[Tensor | None], Tensor] | None = None,
+    ) -> tuple[Tensor, Trajectory] | tuple[Tensor, Tensor, Trajectory]:
         """Run a path decided ahead for every step (``path`` tensors ``[B, depth, ...]``).
 
         All steps' orders come from one batched sort; the rows go from one step's order to the next
         with one gather (no sort and unsort per step), and the input order is restored once at the end.
         Nothing is read back to the host when the blocks are :class:`LinearBank` s.
+        ``make_rows`` (:meth:`forward_rows`; ``x`` None): the rows are made in the first step's order
+        and returned in the last step's, with that order: ``(y, perm, trajectory)``.
         """
         actions = path.actions
         depth = actions.shape[1]
@@ -172,20 +201,34 @@ class RoutedLayer(nn.Module):
         # every step's order at once: order[t] lists the input rows sorted by step t's block (input
         # order within a block), inv[t] is each input row's position in it
         sorted_g, order = torch.sort(groups.t().contiguous(), dim=1, stable=True)
-        inv = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(depth, n))
-        moves = inv[:-1].gather(1, order[1:]) if depth > 1 else None  # rows in order t-1 -> order t
+        inv = moves = None
+        if depth > 1 or make_rows is None:
+            inv = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(depth, n))
+            moves = inv[:-1].gather(1, order[1:]) if depth > 1 else None  # rows in order t-1 -> order t
         offsets = None
         if all(isinstance(self.step_blocks(t), LinearBank) for t in range(depth)):
             offsets = LinearBank.group_offsets(sorted_g, self.width)
         for t in range(depth):
+            if t > 0:
+                x = x.index_select(0, moves[t - 1])
+            elif make_rows is not None:
+                x = make_rows(order[0])
+            else:
+                x = x.index_select(0, order[0])
             x = sorted_apply(
-                x.index_select(0, order[0] if t == 0 else moves[t - 1]),
+                x,
                 sorted_g[t],
                 self.step_blocks(t),
                 None if row_scale is None else row_scale[:, t].index_select(0, order[t]),
                 identity=self.allow_stop,
                 offsets=None if offsets is None else offsets[t],
             )
+        if make_rows is not None:
+            perm = order[-1]
+            if scale is not None and self.allow_stop:
+                rows = perm if segments is None else segments.index_select(0, perm)
+                x = self.scale_stopped(x, actions, active, scale, rows)
+            return x, perm, rp.path_trajectory(path, active)
         x = x.index_select(0, inv[-1])
         if scale is not None and self.allow_stop:
             x = self.scale_stopped(x, actions, active, scale, segments)
