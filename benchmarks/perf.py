@@ -62,6 +62,7 @@ from nli_routing.experiments.bench import (  # noqa: E402
     machine,
     peak_step_memory,
     round_ratio,
+    step_op_count,
     step_profile,
 )
 
@@ -147,11 +148,13 @@ def ratio_section(name: str, make: Callable[[str], nn.Module], batch_fn: Callabl
         m = measure(setups, args)
         ratio = round_ratio(m, routed, unrouted)
         row = {"model": name, "batch": b, "target": target, "ratio": ratio, "routed_ms": m["ms"][routed],
-               "unrouted_ms": m["ms"][unrouted], **{k: m[k] for k in ("rounds", "param_mb", "step_peak_mb")}}
+               "unrouted_ms": m["ms"][unrouted], **{k: m[k] for k in ("rounds", "param_mb", "step_peak_mb")},
+               "aten_ops": {k: step_op_count(s)["aten"] for k, s in setups.items()}}
         if target and b >= 512 and ratio > TARGETS["ratio"] or args.profile:
             row["profile"] = {k: step_profile(s) for k, s in setups.items()}
         log(f"{name:<8} batch {b:>5}: routed {row['routed_ms']:8.2f} ms  unrouted {row['unrouted_ms']:8.2f} ms"
-            f"  ratio {ratio:5.2f}   peak MB {m['step_peak_mb'][routed]:7.1f} vs {m['step_peak_mb'][unrouted]:7.1f}")
+            f"  ratio {ratio:5.2f}   peak MB {m['step_peak_mb'][routed]:7.1f} vs {m['step_peak_mb'][unrouted]:7.1f}"
+            f"   ops {row['aten_ops'][routed]} vs {row['aten_ops'][unrouted]}")
         rows.append(row)
         del setups
     return rows

@@ -20,3 +20,31 @@ def test_perf_suite_quick_run_writes_its_report(tmp_path):
     assert methods == {("blocks", "routing"), ("blocks", "soft-mixture"), ("tasks", "routing"),
                        ("tasks", "soft-mixture"), ("tasks", "cross-stitch")}
     assert out.with_suffix(".png").exists() and result["verdicts"]
+
+
+def test_operators_per_routed_step_stay_within_their_budget():
+    """The number of aten operators one training step dispatches (a count, not a time: it does not
+    drift with the machine's load). Budgets are the counts measured with torch 2.13 plus about 3%:
+    a change that adds small operations per step fails here before it shows in the timings."""
+    import pytest
+    import torch
+
+    if not torch.__version__.startswith("2.13"):
+        pytest.skip(f"budgets were counted with torch 2.13 (this is {torch.__version__})")
+    from nli_routing.experiments.bench import StepSetup, step_op_count
+
+    spec = importlib.util.spec_from_file_location("perf_bench", REPO_ROOT / "benchmarks" / "perf.py")
+    perf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(perf)
+    # (model, kind): (measured at the commit that added the budget, budget)
+    budgets = {("mlp", "routing"): (1945, 2000), ("mlp", "shared-bottom"): (701, 725),
+               ("cbow", "wp"): (1012, 1045), ("cbow", "projection"): (553, 570)}
+    counts = {}
+    for (model, kind), (_, budget) in budgets.items():
+        if model == "mlp":
+            setup = StepSetup(perf.mlp_model(kind, 8, 8), perf.mlp_batch(64, 8), perf.train_cfg())
+        else:
+            setup = StepSetup(perf.cbow_model(kind, vocab=500, dim=32), perf.cbow_batch(64, vocab=500), perf.cbow_cfg())
+        counts[(model, kind)] = step_op_count(setup)["aten"]
+    over = {k: (counts[k], b) for k, (_, b) in budgets.items() if counts[k] > b}
+    assert not over, f"operators per step over budget (count, budget): {over}"

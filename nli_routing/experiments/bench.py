@@ -146,6 +146,19 @@ def step_profile(setup: StepSetup, steps: int = 2, top: int = 12) -> dict[str, A
     }
 
 
+def step_op_count(setup: StepSetup) -> dict[str, int]:
+    """Operators one training step dispatches: ``{"aten": total, name: count, ...}`` over the ``aten::``
+    operators the profiler records (forward, router loss, backward, optimizers). Counts do not drift
+    with the machine's load, so a regression in the number of small operations shows in a test."""
+    from torch.profiler import ProfilerActivity, profile
+
+    setup.step()  # optimizer state exists before counting
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        setup.step()
+    counts = {e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")}
+    return {"aten": sum(counts.values()), **dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+
+
 def peak_step_memory(setup: StepSetup) -> int:
     """Peak bytes allocated during one training step beyond what was allocated before it
     (activations, gradients, temporaries; parameters and optimizer state existed already).
