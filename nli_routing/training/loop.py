@@ -194,7 +194,9 @@ def make_optimizers(
     """Separate optimizers: blocks (SGD by default) and routers (SGD at ``ratio * lr``).
 
     Frozen parameters are left out; either optimizer is ``None`` when it has nothing to train.
+    A ``torch.compile`` d model is read through the module it wraps.
     """
+    model = getattr(model, "_orig_mod", model)
     if not isinstance(model, RoutedModel):
         raise TypeError(f"the loop trains routed models (nli_routing.models.base.RoutedModel), got {type(model).__name__}")
     router_params = model.router_parameters()
