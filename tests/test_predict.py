@@ -138,3 +138,55 @@ def test_the_pipeline_takes_a_loaded_model_and_tokenizer(runs):
     nli = pipeline("routed-nli", model=AutoModel.from_pretrained(folder), tokenizer=AutoTokenizer.from_pretrained(folder))
     out = nli({"text": "Ann managed to leave.", "text_pair": "Ann left.", "meta": "+|-"})
     assert out[0]["route"].keys() == {"lstm-h2h"} and 0 < out[0]["score"] <= 1
+
+
+@pytest.fixture(scope="module")
+def every_route(tmp_path_factory):
+    """A tiny BERT (the packaged MiniLM's tokenizer, hidden size 32, 2 layers) fine-tuned briefly
+    with every route of the fine-tuning recipe; each run folder is a saved Hugging Face model."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from nli_routing.models.embeddings import default_model_path
+
+    import torch
+
+    root = tmp_path_factory.mktemp("routes")
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=37)).save_pretrained(root / "tiny-bert")
+    tok.save_pretrained(root / "tiny-bert")
+    dsd, names = load_data(PairDataArgs(max_train_samples=48, max_eval_samples=24, max_length=32, allow_unseen_meta=True))
+    train_cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3, block_optimizer="adam", router_lr_ratio=5.0, seed=0)
+    for route in ("none", "classifier", "attention", "block", "lora"):
+        tcfg = TransformerNLIConfig(route=route, num_blocks=2, lora_rank=2, classifier_hidden=16,
+                                    model_name_or_path=str(root / "tiny-bert"))
+        train_transformer(dsd, names, "signature", tcfg, train_cfg, 32, root / route)
+    return root, dsd
+
+
+@pytest.mark.parametrize("route", ["none", "classifier", "attention", "block", "lora"])
+def test_every_transformer_route_predicts_its_runs_records(every_route, route):
+    """Saved with save_pretrained, loaded by the predictor: the run's own test labels and routes."""
+    from transformers import AutoModel, pipeline
+
+    import nli_routing.inference.pipeline  # noqa: F401
+
+    root, dsd = every_route
+    folder = root / route
+    loaded = AutoModel.from_pretrained(folder)
+    assert loaded.config.route == route
+    predictor = RoutedNLIPredictor.from_pretrained(folder)
+    preds = predictor.predict(pairs_of(dsd["test"]), batch_size=10)
+    record = load_routing_record(folder / "routing_test.npz")
+    labels = [predictor.model.config.label2id[p["label"]] for p in preds]
+    assert np.array_equal(np.asarray(labels), record.preds), f"{route}: labels differ from the run's test record"
+    assert bool(record.layers) == (route != "none"), f"{route}: routed layers in the record {record.layers}"
+    for layer in record.layers:
+        for i, p in enumerate(preds):
+            want = [("stop" if a == layer.stop_action else int(a)) for a in layer.actions[i] if a >= 0]
+            assert p["route"][layer.name] == want, f"{route}, sample {i}, layer {layer.name}"
+    nli = pipeline("routed-nli", model=str(folder))
+    first = pairs_of(dsd["test"])[0]
+    ranked = nli([{"text": first["premise"], "text_pair": first["hypothesis"], "meta": first["signature"]}], top_k=None)[0]
+    assert ranked[0]["label"] == preds[0]["label"] and ranked[0]["route"] == preds[0]["route"]
