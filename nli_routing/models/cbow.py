@@ -73,20 +73,23 @@ class CBOWEncoder(nn.Module):
             seg_p = rows.unsqueeze(1).expand_as(premise_ids)[premise_mask]
             seg_h = rows.unsqueeze(1).expand_as(hypothesis_ids)[hypothesis_mask]
             ids = torch.cat([premise_ids[premise_mask], hypothesis_ids[hypothesis_mask]])
-            # premise rows pool into sample i, hypothesis rows into b + i: one pooling in any row order
-            pool_seg = torch.cat([seg_p, seg_h + b])
+            perm = None
             if isinstance(self.projection, RoutedLayer):
-                segments = torch.cat([seg_p, seg_h])
                 # the routed layer picks the row order (ids embedded already sorted by block, output
                 # left in its order): no gather of word vectors
                 words, perm, traj = self.projection.forward_rows(
-                    lambda idx: self.embedding(ids if idx is None else ids.index_select(0, idx)), meta, segments)
+                    lambda idx: self.embedding(ids if idx is None else ids.index_select(0, idx)), meta,
+                    torch.cat([seg_p, seg_h]))
                 trajectories.append(traj)
-                if perm is not None:
-                    pool_seg = pool_seg.index_select(0, perm)
             else:  # an unrouted projection: every word through the same blocks
                 words = self.projection(self.embedding(ids))
-            p_enc, h_enc = self.pool_packed(words, pool_seg, 2 * b).split(b)
+            if perm is None:
+                n_p = seg_p.numel()
+                p_enc = self.pool_packed(words[:n_p], seg_p, b)
+                h_enc = self.pool_packed(words[n_p:], seg_h, b)
+            else:  # rows in the layer's order: premise rows pool into sample i, hypothesis rows into b + i
+                pool_seg = torch.cat([seg_p, seg_h + b]).index_select(0, perm)
+                p_enc, h_enc = self.pool_packed(words, pool_seg, 2 * b).split(b)
         else:
             p_enc = self.bag(self.embedding(premise_ids), premise_mask)
             h_enc = self.bag(self.embedding(hypothesis_ids), hypothesis_mask)
