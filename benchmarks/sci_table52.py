@@ -4,7 +4,8 @@ routed attention (issue 5).
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sci_table52.py --sci_root ../shared/data/sci \
         --lstm_epochs 4 --max_train_samples 5000 --minilm_epochs 1 --max_eval_samples 1000 --seeds 0
 
-(about 30 minutes on one thread of a 2-core CPU; add ``--resume`` to continue a killed run,
+(about 30 minutes on one thread of a 2-core CPU; the full budget of issue 18 is ``--variant joint``
+or ``disjoint --max_train_samples 0 --max_eval_samples 0``, 15-45 min per MiniLM row; add ``--resume`` to continue a killed run,
 ``--report_only`` to print the table and redraw the plot from the per-run files.)
 
 Rows (test accuracy at the best validation epoch):
@@ -12,10 +13,12 @@ Rows (test accuracy at the best validation epoch):
 * LSTM none / classifier / I2H / H2H: the methods ``lstm``, ``lstm-classifier``, ``lstm-i2h`` and
   ``lstm-h2h`` of :data:`nli_routing.experiments.nli.METHODS`, on the full training set, run by
   :func:`~nli_routing.experiments.nli.run_method` with the recipe defaults;
-* MiniLM none / classifier / attention / block: the packaged MiniLM fine-tuned by
-  ``recipes/finetune_routed_transformer.py`` (its ``main`` is called with an argument list), on a
-  fixed random subset of ``--max_train_samples`` training pairs, with ``--num_blocks`` routed copies
-  of every attention sublayer (attention) or layer (block);
+* MiniLM none / classifier / attention / block / lora: the packaged MiniLM fine-tuned by
+  ``recipes/finetune_routed_transformer.py`` (its ``main`` is called with an argument list) on the
+  ``--variant`` split (joint by default), on a fixed random subset of ``--max_train_samples``
+  training pairs (0: all), with ``--num_blocks`` routed copies of every attention sublayer
+  (attention) or layer (block), or that many rank-``--lora_rank`` experts on every attention and
+  feed-forward linear (lora; ``--lora_train_base`` also fine-tunes the pretrained weights);
 * the training step time of routed attention (``--num_blocks`` copies) over the unrouted MiniLM:
   forward, router loss, backward and both optimizer steps on one identical batch of SCI pairs,
   alternating blocks of steps of the two models after a warm-up, median of ``--step_repeats``.
