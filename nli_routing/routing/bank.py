@@ -29,6 +29,14 @@ BANK_ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identit
 BANK_IMPLS = ("auto", "grouped_mm", "loop")
 
 
+def resolve_bank_impl(impl: str, x: Tensor) -> str:
+    """``"grouped_mm"`` or ``"loop"`` for a bank's ``impl`` setting (``"auto"``: grouped matmul where
+    this torch build runs it for ``x``)."""
+    if impl != "auto":
+        return impl
+    return "grouped_mm" if grouped_mm_supported(x) else "loop"
+
+
 def grouped_mm_supported(x: Tensor) -> bool:
     """Whether :func:`torch.nn.functional.grouped_mm` runs for ``x``'s device and dtype here."""
     if not hasattr(F, "grouped_mm"):
@@ -202,9 +210,7 @@ class LinearBank(nn.Module):
         return self._finish(x.unsqueeze(1), y, None if self.gate is None else self.gate.unsqueeze(-1))
 
     def resolve_impl(self, x: Tensor) -> str:
-        if self.impl != "auto":
-            return self.impl
-        return "grouped_mm" if grouped_mm_supported(x) else "loop"
+        return resolve_bank_impl(self.impl, x)
 
     @staticmethod
     def group_offsets(sorted_groups: Tensor, num_blocks: int) -> Tensor:

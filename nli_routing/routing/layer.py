@@ -122,11 +122,15 @@ class RoutedLayer(nn.Module):
     def forward(
         self, x: Tensor, meta: Tensor | None, mask: Tensor | None = None, segments: Tensor | None = None
     ) -> tuple[Tensor, Trajectory]:
-        rp = RoutingPass(self.router, meta, self.stop_action, self.state_fn)
-        path = rp.decide_path(self.depth)
+        rp, path = self.start_pass(meta)
         if path is not None:
             return self.forward_path(x, rp, segments, path)
         return self.forward_steps(x, rp, mask, segments)
+
+    def start_pass(self, meta: Tensor | None) -> tuple[RoutingPass, Decision | None]:
+        """This forward call's routing pass and, for routers that decide every step at once, the path."""
+        rp = RoutingPass(self.router, meta, self.stop_action, self.state_fn)
+        return rp, rp.decide_path(self.depth)
 
     def forward_rows(
         self, make_rows: Callable[[Tensor | None], Tensor], meta: Tensor, segments: Tensor
@@ -141,8 +145,7 @@ class RoutedLayer(nn.Module):
         rows per sample only permutes its segment ids (``segments[perm]``). Other routers read the
         activation: the rows are made in input order and run through :meth:`forward`.
         """
-        rp = RoutingPass(self.router, meta, self.stop_action, self.state_fn)
-        path = rp.decide_path(self.depth)
+        rp, path = self.start_pass(meta)
         if path is None:
             y, traj = self.forward_steps(make_rows(None), rp, None, segments)
             return y, None, traj

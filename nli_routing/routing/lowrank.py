@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .bank import LinearBank, _grouped_mm_padded, grouped_mm_supported
+from .bank import BANK_IMPLS, LinearBank, _grouped_mm_padded, resolve_bank_impl
 
 __all__ = ["LowRankBank"]
 
@@ -28,8 +28,8 @@ class LowRankBank(nn.Module):
         super().__init__()
         if num_experts < 1 or rank < 1:
             raise ValueError(f"a low-rank bank needs >= 1 expert and rank >= 1, got {num_experts}, {rank}")
-        if impl not in ("auto", "grouped_mm", "loop"):
-            raise ValueError(f"impl must be auto, grouped_mm or loop, got {impl!r}")
+        if impl not in BANK_IMPLS:
+            raise ValueError(f"impl must be one of {BANK_IMPLS}, got {impl!r}")
         self.num_experts, self.in_dim, self.out_dim, self.rank = num_experts, in_dim, out_dim, rank
         self.alpha = float(alpha)
         self.scaling = self.alpha / rank
@@ -60,8 +60,7 @@ class LowRankBank(nn.Module):
         """Row i of ``xs [N, in]`` through expert ``sorted_groups[i]`` (ascending), in the same order;
         ``scale [N]`` multiplies each row's delta (relaxed routers). There is no stop action."""
         g = self.num_experts
-        use_grouped = self.impl == "grouped_mm" or (self.impl == "auto" and grouped_mm_supported(xs))
-        if use_grouped:
+        if resolve_bank_impl(self.impl, xs) == "grouped_mm":
             offs = LinearBank.group_offsets(sorted_groups, g) if offsets is None else offsets
             y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A, offs), self.B, offs)
         else:
