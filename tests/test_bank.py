@@ -23,7 +23,7 @@ def per_row(bank: LinearBank, x: torch.Tensor, groups: torch.Tensor, scale=None)
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("impl", ["grouped_mm", "loop"])
+@pytest.mark.parametrize("impl", ["grouped_mm", "loop", "dense"])
 @pytest.mark.parametrize("activation,residual", [("relu", False), ("tanh", True), ("gelu", False), ("identity", True)])
 @pytest.mark.parametrize("stopped", [False, True])
 def test_bank_matches_per_row_blocks_values_and_gradients(impl, activation, residual, stopped):
@@ -140,12 +140,49 @@ class HostReads(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("allow_stop", [False, True])
-def test_routed_hot_path_has_no_host_synchronisation(allow_stop):
+@pytest.mark.parametrize("token_level", [False, True])
+def test_dense_banks_route_a_stack_exactly_like_grouped_ones(allow_stop, token_level):
+    """``impl="dense"`` (every block on every row, no sort) gives a routed stack the values and
+    gradients of the grouped path, decided ahead (tabular) or step by step, token rows included."""
+    outs = {}
+    for impl in ("grouped_mm", "dense"):
+        torch.manual_seed(0)
+        layer = routed_fc_stack([8, 8, 8, 8], 5, 4, recursive=allow_stop, allow_stop=allow_stop, exploration="high",
+                                impl=impl, residual=True, gate_init=0.5)
+        meta = torch.randint(0, 4, (37,))
+        torch.manual_seed(1)
+        x = torch.randn(37, 6, 8, requires_grad=True) if token_level else torch.randn(37, 8, requires_grad=True)
+        y, traj = layer(x, meta)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs[impl] = (y.detach(), traj.actions, x.grad, [p.grad for p in layer.parameters() if p.grad is not None])
+    a, b = outs["grouped_mm"], outs["dense"]
+    assert torch.equal(a[1], b[1]) and len(a[3]) == len(b[3])
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
+    for ga, gb in zip(a[3], b[3]):
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_path_makes_rows_in_input_order():
+    """``forward_rows`` over dense banks builds every row once in input order (no permutation)."""
+    torch.manual_seed(0)
+    layer = routed_fc_stack([8, 8], 4, 3, exploration="none", impl="dense")
+    meta, seg = torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1, 2, 2, 2])
+    x = torch.randn(6, 8)
+    asked = []
+    y, perm, _ = layer.forward_rows(lambda idx: asked.append(idx) or (x if idx is None else x[idx]), meta, seg)
+    assert perm is None and asked == [None]
+    torch.testing.assert_close(y, layer(x, meta, segments=seg)[0])
+
+
+@pytest.mark.parametrize("impl", ["grouped_mm", "dense"])
+@pytest.mark.parametrize("allow_stop", [False, True])
+def test_routed_hot_path_has_no_host_synchronisation(allow_stop, impl):
     """Decisions, grouped execution, rewards, the router loss and the backward of a bank-routed
     stack read nothing back to the host (on an accelerator nothing waits for the device)."""
     torch.manual_seed(0)
     dims = [16, 16, 16, 16]
-    layer = routed_fc_stack(dims, 8, 4, recursive=allow_stop, allow_stop=allow_stop, exploration="high")
+    layer = routed_fc_stack(dims, 8, 4, recursive=allow_stop, allow_stop=allow_stop, exploration="high", impl=impl)
     meta = torch.randint(0, 4, (64,))
     x = torch.randn(64, 16, requires_grad=True)
     path = layer.router.decide_path(meta, layer.depth)  # meta checked by forward(); here the path alone

@@ -48,3 +48,32 @@ def test_operators_per_routed_step_stay_within_their_budget():
         counts[(model, kind)] = step_op_count(setup)["aten"]
     over = {k: (counts[k], b) for k, (_, b) in budgets.items() if counts[k] > b}
     assert not over, f"operators per step over budget (count, budget): {over}"
+
+
+def test_bank_crossover_quick_run_writes_its_grid(tmp_path):
+    """benchmarks/bank_crossover.py (issue 19: dense or grouped): a smoke run times both
+    implementations on every shape of its grid and writes the ratio."""
+    spec = importlib.util.spec_from_file_location("bank_crossover", REPO_ROOT / "benchmarks" / "bank_crossover.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "crossover.json"
+    result = bench.main(["--quick", "--output", str(out)])
+    saved = json.loads(out.read_text())
+    assert [(r["dim"], r["blocks"], r["batch"]) for r in saved["rows"]] == [(16, 2, 32), (16, 4, 32)]
+    for r in saved["rows"]:
+        assert r["grouped_ms"] > 0 and r["dense_ms"] > 0 and r["dense_over_grouped"] > 0
+    wins = [(r["dim"], r["blocks"], r["batch"]) for r in saved["rows"] if r["dense_over_grouped"] < 1]
+    assert [tuple(w) for w in saved["dense_wins"]] == wins and result["rows"] == saved["rows"]
+
+
+def test_bank_crossover_sets_every_bank_of_the_routed_mlp():
+    from nli_routing.routing.bank import LinearBank
+
+    spec = importlib.util.spec_from_file_location("bank_crossover", REPO_ROOT / "benchmarks" / "bank_crossover.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = bench.routed_mlp(bench._perf(), "dense", 16, 4)
+    banks = {n: m for n, m in model.named_modules() if isinstance(m, LinearBank)}
+    routed = [m for n, m in banks.items() if n.startswith("routed_fc.")]
+    assert len(routed) == 3 and all(b.uses_dense() and b.num_blocks == 4 for b in routed)
+    assert not banks["heads.heads"].uses_dense()  # the per-task heads are not what is compared

@@ -9,6 +9,10 @@ the rows sorted by block id; the bank computes every block's group in one call, 
   the group offsets as a tensor: no host synchronisation, so it also runs under ``torch.compile``;
   one kernel on recent GPUs, a loop over the groups inside torch on the CPU);
 * ``impl="loop"``: one matmul per non-empty block (reads the group sizes on the host: one sync);
+* ``impl="dense"``: no sort at all: every block on every row in one matmul, each row's own block
+  gathered (G times the arithmetic, a handful of operations per step; :meth:`LinearBank.dense_forward`);
+  on this project's CPU it is slower than grouping at every measured shape (``benchmarks/bank_crossover.py``),
+  so it is an explicit choice for machines where the measurement says otherwise;
 * ``impl="auto"`` (default): ``grouped_mm`` where this torch build supports it for the input
   (CPU float32/bfloat16/float16, CUDA bfloat16 on compute capability >= 9), else ``loop``.
 
@@ -26,13 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 BANK_ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda x: x}
-BANK_IMPLS = ("auto", "grouped_mm", "loop")
+BANK_IMPLS = ("auto", "grouped_mm", "loop", "dense")
 
 
 def resolve_bank_impl(impl: str, x: Tensor) -> str:
     """``"grouped_mm"`` or ``"loop"`` for a bank's ``impl`` setting (``"auto"``: grouped matmul where
     this torch build runs it for ``x``)."""
-    if impl != "auto":
+    if impl not in ("auto", "dense"):  # "dense" rows that arrive sorted are grouped
         return impl
     return "grouped_mm" if grouped_mm_supported(x) else "loop"
 
@@ -211,6 +215,38 @@ class LinearBank(nn.Module):
 
     def resolve_impl(self, x: Tensor) -> str:
         return resolve_bank_impl(self.impl, x)
+
+    def uses_dense(self) -> bool:
+        """Whether routed rows run as one dense matmul over every block (:meth:`dense_forward`): only
+        with ``impl="dense"``. ``"auto"`` never picks it: measured on the CPU it is slower than grouping
+        for every shape tried (BENCHMARKS.md "Issue 19: dense or grouped"; ``benchmarks/bank_crossover.py``
+        measures it on another machine)."""
+        return self.impl == "dense"
+
+    def dense_forward(self, x: Tensor, groups: Tensor, scale: Tensor | None = None, identity: bool = True) -> Tensor:
+        """Row i of ``x [N, in]`` (or ``[N, T, in]``) through block ``groups[i]`` in input order, without sorting: every
+        block on every row in one matmul ``x @ [W_0 | ... | W_{G-1}]`` (G times the arithmetic of a
+        routed step, one kernel), then each row's own block picked out by one gather. Group ids
+        ``>= G`` keep the row as it is (stopped; needs ``in == out``); ``scale [N]`` multiplies
+        computed rows. Same values and gradients as :meth:`sorted_forward` (tested)."""
+        if x.dim() > 2:  # token-level [N, T, in]: every token follows its sample's block
+            rows = x.shape[1:-1].numel()
+            y = self.dense_forward(x.reshape(-1, x.shape[-1]), groups.repeat_interleave(rows),
+                                   None if scale is None else scale.repeat_interleave(rows), identity)
+            return y.view(*x.shape[:-1], y.shape[-1])
+        g, n, out = self.num_blocks, x.shape[0], self.out_dim
+        identity = identity and self.in_dim == self.out_dim
+        block = groups.clamp(max=g - 1) if identity else groups
+        w = self.weight.transpose(0, 1).reshape(self.in_dim, g * out)
+        y = torch.addmm(self.bias.reshape(-1), x, w).view(n, g, out)
+        y = y.gather(1, block.view(n, 1, 1).expand(n, 1, out)).view(n, out)
+        gate = None if self.gate is None else self.gate.index_select(0, block).unsqueeze(1)
+        y = self._finish(x, y, gate, inplace=True)
+        if scale is not None:
+            y = y * scale.to(y.dtype).unsqueeze(1)
+        if identity:
+            y = torch.where((groups >= g).unsqueeze(1), x, y)
+        return y
 
     @staticmethod
     def group_offsets(sorted_groups: Tensor, num_blocks: int) -> Tensor:

@@ -173,6 +173,11 @@ class GroupedMMExecution(Execution):
     def host_counts(self, blocks: Any) -> bool:
         return False
 
+    def __call__(self, blocks, x, groups, scale=None, identity=True):
+        if isinstance(blocks, LinearBank) and blocks.uses_dense():  # no sort: every block on every row
+            return blocks.dense_forward(x, groups, scale, identity)
+        return super().__call__(blocks, x, groups, scale, identity)
+
     def run_sorted(self, blocks, xs, sorted_groups, scale=None, identity=True, counts=None, offsets=None):
         if xs.dim() == 2:
             return blocks.sorted_forward(xs, sorted_groups, scale, identity, offsets)

@@ -175,6 +175,12 @@ class RoutedLayer(nn.Module):
             x = self.scale_stopped(x, traj.actions, traj.active, torch.stack(scales, 1), segments)
         return x, traj
 
+    def dense_steps(self, depth: int) -> bool:
+        """Whether every step's blocks are :class:`LinearBank` s that run densely
+        (:meth:`LinearBank.uses_dense`): then the path needs no sort at all."""
+        return all(isinstance(self.step_blocks(t), LinearBank) and self.step_blocks(t).uses_dense()
+                   for t in range(depth))
+
     def forward_path(
         self, x: Tensor | None, rp: RoutingPass, segments: Tensor | None, path: Decision,
         make_rows: Callable[[Tensor | None], Tensor] | None = None,
@@ -201,6 +207,16 @@ class RoutedLayer(nn.Module):
             groups = groups.index_select(0, segments)
             row_scale = None if scale is None else scale.index_select(0, segments)
         n = groups.shape[0]
+        if self.dense_steps(depth):
+            x = make_rows(None) if make_rows is not None else x
+            for t in range(depth):
+                x = self.step_blocks(t).dense_forward(
+                    x, groups[:, t], None if row_scale is None else row_scale[:, t], identity=self.allow_stop)
+            if scale is not None and self.allow_stop:
+                x = self.scale_stopped(x, actions, active, scale, segments)
+            if make_rows is not None:
+                return x, None, rp.path_trajectory(path, active)
+            return x, rp.path_trajectory(path, active)
         # every step's order at once: order[t] lists the input rows sorted by step t's block (input
         # order within a block), inv[t] is each input row's position in it
         sorted_g, order = torch.sort(groups.t().contiguous(), dim=1, stable=True)

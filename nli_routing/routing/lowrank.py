@@ -28,8 +28,9 @@ class LowRankBank(nn.Module):
         super().__init__()
         if num_experts < 1 or rank < 1:
             raise ValueError(f"a low-rank bank needs >= 1 expert and rank >= 1, got {num_experts}, {rank}")
-        if impl not in BANK_IMPLS:
-            raise ValueError(f"impl must be one of {BANK_IMPLS}, got {impl!r}")
+        impls = tuple(i for i in BANK_IMPLS if i != "dense")
+        if impl not in impls:
+            raise ValueError(f"impl must be one of {impls}, got {impl!r}")
         self.num_experts, self.in_dim, self.out_dim, self.rank = num_experts, in_dim, out_dim, rank
         self.alpha = float(alpha)
         self.scaling = self.alpha / rank

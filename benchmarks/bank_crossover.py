@@ -1,0 +1,109 @@
+"""Dense or grouped (issue 19): where one dense matmul over every block beats grouping the rows.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bank_crossover.py            # the grid, a few minutes of one core
+    HF_HUB_OFFLINE=1 python benchmarks/bank_crossover.py --quick    # a smoke run (numbers meaningless)
+
+A :class:`~nli_routing.routing.bank.LinearBank` can run its routed rows two ways:
+
+* ``grouped_mm`` (what ``impl="auto"`` picks): sort the rows by block, one grouped matmul over the
+  groups, unsort; the arithmetic of the unrouted step plus the sort/gather plumbing;
+* ``dense``: every block on every row in one matmul ``x @ [W_0 | ... | W_{G-1}]`` and a gather of
+  each row's own block: G times the arithmetic, but a handful of operations per step.
+
+The trade depends on the block shape, the number of blocks G, the batch and the device. This script
+times the full training step (the loop's own :func:`~nli_routing.training.loop.train_step`) of the
+routed MLP of ``benchmarks/perf.py`` (3 routed layers of G blocks dim x dim, tabular Q-learning over
+8 tasks) with every bank set to ``grouped_mm`` and then to ``dense``, same weights, same batch, in
+interleaved rounds, and reports dense/grouped per (dim, G, batch): below 1 dense wins. Run it on the
+machine you train on before setting ``impl="dense"``; the result on this project's CPU is in
+BENCHMARKS.md ("Issue 19: dense or grouped").
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from nli_routing.experiments.bench import StepSetup, commit, interleaved_step_times, machine, round_ratio
+from nli_routing.routing.bank import LinearBank
+from nli_routing.routing.layer import RoutedLayer
+
+HERE = Path(__file__).resolve().parent
+
+
+def _perf():
+    spec = importlib.util.spec_from_file_location("perf_bench", HERE / "perf.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def routed_mlp(perf, impl: str, dim: int, blocks: int):
+    """The routed MLP with the banks of its routed layers set to ``impl`` (the same weights for every
+    impl: the model is built under the same seed; the per-task heads stay as they are)."""
+    model = perf.mlp_model("routing", blocks, 8, dim=dim)
+    banks = [m for layer in model.modules() if isinstance(layer, RoutedLayer)
+             for m in layer.modules() if isinstance(m, LinearBank)]
+    if not banks:
+        raise RuntimeError("the routed MLP has no LinearBank: nothing to compare")
+    for bank in banks:
+        bank.impl = impl
+    return model
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dims", nargs="+", type=int, default=[16, 64])
+    p.add_argument("--blocks", nargs="+", type=int, default=[2, 4, 8])
+    p.add_argument("--batches", nargs="+", type=int, default=[512, 2048])
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps_per_round", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="tiny grid and one round (a smoke test)")
+    p.add_argument("--output", default=str(HERE / "results" / "bank_crossover.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.dims, args.blocks, args.batches = [16], [2, 4], [32]
+        args.warmup, args.rounds, args.steps_per_round = 1, 1, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    perf = _perf()
+    start = time.perf_counter()
+    result = {"machine": machine(), "commit": commit(), "args": vars(args), "rows": []}
+    print(result["machine"], flush=True)
+    for dim in args.dims:
+        for g in args.blocks:
+            for b in args.batches:
+                batch = perf.mlp_batch(b, 8, dim=dim)
+                setups = {impl: StepSetup(routed_mlp(perf, impl, dim, g), batch, perf.train_cfg(), args.device)
+                          for impl in ("grouped_mm", "dense")}
+                times = interleaved_step_times(setups, warmup=args.warmup, rounds=args.rounds,
+                                               steps_per_round=args.steps_per_round)
+                ratio = round_ratio(times, "dense", "grouped_mm")
+                row = {"dim": dim, "blocks": g, "batch": b, "grouped_ms": times["ms"]["grouped_mm"],
+                       "dense_ms": times["ms"]["dense"], "dense_over_grouped": ratio, "rounds": times["rounds"]}
+                result["rows"].append(row)
+                print(f"dim {dim:>4}  G {g:>3}  batch {b:>5}: grouped {row['grouped_ms']:8.2f} ms  "
+                      f"dense {row['dense_ms']:8.2f} ms  dense/grouped {ratio:5.2f}"
+                      f"{'  (dense wins)' if ratio < 1 else ''}", flush=True)
+    wins = [r for r in result["rows"] if r["dense_over_grouped"] < 1]
+    result["dense_wins"] = [(r["dim"], r["blocks"], r["batch"]) for r in wins]
+    result["seconds"] = time.perf_counter() - start
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"dense wins at {len(wins)} of {len(result['rows'])} shapes; wrote {out} ({result['seconds']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
