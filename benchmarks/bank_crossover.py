@@ -1,6 +1,6 @@
 """Dense or grouped (issue 19): where one dense matmul over every block beats grouping the rows.
 
-    HF_HUB_OFFLINE=1 python benchmarks/bank_crossover.py            # the grid, a few minutes of one core
+    HF_HUB_OFFLINE=1 python benchmarks/bank_crossover.py            # the grid, under a minute of one core
     HF_HUB_OFFLINE=1 python benchmarks/bank_crossover.py --quick    # a smoke run (numbers meaningless)
 
 A :class:`~nli_routing.routing.bank.LinearBank` can run its routed rows two ways:
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--blocks", nargs="+", type=int, default=[2, 4, 8])
     p.add_argument("--batches", nargs="+", type=int, default=[512, 2048])
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--steps_per_round", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--steps_per_round", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny grid and one round (a smoke test)")
