@@ -203,6 +203,19 @@ class LinearBank(nn.Module):
             y = x + gate * y
         return y
 
+    def _routed_rows(self, x: Tensor, y: Tensor, groups: Tensor, block: Tensor, scale: Tensor | None,
+                     identity: bool) -> Tensor:
+        """Finish routed rows ``y`` (the linear part of row i through ``block[i]``, bias added): the
+        block's gate, activation and residual, the relaxed ``scale``, and stopped rows (``groups >= G``,
+        with ``identity``) back to their input ``x``."""
+        gate = None if self.gate is None else self.gate.index_select(0, block).unsqueeze(1)
+        y = self._finish(x, y, gate, inplace=True)
+        if scale is not None:
+            y = y * scale.to(y.dtype).unsqueeze(1)
+        if identity:
+            y = torch.where((groups >= self.num_blocks).unsqueeze(1), x, y)
+        return y
+
     def block_forward(self, x: Tensor, index: int) -> Tensor:
         """Block ``index`` on all of ``x [..., in]``."""
         y = x @ self.weight[index] + self.bias[index]
@@ -240,13 +253,7 @@ class LinearBank(nn.Module):
         w = self.weight.transpose(0, 1).reshape(self.in_dim, g * out)
         y = torch.addmm(self.bias.reshape(-1), x, w).view(n, g, out)
         y = y.gather(1, block.view(n, 1, 1).expand(n, 1, out)).view(n, out)
-        gate = None if self.gate is None else self.gate.index_select(0, block).unsqueeze(1)
-        y = self._finish(x, y, gate, inplace=True)
-        if scale is not None:
-            y = y * scale.to(y.dtype).unsqueeze(1)
-        if identity:
-            y = torch.where((groups >= g).unsqueeze(1), x, y)
-        return y
+        return self._routed_rows(x, y, groups, block, scale, identity)
 
     @staticmethod
     def group_offsets(sorted_groups: Tensor, num_blocks: int) -> Tensor:
@@ -286,13 +293,7 @@ class LinearBank(nn.Module):
             y = torch.cat(parts) if len(parts) > 1 else parts[0]
         block = sorted_groups.clamp(max=g - 1) if identity else sorted_groups
         y = y.add_(self.bias.index_select(0, block))  # in place: fresh buffers cost page faults on the CPU
-        gate = None if self.gate is None else self.gate.index_select(0, block).unsqueeze(1)
-        y = self._finish(xs, y, gate, inplace=True)
-        if scale is not None:
-            y = y * scale.to(y.dtype).unsqueeze(1)
-        if identity:
-            y = torch.where((sorted_groups >= g).unsqueeze(1), xs, y)
-        return y
+        return self._routed_rows(xs, y, sorted_groups, block, scale, identity)
 
 
 def inverse_permutation(order: Tensor) -> Tensor:
