@@ -70,9 +70,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny grid and one round (a smoke test)")
     p.add_argument("--output", default=str(HERE / "results" / "bank_crossover.json"))
     args = p.parse_args(argv)
-    if args.quick:
-        args.dims, args.blocks, args.batches = [16], [2, 4], [32]
-        args.warmup, args.rounds, args.steps_per_round = 1, 1, 1
+    if args.quick:  # only what the command line left at its default
+        quick = {"dims": [16], "blocks": [2, 4], "batches": [32], "warmup": 1, "rounds": 1, "steps_per_round": 1}
+        for name, value in quick.items():
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
+    for name in ("dims", "blocks", "batches", "rounds", "steps_per_round"):
+        values = getattr(args, name)
+        if min(values if isinstance(values, list) else [values]) < 1:
+            p.error(f"--{name} must be >= 1, got {values}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: this torch build sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
     perf = _perf()

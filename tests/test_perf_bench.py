@@ -3,13 +3,21 @@
 import importlib.util
 import json
 
+import pytest
+
 from .conftest import REPO_ROOT
 
 
+def load_bench(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_perf_suite_quick_run_writes_its_report(tmp_path):
-    spec = importlib.util.spec_from_file_location("perf_bench", REPO_ROOT / "benchmarks" / "perf.py")
-    perf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(perf)
+    perf = load_bench("perf")
     out = tmp_path / "perf"
     result = perf.main(["--quick", "--only", "mlp", "cbow", "scaling", "--output", str(out)])
     saved = json.loads(out.with_suffix(".json").read_text())
@@ -26,16 +34,13 @@ def test_operators_per_routed_step_stay_within_their_budget():
     """The number of aten operators one training step dispatches (a count, not a time: it does not
     drift with the machine's load). Budgets are the counts measured with torch 2.13 plus about 3%:
     a change that adds small operations per step fails here before it shows in the timings."""
-    import pytest
     import torch
 
     if not torch.__version__.startswith("2.13"):
         pytest.skip(f"budgets were counted with torch 2.13 (this is {torch.__version__})")
     from nli_routing.experiments.bench import StepSetup, step_op_count
 
-    spec = importlib.util.spec_from_file_location("perf_bench", REPO_ROOT / "benchmarks" / "perf.py")
-    perf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(perf)
+    perf = load_bench("perf")
     # (model, kind): (measured at the commit that added the budget, budget)
     budgets = {("mlp", "routing"): (1945, 2000), ("mlp", "shared-bottom"): (701, 725),
                ("cbow", "wp"): (1012, 1045), ("cbow", "projection"): (580, 597)}
@@ -53,9 +58,7 @@ def test_operators_per_routed_step_stay_within_their_budget():
 def test_bank_crossover_quick_run_writes_its_grid(tmp_path):
     """benchmarks/bank_crossover.py (issue 19: dense or grouped): a smoke run times both
     implementations on every shape of its grid and writes the ratio."""
-    spec = importlib.util.spec_from_file_location("bank_crossover", REPO_ROOT / "benchmarks" / "bank_crossover.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bank_crossover")
     out = tmp_path / "crossover.json"
     result = bench.main(["--quick", "--output", str(out)])
     saved = json.loads(out.read_text())
@@ -69,11 +72,17 @@ def test_bank_crossover_quick_run_writes_its_grid(tmp_path):
 def test_bank_crossover_sets_every_bank_of_the_routed_mlp():
     from nli_routing.routing.bank import LinearBank
 
-    spec = importlib.util.spec_from_file_location("bank_crossover", REPO_ROOT / "benchmarks" / "bank_crossover.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bank_crossover")
     model = bench.routed_mlp(bench._perf(), "dense", 16, 4)
     banks = {n: m for n, m in model.named_modules() if isinstance(m, LinearBank)}
     routed = [m for n, m in banks.items() if n.startswith("routed_fc.")]
     assert len(routed) == 3 and all(b.uses_dense() and b.num_blocks == 4 for b in routed)
     assert not banks["heads.heads"].uses_dense()  # the per-task heads are not what is compared
+
+
+@pytest.mark.parametrize("flag", [["--blocks", "0"], ["--dims", "-4"], ["--rounds", "0"]])
+def test_bank_crossover_rejects_a_bad_grid_in_one_line(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_bench("bank_crossover").main(["--quick", *flag, "--output", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{flag[0]} must be >= 1" in err and not (tmp_path / "x.json").exists()
