@@ -30,6 +30,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from scipy import stats as sps
 
 from nli_routing.analysis.plots import plot_dispatch_distribution
@@ -74,7 +75,37 @@ VARIANTS = {
     # the defaults before router_init 0 (issue 15): tables start at the worst reward and routers collapse
     "wp-signature/init-1": ("wp-signature", {"router_init": -1.0}),
     "classifier-signature/init-1": ("classifier-signature", {"router_init": -1.0}),
+    # issue 29: the defaults before the capacity balance (tables at 0, no balance)
+    "wp-signature/init0": ("wp-signature", {"router_init": 0.0, "router_balance_share": 1.0}),
 }
+#: issue 29: dispatcher settings per method alias (DispatchArgs fields); the base method comes from VARIANTS
+#: or is the alias before the "/"
+DISPATCH_VARIANTS = {
+    "wp-signature+D/best-agent": {"dispatch_target": "best-agent"},
+    "wp-basic/mi": {"dispatch_balance": 1.0},
+    "wp-rbae-cbow/mi": {"dispatch_balance": 1.0},
+}
+for _alias in DISPATCH_VARIANTS:
+    VARIANTS.setdefault(_alias, (_alias.split("/")[0], {}))
+
+
+def dispatch_nmi(dispatch: dict | None) -> float | None:
+    """Normalised mutual information (arithmetic mean of the entropies, as scikit-learn's default)
+    between the signature and the dispatch class, from a run's test contingency table
+    ``{"distribution": {signature: [count per class]}}``; None without a dispatcher."""
+    if not dispatch or not dispatch.get("distribution"):
+        return None
+    table = np.array(list(dispatch["distribution"].values()), dtype=float)
+    n = table.sum()
+    if n == 0:
+        return None
+    p = table / n
+    rows, cols = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / np.outer(rows, cols)[nz])).sum())
+    h = lambda q: float(-(q[q > 0] * np.log(q[q > 0])).sum())  # noqa: E731
+    denom = (h(rows) + h(cols)) / 2
+    return mi / denom if denom > 0 else 0.0
 DISPATCHING = [m for _, m in ROWS if m not in ("cbow", "wp-signature", "classifier-signature", *VARIANTS)]
 #: issue 15: a run has left the plateau at the first epoch whose validation accuracy reaches this
 ESCAPE = 0.75
@@ -303,7 +334,8 @@ def main() -> None:
                                   **RECIPE_TRAIN_DEFAULTS)
                 base, overrides = VARIANTS.get(method, (method, {}))
                 res = run_method(base, prepared, replace(NLIModelConfig(), **overrides), cfg, dispatch_args=DispatchArgs(
-                    stage2_epochs=args.stage2_epochs), finetune=nested if want_nested else None,
+                    stage2_epochs=args.stage2_epochs, **DISPATCH_VARIANTS.get(method, {})),
+                    finetune=nested if want_nested else None,
                     finetune_epochs=args.nested_epochs)
                 res["summary"]["method"] = method
                 if "finetune" in res:
@@ -313,6 +345,7 @@ def main() -> None:
                     s = r["summary"]
                     runs.append({"column": column, "seed": seed, **s,
                                  "dispatch": r["final"].get("test", {}).get("dispatch"),
+                                 "dispatch_nmi": dispatch_nmi(r["final"].get("test", {}).get("dispatch")),
                                  "validation_history": [h["validation"]["accuracy"] for h in r["history"]],
                                  "validation_history_stage1": [h["validation"]["accuracy"] for h in
                                                                r.get("stage1", {}).get("history", [])] or None,

@@ -20,6 +20,18 @@ Kinds:
 * ``"two-stage"`` (the '+D' of Table 5.2): the same agent over one of the encoders, trained after
   the routed model has been trained with meta labels and frozen; K is the number of meta classes
   and the reward is the frozen model's task reward.
+
+Two additions against collapse (issue 29; both off reproduces the thesis' training):
+
+* ``balance`` (> 0): the mutual information between the sample and its dispatch class, as in IIC,
+  ``I = H(mean_b pi_b) - mean_b H(pi_b)`` over the batch, is maximised with this weight beside the
+  learner's loss. The first term rewards spreading the batch over the classes, the second confident
+  per-sample choices, so only a dispatch that depends on the input scores high (a per-sample entropy
+  bonus rewards uncertainty, not spread).
+* ``target="best-agent"``: the routed model runs every sample through each of the K agents' greedy
+  paths (K extra forwards without gradients); the agent with the lowest task loss on the gold label
+  is the sample's target, and the dispatcher is trained to predict it (cross-entropy on its values)
+  instead of from the sampled reward. Meant for the two-stage dispatcher, whose model is fixed.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from ..routing import ApproxRouter, Trajectory, assign_rewards
 from ..routing.execution import grouped_apply
 
 __all__ = [
+    "DISPATCH_TARGETS",
     "ONLINE_DISPATCHERS",
     "ENCODERS",
     "DispatchOutput",
@@ -45,6 +58,8 @@ __all__ = [
 
 #: --dispatch values trained jointly with the routed model
 ONLINE_DISPATCHERS = ("basic", "rbae-cbow", "rbae-attn", "rbae-onehot", "rbae-seq")
+#: what a dispatcher learns from: the RL reward (the thesis) or the best agent's index (see the module docstring)
+DISPATCH_TARGETS = ("reward", "best-agent")
 #: sample encoders a dispatcher can read
 ENCODERS = ("cbow", "attn", "onehot", "lstm")
 #: the encoder of each online kind
@@ -185,6 +200,7 @@ class DispatchOutput:
     meta: Tensor  # [B] long, detached
     trajectory: Trajectory  # one-step trajectory of the dispatch decisions
     recon_loss: Tensor | None = None  # [B] with graph (RBAE), else None
+    agent_losses: Tensor | None = None  # [B, K] task loss of every agent's path (target="best-agent"), else None
 
     @property
     def actions(self) -> Tensor:
@@ -218,8 +234,16 @@ class LearnedDispatcher(nn.Module):
         exploration: str = "med",
         detach_state: bool | None = None,
         seed: int = 0,
+        balance: float = 0.0,
+        target: str = "reward",
     ) -> None:
         super().__init__()
+        if not balance >= 0.0:
+            raise ValueError(f"balance (the mutual-information weight) must be >= 0, got {balance}")
+        if target not in DISPATCH_TARGETS:
+            raise ValueError(f"target must be one of {DISPATCH_TARGETS}, got {target!r}")
+        self.balance = float(balance)
+        self.target = target
         if kind not in (*ONLINE_DISPATCHERS, "two-stage"):
             raise ValueError(f"unknown dispatcher kind {kind!r}; choose one of {(*ONLINE_DISPATCHERS, 'two-stage')}")
         if num_dispatch < 1:
@@ -273,6 +297,7 @@ class LearnedDispatcher(nn.Module):
             "projection": projection, "bottleneck": bottleneck, "alpha": self.alpha, "pair": bool(pair),
             "learner": learner if isinstance(learner, str) else None, "learner_kwargs": dict(learner_kwargs or {}),
             "exploration": exploration, "detach_state": detach_state, "seed": seed,
+            "balance": self.balance, "target": target,
             "vocab_map_size": None if vocab_map is None else int(vocab_map.numel()),
             "compact_vocab_size": None if vocab_map is None else int(vocab_map.max()) + 1,
         }
@@ -352,10 +377,34 @@ class LearnedDispatcher(nn.Module):
             return task_reward
         return self.alpha * task_reward + (1.0 - self.alpha) * (-out.recon_loss.detach())
 
+    @property
+    def needs_agent_losses(self) -> bool:
+        """The routed model must fill :attr:`DispatchOutput.agent_losses` (``target="best-agent"``)."""
+        return self.target == "best-agent"
+
+    def mutual_information(self, out: DispatchOutput) -> Tensor:
+        """``H(mean pi) - mean H(pi)`` (nats) of the batch's dispatch distributions ``pi = softmax(values)``."""
+        logp = F.log_softmax(out.trajectory.values[:, 0].float(), -1)
+        p = logp.exp()
+        marginal = p.mean(0)
+        h_marginal = -(marginal * marginal.clamp_min(1e-12).log()).sum()
+        h_conditional = -(p * logp).sum(1).mean()
+        return h_marginal - h_conditional
+
     def loss(self, out: DispatchOutput, task_reward: Tensor) -> Tensor:
-        """The agent's learner loss on its rewarded decisions plus the autoencoder's reconstruction loss."""
-        assign_rewards(out.trajectory, self.dispatch_reward(out, task_reward.detach()))
-        total = self.policy.loss(out.trajectory)
+        """The agent's loss (the learner's on its rewarded decisions, or the cross-entropy to the best
+        agent), minus ``balance`` times the mutual information, plus the reconstruction loss (RBAE)."""
+        if self.target == "best-agent":
+            if out.agent_losses is None:
+                raise ValueError("target='best-agent' needs every agent's task loss: the routed model fills "
+                                 "DispatchOutput.agent_losses when it is given labels in training")
+            best = out.agent_losses.argmin(1)
+            total = F.cross_entropy(out.trajectory.values[:, 0].float(), best)
+        else:
+            assign_rewards(out.trajectory, self.dispatch_reward(out, task_reward.detach()))
+            total = self.policy.loss(out.trajectory)
+        if self.balance > 0.0:
+            total = total - self.balance * self.mutual_information(out)
         if out.recon_loss is not None:
             total = total + out.recon_loss.mean()
         return total

@@ -19,7 +19,7 @@ from ..analysis.plots import plot_dispatch_distribution
 from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
-from ..dispatch.learned import ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
+from ..dispatch.learned import DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..routing import parse_learner_args
 from ..routing.config import check_at_least
@@ -137,6 +137,16 @@ class DispatchArgs:
         default=0.5, metadata={"help": "RBAE reward weight: alpha * task reward + (1 - alpha) * (-reconstruction loss)"}
     )
     stage2_epochs: int = field(default=3, metadata={"help": "epochs of the two-stage dispatcher (model fixed)"})
+    dispatch_balance: float = field(
+        default=0.0,
+        metadata={"help": "weight of the mutual information H(mean pi) - mean H(pi) between samples and dispatch "
+                          "classes, maximised beside the dispatcher's loss (0: off, the thesis)"},
+    )
+    dispatch_target: str = field(
+        default="reward",
+        metadata={"help": f"what the dispatcher learns from: one of {DISPATCH_TARGETS} (reward: the thesis' RL; "
+                          "best-agent: predict the agent whose path has the lowest loss, K forwards per batch)"},
+    )
 
     def __post_init__(self) -> None:
         if self.dispatch_encoder not in ENCODERS:
@@ -146,6 +156,10 @@ class DispatchArgs:
         check_at_least(self, dispatch_hidden=1, dispatch_projection=1, dispatch_bottleneck=1, stage2_epochs=1)
         if not 0.0 <= self.dispatch_alpha <= 1.0:
             raise ValueError(f"dispatch_alpha must be in [0, 1], got {self.dispatch_alpha}")
+        if not self.dispatch_balance >= 0.0:
+            raise ValueError(f"dispatch_balance must be >= 0, got {self.dispatch_balance}")
+        if self.dispatch_target not in DISPATCH_TARGETS:
+            raise ValueError(f"dispatch_target must be one of {DISPATCH_TARGETS}, got {self.dispatch_target!r}")
         parse_learner_args(self.dispatch_learner_args)
 
     def build(self, kind: str, model: NLIRoutingModel, num_dispatch: int, vocab_map, seed: int) -> LearnedDispatcher:
@@ -164,6 +178,8 @@ class DispatchArgs:
             learner=self.dispatch_learner,
             learner_kwargs=parse_learner_args(self.dispatch_learner_args),
             seed=seed + 7,
+            balance=self.dispatch_balance,
+            target=self.dispatch_target,
         )
 
 

@@ -36,9 +36,15 @@ class NLIModelConfig(RouterConfig):
 
     route: str = field(default="wp", metadata={"help": f"what is routed: one of {ROUTES}"})
     router_init: float = field(
-        default=0.0,
-        metadata={"help": "initial table values (the library's RouterConfig: -1, the worst reward); 0 lets an agent "
-                          "whose block earns less than 0 move on, so agents split by signature (BENCHMARKS.md, issue 15)"},
+        default=-1.0,
+        metadata={"help": "initial table values; -1 (the worst reward) keeps greedy choices stable; with the capacity "
+                          "balance the agents still split (BENCHMARKS.md, issue 29; issue 15 used 0)"},
+    )
+    router_balance_share: float = field(
+        default=0.5,
+        metadata={"help": "capacity balance of the tabular routers: a block taking more than this share of a batch's "
+                          "decisions gets a selection bias against it (1: off; the NLI models' default 0.5 splits "
+                          "conflicting meta classes, BENCHMARKS.md issue 29)"},
     )
     num_classes: int = field(default=3, metadata={"help": "output classes (entails, contradicts, permits)"})
     wp_width: int = field(default=4, metadata={"help": "number of word-projection blocks b"})
@@ -216,14 +222,41 @@ class NLIRoutingModel(RoutedModel):
         **_: Tensor,
     ) -> NLIOutput:
         dispatch = None
+        inputs = (premise_ids, premise_mask, hypothesis_ids, hypothesis_mask)
         if self.dispatcher is not None:  # the dispatcher's class replaces the meta label
-            dispatch = self.dispatcher(premise_ids, premise_mask, hypothesis_ids, hypothesis_mask)
+            dispatch = self.dispatcher(*inputs)
             meta = dispatch.meta
-        p, h, trajs = self.encoder(premise_ids, premise_mask, hypothesis_ids, hypothesis_mask, meta)
-        logits, cls_trajs = self.classifier(self.pair(self.norm(p), self.norm(h)), meta)
+            if self.dispatcher.training and self.dispatcher.needs_agent_losses and labels is not None:
+                dispatch.agent_losses = self.agent_losses(inputs, labels)
+        logits, trajs = self.logits(inputs, meta)
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
         return NLIOutput(loss=None if loss is None else loss.mean(), logits=logits, per_sample_loss=loss,
-                         trajectories=trajs + cls_trajs, dispatch=dispatch)
+                         trajectories=trajs, dispatch=dispatch)
+
+    def logits(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], meta: Tensor | None) -> tuple[Tensor, list]:
+        """``(logits [B, C], trajectories)`` of the pair ``inputs`` routed on ``meta``."""
+        p, h, trajs = self.encoder(*inputs, meta)
+        logits, cls_trajs = self.classifier(self.pair(self.norm(p), self.norm(h)), meta)
+        return logits, trajs + cls_trajs
+
+    @torch.no_grad()
+    def agent_losses(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], labels: Tensor) -> Tensor:
+        """``[B, num_meta]`` task loss of every sample on each agent's greedy path (a best-agent target
+        for a learned dispatcher; the routers are put in eval mode for it and restored after)."""
+        parts = [self.encoder, self.classifier]
+        modes = [m.training for p in parts for m in p.modules()]
+        for p in parts:
+            p.eval()
+        b = labels.shape[0]
+        try:
+            out = []
+            for k in range(int(self.config.num_meta)):
+                meta = torch.full((b,), k, dtype=torch.long, device=labels.device)
+                out.append(F.cross_entropy(self.logits(inputs, meta)[0], labels, reduction="none"))
+        finally:
+            for m, mode in zip((m for p in parts for m in p.modules()), modes):
+                m.training = mode
+        return torch.stack(out, 1)
 
     def pair(self, p: Tensor, h: Tensor) -> Tensor:
         """The classifier's input from the two sentence encodings (``pair_features``)."""

@@ -53,6 +53,14 @@ class RouterConfig:
         default=-1.0,
         metadata={"help": "initial table values; -1 (the worst reward) keeps greedy choices stable"},
     )
+    router_balance_share: float = field(
+        default=1.0,
+        metadata={"help": "capacity balance of tabular routers: a block taking more than this share of a batch's "
+                          "decisions at a depth gets a selection bias against it (1: off; see TabularRouter)"},
+    )
+    router_balance_rate: float = field(
+        default=0.01, metadata={"help": "step of the capacity balance's selection bias per training batch"}
+    )
     num_subrouters: int = field(default=3, metadata={"help": "subrouters of the dispatched router"})
     router_grad_to_activations: bool = field(
         default=False, metadata={"help": "let router losses backpropagate into the activations (approximators)"}
@@ -67,6 +75,10 @@ class RouterConfig:
             raise ValueError(f"exploration must be one of {sorted(EXPLORATION_PRESETS)}, got {self.exploration!r}")
         if not math.isfinite(self.router_init):
             raise ValueError(f"router_init must be a finite number, got {self.router_init!r}")
+        if not 0.0 < self.router_balance_share <= 1.0:
+            raise ValueError(f"router_balance_share must be in (0, 1], got {self.router_balance_share!r}")
+        if not (math.isfinite(self.router_balance_rate) and self.router_balance_rate >= 0.0):
+            raise ValueError(f"router_balance_rate must be a number >= 0, got {self.router_balance_rate!r}")
         # fail early, when the flags are parsed: a malformed spec, an unknown option or value, a pair that cannot train
         check_router_learner(self.router, self.learner, parse_learner_args(self.learner_args))
 
@@ -79,6 +91,8 @@ class RouterConfig:
             seed=self.router_seed + seed_offset,
             learner_kwargs=parse_learner_args(self.learner_args),
             router_init=self.router_init,
+            balance_share=self.router_balance_share,
+            balance_rate=self.router_balance_rate,
             detach_state=not self.router_grad_to_activations,
             num_subrouters=self.num_subrouters,
         )

@@ -34,6 +34,8 @@ class RouterSpec:
     seed: int = 0
     learner_kwargs: dict = field(default_factory=dict)
     router_init: float = 0.0
+    balance_share: float = 1.0
+    balance_rate: float = 0.01
     detach_state: bool = True
     num_subrouters: int = 3
 
@@ -78,7 +80,7 @@ def register_router(name: str) -> Callable:
 def _tabular(spec: RouterSpec) -> Router:
     """One table per meta label and depth."""
     return TabularRouter(spec.num_meta, spec.depth, spec.actions, init=spec.router_init, seed=spec.seed,
-                         **spec.common(spec.tabular_kwargs()))
+                         balance_share=spec.balance_share, balance_rate=spec.balance_rate, **spec.common(spec.tabular_kwargs()))
 
 
 def _per_step(spec: RouterSpec) -> Router:
@@ -109,6 +111,7 @@ def _dispatched(spec: RouterSpec) -> Router:
                               seed=spec.seed, **spec.common())
     subrouters = [
         TabularRouter(spec.num_meta, spec.depth, spec.actions, init=spec.router_init, seed=spec.seed + 1 + k,
+                      balance_share=spec.balance_share, balance_rate=spec.balance_rate,
                       **spec.common(spec.tabular_kwargs()))
         for k in range(spec.num_subrouters)
     ]

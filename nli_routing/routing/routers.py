@@ -124,6 +124,15 @@ class TabularRouter(Router):
     ``tabular_init`` is ``"uniform"``, the policy itself, initialised at ``1/A`` whatever ``init``
     says). Meta labels must lie in
     ``[0, num_meta)``; anything else is an error naming the offending values.
+
+    Capacity balance (``balance_share < 1``, in the spirit of DeepSeek-V3's bias adjustment without
+    an auxiliary loss): a bias per depth and action, ``bias [depth, A]`` (<= 0), is added to the
+    table when actions are *chosen*, never to the values the learner regresses. After each training
+    batch, an action that took more than ``balance_share`` of the batch's decisions at a depth has
+    its bias lowered by ``balance_rate``; an action at or below that share has it raised back
+    towards 0 at a tenth of that rate. Agents that prefer an overloaded block the least move first, so agents that would
+    all sit on one block split over at least ``ceil(1 / balance_share)`` blocks, while agents with a
+    clear preference keep it. ``balance_share = 1`` turns it off.
     """
 
     indexes_states = True
@@ -138,15 +147,47 @@ class TabularRouter(Router):
         init: float = 0.0,
         seed: int = 0,
         learner_kwargs: dict | None = None,
+        balance_share: float = 1.0,
+        balance_rate: float = 0.01,
     ) -> None:
         super().__init__(num_actions, learner, exploration, seed, learner_kwargs)
         if num_meta < 1 or depth < 1:
             raise ValueError(f"need num_meta >= 1 and depth >= 1, got {num_meta}, {depth}")
+        if not 0.0 < balance_share <= 1.0:
+            raise ValueError(f"balance_share must be in (0, 1], got {balance_share}")
+        if not balance_rate >= 0.0:
+            raise ValueError(f"balance_rate must be >= 0, got {balance_rate}")
         self.num_meta = num_meta
         self.depth = depth
         if getattr(self.learner, "tabular_init", None) == "uniform":
             init = 1.0 / num_actions  # the table is the policy itself (WPL)
         self.table = nn.Parameter(torch.full((num_meta, depth, num_actions), float(init)))
+        self.balance_share = float(balance_share)
+        self.balance_rate = float(balance_rate)
+        #: selection bias of the capacity balance (see the class docstring); saved with the model when on
+        self.register_buffer("balance_bias", torch.zeros(depth, num_actions), persistent=self.balancing)
+
+    @property
+    def balancing(self) -> bool:
+        return self.balance_share < 1.0 and self.balance_rate > 0.0 and self.num_actions > 1
+
+    def selection_table(self) -> Tensor:
+        """``[num_meta * depth, A]`` the values actions are chosen by: the table plus the balance bias."""
+        flat = self.table.view(-1, self.num_actions)
+        if not self.balancing:
+            return flat
+        return (self.table.detach() + self.balance_bias.unsqueeze(0)).view(-1, self.num_actions)
+
+    @torch.no_grad()
+    def update_balance(self, actions: Tensor) -> None:
+        """Move the selection bias after a training batch's decisions ``actions [B, depth]`` (-1: none)."""
+        valid = actions >= 0
+        counts = torch.zeros(self.depth, self.num_actions + 1, device=actions.device)
+        counts.scatter_add_(1, actions.masked_fill(~valid, self.num_actions).T.long(), valid.T.float())
+        share = counts[:, : self.num_actions] / valid.sum(0).clamp_min(1).unsqueeze(1)
+        over = share > self.balance_share
+        step = torch.where(over, -self.balance_rate, 0.1 * self.balance_rate)
+        self.balance_bias.add_(step).clamp_(max=0.0)
 
 
     def values(self, state: Tensor, meta: Tensor, depth: int) -> tuple[Tensor, Tensor]:
@@ -180,10 +221,14 @@ class TabularRouter(Router):
         rows = state_index.flatten()
         flat = self.table.view(-1, self.num_actions)
         values = flat.index_select(0, rows)
+        select = self.selection_table() if self.balancing else flat
         if self.learner.select_rows is not None:
-            actions, explored, extra = self.learner.select_rows(flat, rows, self.epsilon, self.generator)
+            actions, explored, extra = self.learner.select_rows(select, rows, self.epsilon, self.generator)
         else:
-            actions, explored, extra = self.learner.select(values, self.epsilon, self.generator)
+            chosen = values if select is flat else select.index_select(0, rows)
+            actions, explored, extra = self.learner.select(chosen, self.epsilon, self.generator)
+        if self.balancing and self.training:
+            self.update_balance(actions.view(b, depth))
         return Decision(
             actions=actions.view(b, depth),
             explored=explored.view(b, depth),
@@ -193,8 +238,8 @@ class TabularRouter(Router):
         )
 
     def greedy_policy(self) -> Tensor:
-        """``[num_meta, depth]`` greedy action of every agent at every depth."""
-        return self.table.detach().argmax(-1)
+        """``[num_meta, depth]`` greedy action of every agent at every depth (with the balance bias)."""
+        return self.selection_table().detach().view(self.num_meta, self.depth, -1).argmax(-1)
 
 
 def _check_same_width(routers: Sequence[nn.Module], what: str) -> int:

@@ -98,6 +98,11 @@ class TransformerNLIConfig(RoutedTransformerConfig):
     dropout: float = field(default=0.1, metadata={"help": "dropout on the pooled pair encoding"})
     reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
     rho: float = field(default=0.0, metadata={"help": "collaboration reward weight in [-1, 1]"})
+    router_balance_share: float = field(
+        default=0.5,
+        metadata={"help": "capacity balance of the tabular routers (1: off); the routed Transformers' default 0.5 keeps "
+                          "the meta classes from all staying on one block (BENCHMARKS.md, issue 29)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
