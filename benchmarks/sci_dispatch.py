@@ -65,28 +65,43 @@ ROWS = [
     ("WP RBAE-attn", "wp-rbae-attn"),
     ("WP RBAE-onehot", "wp-rbae-onehot"),
     ("WP RBAE-seq", "wp-rbae-seq"),
+    ("WP signature, tables at 0, no balance", "wp-signature/init0"),
+    ("WP+D, best-agent target", "wp-signature+D/best-agent"),
+    ("WP basic, MI 1", "wp-basic/mi"),
+    ("WP RBAE-CBOW, MI 1", "wp-rbae-cbow/mi"),
+    ("WP basic, MI 1, agent Adam", "wp-basic/mi-adam"),
+    ("WP RBAE-CBOW, MI 1, agent Adam", "wp-rbae-cbow/mi-adam"),
+    ("WP RBAE-onehot, MI 1, agent Adam", "wp-rbae-onehot/mi-adam"),
 ]
 COLUMNS = ["joint", "disjoint", "mismatch", "nested"]
 #: rows that are a method with model overrides: "<method>/<variant>" -> (method, overrides).
 #: thesis-q: the Q-learning of the thesis' era in this library (greedy ties at random, every visited
 #: entry moved by its own batch mean), under which signature agents keep distinct paths
 VARIANTS = {
-    "wp-signature/thesis-q": ("wp-signature", {"learner_args": "ties=random,batch_mean=state-action", "router_init": -1.0}),
+    "wp-signature/thesis-q": ("wp-signature", {"learner_args": "ties=random,batch_mean=state-action", "router_init": -1.0,
+                                               "router_balance_share": 1.0}),
     # the defaults before router_init 0 (issue 15): tables start at the worst reward and routers collapse
-    "wp-signature/init-1": ("wp-signature", {"router_init": -1.0}),
-    "classifier-signature/init-1": ("classifier-signature", {"router_init": -1.0}),
+    "wp-signature/init-1": ("wp-signature", {"router_init": -1.0, "router_balance_share": 1.0}),
+    "classifier-signature/init-1": ("classifier-signature", {"router_init": -1.0, "router_balance_share": 1.0}),
     # issue 29: the defaults before the capacity balance (tables at 0, no balance)
     "wp-signature/init0": ("wp-signature", {"router_init": 0.0, "router_balance_share": 1.0}),
 }
-#: issue 29: dispatcher settings per method alias (DispatchArgs fields); the base method comes from VARIANTS
-#: or is the alias before the "/"
+#: issue 29: dispatcher settings per method alias (DispatchArgs fields); the method is the alias before the "/"
 DISPATCH_VARIANTS = {
     "wp-signature+D/best-agent": {"dispatch_target": "best-agent"},
     "wp-basic/mi": {"dispatch_balance": 1.0},
     "wp-rbae-cbow/mi": {"dispatch_balance": 1.0},
+    "wp-basic/mi-adam": {"dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
+    "wp-rbae-cbow/mi-adam": {"dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
+    "wp-rbae-onehot/mi-adam": {"dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
 }
-for _alias in DISPATCH_VARIANTS:
-    VARIANTS.setdefault(_alias, (_alias.split("/")[0], {}))
+
+
+def method_of(name: str) -> tuple[str, dict]:
+    """``(method, model overrides)`` of a row name (a method, a VARIANTS or a DISPATCH_VARIANTS alias)."""
+    if name in DISPATCH_VARIANTS:
+        return name.split("/")[0], {}
+    return VARIANTS.get(name, (name, {}))
 
 
 def dispatch_nmi(dispatch: dict | None) -> float | None:
@@ -305,7 +320,7 @@ def main() -> None:
         return
     for method in args.methods:  # a wrong name fails now, in one line, not after hours of runs
         try:
-            resolve_method(VARIANTS.get(method, (method, {}))[0])
+            resolve_method(method_of(method)[0])
         except ValueError as err:
             raise SystemExit(f"--methods {method}: {err}") from None
     logging.basicConfig(level=logging.WARNING)
@@ -332,7 +347,7 @@ def main() -> None:
                     continue
                 cfg = TrainConfig(epochs=args.epochs, seed=seed, cpu=True, progress=False, select_best=True,
                                   **RECIPE_TRAIN_DEFAULTS)
-                base, overrides = VARIANTS.get(method, (method, {}))
+                base, overrides = method_of(method)
                 res = run_method(base, prepared, replace(NLIModelConfig(), **overrides), cfg, dispatch_args=DispatchArgs(
                     stage2_epochs=args.stage2_epochs, **DISPATCH_VARIANTS.get(method, {})),
                     finetune=nested if want_nested else None,

@@ -198,6 +198,8 @@ def minilm_run(route: str, args: argparse.Namespace, seed: int, work_dir: Path) 
         "best_epoch": summary["best_epoch"],
         "train_seconds": summary["train_seconds"],
         "routing_entropy": summary.get("routing_entropy"),
+        "routing_layers": summary.get("routing_layers"),
+        "collapse_warnings": summary.get("collapse_warnings"),
         "validation_history": [h["validation"]["accuracy"] for h in run["history"]],
         "parameters": summary["parameters"],
         "recipe_argv": argv,

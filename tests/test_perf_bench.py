@@ -43,7 +43,8 @@ def test_operators_per_routed_step_stay_within_their_budget():
     perf = load_bench("perf")
     # (model, kind): (measured at the commit that added the budget, budget)
     budgets = {("mlp", "routing"): (1945, 2000), ("mlp", "shared-bottom"): (701, 725),
-               ("cbow", "wp"): (1012, 1045), ("cbow", "projection"): (580, 597)}
+               # issue 29: the NLI models' capacity balance (the selection bias and its update) adds 95 (1012 -> 1107)
+               ("cbow", "wp"): (1107, 1140), ("cbow", "projection"): (580, 597)}
     counts = {}
     for (model, kind), (_, budget) in budgets.items():
         if model == "mlp":

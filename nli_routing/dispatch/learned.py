@@ -48,6 +48,7 @@ from ..routing import ApproxRouter, Trajectory, assign_rewards
 from ..routing.execution import grouped_apply
 
 __all__ = [
+    "AGENT_OPTIMIZERS",
     "DISPATCH_TARGETS",
     "ONLINE_DISPATCHERS",
     "ENCODERS",
@@ -60,6 +61,8 @@ __all__ = [
 ONLINE_DISPATCHERS = ("basic", "rbae-cbow", "rbae-attn", "rbae-onehot", "rbae-seq")
 #: what a dispatcher learns from: the RL reward (the thesis) or the best agent's index (see the module docstring)
 DISPATCH_TARGETS = ("reward", "best-agent")
+#: which optimizer trains the dispatcher's agent: the routers' (SGD at the router rate) or the blocks'
+AGENT_OPTIMIZERS = ("routers", "blocks")
 #: sample encoders a dispatcher can read
 ENCODERS = ("cbow", "attn", "onehot", "lstm")
 #: the encoder of each online kind
@@ -236,8 +239,12 @@ class LearnedDispatcher(nn.Module):
         seed: int = 0,
         balance: float = 0.0,
         target: str = "reward",
+        agent_optimizer: str = "routers",
     ) -> None:
         super().__init__()
+        if agent_optimizer not in AGENT_OPTIMIZERS:
+            raise ValueError(f"agent_optimizer must be one of {AGENT_OPTIMIZERS}, got {agent_optimizer!r}")
+        self.agent_optimizer = agent_optimizer
         if not balance >= 0.0:
             raise ValueError(f"balance (the mutual-information weight) must be >= 0, got {balance}")
         if target not in DISPATCH_TARGETS:
@@ -297,7 +304,7 @@ class LearnedDispatcher(nn.Module):
             "projection": projection, "bottleneck": bottleneck, "alpha": self.alpha, "pair": bool(pair),
             "learner": learner if isinstance(learner, str) else None, "learner_kwargs": dict(learner_kwargs or {}),
             "exploration": exploration, "detach_state": detach_state, "seed": seed,
-            "balance": self.balance, "target": target,
+            "balance": self.balance, "target": target, "agent_optimizer": agent_optimizer,
             "vocab_map_size": None if vocab_map is None else int(vocab_map.numel()),
             "compact_vocab_size": None if vocab_map is None else int(vocab_map.max()) + 1,
         }
@@ -330,8 +337,9 @@ class LearnedDispatcher(nn.Module):
         return torch.softmax(values.float(), -1).gather(1, out.meta.unsqueeze(1)).squeeze(1)
 
     def router_parameters(self) -> list[nn.Parameter]:
-        """The agent's parameters (trained by the router optimizer); the rest train with the blocks."""
-        return list(self.policy.parameters())
+        """The agent's parameters when the router optimizer trains them (``agent_optimizer="routers"``,
+        the default); else none, and the blocks' optimizer trains the whole dispatcher."""
+        return list(self.policy.parameters()) if self.agent_optimizer == "routers" else []
 
     def encode(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self.encoder(ids, mask)

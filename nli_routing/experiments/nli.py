@@ -19,7 +19,7 @@ from ..analysis.plots import plot_dispatch_distribution
 from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
-from ..dispatch.learned import DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
+from ..dispatch.learned import AGENT_OPTIMIZERS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..routing import parse_learner_args
 from ..routing.config import check_at_least
@@ -142,6 +142,11 @@ class DispatchArgs:
         metadata={"help": "weight of the mutual information H(mean pi) - mean H(pi) between samples and dispatch "
                           "classes, maximised beside the dispatcher's loss (0: off, the thesis)"},
     )
+    dispatch_agent_optimizer: str = field(
+        default="routers",
+        metadata={"help": f"optimizer of the dispatcher's agent: one of {AGENT_OPTIMIZERS} (routers: SGD at the router "
+                          "rate, like the routers' tables; blocks: the blocks' optimizer, e.g. Adam in the recipes)"},
+    )
     dispatch_target: str = field(
         default="reward",
         metadata={"help": f"what the dispatcher learns from: one of {DISPATCH_TARGETS} (reward: the thesis' RL; "
@@ -158,6 +163,9 @@ class DispatchArgs:
             raise ValueError(f"dispatch_alpha must be in [0, 1], got {self.dispatch_alpha}")
         if not self.dispatch_balance >= 0.0:
             raise ValueError(f"dispatch_balance must be >= 0, got {self.dispatch_balance}")
+        if self.dispatch_agent_optimizer not in AGENT_OPTIMIZERS:
+            raise ValueError(f"dispatch_agent_optimizer must be one of {AGENT_OPTIMIZERS}, "
+                             f"got {self.dispatch_agent_optimizer!r}")
         if self.dispatch_target not in DISPATCH_TARGETS:
             raise ValueError(f"dispatch_target must be one of {DISPATCH_TARGETS}, got {self.dispatch_target!r}")
         parse_learner_args(self.dispatch_learner_args)
@@ -180,6 +188,7 @@ class DispatchArgs:
             seed=seed + 7,
             balance=self.dispatch_balance,
             target=self.dispatch_target,
+            agent_optimizer=self.dispatch_agent_optimizer,
         )
 
 

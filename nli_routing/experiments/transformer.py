@@ -115,12 +115,21 @@ def train_transformer(
                    data_meta_column=meta_column, input_max_length=max_length)
     result = train(model, train_loader, eval_loaders, train_cfg, output_dir, meta_names, accelerator, tokenizer=tokenizer)
     final = result["final"]
-    entropy = final.get("test", final.get("validation", {})).get("routing_entropy_0", {})
+    split = final.get("test", final.get("validation", {}))
+    entropy = split.get("routing_entropy_0", {})
     summary = {
         "method": f"transformer-{cfg.route}",
         "validation_accuracy": final.get("validation", {}).get("accuracy"),
         "test_accuracy": final.get("test", {}).get("accuracy"),
         "routing_entropy": entropy.get("overall"),
+        # every routed layer, not only the first (issue 29): selection entropy, distinct paths, top path share
+        "routing_layers": [
+            {"layer": name, "entropy": split.get(f"routing_entropy_{i}", {}).get("overall"),
+             "distinct_paths": split.get(f"collapse_{i}", {}).get("distinct_paths"),
+             "top_path_share": split.get(f"collapse_{i}", {}).get("top_path_share")}
+            for i, name in enumerate(model.routed_layer_names)
+        ],
+        "collapse_warnings": [w for h in result["history"] for w in (h.get("collapse_warnings") or [])],
         "best_epoch": result["best_epoch"],
         "train_seconds": result["train_seconds"],
         "parameters": counts,

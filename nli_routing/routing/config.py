@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from .exploration import EXPLORATION_PRESETS
 from .registry import ROUTER_TYPES, check_router_learner
 
-__all__ = ["RouterConfig", "parse_learner_args"]
+__all__ = ["RouterConfig", "RoutingCollapseWarning", "parse_learner_args"]
+
+
+class RoutingCollapseWarning(UserWarning):
+    """Router settings known to send (nearly) every sample down one path (BENCHMARKS.md, issue 29)."""
 
 
 def parse_learner_args(spec: str) -> dict:
@@ -81,6 +86,15 @@ class RouterConfig:
             raise ValueError(f"router_balance_rate must be a number >= 0, got {self.router_balance_rate!r}")
         # fail early, when the flags are parsed: a malformed spec, an unknown option or value, a pair that cannot train
         check_router_learner(self.router, self.learner, parse_learner_args(self.learner_args))
+        if self.router in ("tabular", "dispatched") and self.num_meta > 1 and self.router_balance_share >= 1.0:
+            warnings.warn(
+                f"{type(self).__name__}: tabular agents for {self.num_meta} meta classes without the capacity balance "
+                "(router_balance_share=1) are known to keep every class on one block when the classes conflict "
+                "(the routing-helps toy and SCI, BENCHMARKS.md issue 29); set router_balance_share=0.5 unless "
+                "routing is irrelevant to the task",
+                RoutingCollapseWarning,
+                stacklevel=3,
+            )
 
     def router_kwargs(self, seed_offset: int = 0) -> dict[str, Any]:
         """Arguments of :func:`build_router` from this config."""

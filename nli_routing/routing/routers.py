@@ -176,16 +176,24 @@ class TabularRouter(Router):
         flat = self.table.view(-1, self.num_actions)
         if not self.balancing:
             return flat
-        return (self.table.detach() + self.balance_bias.unsqueeze(0)).view(-1, self.num_actions)
+        table = self.table if self.relaxed else self.table.detach()  # relaxed learners' weights need the graph
+        return (table + self.balance_bias.unsqueeze(0)).view(-1, self.num_actions)
 
     @torch.no_grad()
-    def update_balance(self, actions: Tensor) -> None:
-        """Move the selection bias after a training batch's decisions ``actions [B, depth]`` (-1: none)."""
+    def update_balance(self, actions: Tensor, meta: Tensor) -> None:
+        """Move the selection bias after a training batch's decisions ``actions [B, depth]`` (-1: none)
+        of the agents ``meta [B]``. A block counts as overloaded only while at least two agents share
+        it: one agent's samples cannot be split, and pushing it on would only send it round the blocks."""
         valid = actions >= 0
-        counts = torch.zeros(self.depth, self.num_actions + 1, device=actions.device)
-        counts.scatter_add_(1, actions.masked_fill(~valid, self.num_actions).T.long(), valid.T.float())
-        share = counts[:, : self.num_actions] / valid.sum(0).clamp_min(1).unsqueeze(1)
-        over = share > self.balance_share
+        width = self.num_actions + 1  # one spare column for the decisions not taken
+        a = actions.masked_fill(~valid, self.num_actions).long()
+        cell = torch.arange(self.depth, device=a.device) * width + a  # [B, depth] (depth, action) cells
+        counts = torch.bincount(cell.flatten(), minlength=self.depth * width).view(self.depth, width)[:, :-1]
+        share = counts / valid.sum(0, keepdim=True).T.clamp_min(1)
+        used = torch.zeros(self.num_meta * self.depth * width, device=a.device)
+        used.index_fill_(0, (meta.unsqueeze(1) * (self.depth * width) + cell).flatten(), 1.0)
+        agents = used.view(self.num_meta, self.depth, width).sum(0)[:, :-1]
+        over = (share > self.balance_share) & (agents >= 2)
         step = torch.where(over, -self.balance_rate, 0.1 * self.balance_rate)
         self.balance_bias.add_(step).clamp_(max=0.0)
 
@@ -228,7 +236,7 @@ class TabularRouter(Router):
             chosen = values if select is flat else select.index_select(0, rows)
             actions, explored, extra = self.learner.select(chosen, self.epsilon, self.generator)
         if self.balancing and self.training:
-            self.update_balance(actions.view(b, depth))
+            self.update_balance(actions.view(b, depth), meta)
         return Decision(
             actions=actions.view(b, depth),
             explored=explored.view(b, depth),

@@ -11,6 +11,8 @@ Models (all :class:`~nli_routing.models.nli.NLIRoutingModel`, CBOW over frozen r
 
 * ``"oracle"``: the word projection routed on the hidden group (meta given);
 * ``"unrouted"``: the same projection unrouted (one shared block, ``route="projection"``);
+* ``"keyword"``: the unrouted model that sees the group as an input (a learned keyword vector added
+  to the premise encoding, ``meta_keyword=True``: the keyword baseline);
 * a dispatcher kind (``"basic"``, ``"rbae-*"``): the projection routed on a learned dispatcher's
   classes, trained online with the model;
 * ``"two-stage"``: the oracle model trained, then frozen, then a two-stage dispatcher trained on it.
@@ -62,11 +64,11 @@ def build(kind: str, seed: int = 0, router: dict | None = None, **dispatch_kwarg
     """A toy model of ``kind`` (see the module docstring); ``router``: router settings of the model
     config (default: the NLI models' defaults); ``dispatch_kwargs`` go to the dispatcher."""
     torch.manual_seed(seed)
-    route = "projection" if kind == "unrouted" else "wp"
+    route = "projection" if kind in ("unrouted", "keyword") else "wp"
     cfg = NLIModelConfig(route=route, num_meta=GROUPS, wp_width=GROUPS, classifier_layers=0, pair_features="concat",
-                         router_seed=seed, **(router or {}))
+                         meta_keyword=kind == "keyword", router_seed=seed, **(router or {}))
     model = NLIRoutingModel(cfg, word_vectors(seed), pad_id=0)
-    if kind not in ("oracle", "unrouted", "two-stage"):
+    if kind not in ("oracle", "unrouted", "keyword", "two-stage"):
         model.attach_dispatcher(make_dispatcher(model, kind, seed, **dispatch_kwargs))
     return model
 
@@ -123,6 +125,16 @@ def evaluate(model: NLIRoutingModel, n: int = 2000) -> dict[str, float]:
     return res
 
 
+@torch.no_grad()
+def greedy_paths(model: NLIRoutingModel) -> list[tuple[int, ...]]:
+    """Each group's greedy word-projection path (the routers in eval mode)."""
+    model.eval()
+    meta = torch.arange(GROUPS)
+    out = model(**{**make_batch(GROUPS, seed=5), "meta": meta})
+    model.train()
+    return [tuple(int(a) for a in row) for row in out.trajectories[0].actions]
+
+
 def run(kind: str, seed: int = 0, steps: int = 600, stage2_steps: int = 300, router: dict | None = None,
         **dispatch_kwargs) -> dict[str, float]:
     """Train a toy model of ``kind`` and evaluate it (two-stage: oracle first, then the dispatcher)."""
@@ -132,4 +144,7 @@ def run(kind: str, seed: int = 0, steps: int = 600, stage2_steps: int = 300, rou
         model.attach_dispatcher(make_dispatcher(model, "two-stage", seed, **dispatch_kwargs))
         model.freeze_routing()
         train(model, stage2_steps, seed + 50)
-    return evaluate(model)
+    res = evaluate(model)
+    if kind == "oracle":
+        res["distinct_paths"] = len(set(greedy_paths(model)))
+    return res
