@@ -123,7 +123,7 @@ def test_best_agent_target_is_the_cross_entropy_to_the_lowest_loss_agent():
 
 
 def test_the_nli_model_fills_every_agents_loss_for_a_best_agent_dispatcher():
-    from .helpers import dispatch_toy as toy
+    from nli_routing.experiments import dispatch_toy as toy
 
     model = toy.build("oracle", 0)
     model.attach_dispatcher(toy.make_dispatcher(model, "two-stage", 0, target="best-agent"))

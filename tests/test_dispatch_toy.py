@@ -1,4 +1,4 @@
-"""Issue 29's dispatch toy (``tests/helpers/dispatch_toy.py``): latent groups with conflicting label
+"""Issue 29's dispatch toy (``nli_routing/experiments/dispatch_toy.py``): latent groups with conflicting label
 rules, readable from the premise's words but never given to a dispatcher.
 
 Measured at the NLI models' defaults (tables at -1, capacity balance 0.5; BENCHMARKS.md, issue 29):
@@ -15,7 +15,7 @@ strict expected failures, so a fix shows up as an unexpected pass.
 import pytest
 import torch
 
-from .helpers import dispatch_toy as toy
+from nli_routing.experiments import dispatch_toy as toy
 
 ORACLE_MIN, UNROUTED_MAX = 0.95, 0.5
 

@@ -54,7 +54,7 @@ def test_the_engine_is_exact_with_one_block():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Issue 29's routing-helps toy: the dispatch toy's groups given as meta (tests/helpers/dispatch_toy.py).
+# Issue 29's routing-helps toy: the dispatch toy's groups given as meta (nli_routing/experiments/dispatch_toy.py).
 # Every group labels every content word differently, so the groups must take different paths.
 # Measured (600 steps, seeds 0-3, BENCHMARKS.md issue 29): at the NLI models' defaults (tables at -1,
 # capacity balance 0.5) accuracy 1.00 / 1.00 / 1.00 / 1.00 with 3 distinct paths; without the balance
@@ -63,7 +63,7 @@ def test_the_engine_is_exact_with_one_block():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_routing_helps_the_nli_defaults_split_conflicting_groups(seed):
-    from .helpers import dispatch_toy as toy
+    from nli_routing.experiments import dispatch_toy as toy
 
     torch.set_num_threads(1)
     routed = toy.run("oracle", seed)
@@ -76,7 +76,7 @@ def test_routing_helps_the_nli_defaults_split_conflicting_groups(seed):
 @pytest.mark.parametrize("router_init", [-1.0, 0.0])
 def test_routing_helps_without_the_balance_every_group_shares_one_path(router_init):
     """The control: the library's tables without the capacity balance (at -1 and at issue 15's 0)."""
-    from .helpers import dispatch_toy as toy
+    from nli_routing.experiments import dispatch_toy as toy
 
     torch.set_num_threads(1)
     res = toy.run("oracle", 0, router={"router_init": router_init, "router_balance_share": 1.0})

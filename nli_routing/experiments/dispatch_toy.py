@@ -1,5 +1,8 @@
 """The dispatch toy of issue 29: latent groups with conflicting label rules, readable from the tokens.
 
+Used by the tests (``tests/test_dispatch_toy.py``, ``tests/test_routing_toy.py``) and by
+``benchmarks/dispatch_toy.py``.
+
 Each sample belongs to one of ``GROUPS`` hidden groups. Its premise holds ``STYLE`` style words of its
 group (each group has its own ``STYLE_VOCAB`` style words) and one content word; the hypothesis holds
 filler words shared by all groups. The label is ``(base[content] + group) % 3``: every group gives
