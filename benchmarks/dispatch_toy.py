@@ -30,6 +30,7 @@ SETTINGS = {
     "mi": {"balance": 1.0},
     "mi-adam": {"balance": 1.0, "agent_optimizer": "blocks"},
     "best-agent": {"target": "best-agent"},
+    "meta": {"target": "meta"},  # two-stage only
 }
 
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
             record(name, "-", seed)
     for kind in args.kinds:
         for setting in args.settings:
+            if setting == "meta" and kind != "two-stage":
+                continue
             for seed in args.seeds:
                 record(kind, setting, seed, **SETTINGS[setting])
     oracle = {r["seed"]: r["accuracy"] for r in runs if r["kind"] == "oracle"}
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     for kind in ("oracle", "unrouted", "keyword", *args.kinds):
         for setting in (["-"] if kind in ("oracle", "unrouted", "keyword") else args.settings):
             rows = [r for r in runs if r["kind"] == kind and r["setting"] == setting]
+            if not rows:
+                continue
             acc = " ".join(f"{r['accuracy']:.2f}" for r in rows)
             nmi = " ".join(f"{r['nmi']:.2f}" for r in rows) if "nmi" in rows[0] else "-"
             ok = "-" if "nmi" not in rows[0] else all(

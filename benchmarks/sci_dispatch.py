@@ -67,6 +67,7 @@ ROWS = [
     ("WP RBAE-seq", "wp-rbae-seq"),
     ("WP signature, tables at 0, no balance", "wp-signature/init0"),
     ("WP+D, best-agent target", "wp-signature+D/best-agent"),
+    ("WP+D, meta target", "wp-signature+D/meta"),
     ("WP basic, MI 1", "wp-basic/mi"),
     ("WP RBAE-CBOW, MI 1", "wp-rbae-cbow/mi"),
     ("WP basic, MI 1, agent Adam", "wp-basic/mi-adam"),
@@ -89,6 +90,7 @@ VARIANTS = {
 #: issue 29: dispatcher settings per method alias (DispatchArgs fields); the method is the alias before the "/"
 DISPATCH_VARIANTS = {
     "wp-signature+D/best-agent": {"dispatch_target": "best-agent"},
+    "wp-signature+D/meta": {"dispatch_target": "meta"},
     "wp-basic/mi": {"dispatch_balance": 1.0},
     "wp-rbae-cbow/mi": {"dispatch_balance": 1.0},
     "wp-basic/mi-adam": {"dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},

@@ -115,11 +115,23 @@ def test_best_agent_target_is_the_cross_entropy_to_the_lowest_loss_agent():
     d = dispatcher(target="best-agent")
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     out = out_with_logits(d, logits)
-    with pytest.raises(ValueError, match="agent_losses"):
+    with pytest.raises(ValueError, match="DispatchOutput.target"):
         d.loss(out, torch.ones(2))
-    out.agent_losses = torch.tensor([[0.3, 0.1], [0.2, 0.9]])  # best agents: 1, 0
+    d.fill_target(out, None, lambda: torch.tensor([[0.3, 0.1], [0.2, 0.9]]))  # best agents: 1, 0
+    assert out.target.tolist() == [1, 0]
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0]))
     torch.testing.assert_close(d.loss(out, torch.ones(2)), expected)
+
+
+def test_meta_target_imitates_the_batch_meta_and_only_for_two_stage():
+    d = dispatcher(target="meta")
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    out = out_with_logits(d, logits)
+    d.fill_target(out, torch.tensor([0, 0]), lambda: pytest.fail("no agent forwards for target='meta'"))
+    torch.testing.assert_close(d.loss(out, torch.ones(2)),
+                               torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0])))
+    with pytest.raises(ValueError, match="two-stage"):
+        LearnedDispatcher("basic", nn.Embedding(10, 4), 2, target="meta")
 
 
 def test_the_nli_model_fills_every_agents_loss_for_a_best_agent_dispatcher():

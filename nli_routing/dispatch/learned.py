@@ -32,6 +32,9 @@ Two additions against collapse (issue 29; both off reproduces the thesis' traini
   paths (K extra forwards without gradients); the agent with the lowest task loss on the gold label
   is the sample's target, and the dispatcher is trained to predict it (cross-entropy on its values)
   instead of from the sampled reward. Meant for the two-stage dispatcher, whose model is fixed.
+* ``target="meta"`` (two-stage only): the dispatcher is trained to predict the meta label the model
+  was trained with in stage 1 (the training data has it; the test data need not), cross-entropy on its
+  values: the frozen model then sees, at test time, the meta class it was trained to expect.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ __all__ = [
 #: --dispatch values trained jointly with the routed model
 ONLINE_DISPATCHERS = ("basic", "rbae-cbow", "rbae-attn", "rbae-onehot", "rbae-seq")
 #: what a dispatcher learns from: the RL reward (the thesis) or the best agent's index (see the module docstring)
-DISPATCH_TARGETS = ("reward", "best-agent")
+DISPATCH_TARGETS = ("reward", "best-agent", "meta")
 #: which optimizer trains the dispatcher's agent: the routers' (SGD at the router rate) or the blocks'
 AGENT_OPTIMIZERS = ("routers", "blocks")
 #: sample encoders a dispatcher can read
@@ -204,6 +207,7 @@ class DispatchOutput:
     trajectory: Trajectory  # one-step trajectory of the dispatch decisions
     recon_loss: Tensor | None = None  # [B] with graph (RBAE), else None
     agent_losses: Tensor | None = None  # [B, K] task loss of every agent's path (target="best-agent"), else None
+    target: Tensor | None = None  # [B] the class to predict (target "best-agent" or "meta"), filled by the model
 
     @property
     def actions(self) -> Tensor:
@@ -249,8 +253,10 @@ class LearnedDispatcher(nn.Module):
             raise ValueError(f"balance (the mutual-information weight) must be >= 0, got {balance}")
         if target not in DISPATCH_TARGETS:
             raise ValueError(f"target must be one of {DISPATCH_TARGETS}, got {target!r}")
+        if target == "meta" and kind != "two-stage":
+            raise ValueError(f"target 'meta' imitates stage 1's meta labels and needs the two-stage dispatcher, not {kind!r}")
         self.balance = float(balance)
-        self.target = target
+        self.dispatch_target = target
         if kind not in (*ONLINE_DISPATCHERS, "two-stage"):
             raise ValueError(f"unknown dispatcher kind {kind!r}; choose one of {(*ONLINE_DISPATCHERS, 'two-stage')}")
         if num_dispatch < 1:
@@ -385,11 +391,16 @@ class LearnedDispatcher(nn.Module):
             return task_reward
         return self.alpha * task_reward + (1.0 - self.alpha) * (-out.recon_loss.detach())
 
-    @property
-    def needs_agent_losses(self) -> bool:
-        """The routed model must fill :attr:`DispatchOutput.agent_losses` (``target="best-agent"``)."""
-        return self.target == "best-agent"
-
+    def fill_target(self, out: DispatchOutput, meta: Tensor | None, agent_losses) -> None:
+        """Give a training batch's dispatch its target: the lowest-loss agent (``agent_losses()``, called
+        only for ``target="best-agent"``: K forwards) or the batch's ``meta`` labels (``"meta"``)."""
+        if self.dispatch_target == "best-agent":
+            out.agent_losses = agent_losses()
+            out.target = out.agent_losses.argmin(1)
+        elif self.dispatch_target == "meta":
+            if meta is None:
+                raise ValueError("target='meta' trains the dispatcher on the batch's meta labels: the batch has none")
+            out.target = meta
     def mutual_information(self, out: DispatchOutput) -> Tensor:
         """``H(mean pi) - mean H(pi)`` (nats) of the batch's dispatch distributions ``pi = softmax(values)``."""
         logp = F.log_softmax(out.trajectory.values[:, 0].float(), -1)
@@ -402,12 +413,11 @@ class LearnedDispatcher(nn.Module):
     def loss(self, out: DispatchOutput, task_reward: Tensor) -> Tensor:
         """The agent's loss (the learner's on its rewarded decisions, or the cross-entropy to the best
         agent), minus ``balance`` times the mutual information, plus the reconstruction loss (RBAE)."""
-        if self.target == "best-agent":
-            if out.agent_losses is None:
-                raise ValueError("target='best-agent' needs every agent's task loss: the routed model fills "
-                                 "DispatchOutput.agent_losses when it is given labels in training")
-            best = out.agent_losses.argmin(1)
-            total = F.cross_entropy(out.trajectory.values[:, 0].float(), best)
+        if self.dispatch_target != "reward":
+            if out.target is None:
+                raise ValueError(f"target={self.dispatch_target!r} needs DispatchOutput.target: the routed model fills it "
+                                 "in training (every agent's loss for 'best-agent', the batch's meta for 'meta')")
+            total = F.cross_entropy(out.trajectory.values[:, 0].float(), out.target)
         else:
             assign_rewards(out.trajectory, self.dispatch_reward(out, task_reward.detach()))
             total = self.policy.loss(out.trajectory)

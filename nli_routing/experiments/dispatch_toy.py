@@ -94,8 +94,8 @@ def train(model: NLIRoutingModel, steps: int, seed: int = 0, lr: float = 2e-3, r
     for step in range(steps):
         batch = make_batch(BATCH, seed=10_000 * (seed + 1) + step)
         feed = dict(batch)
-        if model.dispatcher is not None:
-            feed.pop("meta")  # a dispatcher never sees the group
+        if model.dispatcher is not None and not model.routing_frozen:
+            feed.pop("meta")  # an online dispatcher never sees the group (stage 2 of two-stage trains on it)
         out = model(**feed)
         loss = out.per_sample_loss.mean() if not model.routing_frozen else out.logits.new_zeros(())
         total = loss + model.router_loss(out, batch["labels"])

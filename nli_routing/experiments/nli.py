@@ -150,7 +150,8 @@ class DispatchArgs:
     dispatch_target: str = field(
         default="reward",
         metadata={"help": f"what the dispatcher learns from: one of {DISPATCH_TARGETS} (reward: the thesis' RL; "
-                          "best-agent: predict the agent whose path has the lowest loss, K forwards per batch)"},
+                          "best-agent: predict the agent whose path has the lowest loss, K forwards per batch; meta: "
+                          "two-stage only, predict the meta label stage 1 trained with)"},
     )
 
     def __post_init__(self) -> None:

@@ -225,9 +225,9 @@ class NLIRoutingModel(RoutedModel):
         inputs = (premise_ids, premise_mask, hypothesis_ids, hypothesis_mask)
         if self.dispatcher is not None:  # the dispatcher's class replaces the meta label
             dispatch = self.dispatcher(*inputs)
+            if self.dispatcher.training and labels is not None:
+                self.dispatcher.fill_target(dispatch, meta, lambda: self.agent_losses(inputs, labels))
             meta = dispatch.meta
-            if self.dispatcher.training and self.dispatcher.needs_agent_losses and labels is not None:
-                dispatch.agent_losses = self.agent_losses(inputs, labels)
         logits, trajs = self.logits(inputs, meta)
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
         return NLIOutput(loss=None if loss is None else loss.mean(), logits=logits, per_sample_loss=loss,
