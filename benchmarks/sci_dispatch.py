@@ -88,14 +88,18 @@ VARIANTS = {
     "wp-signature/init0": ("wp-signature", {"router_init": 0.0, "router_balance_share": 1.0}),
 }
 #: issue 29: dispatcher settings per method alias (DispatchArgs fields); the method is the alias before the "/"
+THESIS_DISPATCH = {"dispatch_balance": 0.0, "dispatch_agent_optimizer": "routers", "dispatch_target": "reward"}
 DISPATCH_VARIANTS = {
-    "wp-signature+D/best-agent": {"dispatch_target": "best-agent"},
-    "wp-signature+D/meta": {"dispatch_target": "meta"},
-    "wp-basic/mi": {"dispatch_balance": 1.0},
-    "wp-rbae-cbow/mi": {"dispatch_balance": 1.0},
-    "wp-basic/mi-adam": {"dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
-    "wp-rbae-cbow/mi-adam": {"dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
-    "wp-rbae-onehot/mi-adam": {"dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
+    "wp-signature+D/best-agent": {**THESIS_DISPATCH, "dispatch_target": "best-agent"},
+    "wp-signature+D/meta": {"dispatch_balance": 0.0, "dispatch_agent_optimizer": "blocks", "dispatch_target": "meta"},
+    "wp-basic/mi": {**THESIS_DISPATCH, "dispatch_balance": 1.0},
+    "wp-rbae-cbow/mi": {**THESIS_DISPATCH, "dispatch_balance": 1.0},
+    "wp-basic/mi-adam": {**THESIS_DISPATCH, "dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
+    "wp-rbae-cbow/mi-adam": {**THESIS_DISPATCH, "dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
+    "wp-rbae-onehot/mi-adam": {**THESIS_DISPATCH, "dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
+    # the thesis' dispatcher training, whatever the recipe defaults are
+    **{f"{m}/thesis": dict(THESIS_DISPATCH) for m in ("wp-signature+D", "wp-basic", "wp-rbae-cbow", "wp-rbae-attn",
+                                                      "wp-rbae-onehot", "wp-rbae-seq")},
 }
 
 
