@@ -73,6 +73,9 @@ ROWS = [
     ("WP basic, MI 1, agent Adam", "wp-basic/mi-adam"),
     ("WP RBAE-CBOW, MI 1, agent Adam", "wp-rbae-cbow/mi-adam"),
     ("WP RBAE-onehot, MI 1, agent Adam", "wp-rbae-onehot/mi-adam"),
+    ("WP+D, thesis dispatcher training", "wp-signature+D/thesis"),
+    ("WP basic, thesis dispatcher training", "wp-basic/thesis"),
+    ("WP RBAE-CBOW, thesis dispatcher training", "wp-rbae-cbow/thesis"),
 ]
 COLUMNS = ["joint", "disjoint", "mismatch", "nested"]
 #: rows that are a method with model overrides: "<method>/<variant>" -> (method, overrides).
@@ -283,6 +286,23 @@ def plot_histories(runs: list[dict], path: Path, column: str = "joint") -> None:
     plt.close(fig)
 
 
+def dispatch_table(runs: list[dict]) -> list[str]:
+    """Issue 29: per dispatcher row and column, the test dispatch entropy (bits), the NMI between dispatch
+    and signature, and the runs whose last epoch had a collapse warning."""
+    lines = ["dispatch (test): entropy bits min-max, NMI with the signature mean (min-max), collapse warning "
+             "in the last epoch"]
+    keys = sorted({(r["method"], r["column"]) for r in runs if r.get("dispatch_entropy") is not None})
+    for method, column in keys:
+        sel = [r for r in runs if r["method"] == method and r["column"] == column]
+        h = [r["dispatch_entropy"] for r in sel]
+        nmi = [r["dispatch_nmi"] for r in sel if r.get("dispatch_nmi") is not None]
+        warned = sum(1 for r in sel if (r.get("collapse_warnings") or [None])[-1])
+        nmi_text = f"{statistics.mean(nmi):.3f} ({min(nmi):.3f}-{max(nmi):.3f})" if nmi else "-"
+        lines.append(f"  {method:<28} {column:<9} n={len(sel)}  H {min(h):.2f}-{max(h):.2f}  NMI {nmi_text}  "
+                     f"collapse {warned}/{len(sel)}")
+    return lines
+
+
 def report(runs: list[dict], out: Path, meta: dict) -> None:
     summary = summarize(runs)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +315,7 @@ def report(runs: list[dict], out: Path, meta: dict) -> None:
         if sel:
             plot_dispatch_distribution(sel[0]["dispatch"], figdir / f"{method}_joint_seed{sel[0]['seed']}.png",
                                        title=f"{method}: dispatch per signature (joint test, seed {sel[0]['seed']})")
-    checked = claims(summary, runs) + escape_table(runs)
+    checked = claims(summary, runs) + escape_table(runs) + dispatch_table(runs)
     out.write_text(json.dumps({**meta, "runs": runs, "summary": summary, "claims": checked}, indent=1))
     print(f"\n{table(summary)}\n")
     print("\n".join(checked))

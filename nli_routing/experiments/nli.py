@@ -138,12 +138,12 @@ class DispatchArgs:
     )
     stage2_epochs: int = field(default=3, metadata={"help": "epochs of the two-stage dispatcher (model fixed)"})
     dispatch_balance: float = field(
-        default=0.0,
+        default=1.0,
         metadata={"help": "weight of the mutual information H(mean pi) - mean H(pi) between samples and dispatch "
-                          "classes, maximised beside the dispatcher's loss (0: off, the thesis)"},
+                          "classes, maximised beside the dispatcher's loss (0: off, the thesis; BENCHMARKS.md issue 29)"},
     )
     dispatch_agent_optimizer: str = field(
-        default="routers",
+        default="blocks",
         metadata={"help": f"optimizer of the dispatcher's agent: one of {AGENT_OPTIMIZERS} (routers: SGD at the router "
                           "rate, like the routers' tables; blocks: the blocks' optimizer, e.g. Adam in the recipes)"},
     )
