@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.steps < 1:
         ap.error(f"--steps must be >= 1, got {args.steps}")
     torch.set_num_threads(1)
+    meta = {"machine": machine(), "commit": commit(), "args": vars(args)}  # the code that runs is the code at start
     runs = []
 
     def record(name: str, setting: str, seed: int, **kw) -> None:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(lines))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), "commit": commit(), "args": vars(args), "runs": runs, "table": lines}
+    payload = {**meta, "runs": runs, "table": lines}
     out.write_text(json.dumps(payload, indent=1))
     return payload
 
