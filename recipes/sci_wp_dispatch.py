@@ -90,6 +90,7 @@ def main() -> None:
     for method in recipe.methods:
         try:  # the method's name, and its overrides with the model flags
             method_config(model_cfg, resolve_method(method)[0])
+            dispatch_args.check_method(method)
         except ValueError as err:
             parser.error(f"{method}: {err}")
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))

@@ -171,6 +171,14 @@ class DispatchArgs:
             raise ValueError(f"dispatch_target must be one of {DISPATCH_TARGETS}, got {self.dispatch_target!r}")
         parse_learner_args(self.dispatch_learner_args)
 
+    def check_method(self, method: str) -> None:
+        """Raise ``ValueError`` when these settings cannot train ``method``'s dispatcher (before any data loads)."""
+        overrides, _ = resolve_method(method)
+        online = "dispatch" in overrides
+        if self.dispatch_target == "meta" and online:
+            raise ValueError("--dispatch_target meta imitates stage 1's meta labels: it needs a two-stage method "
+                             f"(--two_stage or a '+D' name), not the online dispatcher {overrides['dispatch']!r}")
+
     def build(self, kind: str, model: NLIRoutingModel, num_dispatch: int, vocab_map, seed: int) -> LearnedDispatcher:
         """The dispatcher of ``kind`` for ``model`` (sharing its frozen word vectors)."""
         return LearnedDispatcher(
