@@ -150,3 +150,29 @@ def test_the_nli_model_fills_every_agents_loss_for_a_best_agent_dispatcher():
         expected = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
         torch.testing.assert_close(out.dispatch.agent_losses[:, k], expected)
     assert model.training and model.encoder.training  # the modes are restored
+
+
+def test_a_folder_saved_before_the_balance_loads_without_it_and_predicts_the_same(tmp_path):
+    """config.json files written before issue 29 have no router_balance_share: they were trained without
+    the balance, so they load without it (no balance_bias in their weights) and give the same logits."""
+    import json
+
+    from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
+
+    torch.manual_seed(0)
+    old = NLIRoutingModel(NLIModelConfig(num_meta=3, router_balance_share=1.0, router_init=0.0), torch.randn(20, 8),
+                          pad_id=0)
+    old.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("router_balance_share", "router_balance_rate"):
+        config.pop(key, None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = NLIRoutingModel.from_pretrained(tmp_path)
+    assert loaded.config.router_balance_share == 1.0 and not loaded.encoder.projection.router.balancing
+    ids = torch.randint(1, 20, (4, 5))
+    batch = dict(premise_ids=ids, premise_mask=ids > 0, hypothesis_ids=ids.flip(1), hypothesis_mask=ids > 0,
+                 meta=torch.tensor([0, 1, 2, 0]))
+    old.eval()
+    loaded.eval()
+    assert torch.equal(old(**batch).logits, loaded(**batch).logits)
+    assert NLIModelConfig().router_balance_share == 0.5  # a new model gets the balance

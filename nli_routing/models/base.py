@@ -85,6 +85,9 @@ class RoutedModelConfig(PretrainedConfig):
     keys_to_ignore_at_inference = ["per_sample_loss", "trajectories", "dispatch"]
     settings_class: ClassVar[type] = None  # type: ignore[assignment]
     extra_fields: ClassVar[dict[str, Any]] = {}
+    #: what a config.json without the field means: folders saved before the field existed were trained
+    #: without it (issue 29's capacity balance), so they load and predict as they were saved
+    absent_means: ClassVar[dict[str, Any]] = {"router_balance_share": 1.0}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # transformers 5 turns config subclasses into dataclasses whose generated __init__ would replace
@@ -96,6 +99,7 @@ class RoutedModelConfig(PretrainedConfig):
     def __init__(self, **kwargs: Any) -> None:
         names = [f.name for f in dataclasses.fields(self.settings_class)]
         values = {k: kwargs.pop(k) for k in names if k in kwargs}
+        values.update({k: v for k, v in self.absent_means.items() if k in names and k not in values})
         settings = self.settings_class(**values)  # validates; fills the defaults
         extra = {name: kwargs.pop(name, default) for name, default in {**INFERENCE_FIELDS, **self.extra_fields}.items()}
         super().__init__(**kwargs)  # (transformers' config resets what is set before it)
