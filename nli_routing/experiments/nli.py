@@ -384,6 +384,12 @@ def summarize(method: str, result: dict[str, Any]) -> dict[str, Any]:
         "validation_accuracy": final.get("validation", {}).get("accuracy"),
         "test_accuracy": final.get("test", {}).get("accuracy"),
         "routing_entropy": shown.get("routing_entropy_0", {}).get("overall"),
+        # every routed layer (issue 29): selection entropy, distinct paths, share of the top path
+        "routing_layers": [
+            {"entropy": shown[k].get("overall"), "distinct_paths": shown.get(f"collapse_{k[16:]}", {}).get("distinct_paths"),
+             "top_path_share": shown.get(f"collapse_{k[16:]}", {}).get("top_path_share")}
+            for k in sorted((k for k in shown if k.startswith("routing_entropy_")), key=lambda k: int(k[16:]))
+        ],
         "dispatch_entropy": shown.get("dispatch", {}).get("entropy"),
         "best_epoch": result["best_epoch"],
         "train_seconds": result["train_seconds"],
