@@ -83,8 +83,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: options whose values may start with "-" (signatures such as "-|+", "-|.7"; text starting with a dash)
+DASH_VALUE_OPTIONS = ("--meta", "--meta_fallback", "--premise", "--hypothesis")
+
+
+def attach_dash_values(argv: list[str]) -> list[str]:
+    """``["--meta", "-|+"]`` -> ``["--meta=-|+"]``: argparse reads a value starting with "-" as an option,
+    so ``--meta "-|+"`` would fail with "expected one argument". A following token is joined when it
+    starts with a single dash and no letter (not an option such as ``-h`` or ``--input``)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if (token in DASH_VALUE_OPTIONS and nxt is not None and nxt.startswith("-") and not nxt.startswith("--")
+                and not nxt[1:2].isalpha()):
+            out.append(f"{token}={nxt}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = attach_dash_values(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="nli-routing", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

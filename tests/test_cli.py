@@ -15,3 +15,13 @@ def test_generate_sci_writes_loadable_data(tmp_path):
           "--n_test", "10", "--variants", "joint"])
     dsd = load_sci(tmp_path / "joint")
     assert [len(dsd[s]) for s in ("train", "validation", "test")] == [40, 10, 10]
+
+
+def test_meta_values_starting_with_a_dash_are_taken_as_values():
+    """Issue 31: the README's `--meta "-|+"` (argparse reads "-|+" as an option otherwise)."""
+    from nli_routing.cli import attach_dash_values
+
+    assert attach_dash_values(["predict", "m", "--meta", "-|+"]) == ["predict", "m", "--meta=-|+"]
+    assert attach_dash_values(["--meta_fallback", "-|.7", "--premise", "-x"]) == ["--meta_fallback=-|.7", "--premise", "-x"]
+    assert attach_dash_values(["--meta", "--input", "f"]) == ["--meta", "--input", "f"]  # a missing value stays an error
+    assert attach_dash_values(["--meta", "+|-"]) == ["--meta", "+|-"]
