@@ -158,11 +158,28 @@ def every_route(tmp_path_factory):
     tok.save_pretrained(root / "tiny-bert")
     dsd, names = load_data(PairDataArgs(max_train_samples=48, max_eval_samples=24, max_length=32, allow_unseen_meta=True))
     train_cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3, block_optimizer="adam", router_lr_ratio=5.0, seed=0)
+    summaries = {}
     for route in ("none", "classifier", "attention", "block", "lora"):
         tcfg = TransformerNLIConfig(route=route, num_blocks=2, lora_rank=2, classifier_hidden=16,
                                     model_name_or_path=str(root / "tiny-bert"))
-        train_transformer(dsd, names, "signature", tcfg, train_cfg, 32, root / route)
-    return root, dsd
+        summaries[route] = train_transformer(dsd, names, "signature", tcfg, train_cfg, 32, root / route)["summary"]
+    return root, dsd, summaries
+
+
+@pytest.mark.parametrize("route", ["none", "classifier", "attention", "block", "lora"])
+def test_every_transformer_route_reports_every_routed_layer(every_route, route):
+    """Issue 29: the run summary lists each routed layer's entropy, distinct paths and top-block share per depth."""
+    root, _, summaries = every_route
+    layers = summaries[route]["routing_layers"]
+    from transformers import AutoModel
+
+    names = AutoModel.from_pretrained(root / route).routed_layer_names
+    assert [entry["layer"] for entry in layers] == list(names)
+    for entry in layers:
+        assert 0.0 <= entry["entropy"] <= 2.0 + 1e-6  # at most 4 blocks (the routed classifier): 2 bits
+        assert entry["distinct_paths"] >= 1 and 0.0 < entry["top_path_share"] <= 1.0
+        assert all(0.0 < share <= 1.0 for share in entry["top_block_share_per_depth"])
+    assert isinstance(summaries[route]["collapse_warnings"], list)
 
 
 @pytest.mark.parametrize("route", ["none", "classifier", "attention", "block", "lora"])
@@ -172,7 +189,7 @@ def test_every_transformer_route_predicts_its_runs_records(every_route, route):
 
     import nli_routing.inference.pipeline  # noqa: F401
 
-    root, dsd = every_route
+    root, dsd, _ = every_route
     folder = root / route
     loaded = AutoModel.from_pretrained(folder)
     assert loaded.config.route == route

@@ -387,7 +387,8 @@ def summarize(method: str, result: dict[str, Any]) -> dict[str, Any]:
         # every routed layer (issue 29): selection entropy, distinct paths, share of the top path
         "routing_layers": [
             {"entropy": shown[k].get("overall"), "distinct_paths": shown.get(f"collapse_{k[16:]}", {}).get("distinct_paths"),
-             "top_path_share": shown.get(f"collapse_{k[16:]}", {}).get("top_path_share")}
+             "top_path_share": shown.get(f"collapse_{k[16:]}", {}).get("top_path_share"),
+             "top_block_share_per_depth": shown.get(f"collapse_{k[16:]}", {}).get("top_block_share")}
             for k in sorted((k for k in shown if k.startswith("routing_entropy_")), key=lambda k: int(k[16:]))
         ],
         "dispatch_entropy": shown.get("dispatch", {}).get("entropy"),

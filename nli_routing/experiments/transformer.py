@@ -126,7 +126,8 @@ def train_transformer(
         "routing_layers": [
             {"layer": name, "entropy": split.get(f"routing_entropy_{i}", {}).get("overall"),
              "distinct_paths": split.get(f"collapse_{i}", {}).get("distinct_paths"),
-             "top_path_share": split.get(f"collapse_{i}", {}).get("top_path_share")}
+             "top_path_share": split.get(f"collapse_{i}", {}).get("top_path_share"),
+             "top_block_share_per_depth": split.get(f"collapse_{i}", {}).get("top_block_share")}
             for i, name in enumerate(model.routed_layer_names)
         ],
         "collapse_warnings": [w for h in result["history"] for w in (h.get("collapse_warnings") or [])],
