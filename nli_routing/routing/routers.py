@@ -179,10 +179,26 @@ class TabularRouter(Router):
         table = self.table if self.relaxed else self.table.detach()  # relaxed learners' weights need the graph
         return (table + self.balance_bias.unsqueeze(0)).view(-1, self.num_actions)
 
+    def decide(self, state: Tensor, meta: Tensor, depth: int) -> Decision:
+        """One step's decision (routed layers that decide step by step, e.g. a Transformer's layers):
+        with the capacity balance the actions are chosen by the table plus the bias at ``depth``, and
+        the bias of that depth moves after a training batch."""
+        if not self.balancing:
+            return super().decide(state, meta, depth)
+        values, state_index = self.values(state, meta, depth)
+        table = values if self.relaxed else values.detach()
+        chosen = table + self.balance_bias[depth]
+        actions, explored, extra = self.learner.select(chosen, self.epsilon, self.generator)
+        if self.training:
+            full = torch.full((actions.shape[0], self.depth), -1, dtype=torch.long, device=actions.device)
+            full[:, depth] = actions
+            self.update_balance(full, meta, depth)
+        return Decision(actions=actions, explored=explored, values=values, state_index=state_index, extra=extra)
+
     @torch.no_grad()
-    def update_balance(self, actions: Tensor, meta: Tensor) -> None:
+    def update_balance(self, actions: Tensor, meta: Tensor, depth: int | None = None) -> None:
         """Move the selection bias after a training batch's decisions ``actions [B, depth]`` (-1: none)
-        of the agents ``meta [B]``. A block counts as overloaded only while at least two agents share
+        of the agents ``meta [B]`` (``depth``: only that depth's bias, for step-by-step decisions). A block counts as overloaded only while at least two agents share
         it: one agent's samples cannot be split, and pushing it on would only send it round the blocks."""
         valid = actions >= 0
         width = self.num_actions + 1  # one spare column for the decisions not taken
@@ -195,6 +211,8 @@ class TabularRouter(Router):
         agents = used.view(self.num_meta, self.depth, width).sum(0)[:, :-1]
         over = (share > self.balance_share) & (agents >= 2)
         step = torch.where(over, -self.balance_rate, 0.1 * self.balance_rate)
+        if depth is not None:  # one step's decisions (``decide``): only that depth's bias moves
+            step = step * (torch.arange(self.depth, device=step.device) == depth).unsqueeze(1)
         self.balance_bias.add_(step).clamp_(max=0.0)
 
 
