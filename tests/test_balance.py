@@ -176,3 +176,17 @@ def test_a_folder_saved_before_the_balance_loads_without_it_and_predicts_the_sam
     loaded.eval()
     assert torch.equal(old(**batch).logits, loaded(**batch).logits)
     assert NLIModelConfig().router_balance_share == 0.5  # a new model gets the balance
+
+
+def test_step_by_step_decisions_are_balanced_per_depth():
+    """Routed layers that decide one step at a time (a Transformer's layers) go through ``decide``: the
+    bias of that step's depth alone moves, and it changes the choice like ``decide_path``'s."""
+    r = TabularRouter(num_meta=3, depth=2, num_actions=3, init=-1.0, exploration="none", balance_share=0.5,
+                      balance_rate=0.3)
+    meta = torch.tensor([0, 1, 2, 0])
+    state = torch.zeros(4, 1)
+    assert r.decide(state, meta, 1).actions.tolist() == [0, 0, 0, 0]
+    torch.testing.assert_close(r.balance_bias, torch.tensor([[0.0, 0.0, 0.0], [-0.3, 0.0, 0.0]]))
+    second = r.decide(state, meta, 1)
+    assert second.actions.tolist() == [1, 1, 1, 1]
+    torch.testing.assert_close(second.values, torch.full((4, 3), -1.0))  # the learner sees the table
