@@ -56,6 +56,9 @@ from nli_routing.experiments.bench import (  # noqa: E402
     step_profile,
 )
 
+#: the code this process runs (HEAD may move while a long run goes on)
+STARTED_AT = commit()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "finetune_routed_transformer.py"
 
@@ -352,7 +355,7 @@ def report(out: Path, runs_dir: Path, args: argparse.Namespace, wall: float | No
     made the files are kept from the existing ``<output>.json``."""
     runs, step = collect(runs_dir)
     majority = majority_rate(args.sci_root, args.variant)
-    combined = {"machine": machine(), "commit": commit(), "command": sys.argv, "args": vars(args),
+    combined = {"machine": machine(), "commit": STARTED_AT, "command": sys.argv, "args": vars(args),
                 "wall_seconds": wall}
     if wall is None and out.with_suffix(".json").exists():
         previous = json.loads(out.with_suffix(".json").read_text())
