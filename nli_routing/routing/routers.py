@@ -128,11 +128,11 @@ class TabularRouter(Router):
     Capacity balance (``balance_share < 1``, in the spirit of DeepSeek-V3's bias adjustment without
     an auxiliary loss): a bias per depth and action, ``bias [depth, A]`` (<= 0), is added to the
     table when actions are *chosen*, never to the values the learner regresses. After each training
-    batch, an action that took more than ``balance_share`` of the batch's decisions at a depth has
-    its bias lowered by ``balance_rate``; an action at or below that share has it raised back
-    towards 0 at a tenth of that rate. Agents that prefer an overloaded block the least move first, so agents that would
-    all sit on one block split over at least ``ceil(1 / balance_share)`` blocks, while agents with a
-    clear preference keep it. ``balance_share = 1`` turns it off.
+    batch, an action that took more than ``balance_share`` of the batch's decisions at a depth, while
+    at least two agents share it, has its bias lowered by ``balance_rate``; any other action has it
+    raised back towards 0 at a tenth of that rate. Agents that prefer an overloaded block the least
+    move first, so agents that would all sit on one block split over several blocks, while agents
+    with a clear preference keep it. ``balance_share = 1`` turns it off.
     """
 
     indexes_states = True
@@ -198,8 +198,9 @@ class TabularRouter(Router):
     @torch.no_grad()
     def update_balance(self, actions: Tensor, meta: Tensor, depth: int | None = None) -> None:
         """Move the selection bias after a training batch's decisions ``actions [B, depth]`` (-1: none)
-        of the agents ``meta [B]`` (``depth``: only that depth's bias, for step-by-step decisions). A block counts as overloaded only while at least two agents share
-        it: one agent's samples cannot be split, and pushing it on would only send it round the blocks."""
+        of the agents ``meta [B]`` (``depth``: only that depth's bias, for step-by-step decisions). A
+        block counts as overloaded only while at least two agents share it: one agent's samples cannot
+        be split, and pushing it on would only send it round the blocks."""
         valid = actions >= 0
         width = self.num_actions + 1  # one spare column for the decisions not taken
         a = actions.masked_fill(~valid, self.num_actions).long()
@@ -247,7 +248,7 @@ class TabularRouter(Router):
         rows = state_index.flatten()
         flat = self.table.view(-1, self.num_actions)
         values = flat.index_select(0, rows)
-        select = self.selection_table() if self.balancing else flat
+        select = self.selection_table()  # ``flat`` itself without the balance
         if self.learner.select_rows is not None:
             actions, explored, extra = self.learner.select_rows(select, rows, self.epsilon, self.generator)
         else:
