@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nli_routing.dispatch.learned import LearnedDispatcher
+from nli_routing.models.dispatcher import LearnedDispatcher
 from nli_routing.routing import RouterConfig
 from nli_routing.routing.config import RoutingCollapseWarning
 from nli_routing.routing.routers import TabularRouter

@@ -12,7 +12,7 @@ from torch import nn
 
 from nli_routing.analysis.entropy import dispatch_statistics
 from nli_routing.analysis.records import RoutingRecord
-from nli_routing.dispatch.learned import ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
+from nli_routing.models.dispatcher import ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.experiments.nli import (
     DispatchArgs,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from nli_routing.analysis.records import load_routing_record
 from nli_routing.cli import main as cli
@@ -88,6 +89,72 @@ def test_missing_meta_is_an_error_or_a_counted_fallback(runs):
     assert [o["meta_source"] for o in out] == ["fallback", "fallback", "given"] and predictor.fallbacks == 2
     # a dispatching model needs no meta
     assert RoutedNLIPredictor.from_pretrained(root / "wp-basic").predict(pair)[0]["meta_source"] == "dispatched"
+
+
+def test_the_meta_source_is_part_of_the_model_and_the_predictor_tokenizes_each_text_once(runs):
+    """Issue 30: the model picks its own meta (centroids, learned dispatcher) on the tokens it reads; the
+    predictor has no dispatch of its own and tokenizes each premise and hypothesis exactly once."""
+    root, prepared, _ = runs
+    pairs = pairs_of(prepared.data["test"].select(range(12)))
+    want = {"cbow": "given", "wp-signature": "given", "wp-kmeans": "centroids", "wp-basic": "learned", "lstm-h2h": "given"}
+    for method, source in want.items():
+        predictor = RoutedNLIPredictor.from_pretrained(root / method)
+        assert predictor.model.meta_source == source, method
+        texts = []
+        tokenizer = predictor.tokenizer
+
+        def counting(batch, *args, _inner=tokenizer.__class__.__call__, **kwargs):
+            texts.extend([batch] if isinstance(batch, str) else batch)
+            return _inner(tokenizer, batch, *args, **kwargs)
+
+        predictor.tokenizer = type("Counting", (), {"__call__": staticmethod(counting)})()
+        out = predictor.predict(pairs, batch_size=5)
+        assert len(texts) == 2 * len(pairs), f"{method}: {len(texts)} texts tokenized for {len(pairs)} pairs"
+        assert {o["meta_source"] for o in out} == {"dispatched" if source in ("centroids", "learned") else "given"}
+    model = RoutedNLIPredictor.from_pretrained(root / "wp-kmeans").model
+    batch = {k: v for k, v in RoutedNLIPredictor.from_pretrained(root / "wp-kmeans").encode(
+        [p["premise"] for p in pairs], [p["hypothesis"] for p in pairs]).items()}
+    out = model(**batch)
+    assert out.meta_source == "centroids" and out.meta.shape == (len(pairs),)
+
+
+def test_a_folder_with_its_centroids_in_config_json_loads_and_predicts_the_same(runs, tmp_path):
+    """Folders saved before issue 30 kept the offline centroids as lists in config.json and not in the
+    weights: they load (the centroids move into the model) and predict the same labels and routes."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    root, prepared, _ = runs
+    old = tmp_path / "old"
+    shutil.copytree(root / "wp-kmeans", old)
+    weights = load_file(str(old / "model.safetensors"))
+    centroids = weights.pop("centroid_dispatch.centroids")
+    save_file(weights, str(old / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((old / "config.json").read_text())
+    settings = cfg["offline_dispatch"]
+    cfg["offline_dispatch"] = {"method": settings["method"], "k": settings["k"], "seed": settings["seed"],
+                               "max_fit_samples": 2000, "centroids": centroids.double().tolist(), "dtype": "float32",
+                               "text_column": "premise", "max_length": settings["max_length"]}
+    (old / "config.json").write_text(json.dumps(cfg))
+    pairs = pairs_of(prepared.data["test"])
+    new = RoutedNLIPredictor.from_pretrained(root / "wp-kmeans").predict(pairs)
+    loaded = RoutedNLIPredictor.from_pretrained(old)
+    assert torch.equal(loaded.model.centroids.centroids, centroids)
+    assert [(p["label"], p["route"], p["meta"]) for p in loaded.predict(pairs)] == [
+        (p["label"], p["route"], p["meta"]) for p in new]
+
+
+def test_a_saved_dispatcher_loads_without_the_dispatch_package(runs):
+    """The model rebuilds its learned dispatcher itself: no registry, no side-effect import."""
+    root, *_ = runs
+    code = ("import sys; from transformers import AutoModel; import nli_routing.models\n"
+            "m = AutoModel.from_pretrained(sys.argv[1]); print(m.meta_source, 'nli_routing.dispatch' in sys.modules)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code, str(root / "wp-basic")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split()[-2:] == ["learned", "False"]
 
 
 def test_cli_predict_writes_one_line_per_pair(runs, tmp_path, capsys):

@@ -1,7 +1,9 @@
 """Offline dispatching: cluster CBOW encodings of the premise; cluster ids become meta labels.
 
 The clustering is fitted once on the training split and summarised by its centroids, so every
-row of every split (including unseen rows at test time) is assigned to its nearest centroid.
+row of every split (including unseen rows at test time) is assigned to its nearest centroid. The
+fitted centroids are handed to the routed model as its meta source (:meth:`OfflineDispatcher.to_meta_source`,
+:class:`~nli_routing.models.meta.NearestCentroid`), which assigns new pairs itself at inference.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 from datasets import ClassLabel, DatasetDict
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
 from nli_routing.models.embeddings import WordVectors, cbow_encode
+from nli_routing.models.meta import NearestCentroid
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +143,13 @@ class OfflineDispatcher:
                 raise ValueError(f"centroids of shape {arr.shape} do not match k={self.k}")
             self.centroids_ = arr
         return self
+
+    def to_meta_source(self, max_length: int = 64, text_column: str = "premise") -> "NearestCentroid":
+        """The fitted centroids as a routed model's meta source (:meth:`RoutedModel.attach_centroids`),
+        which assigns the mean word vector of the first ``max_length`` tokens of ``text_column``."""
+        if self.centroids_ is None:
+            raise ValueError("the offline dispatcher is not fitted: fit it before making it a meta source")
+        return NearestCentroid(torch.as_tensor(self.centroids_), max_length, self.method, self.seed, text_column)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "OfflineDispatcher":

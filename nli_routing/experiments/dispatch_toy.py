@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import normalized_mutual_info_score
 
-from nli_routing.dispatch.learned import LearnedDispatcher, compact_vocabulary
+from nli_routing.models.dispatcher import LearnedDispatcher, compact_vocabulary
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 
 GROUPS, STYLE, STYLE_VOCAB, CONTENT, FILLER, DIM = 3, 3, 6, 12, 6, 16

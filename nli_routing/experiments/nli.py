@@ -19,7 +19,7 @@ from ..analysis.plots import plot_dispatch_distribution
 from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import check_meta_coverage, load_sci
-from ..dispatch.learned import AGENT_OPTIMIZERS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
+from ..models.dispatcher import AGENT_OPTIMIZERS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..routing import parse_learner_args
 from ..routing.config import check_at_least
@@ -275,8 +275,10 @@ def prepare_sci(args: DataArgs) -> PreparedData:
     return PreparedData(dsd, vectors, list(names), max_length=args.max_length)
 
 
-#: what the offline dispatchers encode (CBOW of the premise's first 64 tokens), saved with the model
-OFFLINE_DISPATCH_INPUT = {"text_column": "premise", "max_length": 64}
+def offline_input(prepared: PreparedData) -> dict[str, Any]:
+    """What the offline dispatchers encode: the mean word vector of the premise tokens the model reads
+    (its first ``max_length`` tokens), saved with the model's centroids."""
+    return {"text_column": "premise", "max_length": prepared.max_length}
 
 
 def method_data(
@@ -291,7 +293,7 @@ def method_data(
         return prepared.data, prepared.meta_column, prepared.meta_names, None
     dsd, dispatcher = dispatch_dataset(
         prepared.data, prepared.vectors, method=meta_source, k=k, seed=seed, dispatcher=dispatcher,
-        text_column=OFFLINE_DISPATCH_INPUT["text_column"], max_length=OFFLINE_DISPATCH_INPUT["max_length"],
+        **offline_input(prepared),
     )
     return dsd, "cluster", [f"cluster_{i}" for i in range(dispatcher.k)], dispatcher
 
@@ -401,11 +403,10 @@ def summarize(method: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_model(
-    model: NLIRoutingModel, prepared: PreparedData, meta_column: str, meta_names: list[str],
-    offline: OfflineDispatcher | None, learned: str | None,
+    model: NLIRoutingModel, prepared: PreparedData, meta_column: str, meta_names: list[str], learned: str | None,
 ) -> None:
     """Record what inference needs in the model's config (label and meta names, the column routed on,
-    tokens kept, word vectors, an offline dispatcher's centroids); a learned dispatcher records itself."""
+    tokens kept, word vectors); the meta source (centroids, a learned dispatcher) records itself."""
     model.describe(
         label_names=prepared.label_names,
         meta_names=[f"dispatch_{i}" for i in range(model.config.num_meta)] if learned else meta_names,
@@ -414,7 +415,6 @@ def describe_model(
         data_meta_names=prepared.meta_names,
         input_max_length=prepared.max_length,
         embeddings=prepared.vectors.source,
-        offline_dispatch=None if offline is None else {**offline.state_dict(), **OFFLINE_DISPATCH_INPUT},
     )
 
 
@@ -456,7 +456,9 @@ def run_method(
         vocab_map = compact_vocabulary(column, prepared.vectors.weight.shape[0])
     if kind:
         model.attach_dispatcher(dispatch_args.build(kind, model, dispatch_k, vocab_map, train_cfg.seed))
-    describe_model(model, prepared, meta_column, meta_names, offline, kind)
+    if offline is not None:  # the clusters' centroids become the model's meta source
+        model.attach_centroids(offline.to_meta_source(**offline_input(prepared)))
+    describe_model(model, prepared, meta_column, meta_names, kind)
     out = Path(output_dir) if output_dir is not None else None
     pad = prepared.vectors.pad_id
     tok = prepared.vectors.tokenizer
@@ -468,11 +470,13 @@ def run_method(
             raise ValueError("fine-tuning data numbers its meta classes differently: call align_meta first")
         if two_stage:
             model.detach_dispatcher()
+            if offline is not None:  # stage 1 of the fine-tuning routes on the clusters again
+                model.attach_centroids(offline.to_meta_source(**offline_input(finetune)))
         # offline clusters: the centroids fitted on the first data set assign the new rows
         ft_data, ft_column, ft_names, _ = method_data(finetune, meta_source, dispatch_k, train_cfg.seed, offline)
         cfg = replace(train_cfg, epochs=finetune_epochs)
         sub = out / "finetune" if out else None
-        describe_model(model, finetune, ft_column, ft_names, offline, kind)
+        describe_model(model, finetune, ft_column, ft_names, kind)
         ft = _fit(model, ft_data, ft_column, ft_names, pad, cfg, sub, accelerator, two_stage, dispatch_args, vocab_map, tok)
         ft["summary"] = summarize(method, ft)
         result["finetune"] = ft

@@ -11,8 +11,8 @@ model's meta column (``signature``, ``genre``) or ``meta``: a class name or its 
 meta comes from:
 
 * ``"given"``: the pair's own value;
-* ``"dispatched"``: the model's learned dispatcher, or its offline clustering (the saved centroids
-  applied to the CBOW encoding of the premise), picks the class; a given value is ignored;
+* ``"dispatched"``: the model's own meta source picks the class (its learned dispatcher, or the nearest of
+  its offline clusters' centroids, :mod:`nli_routing.models.meta`); a given value is ignored;
 * ``"fallback"``: the pair had no value (or one the model does not know) and the predictor was
   built with ``meta_fallback=NAME``; such pairs are counted in ``fallbacks``;
 * ``"none"``: the model reads no meta labels.
@@ -30,9 +30,7 @@ import torch
 from torch import Tensor
 
 from ..data.encoding import NLICollator
-from ..dispatch.offline import OfflineDispatcher
 from ..models.base import RoutedModel, load_model_config, resolve_model_folder
-from ..models.embeddings import WordVectors, cbow_encode
 from ..models.transformer import PairCollator, RoutedTransformerForNLI
 
 __all__ = ["RoutedNLIPredictor", "load_routed_model", "PREMISE_KEYS", "HYPOTHESIS_KEYS"]
@@ -83,8 +81,6 @@ class RoutedNLIPredictor:
         self.meta_names = list(c.meta_names) if c.meta_names else [str(i) for i in range(int(c.num_meta))]
         self.meta_field = c.data_meta_column or c.meta_column or "meta"
         self.labels = {int(k): v for k, v in (c.id2label or {}).items()} or {i: str(i) for i in range(c.num_classes)}
-        self.offline = OfflineDispatcher.from_state_dict(c.offline_dispatch) if c.offline_dispatch else None
-        self._offline_vectors: WordVectors | None = None  # the model's table and tokenizer, built once
         self.fallbacks = 0
         self.meta_fallback = None if meta_fallback is None else self._meta_index(meta_fallback, "meta_fallback")
         if self.transformer:
@@ -106,10 +102,9 @@ class RoutedNLIPredictor:
     # ------------------------------------------------------------------ meta labels
     @property
     def dispatches(self) -> str | None:
-        """``"learned"`` / ``"offline"`` when the model picks its meta class itself, else None."""
-        if self.model.dispatcher is not None:
-            return "learned"
-        return "offline" if self.offline is not None else None
+        """``"learned"`` / ``"centroids"`` when the model picks its meta class itself, else None."""
+        source = self.model.meta_source
+        return source if source in ("learned", "centroids") else None
 
     def _meta_index(self, value: Any, where: str) -> int:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -123,20 +118,14 @@ class RoutedNLIPredictor:
             return self.meta_names.index(value)
         raise ValueError(f"{where}: unknown {self.meta_field} {value!r}; known values: {self.meta_names}")
 
-    def resolve_meta(self, pairs: Sequence[dict], premises: Sequence[str], offset: int = 0) -> tuple[Tensor, list[str]]:
-        """Meta ids ``[B]`` and where each came from (see the module docstring)."""
+    def resolve_meta(self, pairs: Sequence[dict], offset: int = 0) -> tuple[Tensor | None, list[str]]:
+        """The given meta ids ``[B]`` and where each came from (see the module docstring); ``None`` when the
+        model picks its meta itself (its meta source) or reads none."""
         n = len(pairs)
-        if self.dispatches == "learned":
-            return torch.zeros(n, dtype=torch.long), ["dispatched"] * n
-        if self.dispatches == "offline":
-            if self._offline_vectors is None:
-                weight = self.model.encoder.embedding.weight.detach().float().cpu()
-                self._offline_vectors = WordVectors(self.tokenizer, weight, int(self.config.pad_id), str(self.config.embeddings))
-            feats = cbow_encode(self._offline_vectors, list(premises),
-                                max_length=int(self.config.offline_dispatch["max_length"]))
-            return torch.as_tensor(self.offline.predict(feats), dtype=torch.long), ["dispatched"] * n
+        if self.dispatches is not None:
+            return None, ["dispatched"] * n
         if not self.model.needs_meta:
-            return torch.zeros(n, dtype=torch.long), ["none"] * n
+            return None, ["none"] * n
         ids, sources = [], []
         for j, pair in enumerate(pairs):
             where = f"pair {offset + j}"
@@ -190,19 +179,20 @@ class RoutedNLIPredictor:
                 raise ValueError(f"pair {offset + j}: expected a dict with premise and hypothesis, got {type(pair).__name__}")
         premises = [_field(p, PREMISE_KEYS, offset + j) for j, p in enumerate(pairs)]
         hypotheses = [_field(p, HYPOTHESIS_KEYS, offset + j) for j, p in enumerate(pairs)]
-        meta, sources = self.resolve_meta(pairs, premises, offset)
+        meta, sources = self.resolve_meta(pairs, offset)
         inputs = self.encode(premises, hypotheses)
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
         try:
-            out = self.model(**inputs, meta=meta.to(device))
+            out = self.model(**inputs, meta=None if meta is None else meta.to(device))
         except ValueError as err:  # e.g. a meta class the routers never saw in training
             raise ValueError(f"pairs {offset}-{offset + len(pairs) - 1}: {err}") from None
         probs = torch.softmax(out.logits.float(), -1).cpu()
         routes = self.routes(out)
+        used = None if out.meta is None else out.meta.cpu()  # the meta the model routed with
         dispatched = None
         if out.dispatch is not None:
-            dispatched = (out.dispatch.meta.cpu(), self.model.dispatcher.probabilities(out.dispatch).cpu())
+            dispatched = self.model.dispatcher.probabilities(out.dispatch).cpu()
         results = []
         for i in range(len(pairs)):
             k = int(probs[i].argmax())
@@ -212,14 +202,11 @@ class RoutedNLIPredictor:
                 "probabilities": {self.labels.get(j, str(j)): float(p) for j, p in enumerate(probs[i].tolist())},
                 "route": routes[i],
                 "meta_source": sources[i],
-                "meta": None if sources[i] == "none" else self.meta_names[int(meta[i])],
+                "meta": None if used is None else self.meta_names[int(used[i])],
             }
-            if dispatched is not None:
-                c = int(dispatched[0][i])
-                row["meta"] = self.meta_names[c]
-                row["dispatch"] = {"class": self.meta_names[c], "probability": float(dispatched[1][i])}
-            elif self.offline is not None:
-                row["dispatch"] = {"class": self.meta_names[int(meta[i])], "probability": None}
+            if self.dispatches is not None:
+                row["dispatch"] = {"class": row["meta"],
+                                   "probability": None if dispatched is None else float(dispatched[i])}
             results.append(row)
         return results
 

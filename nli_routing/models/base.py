@@ -11,7 +11,9 @@ training loop, evaluation and numerics read the routed parts only through this i
 - ``set_epoch(epoch)``: the exploration schedules;
 - ``router_loss(out, labels)``: the final reward of every sample (``config.reward``), the collaboration
   reward of each layer, and the sum of the router losses (plus the dispatcher's);
-- an optional learned ``dispatcher`` (:meth:`attach_dispatcher`, :meth:`freeze_routing`).
+- the meta source (:mod:`.meta`): ``meta_source`` is ``"given"`` (the caller's labels), ``"centroids"``
+  (:meth:`attach_centroids`: offline clusters, nearest centroid computed in ``forward``) or ``"learned"``
+  (:meth:`attach_dispatcher`, :meth:`freeze_routing`), or ``"none"`` for a model that reads no meta.
 
 Every kind is a :class:`transformers.PreTrainedModel` with a :class:`RoutedModelConfig` (a
 ``PretrainedConfig`` holding the kind's settings dataclass field by field): ``save_pretrained`` writes
@@ -25,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,9 +35,10 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..routing import CollaborationReward, assign_rewards, final_reward
 from ..serialization import CheckpointError, load_safetensors
+from .dispatcher import LearnedDispatcher
+from .meta import NearestCentroid
 
-__all__ = ["RoutedModel", "RoutedModelConfig", "WEIGHTS_FILE", "LEGACY_WEIGHTS_FILE", "INFERENCE_FIELDS",
-           "DISPATCHER_BUILDERS", "register_dispatcher"]
+__all__ = ["RoutedModel", "RoutedModelConfig", "WEIGHTS_FILE", "LEGACY_WEIGHTS_FILE", "INFERENCE_FIELDS"]
 
 #: what a saved model needs at inference besides its weights, kept in config.json by every kind
 #: (:meth:`RoutedModel.describe`): the meta classes it routes on and their names, the data's own meta
@@ -53,20 +56,6 @@ INFERENCE_FIELDS: dict[str, Any] = {
     "learned_dispatch": None,
 }
 
-#: learned-dispatcher kinds a saved model can rebuild (``config.learned_dispatch["builder"]``):
-#: name -> ``builder(model, settings) -> dispatcher`` (registered by :mod:`nli_routing.dispatch.learned`)
-DISPATCHER_BUILDERS: dict[str, Callable[[Any, dict], nn.Module]] = {}
-
-
-def register_dispatcher(name: str) -> Callable[[Callable], Callable]:
-    """Register a builder that rebuilds a saved model's learned dispatcher from its settings."""
-
-    def wrap(builder: Callable) -> Callable:
-        DISPATCHER_BUILDERS[name] = builder
-        return builder
-
-    return wrap
-
 WEIGHTS_FILE = "model.safetensors"
 #: what run folders of older versions hold (a torch pickle, read only weights-only by the converter)
 LEGACY_WEIGHTS_FILE = "model.pt"
@@ -82,7 +71,7 @@ class RoutedModelConfig(PretrainedConfig):
 
     model_type = "nli-routing"
     #: outputs transformers.Trainer leaves out of its predictions (only the logits are stacked)
-    keys_to_ignore_at_inference = ["per_sample_loss", "trajectories", "dispatch"]
+    keys_to_ignore_at_inference = ["per_sample_loss", "trajectories", "dispatch", "meta", "meta_source"]
     settings_class: ClassVar[type] = None  # type: ignore[assignment]
     extra_fields: ClassVar[dict[str, Any]] = {}
     #: what a config.json without the field means: folders saved before the field existed were trained
@@ -205,15 +194,45 @@ class RoutedModel(PreTrainedModel):
             total = total + self.dispatcher.loss(dispatch, reward)
         return total
 
-    # ------------------------------------------------------------------ learned dispatcher
+    # ------------------------------------------------------------------ the meta source
     @property
     def dispatcher(self) -> nn.Module | None:
         """The learned dispatcher choosing each sample's meta class (see :meth:`attach_dispatcher`)."""
         return self._modules.get("dispatcher")
 
+    @property
+    def centroids(self) -> NearestCentroid | None:
+        """The offline clusters' nearest-centroid source (see :meth:`attach_centroids`), or None."""
+        return self._modules.get("centroid_dispatch")
+
+    @property
+    def meta_source(self) -> str:
+        """Where the meta classes of ``forward`` come from: ``"learned"``, ``"centroids"``, ``"given"`` (the
+        caller's ``meta``) or ``"none"`` (the model reads no meta); see :mod:`nli_routing.models.meta`."""
+        if self.dispatcher is not None:
+            return "learned"
+        if self.centroids is not None:
+            return "centroids"
+        return "given" if bool(self._routed) or self.reads_meta_keyword else "none"
+
+    def attach_centroids(self, source: NearestCentroid) -> None:
+        """Route with the nearest of an offline clustering's centroids, computed in ``forward`` from the
+        premise tokens and the model's word vectors (the caller's meta labels are then not read; they
+        may stay in the batch for per-class reports). The centroids are saved in ``model.safetensors``."""
+        if self.dispatcher is not None:
+            raise ValueError("the model already has a learned dispatcher: one meta source at a time")
+        if source.num_dispatch != int(self.config.num_meta):
+            raise ValueError(f"{source.num_dispatch} centroids for a model with {self.config.num_meta} meta classes")
+        dim = getattr(self.config, "embedding_dim", None)
+        if dim is not None and int(source.centroids.shape[1]) != int(dim):
+            raise ValueError(f"centroids of dimension {source.centroids.shape[1]} for word vectors of dimension {dim}")
+        self._modules["centroid_dispatch"] = source
+        self.config.offline_dispatch = source.settings
+
     def attach_dispatcher(self, dispatcher: nn.Module) -> None:
         """Route with the meta class a learned dispatcher picks from the tokens (the batch's meta
-        labels are then never read by the model; they stay in the batch for per-class reports).
+        labels are then never read by the model; they stay in the batch for per-class reports). It
+        replaces offline centroids (two-stage dispatch on clusters).
 
         The dispatcher's number of classes must equal the routers' number of meta classes.
         """
@@ -222,6 +241,9 @@ class RoutedModel(PreTrainedModel):
                 f"the dispatcher chooses among {dispatcher.num_dispatch} classes but the model's routers "
                 f"have {self.config.num_meta} meta classes"
             )
+        if self.centroids is not None:  # two-stage dispatch after routing on clusters: the dispatcher replaces them
+            self._modules.pop("centroid_dispatch")
+            self.config.offline_dispatch = None
         self._modules["dispatcher"] = dispatcher  # a registered submodule (saved, moved, trained)
         self.config.learned_dispatch = dispatcher.to_config()  # so from_pretrained rebuilds it
 
@@ -296,10 +318,8 @@ class RoutedModel(PreTrainedModel):
 
     @property
     def needs_meta(self) -> bool:
-        """Whether the forward reads meta labels (routed layers or a meta keyword, no learned dispatcher)."""
-        if self.dispatcher is not None:
-            return False
-        return bool(self._routed) or self.reads_meta_keyword
+        """Whether the forward reads the caller's meta labels (``meta_source == "given"``)."""
+        return self.meta_source == "given"
 
     #: the forward adds a learned vector of the meta label (kinds with a ``meta_keyword`` setting override)
     reads_meta_keyword = False
@@ -396,20 +416,34 @@ class RoutedModel(PreTrainedModel):
                 "transformers.AutoModel.from_pretrained or the matching class"
             )
         model = cls._build_for_load(config, src)
-        spec = config.learned_dispatch
-        if spec:
-            builder = DISPATCHER_BUILDERS.get(spec.get("builder"))
-            if builder is None:
-                raise CheckpointError(
-                    f"{src / 'config.json'}: learned dispatcher {spec.get('builder')!r} is not registered "
-                    f"(known: {sorted(DISPATCHER_BUILDERS)}); import nli_routing.dispatch.learned first"
-                )
-            model.attach_dispatcher(builder(model, spec))
-        model.load_state_dict(read_weights(src, map_location), strict=True)
+        weights = read_weights(src, map_location)
+        model._attach_saved_meta_source(config, weights, src)
+        model.load_state_dict(weights, strict=True)
         model.name_or_path = str(pretrained_model_name_or_path)
         model.config._name_or_path = str(pretrained_model_name_or_path)
         model.eval()
         return model
+
+    def _attach_saved_meta_source(self, config: RoutedModelConfig, weights: dict[str, Tensor], folder: Path) -> None:
+        """Rebuild the meta source a saved config names (before its weights load). Folders saved before
+        the centroids became tensors hold them in ``config.offline_dispatch``: they are moved into
+        ``weights``."""
+        spec = config.learned_dispatch
+        if spec:
+            if spec.get("builder", "learned") != "learned":
+                raise CheckpointError(f"{folder / 'config.json'}: unknown learned dispatcher {spec.get('builder')!r} "
+                                      "(this version knows 'learned')")
+            self.attach_dispatcher(LearnedDispatcher.from_config(self.encoder.embedding, spec))
+        offline = config.offline_dispatch
+        if offline and not spec:  # (older two-stage folders kept both; the dispatcher is what routed)
+            try:
+                source = NearestCentroid.from_settings({"dim": getattr(config, "embedding_dim", None), **offline})
+            except (KeyError, TypeError, ValueError) as err:
+                raise CheckpointError(f"{folder / 'config.json'}: offline_dispatch is not a centroid source: {err}") from None
+            self.attach_centroids(source)
+            key = "centroid_dispatch.centroids"
+            if key not in weights and offline.get("centroids") is not None:
+                weights[key] = source.centroids.clone()
 
     @classmethod
     def _build_for_load(cls, config: RoutedModelConfig, folder: Path) -> "RoutedModel":

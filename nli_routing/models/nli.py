@@ -105,14 +105,18 @@ class NLIRoutingConfig(RoutedModelConfig):
 class NLIOutput(ModelOutput):
     """A routed model's output (a transformers ``ModelOutput``): ``loss`` (mean cross-entropy, when
     labels are given: what ``transformers.Trainer`` reads), ``logits [B, C]``, ``per_sample_loss [B]``,
-    ``trajectories`` (one per routed layer, in ``routed_layer_names`` order) and ``dispatch`` (a learned
-    dispatcher's ``DispatchOutput``, None without one)."""
+    ``trajectories`` (one per routed layer, in ``routed_layer_names`` order), ``dispatch`` (a learned
+    dispatcher's ``DispatchOutput``, None without one), ``meta`` (``[B]`` the meta classes the model
+    routed with, None when it reads none) and ``meta_source`` (where they came from: ``"given"``,
+    ``"centroids"``, ``"learned"`` or ``"none"``, :mod:`nli_routing.models.meta`)."""
 
     loss: Tensor | None = None
     logits: Tensor | None = None
     per_sample_loss: Tensor | None = None
     trajectories: list[Trajectory] | None = None
     dispatch: Any = None
+    meta: Tensor | None = None
+    meta_source: str | None = None
 
 
 @torch.no_grad()
@@ -223,15 +227,20 @@ class NLIRoutingModel(RoutedModel):
     ) -> NLIOutput:
         dispatch = None
         inputs = (premise_ids, premise_mask, hypothesis_ids, hypothesis_mask)
-        if self.dispatcher is not None:  # the dispatcher's class replaces the meta label
+        source = self.meta_source
+        if source == "learned":  # the dispatcher's class replaces the meta label
             dispatch = self.dispatcher(*inputs)
             if self.dispatcher.training and labels is not None:
                 self.dispatcher.fill_target(dispatch, meta, lambda: self.agent_losses(inputs, labels))
             meta = dispatch.meta
+        elif source == "centroids":  # the nearest offline centroid of the premise's mean word vector
+            meta = self.centroids(premise_ids, premise_mask, self.encoder.embedding.weight)
+        elif source == "none":
+            meta = None
         logits, trajs = self.logits(inputs, meta)
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
         return NLIOutput(loss=None if loss is None else loss.mean(), logits=logits, per_sample_loss=loss,
-                         trajectories=trajs, dispatch=dispatch)
+                         trajectories=trajs, dispatch=dispatch, meta=meta, meta_source=source)
 
     def logits(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], meta: Tensor | None) -> tuple[Tensor, list]:
         """``(logits [B, C], trajectories)`` of the pair ``inputs`` routed on ``meta``."""

@@ -127,8 +127,10 @@ class RoutedTransformerForNLI(RoutedModel):
         pooled, trajectories = self.encode(input_ids, attention_mask, token_type_ids, meta)
         logits, cls_trajs = self.classifier(self.dropout(pooled), meta)
         loss = F.cross_entropy(logits, labels, reduction="none") if labels is not None else None
+        source = self.meta_source
         return NLIOutput(loss=None if loss is None else loss.mean(), logits=logits, per_sample_loss=loss,
-                         trajectories=trajectories + cls_trajs)
+                         trajectories=trajectories + cls_trajs, meta=meta if source == "given" else None,
+                         meta_source=source)
 
     # ------------------------------------------------------------------ persistence (older layout)
     @classmethod
