@@ -137,6 +137,11 @@ class DispatchArgs:
         default=0.5, metadata={"help": "RBAE reward weight: alpha * task reward + (1 - alpha) * (-reconstruction loss)"}
     )
     stage2_epochs: int = field(default=3, metadata={"help": "epochs of the two-stage dispatcher (model fixed)"})
+    dispatch_warm_start: bool = field(
+        default=True,
+        metadata={"help": "fine-tuning a two-stage model on a second data set (--nested_dir) continues its dispatcher "
+                          "instead of training a new one (--no_dispatch_warm_start: a new one, as before issue 29)"},
+    )
     dispatch_balance: float = field(
         default=1.0,
         metadata={"help": "weight of the mutual information H(mean pi) - mean H(pi) between samples and dispatch "
@@ -359,14 +364,16 @@ def _fit(
     dispatch_args: DispatchArgs,
     vocab_map,
     tokenizer=None,
+    dispatcher=None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``dsd``; with ``two_stage``, then train a dispatcher with the model fixed.
-    The run folders get the ``tokenizer`` beside the model (self-describing for inference)."""
+    """Train ``model`` on ``dsd``; with ``two_stage``, then train a dispatcher with the model fixed (a new
+    one, or ``dispatcher`` continued). The run folders get the ``tokenizer`` beside the model."""
     train_loader, eval_loaders = make_loaders(dsd, pad_id, meta_column, train_cfg, model.config.data_meta_column)
     result = train(model, train_loader, eval_loaders, train_cfg, out, meta_names, accelerator, tokenizer=tokenizer)
     if two_stage:
         stage1 = {k: result[k] for k in ("final", "best_epoch", "train_seconds", "history")}
-        dispatcher = dispatch_args.build("two-stage", model, model.config.num_meta, vocab_map, train_cfg.seed)
+        if dispatcher is None:
+            dispatcher = dispatch_args.build("two-stage", model, model.config.num_meta, vocab_map, train_cfg.seed)
         model.attach_dispatcher(dispatcher)
         model.freeze_routing()
         cfg2 = replace(train_cfg, epochs=dispatch_args.stage2_epochs)
@@ -468,8 +475,11 @@ def run_method(
     if finetune is not None:
         if offline is None and not kind and finetune.meta_names[: len(meta_names)] != meta_names:
             raise ValueError("fine-tuning data numbers its meta classes differently: call align_meta first")
+        warm = None
         if two_stage:
-            model.detach_dispatcher()
+            warm = model.detach_dispatcher()
+            if not dispatch_args.dispatch_warm_start:
+                warm = None
             if offline is not None:  # stage 1 of the fine-tuning routes on the clusters again
                 model.attach_centroids(offline.to_meta_source(**offline_input(finetune)))
         # offline clusters: the centroids fitted on the first data set assign the new rows
@@ -477,7 +487,8 @@ def run_method(
         cfg = replace(train_cfg, epochs=finetune_epochs)
         sub = out / "finetune" if out else None
         describe_model(model, finetune, ft_column, ft_names, kind)
-        ft = _fit(model, ft_data, ft_column, ft_names, pad, cfg, sub, accelerator, two_stage, dispatch_args, vocab_map, tok)
+        ft = _fit(model, ft_data, ft_column, ft_names, pad, cfg, sub, accelerator, two_stage, dispatch_args, vocab_map, tok,
+                  dispatcher=warm)
         ft["summary"] = summarize(method, ft)
         result["finetune"] = ft
     return result
