@@ -207,6 +207,31 @@ def test_the_pipeline_takes_a_loaded_model_and_tokenizer(runs):
     assert out[0]["route"].keys() == {"lstm-h2h"} and 0 < out[0]["score"] <= 1
 
 
+@pytest.mark.parametrize("method", ["wp-signature", "wp-kmeans", "wp-basic", "lstm-h2h"])
+def test_the_pipeline_batches_pairs_of_any_meta_and_gives_what_one_at_a_time_gives(runs, method):
+    """Issue 30: ``batch_size=8`` runs pairs of different signatures (or dispatched classes) in one
+    forward; labels, routes and scores are those of one pair per forward and of the predictor."""
+    import nli_routing.inference.pipeline  # noqa: F401
+    from transformers import pipeline
+
+    root, prepared, _ = runs
+    pairs = [{"text": p["premise"], "text_pair": p["hypothesis"], "meta": p["signature"]}
+             for p in pairs_of(prepared.data["test"].select(range(21)))]
+    assert len({p["meta"] for p in pairs}) > 2
+    nli = pipeline("routed-nli", model=str(root / method))
+    calls = []
+    forward = nli._forward
+    nli._forward = lambda inputs, **kw: calls.append(len(inputs["premises"])) or forward(inputs, **kw)
+    one, batched = nli(pairs, batch_size=1), nli(pairs, batch_size=8)
+    assert calls[21:] == [8, 8, 5]  # three forwards of the batched call
+    api = RoutedNLIPredictor.from_pretrained(root / method).predict(
+        [{"premise": p["text"], "hypothesis": p["text_pair"], "meta": p["meta"]} for p in pairs])
+    for a, b, c in zip(one, batched, api):
+        assert (a[0]["label"], a[0]["route"], a[0]["meta"]) == (b[0]["label"], b[0]["route"], b[0]["meta"])
+        assert (b[0]["label"], b[0]["route"], b[0]["meta_source"]) == (c["label"], c["route"], c["meta_source"])
+        assert a[0]["score"] == pytest.approx(b[0]["score"], abs=1e-5)
+
+
 @pytest.fixture(scope="module")
 def every_route(tmp_path_factory):
     """A tiny BERT (the packaged MiniLM's tokenizer, hidden size 32, 2 layers) fine-tuned briefly

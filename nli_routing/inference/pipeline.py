@@ -10,6 +10,10 @@ the route.
 Inputs: one dict (``text``/``premise``, ``text_pair``/``hypothesis``, optional ``meta`` or the model's
 meta column) or a list of them. ``top_k=None`` returns every label's score (as text-classification
 does), ``meta_fallback=NAME`` routes pairs without a known meta value with that class.
+
+Batching: ``preprocess`` checks each pair (and resolves a given meta value), ``_forward`` tokenizes
+the pairs the pipeline batched (``batch_size=64``) in one call and runs them in one forward, whatever
+their meta classes or routes (routing is per sample), ``postprocess`` ranks each pair's labels.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ TASK = "routed-nli"
 
 
 class RoutedNLIPipeline(Pipeline):
-    """A pipeline around :class:`~nli_routing.inference.predict.RoutedNLIPredictor` (one pair per forward)."""
+    """A pipeline around :class:`~nli_routing.inference.predict.RoutedNLIPredictor` (batched forwards)."""
 
     _load_processor = False
     _load_image_processor = False
@@ -39,9 +43,9 @@ class RoutedNLIPipeline(Pipeline):
         self._predictors: dict[Any, RoutedNLIPredictor] = {}
 
     def _sanitize_parameters(self, top_k: Any = "", meta_fallback: Any = None, **kwargs: Any):
-        forward = {"meta_fallback": meta_fallback}
+        pre = {"meta_fallback": meta_fallback}
         post = {} if top_k == "" else {"top_k": top_k}
-        return {}, forward, post
+        return pre, {}, post
 
     def predictor(self, meta_fallback: Any = None) -> RoutedNLIPredictor:
         if meta_fallback not in self._predictors:
@@ -49,20 +53,26 @@ class RoutedNLIPipeline(Pipeline):
         return self._predictors[meta_fallback]
 
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        if isinstance(inputs, dict):
-            return super().__call__(inputs, **kwargs)
-        if isinstance(inputs, (list, tuple)):
-            return [super(RoutedNLIPipeline, self).__call__(x, **kwargs) for x in inputs]
+        if isinstance(inputs, (dict, list, tuple)):
+            for i, x in enumerate([inputs] if isinstance(inputs, dict) else inputs):
+                if not isinstance(x, dict):
+                    raise ValueError(f"{TASK}: input {i} is a {type(x).__name__}, not a dict with text and text_pair")
+            return super().__call__(list(inputs) if isinstance(inputs, tuple) else inputs, **kwargs)
         raise ValueError(f"{TASK} takes a dict with text and text_pair (or a list of them), got {type(inputs).__name__}")
 
-    def preprocess(self, inputs: dict) -> dict:
-        return {"pair": inputs}
+    def preprocess(self, inputs: dict, meta_fallback: Any = None) -> dict:
+        prepared = self.predictor(meta_fallback).prepare([inputs])
+        return {k: v[0] for k, v in prepared.items()}
 
-    def _forward(self, model_inputs: dict, meta_fallback: Any = None) -> dict:
-        return {"prediction": self.predictor(meta_fallback).predict_batch([model_inputs["pair"]])[0]}
+    def _forward(self, model_inputs: dict) -> dict:
+        one = isinstance(model_inputs["premises"], str)  # batch_size 1: not collated
+        listed = {k: [v] if one else list(v) for k, v in model_inputs.items()}
+        return {"prediction": self.predictor().run(**listed)}
 
     def postprocess(self, model_outputs: dict, top_k: Any = 1) -> list[dict]:
         pred = model_outputs["prediction"]
+        if isinstance(pred, list):  # batch_size 1: the forward's list of one
+            pred = pred[0]
         ranked = sorted(pred["probabilities"].items(), key=lambda kv: -kv[1])
         if top_k is not None:
             ranked = ranked[: int(top_k)]

@@ -149,16 +149,20 @@ class RoutedNLIPredictor:
         return torch.tensor(ids, dtype=torch.long), sources
 
     # ------------------------------------------------------------------ prediction
-    def encode(self, premises: Sequence[str], hypotheses: Sequence[str]) -> dict[str, Tensor]:
-        """The model inputs of a batch of pairs (tokenized as in training)."""
+    def features(self, premises: Sequence[str], hypotheses: Sequence[str]) -> list[dict[str, list[int]]]:
+        """Each pair's token ids (tokenized as in training, each text once), not yet padded."""
         if self.transformer:
             enc = self.tokenizer(list(premises), list(hypotheses), truncation=True, max_length=self.max_length)
             keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-            return self.collate([{k: enc[k][i] for k in keys} for i in range(len(premises))])
+            return [{k: enc[k][i] for k in keys} for i in range(len(premises))]
         tok = lambda texts: self.tokenizer(list(texts), add_special_tokens=False, truncation=True,  # noqa: E731
                                            max_length=self.max_length)["input_ids"]
         p, h = tok(premises), tok(hypotheses)
-        return self.collate([{"premise_ids": a, "hypothesis_ids": b} for a, b in zip(p, h)])
+        return [{"premise_ids": a, "hypothesis_ids": b} for a, b in zip(p, h)]
+
+    def encode(self, premises: Sequence[str], hypotheses: Sequence[str]) -> dict[str, Tensor]:
+        """The model inputs of a batch of pairs (tokenized and padded as in training)."""
+        return self.collate(self.features(premises, hypotheses))
 
     def routes(self, out: Any) -> list[dict[str, list]]:
         """Per sample, the route of every routed layer by name: the block chosen at each depth (``"stop"``
@@ -171,22 +175,42 @@ class RoutedNLIPredictor:
                 per_sample[i][name] = ["stop" if a == traj.stop_action else a for a in row if a >= 0]
         return per_sample
 
-    @torch.no_grad()
-    def predict_batch(self, pairs: Sequence[dict], offset: int = 0) -> list[dict[str, Any]]:
-        """Predictions of one batch (``offset``: index of its first pair, for messages)."""
+    def prepare(self, pairs: Sequence[dict], offset: int = 0) -> dict[str, list]:
+        """Check pairs: ``{"premises": [...], "hypotheses": [...], "meta": [given class id or None],
+        "sources": [where the meta comes from]}``, one entry per pair (what :meth:`run` batches; the
+        pipeline prepares each pair alone and runs them together)."""
         for j, pair in enumerate(pairs):
             if not isinstance(pair, dict):
                 raise ValueError(f"pair {offset + j}: expected a dict with premise and hypothesis, got {type(pair).__name__}")
         premises = [_field(p, PREMISE_KEYS, offset + j) for j, p in enumerate(pairs)]
         hypotheses = [_field(p, HYPOTHESIS_KEYS, offset + j) for j, p in enumerate(pairs)]
         meta, sources = self.resolve_meta(pairs, offset)
-        inputs = self.encode(premises, hypotheses)
+        return {"premises": premises, "hypotheses": hypotheses,
+                "meta": [None] * len(pairs) if meta is None else meta.tolist(), "sources": sources}
+
+    @torch.no_grad()
+    def predict_batch(self, pairs: Sequence[dict], offset: int = 0) -> list[dict[str, Any]]:
+        """Predictions of one batch (``offset``: index of its first pair, for messages)."""
+        return self.run(**self.prepare(pairs, offset), offset=offset)
+
+    @torch.no_grad()
+    def run(self, premises: Sequence[str], hypotheses: Sequence[str], meta: Sequence[int | None],
+            sources: Sequence[str], offset: int = 0) -> list[dict[str, Any]]:
+        """Tokenize prepared pairs (see :meth:`prepare`) once and run them in one forward, whatever their
+        meta classes or routes."""
+        features = self.features(premises, hypotheses)
+        if not features:
+            return []
+        if any(m is None for m in meta) and not all(m is None for m in meta):
+            raise ValueError(f"pairs {offset}-{offset + len(features) - 1}: some pairs have a meta class and some not")
+        given = None if meta[0] is None else torch.tensor(list(meta), dtype=torch.long)
+        inputs = self.collate(features)
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
         try:
-            out = self.model(**inputs, meta=None if meta is None else meta.to(device))
+            out = self.model(**inputs, meta=None if given is None else given.to(device))
         except ValueError as err:  # e.g. a meta class the routers never saw in training
-            raise ValueError(f"pairs {offset}-{offset + len(pairs) - 1}: {err}") from None
+            raise ValueError(f"pairs {offset}-{offset + len(features) - 1}: {err}") from None
         probs = torch.softmax(out.logits.float(), -1).cpu()
         routes = self.routes(out)
         used = None if out.meta is None else out.meta.cpu()  # the meta the model routed with
@@ -194,7 +218,7 @@ class RoutedNLIPredictor:
         if out.dispatch is not None:
             dispatched = self.model.dispatcher.probabilities(out.dispatch).cpu()
         results = []
-        for i in range(len(pairs)):
+        for i in range(len(features)):
             k = int(probs[i].argmax())
             row: dict[str, Any] = {
                 "label": self.labels.get(k, str(k)),
