@@ -12,7 +12,7 @@ A :class:`~nli_routing.routing.bank.LinearBank` can run its routed rows two ways
 
 The trade depends on the block shape, the number of blocks G, the batch and the device. This script
 times the full training step (the loop's own :func:`~nli_routing.training.loop.train_step`) of the
-routed MLP of ``benchmarks/perf.py`` (3 routed layers of G blocks dim x dim, tabular Q-learning over
+routed MLP of ``benchmarks/perf.py`` (``nli_routing.experiments.bench.mlp_model``: 3 routed layers of G blocks dim x dim, tabular Q-learning over
 8 tasks) with every bank set to ``grouped_mm`` and then to ``dense``, same weights, same batch, in
 interleaved rounds, and reports dense/grouped per (dim, G, batch): below 1 dense wins. Run it on the
 machine you train on before setting ``impl="dense"``; the result on this project's CPU is in
@@ -22,7 +22,6 @@ BENCHMARKS.md ("Issue 19: dense or grouped").
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -30,24 +29,18 @@ from pathlib import Path
 
 import torch
 
-from nli_routing.experiments.bench import StepSetup, commit, interleaved_step_times, machine, round_ratio
+from nli_routing.experiments.bench import (StepSetup, commit, interleaved_step_times, machine, mlp_batch, mlp_model,
+                                          round_ratio, train_cfg)
 from nli_routing.routing.bank import LinearBank
 from nli_routing.routing.layer import RoutedLayer
 
 HERE = Path(__file__).resolve().parent
 
 
-def _perf():
-    spec = importlib.util.spec_from_file_location("perf_bench", HERE / "perf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def routed_mlp(perf, impl: str, dim: int, blocks: int):
+def routed_mlp(impl: str, dim: int, blocks: int):
     """The routed MLP with the banks of its routed layers set to ``impl`` (the same weights for every
     impl: the model is built under the same seed; the per-task heads stay as they are)."""
-    model = perf.mlp_model("routing", blocks, 8, dim=dim)
+    model = mlp_model("routing", blocks, 8, dim=dim)
     banks = [m for layer in model.modules() if isinstance(layer, RoutedLayer)
              for m in layer.modules() if isinstance(m, LinearBank)]
     if not banks:
@@ -85,15 +78,14 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--device {args.device}: this torch build sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
-    perf = _perf()
-    start = time.perf_counter()
+        start = time.perf_counter()
     result = {"machine": machine(), "commit": commit(), "args": vars(args), "rows": []}
     print(result["machine"], flush=True)
     for dim in args.dims:
         for g in args.blocks:
             for b in args.batches:
-                batch = perf.mlp_batch(b, 8, dim=dim)
-                setups = {impl: StepSetup(routed_mlp(perf, impl, dim, g), batch, perf.train_cfg(), args.device)
+                batch = mlp_batch(b, 8, dim=dim)
+                setups = {impl: StepSetup(routed_mlp(impl, dim, g), batch, train_cfg(), args.device)
                           for impl in ("grouped_mm", "dense")}
                 times = interleaved_step_times(setups, warmup=args.warmup, rounds=args.rounds,
                                                steps_per_round=args.steps_per_round)

@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 

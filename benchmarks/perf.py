@@ -47,7 +47,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -57,73 +56,23 @@ from torch import nn
 
 from nli_routing.experiments.bench import (  # noqa: E402
     StepSetup,
+    cbow_batch,
+    cbow_cfg,
+    cbow_model,
     commit,
     interleaved_step_times,
     machine,
+    mlp_batch,
+    mlp_model,
     peak_step_memory,
     round_ratio,
     step_op_count,
     step_profile,
+    train_cfg,
 )
 
 SECTIONS = ("mlp", "cbow", "scaling", "minilm", "compile", "predict")
 TARGETS = {"ratio": 1.3, "blocks_128_vs_8": 1.2, "minilm": 1.2}
-
-
-# ---------------------------------------------------------------------- models and batches
-def mlp_model(method: str, blocks: int, tasks: int, dim: int = 64, layers: int = 3, classes: int = 10) -> nn.Module:
-    """The FC-only 'Base' network: ``layers`` FC layers of ``dim`` (routed, soft mixture, cross-stitch
-    or shared) and one head per task, on ``dim``-dimensional inputs."""
-    from nli_routing.models.vision import VisionMTLConfig, VisionMTLModel
-
-    torch.manual_seed(0)
-    return VisionMTLModel(VisionMTLConfig(
-        num_meta=tasks, method=method, num_classes=classes, in_channels=dim, image_size=1, conv_layers=0,
-        fc_hidden=dim, fc_layers=layers, fc_width=blocks, exploration="low"))
-
-
-def mlp_batch(size: int, tasks: int, dim: int = 64, classes: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"pixel_values": torch.randn(size, dim, 1, 1, generator=g),
-            "labels": torch.randint(0, classes, (size,), generator=g),
-            "meta": torch.randint(0, tasks, (size,), generator=g)}
-
-
-def cbow_model(route: str, width: int = 4, depth: int = 1, vocab: int = 20000, dim: int = 300,
-               num_meta: int = 8) -> nn.Module:
-    """CBOW NLI model with a routed (``route="wp"``) or unrouted (``"projection"``) word projection."""
-    from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
-
-    torch.manual_seed(0)
-    weight = torch.randn(vocab, dim) * 0.3
-    cfg = NLIModelConfig(num_meta=num_meta, route=route, wp_width=width, wp_depth=depth, exploration="low")
-    return NLIRoutingModel(cfg, weight, pad_id=0)
-
-
-def cbow_batch(size: int, vocab: int = 20000, num_meta: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    """SCI-like pairs: premises of 6-14 tokens, hypotheses of 5-13 (SCI averages 10.3 and 9.5 words)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, (lo, hi) in (("premise", (6, 15)), ("hypothesis", (5, 14))):
-        lengths = torch.randint(lo, hi, (size,), generator=g)
-        mask = torch.arange(hi - 1).unsqueeze(0) < lengths.unsqueeze(1)
-        out[f"{name}_ids"] = torch.randint(1, vocab, mask.shape, generator=g) * mask
-        out[f"{name}_mask"] = mask
-    out["labels"] = torch.randint(0, 3, (size,), generator=g)
-    out["meta"] = torch.randint(0, num_meta, (size,), generator=g)
-    return out
-
-
-def train_cfg(**kw):
-    from nli_routing.training.loop import TrainConfig
-
-    return TrainConfig(cpu=True, progress=False, **kw)
-
-
-def cbow_cfg():
-    from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS
-
-    return train_cfg(**RECIPE_TRAIN_DEFAULTS)
 
 
 # ---------------------------------------------------------------------- measurements

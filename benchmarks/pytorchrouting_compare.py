@@ -11,7 +11,7 @@ by file location (``sys.path`` untouched). Both sides: 3 routed layers of 8 bloc
 tabular Q-learning, one agent per task (8 tasks, exploration 0.1), one ``Linear(64,10)`` head per task,
 final reward +1/-1 (correct classification). Theirs: ``Initialization`` -> ``PerTaskAssignment`` -> 3 x
 (``QLearning(policy_storage_type='tabular', num_agents=8)`` -> ``Selection``) -> ``Selection`` of the heads
-(by task), ``Loss(CrossEntropyLoss(), CorrectClassifiedReward())``. Ours: ``perf.mlp_model("routing", 8, 8)``
+(by task), ``Loss(CrossEntropyLoss(), CorrectClassifiedReward())``. Ours: ``mlp_model("routing", 8, 8)`` (``nli_routing.experiments.bench``, as in perf.py)
 and its unrouted twin ``shared-bottom``. A step, both sides: forward, module + routing loss, backward, the
 blocks' and the routers' SGD steps (learning rates of ``perf.train_cfg()``). Batch: ``perf.mlp_batch`` with
 labels from a fixed random linear teacher. GC: the collector's time inside each step during the timed
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.batches, args.rounds, args.warmup, args.steps_per_round = [64], 2, 1, 1
         args.check_steps, args.gc_steps, args.gc_repeats = 5, 1, 1
     torch.set_num_threads(args.threads)
-    perf = load_module("perf", HERE / "perf.py")
+    from nli_routing.experiments import bench as perf  # the routed MLP of benchmarks/perf.py
     start = time.perf_counter()
 
     def log(msg: str) -> None:

@@ -24,8 +24,6 @@ import json
 import logging
 import math
 import statistics
-import sys
-import time
 from pathlib import Path
 
 from scipy import stats as sps

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path

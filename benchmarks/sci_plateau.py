@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path

@@ -14,7 +14,7 @@ Rows (test accuracy at the best validation epoch):
   ``lstm-h2h`` of :data:`nli_routing.experiments.nli.METHODS`, on the full training set, run by
   :func:`~nli_routing.experiments.nli.run_method` with the recipe defaults;
 * MiniLM none / classifier / attention / block / lora: the packaged MiniLM fine-tuned by
-  ``recipes/finetune_routed_transformer.py`` (its ``main`` is called with an argument list) on the
+  ``recipes/finetune_routed_transformer.py`` (its job, ``nli_routing.experiments.transformer.finetune``, is called with an argument list) on the
   ``--variant`` split (joint by default), on a fixed random subset of ``--max_train_samples``
   training pairs (0: all), with ``--num_blocks`` routed copies of every attention sublayer
   (attention) or layer (block), or that many rank-``--lora_rank`` experts on every attention and
@@ -32,7 +32,6 @@ the table) from the per-run files.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nli_routing.experiments.transformer import finetune
 from nli_routing.experiments.bench import (  # noqa: E402
     StepSetup,
     commit,
@@ -60,7 +60,6 @@ from nli_routing.experiments.bench import (  # noqa: E402
 STARTED_AT = commit()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPE = REPO_ROOT / "recipes" / "finetune_routed_transformer.py"
 
 #: (row name, method of METHODS)
 LSTM_ROWS = [
@@ -81,18 +80,6 @@ MINILM_ROWS = [
 
 
 
-def load_recipe():
-    """The fine-tuning recipe as a module (recipes/ is no package)."""
-    if "finetune_routed_transformer" in sys.modules:
-        return sys.modules["finetune_routed_transformer"]
-    spec = importlib.util.spec_from_file_location("finetune_routed_transformer", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-# ---------------------------------------------------------------------- step time
 def step_time_ratio(
     make_model: Callable[[str], nn.Module],
     batch: dict[str, torch.Tensor],
@@ -175,8 +162,7 @@ def lstm_run(method: str, prepared, epochs: int, seed: int) -> dict[str, Any]:
 
 
 def minilm_run(route: str, args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, Any]:
-    """One route of the fine-tuning recipe (its main, called with an argument list)."""
-    recipe = load_recipe()
+    """One route of the fine-tuning recipe (its job, called with an argument list)."""
     out = work_dir / f"minilm-{route}-seed{seed}"
     argv = ["--route", route, "--num_blocks", str(args.num_blocks), "--data_dir", str(Path(args.sci_root) / args.variant),
             "--epochs", str(args.minilm_epochs), "--seed", str(seed), "--cpu", "--progress", "false",
@@ -187,7 +173,7 @@ def minilm_run(route: str, args: argparse.Namespace, seed: int, work_dir: Path) 
         argv += ["--max_train_samples", str(args.max_train_samples)]
     if args.max_eval_samples:
         argv += ["--max_eval_samples", str(args.max_eval_samples)]
-    summary = recipe.main(argv)
+    summary = finetune(argv)
     payload = json.loads((out / "results.json").read_text())
     run = payload["run"]
     train_args = payload["args"]["train"]

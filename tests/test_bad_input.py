@@ -559,7 +559,7 @@ def test_recipe_flags_are_validated_when_parsed(recipe, flags, pattern, monkeypa
 
     monkeypatch.setattr("sys.argv", [recipe, *flags, "--output_dir", "/nonexistent/never-written"])
     with pytest.raises(SystemExit) as exc:
-        runpy.run_path(str(ROOT / "recipes" / recipe), run_name="__main__")
+        runpy.run_module(f"recipes.{recipe.removesuffix('.py')}", run_name="__main__")
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" not in err, err
     assert re.search(pattern, err.strip().splitlines()[-1]), err

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,10 +215,7 @@ def test_fixed_routes_task_specific_and_random():
 def test_recipe_runs_on_local_arrays(tmp_path, digits, monkeypatch):
     npz = tmp_path / "digits.npz"
     np.savez(npz, x_train=digits[0], y_train=digits[1], x_test=digits[2], y_test=digits[3])
-    spec = importlib.util.spec_from_file_location("image_mtl_recipe", REPO_ROOT / "recipes" / "image_mtl.py")
-    recipe = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, recipe)  # dataclasses resolve their module
-    spec.loader.exec_module(recipe)
+    from recipes import image_mtl as recipe
     results = recipe.main([
         "--dataset", "mnist-mtl", "--data_path", str(npz), "--per_class", "2", "--test_per_task", "4",
         "--method", "routing", "task-routing-layer", "--sigma", "0.5", "--epochs", "1", "--conv_channels", "8",

@@ -105,3 +105,43 @@ def test_no_sys_path_tricks_in_tests_benchmarks_or_recipes():
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if "sys.path." in line and p.name != "test_layers.py"]
     assert not found, "sys.path edits: " + ", ".join(found)
+
+
+#: files that load code by file path, and why (none of them a recipe or a benchmark of this project)
+PATH_LOADERS_ALLOWED = {
+    "benchmarks/pytorchrouting_compare.py": "loads the external PytorchRouting checkout (not a package) to time it",
+}
+PATH_LOADING = ("spec_from_file_location", "run_path(", "SourceFileLoader", "exec(open(", "machinery.SourceFileLoader")
+
+
+def path_loaders(repo: Path) -> list[str]:
+    """Files of tests/, benchmarks/, recipes/ and the package that load a Python file by its path."""
+    found = []
+    for folder in ("tests", "benchmarks", "recipes", "nli_routing"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            rel = str(path.relative_to(repo))
+            if rel == "tests/test_layers.py" or rel in PATH_LOADERS_ALLOWED:
+                continue
+            text = path.read_text()
+            found += [f"{rel}: {word}" for word in PATH_LOADING if word in text]
+    return found
+
+
+def test_no_script_is_loaded_by_file_path():
+    """Issue 30: recipes and benchmarks are packages; tests, benchmarks and recipes import them by name."""
+    repo = ROOT.parent
+    assert (repo / "recipes" / "__init__.py").exists() and (repo / "benchmarks" / "__init__.py").exists()
+    assert not path_loaders(repo), "\n".join(path_loaders(repo))
+
+
+def test_the_path_loading_check_can_fail(tmp_path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text('import runpy\nrunpy.run_path("recipes/a.py")\n')
+    assert path_loaders(tmp_path) == ["tests/test_x.py: run_path("]
+
+
+def test_the_package_imports_nothing_for_its_side_effects():
+    """No registry filled by a side-effect import: a saved model's parts are rebuilt by the model itself."""
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not [p for p in ROOT.rglob("*.py") if "DISPATCHER_BUILDERS" in p.read_text()]

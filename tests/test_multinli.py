@@ -1,8 +1,7 @@
 """MultiNLI loader on small files made here in the official formats (release jsonl/txt, GLUE tsv), and the recipe."""
 
-import importlib.util
+import importlib
 import json
-import sys
 
 import datasets
 import pytest
@@ -15,7 +14,6 @@ from nli_routing.data.multinli import (
     multinli_features,
 )
 
-from .conftest import REPO_ROOT
 
 #: (genre, gold label, premise, hypothesis); "-" rows have no annotator majority and are dropped
 TRAIN = [
@@ -191,12 +189,8 @@ def test_hub_copy_is_converted_to_the_same_features(monkeypatch):
 
 
 def _recipe():
-    """The MultiNLI recipe as a module (recipes/ is no package)."""
-    spec = importlib.util.spec_from_file_location("multinli_recipe", REPO_ROOT / "recipes" / "multinli.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """The MultiNLI recipe as a module of the ``recipes`` package."""
+    return importlib.import_module("recipes.multinli")
 
 
 def test_recipe_methods_resolve_to_experiment_methods():

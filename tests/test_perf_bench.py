@@ -1,19 +1,15 @@
 """Smoke test of the performance suite (benchmarks/perf.py): it runs and writes its report."""
 
-import importlib.util
+import importlib
 import json
 
 import pytest
 
-from .conftest import REPO_ROOT
 
 
 def load_bench(name: str):
-    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO_ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``benchmarks/<name>.py`` as a module of the ``benchmarks`` package."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_perf_suite_quick_run_writes_its_report(tmp_path):
@@ -74,7 +70,7 @@ def test_bank_crossover_sets_every_bank_of_the_routed_mlp():
     from nli_routing.routing.bank import LinearBank
 
     bench = load_bench("bank_crossover")
-    model = bench.routed_mlp(bench._perf(), "dense", 16, 4)
+    model = bench.routed_mlp("dense", 16, 4)
     banks = {n: m for n, m in model.named_modules() if isinstance(m, LinearBank)}
     routed = [m for n, m in banks.items() if n.startswith("routed_fc.")]
     assert len(routed) == 3 and all(b.uses_dense() and b.num_blocks == 4 for b in routed)

@@ -1,19 +1,13 @@
 """The plateau measurements of issue 15: escape epochs, settings pinned to the thesis, variant rows."""
 
-import importlib.util
-import sys
+import importlib
 
 import pytest
 
-from .conftest import REPO_ROOT
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO_ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def run(method, seed, history, stage1=None, warnings=None):

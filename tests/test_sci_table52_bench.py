@@ -1,8 +1,7 @@
 """Smoke test of the Table 5.2 benchmark's step-time measurement (tiny random BERT, no real data)."""
 
-import importlib.util
+import importlib
 import math
-import sys
 
 import torch
 from transformers import BertConfig, BertModel
@@ -10,15 +9,10 @@ from transformers import BertConfig, BertModel
 from nli_routing.models.transformer import RoutedTransformerForNLI, TransformerNLIConfig
 from nli_routing.training.loop import TrainConfig
 
-from .conftest import REPO_ROOT
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("sci_table52_bench", REPO_ROOT / "benchmarks" / "sci_table52.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.sci_table52")
 
 
 def test_step_time_ratio_runs_on_a_tiny_bert():

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import normalized_mutual_info_score
 
 from nli_routing.models.dispatcher import LearnedDispatcher, compact_vocabulary

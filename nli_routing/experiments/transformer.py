@@ -28,7 +28,7 @@ from ..routing.config import check_at_least
 from ..training.loop import TrainConfig, train
 from .nli import DEFAULT_DATA_DIR
 
-__all__ = ["TRAIN_DEFAULTS", "PairDataArgs", "load_data", "train_transformer"]
+__all__ = ["TRAIN_DEFAULTS", "FinetuneArgs", "PairDataArgs", "finetune", "load_data", "train_transformer"]
 
 
 #: Fine-tuning defaults: Adam at 5e-5 for the pretrained weights and the head; the tabular routers
@@ -137,3 +137,50 @@ def train_transformer(
     }
     return {"summary": summary, "run": result, "model": model, "tokenizer": tokenizer, "config": cfg,
             "parameters": counts}
+
+
+@dataclass
+class FinetuneArgs:
+    output_dir: str = field(default="outputs/finetune_routed_transformer", metadata={"help": "where results go"})
+
+
+def finetune(argv: list[str] | None = None) -> dict[str, Any]:
+    """The fine-tuning job of ``recipes/finetune_routed_transformer.py`` for a command line ``argv`` (the
+    recipe's flags): train, print the results table, write ``results.json``; returns the run's summary.
+    Bad flags or data: one line and exit status 2."""
+    import json
+    from dataclasses import asdict
+
+    from transformers import HfArgumentParser
+
+    from ..training.distributed import make_accelerator
+    from .nli import format_table
+
+    parser = HfArgumentParser((FinetuneArgs, PairDataArgs, TransformerNLIConfig, TrainConfig))
+    parser.set_defaults(**TRAIN_DEFAULTS)
+    try:
+        recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("datasets", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
+    try:
+        dsd, names = load_data(data_args)
+    except (ValueError, FileNotFoundError) as err:  # bad data: one line naming the file
+        parser.error(str(err))
+    out = Path(recipe.output_dir)
+    res = train_transformer(dsd, names, "signature", model_cfg, train_cfg, data_args.max_length,
+                            out / model_cfg.route, accelerator)
+    summary, cfg, counts = res["summary"], res["config"], res["parameters"]
+    params = "  ".join(f"{k} {v:,}" for k, v in counts.items())
+    accelerator.print(f"\nSCI data: {data_args.data_dir}  model: {cfg.model_name_or_path}\n{format_table([summary])}\n"
+                      f"parameters: {params}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {"args": {"recipe": asdict(recipe), "data": asdict(data_args), "model": asdict(cfg),
+                            "train": asdict(train_cfg)}, "summary": summary, "run": res["run"]}
+        (out / "results.json").write_text(json.dumps(payload, indent=2))
+        accelerator.print(f"results written to {out / 'results.json'}")
+    return summary
