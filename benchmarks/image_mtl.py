@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from nli_routing.models.vision import ImageMTLCollator, VisionMTLConfig, VisionMTLModel
 from nli_routing.experiments.bench import commit, machine, merge_worker_results
-from nli_routing.experiments.image import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_method
+from nli_routing.experiments.image import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_image_method
 from nli_routing.training.loop import TrainConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def accuracy_runs(args, runs: list[dict], out: Path, meta: dict) -> None:
     for seed, method in todo:
         cfg = TrainConfig(epochs=args.epochs, seed=seed, cpu=True, progress=False, batch_size=args.batch_size,
                           **IMAGE_TRAIN_DEFAULTS)
-        res = run_method(method, dsd, VisionMTLConfig(), cfg, None)
+        res = run_image_method(method, dsd, VisionMTLConfig(), cfg, None)
         fin = res["final"]
         runs.append({
             "kind": "accuracy", "method": method, "seed": seed,

@@ -23,8 +23,8 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from nli_routing.experiments.image import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_method
-from nli_routing.models.vision import METHODS, VisionMTLConfig
+from nli_routing.experiments.image import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_image_method
+from nli_routing.models.vision import VISION_METHODS, VisionMTLConfig
 from nli_routing.training.loop import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RecipeArgs:
-    method: list[str] = field(default_factory=lambda: ["routing"], metadata={"help": f"methods: {sorted(METHODS)}"})
+    method: list[str] = field(default_factory=lambda: ["routing"], metadata={"help": f"methods: {sorted(VISION_METHODS)}"})
     output_dir: str = field(default="outputs/image_mtl", metadata={"help": "where results go"})
 
 
@@ -54,15 +54,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_args, recipe, model_args, train_cfg = parser.parse_args_into_dataclasses(args=argv)
         model_cfg = VisionMTLConfig(**vars(model_args))
         for m in recipe.method:
-            if m not in METHODS:
-                raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+            if m not in VISION_METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {sorted(VISION_METHODS)}")
     except ValueError as err:
         parser.error(str(err))
     dsd = load_image_mtl(data_args)
     out = Path(recipe.output_dir)
     results = {}
     for method in recipe.method:
-        res = run_method(method, dsd, model_cfg, train_cfg, out / method)
+        res = run_image_method(method, dsd, model_cfg, train_cfg, out / method)
         results[method] = {split: res["final"][split]["accuracy"] for split in res["final"]}
         results[method]["best_epoch"] = res["best_epoch"]
         results[method]["train_seconds"] = res["train_seconds"]

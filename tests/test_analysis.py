@@ -184,11 +184,11 @@ def test_a_cluster_routed_record_is_analysed_by_signature_and_genre_is_refused(t
 
 
 def test_figure_titles_name_the_model_and_grammar():
-    from nli_routing.analysis.report import describe_model, plural
+    from nli_routing.analysis.report import describe_config, plural
 
     assert plural(1, "routed position") == "1 routed position" and plural(3, "layer") == "3 layers"
-    assert describe_model({"route": "wp", "wp_depth": 3, "wp_width": 4}) == "WP d=3, b=4"
-    assert describe_model({"route": "wp", "wp_depth": 1, "wp_width": 4, "meta_column": "cluster"}) == \
+    assert describe_config({"route": "wp", "wp_depth": 3, "wp_width": 4}) == "WP d=3, b=4"
+    assert describe_config({"route": "wp", "wp_depth": 1, "wp_width": 4, "meta_column": "cluster"}) == \
         "WP d=1, b=4; routed on offline clusters"
-    assert describe_model({"model_type": "nli-routing-lstm", "route": "none", "lstm_route": "h2h", "lstm_depth": 2,
+    assert describe_config({"model_type": "nli-routing-lstm", "route": "none", "lstm_route": "h2h", "lstm_depth": 2,
                            "lstm_width": 4}) == "LSTM H2H d=2, b=4"

@@ -21,7 +21,7 @@ from nli_routing.data.image_mtl import (
     read_idx,
 )
 from nli_routing.models.vision import (
-    METHODS,
+    VISION_METHODS,
     ImageMTLCollator,
     TaskRoutingMask,
     VisionMTLConfig,
@@ -138,7 +138,7 @@ def _small(method: str, **kw) -> VisionMTLModel:
     return VisionMTLModel(cfg)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(VISION_METHODS))
 def test_each_method_trains_with_the_shared_loop(method, tiny_mtl):
     torch.manual_seed(0)
     model = _small(method)
@@ -151,7 +151,7 @@ def test_each_method_trains_with_the_shared_loop(method, tiny_mtl):
     changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
     assert any(n.startswith("convs.0") for n in changed)  # the trunk learned
     assert any(n.startswith("heads.") for n in changed)
-    if METHODS[method][0] == "routed" or method.startswith("routing"):
+    if VISION_METHODS[method][0] == "routed" or method.startswith("routing"):
         assert len(model.routed_layers) == 1 and "routing_entropy_0" in final
 
 

@@ -77,7 +77,7 @@ ROUTER_WORDS = {"encoder.projection": "word-projection", "classifier.routed": "c
                 "routing_controller": "Transformer"}
 
 
-def describe_model(config: dict | None) -> str:
+def describe_config(config: dict | None) -> str:
     """What a reader knows about a run's model, from its ``config.json``: ``"WP d=3, b=4"``,
     ``"classifier, 1 layer, b=4"``, ``"LSTM H2H d=2, b=4"``, ``"attention copies, b=2"``."""
     if not config:
@@ -291,7 +291,7 @@ def analyze_run(
             config = json.loads((run / "config.json").read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{run / 'config.json'} is not JSON: {err}") from None
-    label = "; ".join(p for p in (describe_model(config), f"{split} split") if p)
+    label = "; ".join(p for p in (describe_config(config), f"{split} split") if p)
     return analyze_record(record, out, group_name=by, match=match, state_dict=model if model.is_file() else None,
                           policy=policy, temperature=temperature, label=label, meta_record=original, dpi=dpi,
                           vector=vector)

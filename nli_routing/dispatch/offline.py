@@ -22,9 +22,9 @@ from nli_routing.models.meta import NearestCentroid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OfflineDispatcher", "dispatch_dataset", "METHODS"]
+__all__ = ["OfflineDispatcher", "dispatch_dataset", "CLUSTERINGS"]
 
-METHODS = ("kmeans", "agglomerative")
+CLUSTERINGS = ("kmeans", "agglomerative")
 
 
 class OfflineDispatcher:
@@ -41,8 +41,8 @@ class OfflineDispatcher:
         seed: int = 0,
         max_fit_samples: int | None = 20000,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown dispatch method {method!r}; expected one of {list(METHODS)}")
+        if method not in CLUSTERINGS:
+            raise ValueError(f"unknown dispatch method {method!r}; expected one of {list(CLUSTERINGS)}")
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if max_fit_samples is not None and max_fit_samples < 1:
@@ -128,8 +128,8 @@ class OfflineDispatcher:
     def load_state_dict(self, state: dict[str, Any]) -> "OfflineDispatcher":
         """Restore the state written by :meth:`state_dict`; returns ``self``."""
         method = state.get("method", self.method)
-        if method not in METHODS:
-            raise ValueError(f"unknown dispatch method {method!r}; expected one of {list(METHODS)}")
+        if method not in CLUSTERINGS:
+            raise ValueError(f"unknown dispatch method {method!r}; expected one of {list(CLUSTERINGS)}")
         self.method = method
         self.k = int(state.get("k", self.k))
         self.seed = int(state.get("seed", self.seed))

@@ -16,7 +16,7 @@ from ..models.vision import ImageMTLCollator, VisionMTLConfig, VisionMTLModel
 from ..routing.config import check_at_least
 from ..training.loop import TrainConfig, train
 
-__all__ = ["DEFAULT_MNIST", "IMAGE_TRAIN_DEFAULTS", "ImageDataArgs", "load_image_mtl", "run_method"]
+__all__ = ["DEFAULT_MNIST", "IMAGE_TRAIN_DEFAULTS", "ImageDataArgs", "load_image_mtl", "run_image_method"]
 
 #: where MNIST-MTL comes from without --data_path: the shared data folder beside the checkout (run from
 #: the repository root), when it exists; otherwise the Hub
@@ -56,7 +56,7 @@ def load_image_mtl(args: ImageDataArgs) -> DatasetDict:
     return dsd
 
 
-def run_method(method: str, dsd: DatasetDict, model_cfg: VisionMTLConfig, train_cfg: TrainConfig,
+def run_image_method(method: str, dsd: DatasetDict, model_cfg: VisionMTLConfig, train_cfg: TrainConfig,
                output_dir: Path | None) -> dict[str, Any]:
     """Build the method's model for ``dsd`` and train it with the shared loop."""
     feats = dsd["train"].features

@@ -24,7 +24,7 @@ from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..routing import parse_learner_args
 from ..routing.config import check_at_least
 from ..models.embeddings import WordVectors, load_word_vectors
-from ..models.lstm import LSTMModelConfig, LSTMNLIModel
+from ..models.auto import MODEL_KINDS
 from ..models.nli import NLIModelConfig, NLIRoutingModel
 from ..training.loop import TrainConfig, train
 
@@ -69,18 +69,14 @@ METHODS: dict[str, tuple[dict[str, Any], str]] = {
     "lstm-h2h": ({"model": "lstm", "route": "none", "lstm_route": "h2h"}, "signature"),
 }
 
-#: model kind (the "model" entry of a method's overrides) -> (config class, model class)
-MODEL_KINDS: dict[str, tuple[type, type]] = {
-    "cbow": (NLIModelConfig, NLIRoutingModel),
-    "lstm": (LSTMModelConfig, LSTMNLIModel),
-}
 
 
 def method_config(model_cfg: NLIModelConfig, overrides: dict[str, Any]) -> tuple[NLIModelConfig, type]:
     """The config (and model class) of a method: ``model_cfg``'s fields (shared by every kind) plus the
     method's overrides; a combination the config refuses raises ``ValueError`` here."""
     overrides = {k: v for k, v in overrides.items() if k not in ("dispatch", "two_stage")}
-    config_cls, model_cls = MODEL_KINDS[overrides.pop("model", "cbow")]
+    kind = MODEL_KINDS[overrides.pop("model", "cbow")]  # the registered kinds (cbow, lstm)
+    config_cls, model_cls = kind.settings_class, kind.model_class
     base = {f.name: getattr(model_cfg, f.name) for f in fields(model_cfg) if f.name not in overrides}
     names = {f.name for f in fields(config_cls)}
     cfg = config_cls(**{k: v for k, v in base.items() if k in names and (config_cls is NLIModelConfig or k != "route")}, **overrides)

@@ -1,31 +1,12 @@
-"""Registers every routed model kind with transformers' Auto classes, so that
-``AutoConfig.from_pretrained(folder)`` and ``AutoModel.from_pretrained(folder)`` load a saved routed
-model (imported by ``nli_routing.models``; the model types are ``nli-routing-*``)."""
+"""Every routed model kind, registered with transformers' Auto classes: importing this module imports
+each kind, whose module registers it in one call (:func:`~nli_routing.models.base.register_model_kind`),
+so that ``AutoConfig.from_pretrained(folder)`` and ``AutoModel.from_pretrained(folder)`` load a saved
+routed model (the model types are ``nli-routing-*``)."""
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel
+from . import lstm, nli, vision  # noqa: F401  (each registers its kind)
+from .base import MODEL_KINDS
+from .transformer import model as _transformer  # noqa: F401
 
-from .base import RoutedModel, RoutedModelConfig
-from .lstm import LSTMNLIConfig, LSTMNLIModel
-from .nli import NLIRoutingConfig, NLIRoutingModel
-from .transformer.model import RoutedTransformerForNLI, RoutedTransformerNLIConfig
-from .vision import VisionMTLModel, VisionMTLModelConfig
-
-#: (config class, model class) of every kind
-MODEL_KINDS: tuple[tuple[type[RoutedModelConfig], type[RoutedModel]], ...] = (
-    (NLIRoutingConfig, NLIRoutingModel),
-    (LSTMNLIConfig, LSTMNLIModel),
-    (RoutedTransformerNLIConfig, RoutedTransformerForNLI),
-    (VisionMTLModelConfig, VisionMTLModel),
-)
-
-
-def register() -> None:
-    """Register the kinds (idempotent)."""
-    for config_class, model_class in MODEL_KINDS:
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        AutoModel.register(config_class, model_class, exist_ok=True)
-
-
-register()
+__all__ = ["MODEL_KINDS"]

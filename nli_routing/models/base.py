@@ -38,7 +38,8 @@ from ..serialization import CheckpointError, load_safetensors
 from .dispatcher import LearnedDispatcher
 from .meta import NearestCentroid
 
-__all__ = ["RoutedModel", "RoutedModelConfig", "WEIGHTS_FILE", "LEGACY_WEIGHTS_FILE", "INFERENCE_FIELDS"]
+__all__ = ["MODEL_KINDS", "ModelKind", "RoutedModel", "RoutedModelConfig", "WEIGHTS_FILE", "LEGACY_WEIGHTS_FILE",
+           "INFERENCE_FIELDS", "register_model_kind"]
 
 #: what a saved model needs at inference besides its weights, kept in config.json by every kind
 #: (:meth:`RoutedModel.describe`): the meta classes it routes on and their names, the data's own meta
@@ -459,6 +460,56 @@ class RoutedModel(PreTrainedModel):
                 f"from_pretrained): convert it with `nli-routing convert {folder} OUT_DIR`, then load OUT_DIR"
             )
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    """A registered model kind: its settings dataclass (the one config a user writes, parsed from the
+    command line by the recipes), its Hugging Face config class (made by :func:`register_model_kind`)
+    and its model class."""
+
+    name: str
+    settings_class: type
+    config_class: type[RoutedModelConfig]
+    model_class: type[RoutedModel]
+
+
+#: every model kind by name ("cbow", "lstm", "transformer", "vision"), in registration order
+MODEL_KINDS: dict[str, ModelKind] = {}
+
+
+def register_model_kind(
+    name: str,
+    settings_class: type,
+    model_class: type[RoutedModel],
+    model_type: str,
+    config_name: str,
+    extra_fields: dict[str, Any] | None = None,
+    parent: type[RoutedModelConfig] = RoutedModelConfig,
+) -> type[RoutedModelConfig]:
+    """Register a model kind in one call, next to it (the shape of PEFT's ``register_peft_method``):
+    build its Hugging Face config class ``config_name`` (the fields of ``settings_class`` plus
+    ``extra_fields``, ``model_type`` in ``config.json``), make it ``model_class.config_class`` and register
+    both with transformers' ``AutoConfig`` / ``AutoModel``. Returns the config class."""
+    from transformers import AutoConfig, AutoModel
+
+    if name in MODEL_KINDS and MODEL_KINDS[name].model_class is not model_class:
+        raise ValueError(f"model kind {name!r} is already registered for {MODEL_KINDS[name].model_class.__name__}")
+    namespace = {
+        "__doc__": f"The Hugging Face config of :class:`{model_class.__name__}`: the fields of "
+                   f":class:`{settings_class.__name__}`" + (f" plus {sorted(extra_fields)}" if extra_fields else "") + ".",
+        "__module__": model_class.__module__,
+        "model_type": model_type,
+        "settings_class": settings_class,
+    }
+    if extra_fields:
+        namespace["extra_fields"] = {**parent.extra_fields, **extra_fields}
+    config_class = type(config_name, (parent,), namespace)
+    model_class.config_class = config_class
+    AutoConfig.register(model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
+    MODEL_KINDS[name] = ModelKind(name, settings_class, config_class, model_class)
+    return config_class
 
 
 def resolve_model_folder(name_or_path: str | Path, **hub: Any) -> Path:

@@ -37,6 +37,7 @@ from ..routing.config import check_at_least
 from ..routing.decision import RoutingPass
 from ..routing.execution import EXECUTIONS
 from .blocks import ACTIVATIONS
+from .base import register_model_kind
 from .nli import NLIModelConfig, NLIRoutingConfig, NLIRoutingModel
 
 LSTM_ROUTES = ("none", "i2h", "h2h")
@@ -279,13 +280,6 @@ class LSTMModelConfig(NLIModelConfig):
             raise ValueError(f"lstm_pool must be one of {LSTM_POOLS}, got {self.lstm_pool!r}")
 
 
-class LSTMNLIConfig(NLIRoutingConfig):
-    """The Hugging Face config of :class:`LSTMNLIModel` (the fields of :class:`LSTMModelConfig`)."""
-
-    model_type = "nli-routing-lstm"
-    settings_class = LSTMModelConfig
-
-
 class LSTMNLIModel(NLIRoutingModel):
     """:class:`NLIRoutingModel` with a (routed) LSTM encoder instead of CBOW.
 
@@ -293,7 +287,6 @@ class LSTMNLIModel(NLIRoutingModel):
     encoder is built here (:meth:`build_encoder`).
     """
 
-    config_class = LSTMNLIConfig
 
     def build_encoder(self, weight: Tensor, pad_id: int) -> tuple[nn.Module, int, list[tuple[str, nn.Module]]]:
         """The (routed) LSTM encoder, its output size and its routed layer (``lstm-<route>``)."""
@@ -314,3 +307,7 @@ class LSTMNLIModel(NLIRoutingModel):
         )
         routed = [(f"lstm-{c.lstm_route}", encoder.routed)] if encoder.routed is not None else []
         return encoder, c.lstm_hidden, routed
+
+
+LSTMNLIConfig = register_model_kind("lstm", LSTMModelConfig, LSTMNLIModel, "nli-routing-lstm", "LSTMNLIConfig",
+                                    parent=NLIRoutingConfig)

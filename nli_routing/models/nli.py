@@ -13,7 +13,7 @@ from transformers.utils import ModelOutput
 from ..routing import RoutedLayer, RouterConfig, Trajectory
 from ..routing.config import check_at_least
 from ..routing.bank import LinearBank
-from .base import RoutedModel, RoutedModelConfig
+from .base import RoutedModel, register_model_kind
 from .blocks import fc_block, routed_fc_stack
 from .cbow import CBOWEncoder
 from .classifier import Classifier
@@ -92,15 +92,6 @@ class NLIModelConfig(RouterConfig):
         return asdict(self)
 
 
-class NLIRoutingConfig(RoutedModelConfig):
-    """The Hugging Face config of :class:`NLIRoutingModel`: the fields of :class:`NLIModelConfig` plus
-    the word-vector table's shape (``vocab_size``, ``embedding_dim``) and ``pad_id``."""
-
-    model_type = "nli-routing-cbow"
-    settings_class = NLIModelConfig
-    extra_fields = {"vocab_size": 0, "embedding_dim": 0, "pad_id": 0}
-
-
 @dataclass
 class NLIOutput(ModelOutput):
     """A routed model's output (a transformers ``ModelOutput``): ``loss`` (mean cross-entropy, when
@@ -140,7 +131,6 @@ class NLIRoutingModel(RoutedModel):
     the routing plumbing of :class:`~nli_routing.models.base.RoutedModel`.
     """
 
-    config_class = NLIRoutingConfig
     main_input_name = "premise_ids"
 
     def __init__(self, config: NLIModelConfig | NLIRoutingConfig, weight: Tensor | None = None,
@@ -272,3 +262,8 @@ class NLIRoutingModel(RoutedModel):
         if self.config.pair_features == "concat":
             return torch.cat([p, h], -1)
         return torch.cat([p, h, (p - h).abs(), p * h], -1)
+
+
+#: the Hugging Face config of NLIRoutingModel: NLIModelConfig's fields plus the word-vector table's shape
+NLIRoutingConfig = register_model_kind("cbow", NLIModelConfig, NLIRoutingModel, "nli-routing-cbow", "NLIRoutingConfig",
+                                       extra_fields={"vocab_size": 0, "embedding_dim": 0, "pad_id": 0})

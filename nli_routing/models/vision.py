@@ -5,7 +5,7 @@ larger than 1x1), then 3 fully connected layers of 128 and a classification head
 (``meta``) picks the head: **one head per task** (``Linear(128, num_classes)``, grouped by task), so
 ``logits [B, num_classes]`` are the sample's own task's classes (2 for the one-vs-rest sets).
 
-Methods (:data:`METHODS`): the routing variants of Figure 5.1 (``routing`` = routing-all-fc,
+Methods (:data:`VISION_METHODS`): the routing variants of Figure 5.1 (``routing`` = routing-all-fc,
 ``routing-recurrent`` (recurrent + pass), ``routing-single-agent``, ``routing-dispatched``,
 ``soft-mixture``) and the baselines ``shared-bottom`` (= ``task-specific-1-fc``),
 ``task-specific-all-fc``, ``cross-stitch``, ``fixed-random-fc``, ``fixed-random-conv3`` and
@@ -27,11 +27,11 @@ from transformers.utils import ModelOutput
 from ..routing import FixedRandomRouter, LinearBank, RoutedLayer, RouterConfig, Trajectory, grouped_apply
 from ..routing.config import check_at_least
 from ..routing.trajectory import check_range
-from .base import RoutedModel, RoutedModelConfig
+from .base import RoutedModel, register_model_kind
 from .blocks import fc_block, routed_fc_stack
 
 #: method -> (what the FC part is, router type of routed methods)
-METHODS: dict[str, tuple[str, str | None]] = {
+VISION_METHODS: dict[str, tuple[str, str | None]] = {
     "routing": ("routed", None),  # routing-all-fc, router from the config (tabular by default)
     "routing-all-fc": ("routed", None),
     "routing-recurrent": ("recurrent", None),
@@ -52,7 +52,7 @@ METHODS: dict[str, tuple[str, str | None]] = {
 class VisionMTLConfig(RouterConfig):
     """Configuration of :class:`VisionMTLModel` (``num_meta`` = number of tasks)."""
 
-    method: str = field(default="routing", metadata={"help": f"one of {sorted(METHODS)}"})
+    method: str = field(default="routing", metadata={"help": f"one of {sorted(VISION_METHODS)}"})
     num_classes: int = field(default=2, metadata={"help": "classes per task head"})
     in_channels: int = field(default=1, metadata={"help": "image channels"})
     image_size: int = field(default=28, metadata={"help": "image height = width"})
@@ -72,8 +72,8 @@ class VisionMTLConfig(RouterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.method not in VISION_METHODS:
+            raise ValueError(f"method must be one of {sorted(VISION_METHODS)}, got {self.method!r}")
         check_at_least(self, num_classes=2, in_channels=1, image_size=1, conv_channels=1, conv_layers=0, fc_hidden=1,
                        fc_layers=1)
         if self.fc_width < 0:
@@ -83,13 +83,6 @@ class VisionMTLConfig(RouterConfig):
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class VisionMTLModelConfig(RoutedModelConfig):
-    """The Hugging Face config of :class:`VisionMTLModel` (the fields of :class:`VisionMTLConfig`)."""
-
-    model_type = "nli-routing-vision-mtl"
-    settings_class = VisionMTLConfig
 
 
 @dataclass
@@ -190,15 +183,14 @@ class TaskHeads(nn.Module):
 
 
 class VisionMTLModel(RoutedModel):
-    """The 'Base' convnet with one of the multi-task methods of :data:`METHODS` (see the module doc)."""
+    """The 'Base' convnet with one of the multi-task methods of :data:`VISION_METHODS` (see the module doc)."""
 
-    config_class = VisionMTLModelConfig
     main_input_name = "pixel_values"
 
     def __init__(self, config: VisionMTLConfig | VisionMTLModelConfig) -> None:
         super().__init__(config)
         c = self.config
-        kind, router_type = METHODS[c.method]
+        kind, router_type = VISION_METHODS[c.method]
         tasks = c.num_meta
         width = c.fc_width or tasks  # blocks per routed FC layer
         routed: list[RoutedLayer] = []
@@ -286,3 +278,7 @@ class ImageMTLCollator:
             "labels": torch.tensor([int(r["label"]) for r in rows], dtype=torch.long),
             "meta": torch.tensor([int(r["task"]) for r in rows], dtype=torch.long),
         }
+
+
+VisionMTLModelConfig = register_model_kind("vision", VisionMTLConfig, VisionMTLModel, "nli-routing-vision-mtl",
+                                           "VisionMTLModelConfig")

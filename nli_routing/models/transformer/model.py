@@ -16,7 +16,7 @@ from ...serialization import CheckpointError, join_state
 from ..blocks import routed_fc_stack
 from ..classifier import Classifier
 from ..embeddings import default_model_path
-from ..base import RoutedModel, RoutedModelConfig, read_weights
+from ..base import RoutedModel, read_weights, register_model_kind
 from ..nli import NLIOutput
 from .config import INJECT_ROUTES, TransformerNLIConfig
 from .layer import RoutedLoRALinear, RoutedModule, get_controller, inject_routing
@@ -28,16 +28,6 @@ LEGACY_EXTRA_STATE_FILE = "extra_state.json"
 LEGACY_PICKLE_FILE = "extra_state.pt"
 LEGACY_EXTRA_PREFIX = "__extra__."
 LEGACY_BACKBONE_DIR = "backbone"
-
-
-class RoutedTransformerNLIConfig(RoutedModelConfig):
-    """The Hugging Face config of :class:`RoutedTransformerForNLI`: the fields of
-    :class:`TransformerNLIConfig` plus ``encoder_layout`` (the encoder's own config as a dict, so a
-    saved model rebuilds its encoder without downloading it)."""
-
-    model_type = "nli-routing-transformer"
-    settings_class = TransformerNLIConfig
-    extra_fields = {"encoder_layout": None}
 
 
 def pool_hidden(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
@@ -65,7 +55,6 @@ class RoutedTransformerForNLI(RoutedModel):
     the routed classifier (each with ``router`` and ``num_actions``).
     """
 
-    config_class = RoutedTransformerNLIConfig
 
     def __init__(self, config: TransformerNLIConfig | RoutedTransformerNLIConfig,
                  backbone: nn.Module | None = None) -> None:
@@ -243,3 +232,10 @@ class PairCollator:
 
     def __repr__(self) -> str:
         return f"PairCollator(pad_id={self.pad_id}, meta_column={self.meta_column!r})"
+
+
+#: TransformerNLIConfig's fields plus ``encoder_layout`` (the encoder's own config as a dict, so a saved
+#: model rebuilds its encoder without downloading it)
+RoutedTransformerNLIConfig = register_model_kind(
+    "transformer", TransformerNLIConfig, RoutedTransformerForNLI, "nli-routing-transformer", "RoutedTransformerNLIConfig",
+    extra_fields={"encoder_layout": None})
