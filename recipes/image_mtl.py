@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
 
+from nli_routing.experiments.recipe import parse_recipe
 from nli_routing.experiments.image import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_image_method
 from nli_routing.models.vision import VISION_METHODS, VisionMTLConfig
 from nli_routing.training.loop import TrainConfig
@@ -48,10 +48,9 @@ ModelArgs = make_dataclass(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = HfArgumentParser((ImageDataArgs, RecipeArgs, ModelArgs, TrainConfig))
-    parser.set_defaults(**IMAGE_TRAIN_DEFAULTS)
+    parser, (data_args, recipe, model_args, train_cfg) = parse_recipe(
+        (ImageDataArgs, RecipeArgs, ModelArgs, TrainConfig), IMAGE_TRAIN_DEFAULTS, argv)
     try:  # bad flags: one line and exit status 2
-        data_args, recipe, model_args, train_cfg = parser.parse_args_into_dataclasses(args=argv)
         model_cfg = VisionMTLConfig(**vars(model_args))
         for m in recipe.method:
             if m not in VISION_METHODS:
@@ -75,5 +74,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     main()

@@ -24,12 +24,10 @@ writes ``results.json`` plus one run folder per method (metrics, checkpoint, rou
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
 
 from nli_routing.experiments.multinli import (
     MultiNLIDataArgs,
@@ -40,6 +38,7 @@ from nli_routing.experiments.multinli import (
 )
 from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS, format_table, run_method
 from nli_routing.models.nli import NLIModelConfig
+from nli_routing.experiments.recipe import parse_recipe
 from nli_routing.routing.config import check_at_least
 from nli_routing.training.distributed import make_accelerator
 from nli_routing.training.loop import TrainConfig
@@ -65,15 +64,8 @@ class RecipeArgs:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = HfArgumentParser((RecipeArgs, MultiNLIDataArgs, NLIModelConfig, TrainConfig))
-    parser.set_defaults(**RECIPE_TRAIN_DEFAULTS)
-    try:  # bad flags: one line and exit status 2
-        recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:
-        parser.error(str(err))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("datasets", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    parser, (recipe, data_args, model_cfg, train_cfg) = parse_recipe(
+        (RecipeArgs, MultiNLIDataArgs, NLIModelConfig, TrainConfig), RECIPE_TRAIN_DEFAULTS, argv)
     try:
         methods = [canonical_method(m) for m in recipe.methods]
     except ValueError as err:

@@ -23,11 +23,8 @@ entropy and choices per signature on the test set) under ``--output_dir``.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-from transformers import HfArgumentParser
 
 from nli_routing.training.distributed import make_accelerator
 from nli_routing.models.nli import NLIModelConfig
@@ -46,6 +43,7 @@ from nli_routing.experiments.nli import (
     run_method,
     write_dispatch_report,
 )
+from nli_routing.experiments.recipe import parse_recipe
 from nli_routing.routing.config import check_at_least
 from nli_routing.training.loop import TrainConfig
 
@@ -78,15 +76,8 @@ class RecipeArgs:
 
 
 def main() -> None:
-    parser = HfArgumentParser((RecipeArgs, DataArgs, NLIModelConfig, TrainConfig, DispatchArgs))
-    parser.set_defaults(**RECIPE_TRAIN_DEFAULTS)
-    try:
-        recipe, data_args, model_cfg, train_cfg, dispatch_args = parser.parse_args_into_dataclasses()
-    except ValueError as err:
-        parser.error(str(err))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("datasets", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    parser, (recipe, data_args, model_cfg, train_cfg, dispatch_args) = parse_recipe(
+        (RecipeArgs, DataArgs, NLIModelConfig, TrainConfig, DispatchArgs), RECIPE_TRAIN_DEFAULTS)
     for method in recipe.methods:
         try:  # the method's name, and its overrides with the model flags
             method_config(model_cfg, resolve_method(method)[0])

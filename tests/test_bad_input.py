@@ -525,6 +525,8 @@ def test_pipeline_refuses_input_that_is_not_a_pair(saved_model: Path) -> None:
 
 #: (recipe, flags, message): every recipe validates its flags when it parses them (one line, exit 2)
 RECIPE_CASES = [
+    ("sci_wp_dispatch.py", ["--rho", "5"], r"rho must be in \[-1, 1\], got 5"),
+    ("finetune_routed_transformer.py", ["--rho", "-2"], r"rho must be in \[-1, 1\], got -2"),
     ("sci_wp_dispatch.py", ["--epochs", "0"], r"epochs must be >= 1, got 0"),
     ("sci_wp_dispatch.py", ["--wp_depth", "0"], r"wp_depth must be >= 1, got 0"),
     ("sci_wp_dispatch.py", ["--batch_size", "0"], r"batch_size must be >= 1, got 0"),
@@ -562,4 +564,5 @@ def test_recipe_flags_are_validated_when_parsed(recipe, flags, pattern, monkeypa
         runpy.run_module(f"recipes.{recipe.removesuffix('.py')}", run_name="__main__")
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, f"more than the error line (a usage dump?):\n{err}"
     assert re.search(pattern, err.strip().splitlines()[-1]), err

@@ -151,20 +151,12 @@ def finetune(argv: list[str] | None = None) -> dict[str, Any]:
     import json
     from dataclasses import asdict
 
-    from transformers import HfArgumentParser
-
     from ..training.distributed import make_accelerator
     from .nli import format_table
+    from .recipe import parse_recipe
 
-    parser = HfArgumentParser((FinetuneArgs, PairDataArgs, TransformerNLIConfig, TrainConfig))
-    parser.set_defaults(**TRAIN_DEFAULTS)
-    try:
-        recipe, data_args, model_cfg, train_cfg = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:
-        parser.error(str(err))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("datasets", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    parser, (recipe, data_args, model_cfg, train_cfg) = parse_recipe(
+        (FinetuneArgs, PairDataArgs, TransformerNLIConfig, TrainConfig), TRAIN_DEFAULTS, argv)
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
     try:
         dsd, names = load_data(data_args)

@@ -78,6 +78,9 @@ class RouterConfig:
         check_at_least(self, num_meta=1, num_subrouters=1)
         if self.exploration not in EXPLORATION_PRESETS:
             raise ValueError(f"exploration must be one of {sorted(EXPLORATION_PRESETS)}, got {self.exploration!r}")
+        rho = getattr(self, "rho", 0.0)  # the collaboration reward weight of every model kind's config
+        if not (isinstance(rho, (int, float)) and -1.0 <= rho <= 1.0):
+            raise ValueError(f"rho must be in [-1, 1], got {rho!r}")
         if not math.isfinite(self.router_init):
             raise ValueError(f"router_init must be a finite number, got {self.router_init!r}")
         if not 0.0 < self.router_balance_share <= 1.0:

@@ -1,0 +1,51 @@
+"""What every recipe does first, written once: parse the flags into the recipe's dataclasses (with its
+training defaults), answer a bad flag or bad data in one line, set up logging.
+
+    parser, (recipe, data_args, model_cfg, train_cfg) = parse_recipe(
+        (RecipeArgs, DataArgs, NLIModelConfig, TrainConfig), RECIPE_TRAIN_DEFAULTS, argv)
+    ...
+    parser.error(f"{path}: line 3: ...")    # one line on stderr, exit status 2
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, NoReturn, Sequence
+
+from transformers import HfArgumentParser
+
+__all__ = ["RecipeParser", "parse_recipe", "setup_logging"]
+
+#: libraries whose INFO lines drown a recipe's own
+NOISY_LOGGERS = ("datasets", "httpx", "urllib3")
+
+
+class RecipeParser(HfArgumentParser):
+    """``HfArgumentParser`` whose errors are one line, ``<prog>: error: <message> (--help lists the flags)``,
+    with exit status 2, instead of argparse's usage dump of every flag before the message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def parse_recipe(
+    dataclass_types: Sequence[type], defaults: dict[str, Any] | None = None, argv: list[str] | None = None,
+    prog: str | None = None,
+) -> tuple[RecipeParser, tuple]:
+    """``(parser, dataclasses)`` of the command line ``argv`` (``sys.argv[1:]`` when None); a value a
+    dataclass refuses (its ``__post_init__``) is a one-line error naming the flag, exit status 2."""
+    parser = RecipeParser(list(dataclass_types), prog=prog or (sys.argv[0].rsplit("/", 1)[-1] or None))
+    parser.set_defaults(**(defaults or {}))
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        parser.error(str(err))
+    setup_logging()
+    return parser, tuple(parsed)
