@@ -25,3 +25,16 @@ def test_meta_values_starting_with_a_dash_are_taken_as_values():
     assert attach_dash_values(["--meta_fallback", "-|.7", "--premise", "-x"]) == ["--meta_fallback=-|.7", "--premise", "-x"]
     assert attach_dash_values(["--meta", "--input", "f"]) == ["--meta", "--input", "f"]  # a missing value stays an error
     assert attach_dash_values(["--meta", "+|-"]) == ["--meta", "+|-"]
+
+
+def test_the_inference_path_does_not_import_the_data_libraries():
+    """Issue 31: `nli-routing predict` pays for torch and transformers only (datasets, pandas and
+    scikit-learn are imported by the code that reads data sets or fits clusters)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nli_routing.cli, nli_routing.inference.predict, nli_routing.inference.io\n"
+            "print(sorted(m for m in ('datasets', 'pandas', 'sklearn') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"

@@ -5,16 +5,18 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
-from datasets import Dataset, DatasetDict
+
+if TYPE_CHECKING:  # (datasets is imported where data is encoded: inference does not pay for it)
+    from datasets import Dataset, DatasetDict
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["encode_nli", "NLICollator"]
 
-DatasetT = TypeVar("DatasetT", Dataset, DatasetDict)
+DatasetT = TypeVar("DatasetT", "Dataset", "DatasetDict")
 
 _TEXT_COLUMNS = ("premise", "hypothesis")
 
@@ -100,6 +102,8 @@ def encode_nli(
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     report: dict[str, dict[str, int]] = {}
+    from datasets import Dataset, DatasetDict
+
     if isinstance(dataset, DatasetDict):
         splits = {}
         for name, split in dataset.items():

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict
 from torch import Tensor, nn
 
+
+if TYPE_CHECKING:  # (datasets is imported by the functions that read data: inference does not pay for it)
+    from datasets import Dataset, DatasetDict
 from ...routing import Router
 from ...serialization import CheckpointError, join_state
 from ..blocks import routed_fc_stack
