@@ -156,6 +156,33 @@ def test_a_saved_dispatcher_loads_without_the_dispatch_package(runs):
     assert res.stdout.split()[-2:] == ["learned", "False"]
 
 
+def test_automodel_loads_a_saved_folder_in_a_fresh_process_with_trust_remote_code(runs):
+    """Issue 31: transformers' convention for custom models: ``config.auto_map`` names the classes and the
+    folder's ``modeling_nli_routing.py`` imports them from the installed package; nothing of nli_routing
+    is imported first. The logits equal those of the library's own loader."""
+    root, *_ = runs
+    code = ("import sys, json, torch; from transformers import AutoModel\n"
+            "assert not [m for m in sys.modules if m.startswith('nli_routing')]\n"
+            "m = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+            "ids = torch.tensor([[5, 6, 7]]); mask = torch.ones(1, 3, dtype=torch.bool)\n"
+            "out = m(premise_ids=ids, premise_mask=mask, hypothesis_ids=ids, hypothesis_mask=mask, meta=torch.tensor([0]))\n"
+            "print(json.dumps([type(m).__name__, out.logits.tolist()]))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for method in ("wp-signature", "wp-kmeans", "lstm-h2h"):
+        folder = root / method
+        assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModel"].startswith("modeling_nli_routing.")
+        res = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env,
+                             timeout=300, cwd=str(folder.parent))
+        assert res.returncode == 0, res.stderr[-2000:]
+        name, logits = json.loads(res.stdout.strip().splitlines()[-1])
+        model = RoutedNLIPredictor.from_pretrained(folder).model
+        ids = torch.tensor([[5, 6, 7]])
+        mask = torch.ones(1, 3, dtype=torch.bool)
+        want = model(premise_ids=ids, premise_mask=mask, hypothesis_ids=ids, hypothesis_mask=mask, meta=torch.tensor([0]))
+        assert name == type(model).__name__
+        assert torch.allclose(torch.tensor(logits), want.logits, atol=1e-6)
+
+
 def test_cli_predict_writes_one_line_per_pair(runs, tmp_path, capsys):
     root, prepared, _ = runs
     pairs = pairs_of(prepared.data["test"].select(range(7)))

@@ -110,3 +110,35 @@ def test_routing_trainer_trains_a_routed_transformer_and_an_injected_hf_model(tm
 
     saved = load_file(str(tmp_path / "bert" / "model.safetensors"))
     assert torch.equal(saved["routing_controller.router.table"], get_controller(bert).router.table.detach())
+
+
+def test_the_logs_give_the_task_loss_and_the_router_loss_apart(tmp_path):
+    """Issue 31: ``loss`` in the training logs is the task loss (near the evaluation loss), the routing
+    objective is ``router_loss``; their sum is the loss the Trainer minimised."""
+    rows = tiny_loader().dataset
+    model = make_model()
+    a = args(tmp_path)
+    a.logging_strategy, a.logging_steps = "steps", 3
+    trainer = RoutingTrainer(model=model, args=a, train_dataset=rows, data_collator=NLICollator(0, "signature"),
+                             router_lr=1e-2)
+    seen = []
+    original = Trainer.log
+
+    def spy(self, logs, *x, **k):
+        seen.append(dict(logs))
+        return original(self, logs, *x, **k)
+
+    Trainer.log = spy
+    try:
+        trainer.train()
+    finally:
+        Trainer.log = original
+    steps = [r for r in seen if "router_loss" in r]
+    assert steps, seen
+    for r in steps:
+        assert 0.5 < r["loss"] < 2.0, r  # cross-entropy of 3 classes, not task + router
+    model.eval()
+    batch = next(iter(tiny_loader()))
+    with torch.no_grad():
+        task = model(**batch).loss.item()
+    assert abs(steps[-1]["loss"] - task) < 0.5

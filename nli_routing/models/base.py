@@ -57,6 +57,24 @@ INFERENCE_FIELDS: dict[str, Any] = {
     "learned_dispatch": None,
 }
 
+#: the module a saved folder carries for ``trust_remote_code=True`` (transformers' Auto classes load the
+#: config and model classes named in ``config.auto_map`` from it): it imports them from the installed package
+REMOTE_CODE_MODULE = "modeling_nli_routing"
+REMOTE_CODE = '''"""The classes of this routed model for transformers' Auto classes:
+
+    AutoModel.from_pretrained(folder_or_hub_id, trust_remote_code=True)
+
+They are those of the installed nli_routing package (pip install nli_routing, or pip install -e . in its
+checkout); this file only names them. Without trust_remote_code, import nli_routing.models first.
+"""
+
+from nli_routing.models.auto import MODEL_KINDS
+
+for _kind in MODEL_KINDS.values():
+    globals()[_kind.config_class.__name__] = _kind.config_class
+    globals()[_kind.model_class.__name__] = _kind.model_class
+'''
+
 WEIGHTS_FILE = "model.safetensors"
 #: what run folders of older versions hold (a torch pickle, read only weights-only by the converter)
 LEGACY_WEIGHTS_FILE = "model.pt"
@@ -92,7 +110,11 @@ class RoutedModelConfig(PretrainedConfig):
         values.update({k: v for k, v in self.absent_means.items() if k in names and k not in values})
         settings = self.settings_class(**values)  # validates; fills the defaults
         extra = {name: kwargs.pop(name, default) for name, default in {**INFERENCE_FIELDS, **self.extra_fields}.items()}
+        labels_given = "id2label" in kwargs or "num_labels" in kwargs
         super().__init__(**kwargs)  # (transformers' config resets what is set before it)
+        classes = getattr(settings, "num_classes", None)
+        if not labels_given and classes:  # not transformers' two-label default for a three-class model
+            self.num_labels = int(classes)
         for name in names:
             setattr(self, name, getattr(settings, name))
         for name, value in extra.items():
@@ -361,6 +383,11 @@ class RoutedModel(PreTrainedModel):
         hub_kwargs = {k: kwargs.pop(k) for k in ("token", "commit_message", "private", "create_pr") if k in kwargs}
         out.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
+        # transformers' convention for custom models: AutoModel.from_pretrained(folder, trust_remote_code=True)
+        # loads the classes named here from the folder's module, which imports the installed nli_routing
+        self.config.auto_map = {"AutoConfig": f"{REMOTE_CODE_MODULE}.{type(self.config).__name__}",
+                                "AutoModel": f"{REMOTE_CODE_MODULE}.{type(self).__name__}"}
+        (out / f"{REMOTE_CODE_MODULE}.py").write_text(REMOTE_CODE)
         self.config.save_pretrained(out)
         state = self.state_dict() if state_dict is None else state_dict
         tensors: dict[str, Tensor] = {}

@@ -7,7 +7,8 @@ the task loss. ``RoutingTrainer`` adds, per batch, the model's router loss
 learner's loss, a learned dispatcher's loss) to the loss it backpropagates, and steps a separate
 router optimizer (SGD at ``router_lr``, as the project's loop does) right after the Trainer's own
 optimizer, which holds only the block parameters. The routers' exploration follows the epoch
-(``set_epoch`` at every epoch start).
+(``set_epoch`` at every epoch start). The training logs give the task loss (``loss``) and the router
+loss (``router_loss``) apart.
 
     trainer = RoutingTrainer(model=model, args=TrainingArguments(...), train_dataset=ds,
                              data_collator=NLICollator(pad_id, "signature"), router_lr=0.01)
@@ -101,6 +102,8 @@ class RoutingTrainer(Trainer):
         self.router_lr = float(router_lr) if router_lr is not None else self.args.learning_rate * router_lr_ratio
         self.router_optimizer: torch.optim.Optimizer | None = None
         self.last_router_loss: torch.Tensor | None = None
+        self._router_loss_sum, self._router_loss_calls = 0.0, 0  # since the last log
+        self._router_loss_total, self._router_loss_total_calls = 0.0, 0  # over the run (for train_loss)
         if self.args.remove_unused_columns:
             logger.info("RoutingTrainer: remove_unused_columns=False (the meta column must reach the collator)")
             self.args.remove_unused_columns = False
@@ -130,5 +133,21 @@ class RoutingTrainer(Trainer):
         if model.training:
             router_loss = self.routing.router_loss(outputs, inputs["labels"])
             self.last_router_loss = router_loss.detach()
+            self._router_loss_sum += float(self.last_router_loss)
+            self._router_loss_calls += 1
+            self._router_loss_total += float(self.last_router_loss)
+            self._router_loss_total_calls += 1
             loss = loss + router_loss
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Training logs report the task loss as ``loss`` and the routing objective apart, as
+        ``router_loss`` (the mean over the batches since the last log); the sum is what was minimised."""
+        if "loss" in logs and self._router_loss_calls:
+            router = self._router_loss_sum / self._router_loss_calls
+            logs = {**logs, "loss": logs["loss"] - router, "router_loss": router}
+            self._router_loss_sum, self._router_loss_calls = 0.0, 0
+        if "train_loss" in logs and self._router_loss_total_calls:  # the summary at the end of train()
+            router = self._router_loss_total / self._router_loss_total_calls
+            logs = {**logs, "train_loss": logs["train_loss"] - router, "train_router_loss": router}
+        super().log(logs, *args, **kwargs)
