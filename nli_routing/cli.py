@@ -6,7 +6,7 @@
     nli-routing convert OLD_RUN_DIR OUT_DIR                # model.pt of older versions -> save_pretrained folder
     nli-routing predict MODEL --input pairs.jsonl --output preds.jsonl    # labels and routes of new pairs
     nli-routing predict MODEL --premise "..." --hypothesis "..." --meta "+|-"
-    nli-routing app MODEL                                  # the Gradio app (pip install "nli_routing[app]")
+    nli-routing app MODEL                                  # the Gradio app (pip install -e ".[app]" in the checkout, or pip install gradio)
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     predict.set_defaults(func=_predict)
     app = sub.add_parser("app", help="a Gradio web app for a saved model (pair and batch-file tabs)",
                          description="Serves the model's app: a pair tab (label, probabilities, the route as a "
-                         "picture) and a batch-file tab. Needs Gradio (pip install \"nli_routing[app]\").")
+                         "picture) and a batch-file tab. Needs Gradio (pip install -e \".[app]\" in the checkout, or pip install gradio).")
     app.add_argument("model", help="saved model folder or Hub id")
     app.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for a Space)")
     app.add_argument("--port", type=int, default=7860, help="port (1-65535)")

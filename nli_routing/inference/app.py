@@ -1,5 +1,5 @@
 """A small Gradio app for a saved routed model: one pair (label, probabilities, the route as a picture)
-and a batch-file tab. Gradio is an optional extra (``pip install "nli_routing[app]"``).
+and a batch-file tab. Gradio is an optional extra (``pip install -e ".[app]" in the checkout, or pip install gradio``).
 
     nli-routing app outputs/sci_wp_dispatch/wp-signature            # http://127.0.0.1:7860
     python -m nli_routing.inference.app MODEL                         # the same (e.g. as a Space's app.py)
@@ -29,7 +29,7 @@ def _gradio():
     try:
         import gradio as gr
     except ImportError:  # pragma: no cover - depends on the extra
-        raise ImportError('the app needs Gradio: pip install "nli_routing[app]" (or pip install gradio)') from None
+        raise ImportError('the app needs Gradio: pip install -e ".[app]" in the checkout, or pip install gradio (or pip install gradio)') from None
     return gr
 
 
