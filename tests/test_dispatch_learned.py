@@ -293,3 +293,17 @@ def test_nested_finetuning_continues_the_joint_model(method):
     assert 0.0 <= ft["summary"]["test_accuracy"] <= 1.0
     if method.endswith("+D") or "rbae" in method:
         assert "dispatch" in ft["final"]["test"]  # the nested test set was dispatched, not read from meta
+
+
+def test_the_recipes_dispatcher_defaults_resolve_per_kind():
+    """Issue 29: two-stage dispatch imitates stage 1's meta labels from the whole pair (no MI term); the
+    online dispatchers keep the RL reward on the premise with the MI term; the thesis' training by flags."""
+    from nli_routing.experiments.nli import DispatchArgs
+
+    d = DispatchArgs()
+    assert d.resolved("two-stage") == {"input": "pair", "target": "meta", "balance": 0.0}
+    for kind in ONLINE_DISPATCHERS:
+        assert d.resolved(kind) == {"input": "premise", "target": "reward", "balance": 1.0}
+    thesis = DispatchArgs(dispatch_input="premise", dispatch_target="reward", dispatch_balance=0.0,
+                          dispatch_agent_optimizer="routers")
+    assert thesis.resolved("two-stage") == {"input": "premise", "target": "reward", "balance": 0.0}

@@ -121,7 +121,12 @@ class DispatchArgs:
     dispatch_encoder: str = field(
         default="lstm", metadata={"help": f"encoder of the two-stage dispatcher: one of {ENCODERS}"}
     )
-    dispatch_input: str = field(default="premise", metadata={"help": "what the dispatcher reads: premise or pair"})
+    dispatch_input: str = field(
+        default="auto",
+        metadata={"help": "what the dispatcher reads: premise, pair, or auto (pair for two-stage dispatch: the "
+                          "implicative construction is in the hypothesis for about a third of the SCI pairs; premise "
+                          "for the online dispatchers, the thesis' input; BENCHMARKS.md issue 29)"},
+    )
     dispatch_learner: str = field(default="aac", metadata={"help": "decision-making algorithm of the dispatcher"})
     dispatch_learner_args: str = field(
         default="entropy_coef=0.01", metadata={"help": "dispatcher learner options, key=value pairs"}
@@ -138,10 +143,11 @@ class DispatchArgs:
         metadata={"help": "fine-tuning a two-stage model on a second data set (--nested_dir) continues its dispatcher "
                           "instead of training a new one (--no_dispatch_warm_start: a new one, as before issue 29)"},
     )
-    dispatch_balance: float = field(
-        default=1.0,
+    dispatch_balance: float | None = field(
+        default=None,
         metadata={"help": "weight of the mutual information H(mean pi) - mean H(pi) between samples and dispatch "
-                          "classes, maximised beside the dispatcher's loss (0: off, the thesis; BENCHMARKS.md issue 29)"},
+                          "classes, maximised beside the dispatcher's loss (0: off, the thesis; default: 1 with the RL "
+                          "reward, 0 with the supervised targets meta and best-agent; BENCHMARKS.md issue 29)"},
     )
     dispatch_agent_optimizer: str = field(
         default="blocks",
@@ -149,27 +155,28 @@ class DispatchArgs:
                           "rate, like the routers' tables; blocks: the blocks' optimizer, e.g. Adam in the recipes)"},
     )
     dispatch_target: str = field(
-        default="reward",
-        metadata={"help": f"what the dispatcher learns from: one of {DISPATCH_TARGETS} (reward: the thesis' RL; "
+        default="auto",
+        metadata={"help": f"what the dispatcher learns from: one of {DISPATCH_TARGETS} or auto (reward: the thesis' RL; "
                           "best-agent: predict the agent whose path has the lowest loss, K forwards per batch; meta: "
-                          "two-stage only, predict the meta label stage 1 trained with)"},
+                          "two-stage only, predict the meta label stage 1 trained with; auto: meta for two-stage "
+                          "dispatch, reward for the online dispatchers; BENCHMARKS.md issue 29)"},
     )
 
     def __post_init__(self) -> None:
         if self.dispatch_encoder not in ENCODERS:
             raise ValueError(f"dispatch_encoder must be one of {ENCODERS}, got {self.dispatch_encoder!r}")
-        if self.dispatch_input not in ("premise", "pair"):
-            raise ValueError(f"dispatch_input must be 'premise' or 'pair', got {self.dispatch_input!r}")
+        if self.dispatch_input not in ("premise", "pair", "auto"):
+            raise ValueError(f"dispatch_input must be 'premise', 'pair' or 'auto', got {self.dispatch_input!r}")
         check_at_least(self, dispatch_hidden=1, dispatch_projection=1, dispatch_bottleneck=1, stage2_epochs=1)
         if not 0.0 <= self.dispatch_alpha <= 1.0:
             raise ValueError(f"dispatch_alpha must be in [0, 1], got {self.dispatch_alpha}")
-        if not self.dispatch_balance >= 0.0:
+        if self.dispatch_balance is not None and not self.dispatch_balance >= 0.0:
             raise ValueError(f"dispatch_balance must be >= 0, got {self.dispatch_balance}")
         if self.dispatch_agent_optimizer not in AGENT_OPTIMIZERS:
             raise ValueError(f"dispatch_agent_optimizer must be one of {AGENT_OPTIMIZERS}, "
                              f"got {self.dispatch_agent_optimizer!r}")
-        if self.dispatch_target not in DISPATCH_TARGETS:
-            raise ValueError(f"dispatch_target must be one of {DISPATCH_TARGETS}, got {self.dispatch_target!r}")
+        if self.dispatch_target not in (*DISPATCH_TARGETS, "auto"):
+            raise ValueError(f"dispatch_target must be one of {(*DISPATCH_TARGETS, 'auto')}, got {self.dispatch_target!r}")
         parse_learner_args(self.dispatch_learner_args)
 
     def check_method(self, method: str) -> None:
@@ -180,8 +187,17 @@ class DispatchArgs:
             raise ValueError("--dispatch_target meta imitates stage 1's meta labels: it needs a two-stage method "
                              f"(--two_stage or a '+D' name), not the online dispatcher {overrides['dispatch']!r}")
 
+    def resolved(self, kind: str) -> dict[str, Any]:
+        """``{"input", "target", "balance"}`` of a dispatcher of ``kind`` (the ``auto`` / unset values resolved)."""
+        two_stage = kind == "two-stage"
+        target = self.dispatch_target if self.dispatch_target != "auto" else ("meta" if two_stage else "reward")
+        source = self.dispatch_input if self.dispatch_input != "auto" else ("pair" if two_stage else "premise")
+        balance = self.dispatch_balance if self.dispatch_balance is not None else (1.0 if target == "reward" else 0.0)
+        return {"input": source, "target": target, "balance": balance}
+
     def build(self, kind: str, model: NLIRoutingModel, num_dispatch: int, vocab_map, seed: int) -> LearnedDispatcher:
         """The dispatcher of ``kind`` for ``model`` (sharing its frozen word vectors)."""
+        settings = self.resolved(kind)
         return LearnedDispatcher(
             kind,
             model.encoder.embedding,
@@ -191,13 +207,13 @@ class DispatchArgs:
             projection=self.dispatch_projection,
             bottleneck=self.dispatch_bottleneck,
             alpha=self.dispatch_alpha,
-            pair=self.dispatch_input == "pair",
+            pair=settings["input"] == "pair",
             vocab_map=vocab_map,
             learner=self.dispatch_learner,
             learner_kwargs=parse_learner_args(self.dispatch_learner_args),
             seed=seed + 7,
-            balance=self.dispatch_balance,
-            target=self.dispatch_target,
+            balance=settings["balance"],
+            target=settings["target"],
             agent_optimizer=self.dispatch_agent_optimizer,
         )
 
@@ -454,7 +470,7 @@ def run_method(
     vocab_map = None
     if kind or two_stage:
         column = list(dsd["train"]["premise_ids"])
-        if dispatch_args.dispatch_input == "pair":
+        if dispatch_args.resolved(kind or "two-stage")["input"] == "pair":
             column += list(dsd["train"]["hypothesis_ids"])
         vocab_map = compact_vocabulary(column, prepared.vectors.weight.shape[0])
     if kind:
