@@ -106,6 +106,12 @@ def attach_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from .inference.serving import run
+
+    run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = attach_dash_values(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="nli-routing", description=__doc__,
@@ -165,6 +171,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     app.add_argument("--port", type=int, default=7860, help="port (1-65535)")
     app.add_argument("--meta_fallback", default=None, help="meta class for pairs without one (default: an error)")
     app.set_defaults(func=_app)
+    serve = sub.add_parser("serve", help="serve a saved model over HTTP with micro-batching (POST /predict)",
+                           description="Requests arriving within --max_wait_ms share one forward (any meta); a full "
+                           "queue answers 503 busy. The Gradio app is mounted at /app when Gradio is installed.")
+    from .inference.serving import add_arguments as serving_arguments  # (argparse only: no heavy import)
+
+    serving_arguments(serve)
+    serve.set_defaults(func=_serve)
     if argv and argv[0] == "generate-sci":
         from .data.synthetic import main as generate
 

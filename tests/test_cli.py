@@ -38,3 +38,17 @@ def test_the_inference_path_does_not_import_the_data_libraries():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_command_line_help_imports_no_torch():
+    """Issue 31: `nli-routing --help` (and every subcommand's parser) is built without torch/transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nli_routing.cli import main\n"
+            "for argv in (['--help'], ['serve', '--help'], ['predict', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"
