@@ -227,3 +227,19 @@ def test_sci_from_hub_offline_names_the_local_alternative(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ConnectionError, match="'someone/sci'.*OSError.*SCI folder"):
         load_sci_from_hub("someone/sci")
+
+
+def test_a_capped_training_set_keeps_every_signature():
+    """Issue 31: `--max_train_samples 64` on the embedded data keeps a row of every signature (a plain
+    shuffled head of 64 rows missed one); fewer rows than signatures is a one-line error saying what works."""
+    from nli_routing.data import EMBEDDED_SCI
+    from nli_routing.data.sci import load_sci, subsample_covering
+
+    train = load_sci(EMBEDDED_SCI / "joint")["train"]
+    everything = set(train["signature"])
+    for n in (13, 64, 200):
+        sub = subsample_covering(train, n, "signature")
+        assert len(sub) == n and set(sub["signature"]) == everything
+        assert subsample_covering(train, n, "signature")["premise"] == sub["premise"]  # deterministic
+    with pytest.raises(ValueError, match=r"cannot hold the 13 signature classes.*use at least 13"):
+        subsample_covering(train, 5, "signature")

@@ -39,6 +39,7 @@ from .hub import load_from_hub
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "subsample_covering",
     "LABELS",
     "SIGNATURES",
     "VARIANTS",
@@ -343,6 +344,26 @@ def _values(ds: datasets.Dataset, column: str) -> Counter:
     if isinstance(feature, datasets.ClassLabel):
         values = [feature.int2str(v) for v in values]
     return Counter(values)
+
+
+def subsample_covering(dataset: datasets.Dataset, n: int, column: str, seed: int = 0) -> datasets.Dataset:
+    """``n`` rows of ``dataset`` in a shuffled order (``seed``) that hold every class of ``column`` present
+    in it: the first row of each class in that order, then the next rows in order. A quick run's
+    training subset then has an agent's data for every meta class. ``n`` smaller than the number of
+    classes raises ``ValueError`` saying the size that works."""
+    n = min(int(n), len(dataset))
+    order = dataset.shuffle(seed=seed)
+    values = order[column]
+    first: dict = {}
+    for i, v in enumerate(values):
+        first.setdefault(v, i)
+    if n < len(first):
+        raise ValueError(f"--max_train_samples {n} cannot hold the {len(first)} {column} classes of the training "
+                         f"data: use at least {len(first)}")
+    keep = sorted(first.values())
+    chosen = set(keep)
+    rest = [i for i in range(len(values)) if i not in chosen][: n - len(keep)]
+    return order.select(sorted(keep + rest))
 
 
 def check_meta_coverage(

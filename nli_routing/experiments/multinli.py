@@ -13,7 +13,7 @@ from datasets import DatasetDict
 
 from ..data.encoding import encode_nli
 from ..data.multinli import GENRES, SPLITS, load_multinli
-from ..data.sci import check_meta_coverage
+from ..data.sci import check_meta_coverage, subsample_covering
 from ..models.embeddings import load_word_vectors
 from ..models.transformer import TransformerNLIConfig
 from ..routing import RouterConfig
@@ -76,7 +76,7 @@ def load_multinli_splits(args: MultiNLIDataArgs) -> DatasetDict:
     raw = load_multinli(args.data_dir, splits=needed)
     dsd = DatasetDict({"train": raw["train"], "validation": raw[args.validation_split], "test": raw[args.test_split]})
     if args.max_train_samples:
-        dsd["train"] = dsd["train"].shuffle(seed=0).select(range(min(args.max_train_samples, len(dsd["train"]))))
+        dsd["train"] = subsample_covering(dsd["train"], args.max_train_samples, "genre")
     if args.max_eval_samples:
         for split in ("validation", "test"):
             dsd[split] = dsd[split].shuffle(seed=0).select(range(min(args.max_eval_samples, len(dsd[split]))))

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from ..analysis.plots import plot_dispatch_distribution
 from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
-from ..data.sci import check_meta_coverage, load_sci
+from ..data.sci import check_meta_coverage, load_sci, subsample_covering
 from ..models.dispatcher import AGENT_OPTIMIZERS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..routing import parse_learner_args
@@ -272,8 +272,11 @@ def prepare_sci(args: DataArgs) -> PreparedData:
     dsd = load_sci(path, variant=args.variant)
     if args.max_train_samples:
         n = min(args.max_train_samples, len(dsd["train"]))
-        logger.info("using %d of %d training samples (--max_train_samples)", n, len(dsd["train"]))
-        dsd["train"] = dsd["train"].shuffle(seed=0).select(range(n))
+        logger.info("using %d of %d training samples (--max_train_samples; every signature kept)", n, len(dsd["train"]))
+        try:
+            dsd["train"] = subsample_covering(dsd["train"], n, "signature")
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     if args.allow_unseen_meta:
         unseen = check_meta_coverage(dsd, "signature", allow_unseen=True)
         if unseen:

@@ -15,7 +15,7 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
-from ..data.sci import check_meta_coverage, load_sci
+from ..data.sci import check_meta_coverage, load_sci, subsample_covering
 from ..models.embeddings import default_model_path
 from ..models.transformer import (
     PairCollator,
@@ -63,7 +63,7 @@ def load_data(args: PairDataArgs) -> tuple[DatasetDict, list[str]]:
         raise FileNotFoundError(f"SCI data folder {path} does not exist")
     dsd = load_sci(path, variant=args.variant)
     if args.max_train_samples:
-        dsd["train"] = dsd["train"].shuffle(seed=0).select(range(min(args.max_train_samples, len(dsd["train"]))))
+        dsd["train"] = subsample_covering(dsd["train"], args.max_train_samples, "signature")
     if args.max_eval_samples:
         for split in ("validation", "test"):
             if split in dsd:
