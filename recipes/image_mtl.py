@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raise ValueError(f"unknown method {m!r}; choose from {sorted(VISION_METHODS)}")
     except ValueError as err:
         parser.error(str(err))
-    dsd = load_image_mtl(data_args)
+    try:  # a bad .npz (keys, not an array archive) or idx folder: one line naming the file
+        dsd = load_image_mtl(data_args)
+    except (ValueError, OSError, KeyError) as err:
+        parser.error(str(err).strip("'\""))
     out = Path(recipe.output_dir)
     results = {}
     for method in recipe.method:

@@ -66,13 +66,19 @@ class RecipeArgs:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser, (recipe, data_args, model_cfg, train_cfg) = parse_recipe(
         (RecipeArgs, MultiNLIDataArgs, NLIModelConfig, TrainConfig), RECIPE_TRAIN_DEFAULTS, argv)
+    if model_cfg.num_meta != 1:  # (the default) every method sets it from its data
+        parser.error(f"--num_meta {model_cfg.num_meta}: the number of meta classes is set from the data (the "
+                     "signatures or genres; --dispatch_k for clusters and learned dispatchers): leave it out")
     try:
         methods = [canonical_method(m) for m in recipe.methods]
     except ValueError as err:
         parser.error(str(err))
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
-    dsd = load_multinli_splits(data_args)
-    prepared = None
+    try:  # bad data (a file, a line, a field): one line, not a traceback
+        dsd = load_multinli_splits(data_args)
+        prepared = None if all(m.startswith("transformer-") for m in methods) else prepare_multinli(data_args, dsd)
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
     out = Path(recipe.output_dir)
     rows, results = [], {}
     for name, method in zip(recipe.methods, methods):
@@ -82,7 +88,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                   recipe.transformer_model, recipe.transformer_lr, recipe.transformer_max_length,
                                   recipe.num_blocks)
         else:
-            prepared = prepared or prepare_multinli(data_args, dsd)
             res = run_method(method, prepared, model_cfg, train_cfg, data_args.dispatch_k, out / name, accelerator)
             res["summary"]["method"] = name
         rows.append(res["summary"])

@@ -35,6 +35,7 @@ from nli_routing.experiments.nli import (
     DataArgs,
     DispatchArgs,
     align_meta,
+    check_labels,
     dispatch_method,
     format_table,
     method_config,
@@ -69,6 +70,8 @@ class RecipeArgs:
 
     def __post_init__(self) -> None:
         check_at_least(self, nested_epochs=1)
+        if self.nested_dir is not None and not Path(self.nested_dir).is_dir():
+            raise ValueError(f"--nested_dir {self.nested_dir}: not a folder")
         if self.dispatch is not None:
             self.methods = [dispatch_method(self.dispatch, self.two_stage)]
         elif self.two_stage:
@@ -78,6 +81,9 @@ class RecipeArgs:
 def main() -> None:
     parser, (recipe, data_args, model_cfg, train_cfg, dispatch_args) = parse_recipe(
         (RecipeArgs, DataArgs, NLIModelConfig, TrainConfig, DispatchArgs), RECIPE_TRAIN_DEFAULTS)
+    if model_cfg.num_meta != 1:  # (the default) every method sets it from its data
+        parser.error(f"--num_meta {model_cfg.num_meta}: the number of meta classes is set from the data (the "
+                     "signatures or genres; --dispatch_k for clusters and learned dispatchers): leave it out")
     for method in recipe.methods:
         try:  # the method's name, and its overrides with the model flags
             method_config(model_cfg, resolve_method(method)[0])
@@ -87,7 +93,8 @@ def main() -> None:
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
     try:
         prepared = prepare_sci(data_args)
-    except ValueError as err:  # bad data (a file, a line, a field): one line, not a traceback
+        check_labels(prepared, model_cfg.num_classes)
+    except (ValueError, OSError) as err:  # bad data (a file, a line, a field): one line, not a traceback
         parser.error(str(err))
     nested = None
     if recipe.nested_dir:

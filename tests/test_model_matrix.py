@@ -71,7 +71,8 @@ def test_save_pretrained_and_automodel_round_trip(case, tmp_path):
     torch.manual_seed(1)
     model(**batch)  # the exploration generators have moved on: the folder must hold their state
     model.save_pretrained(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors"}
+    # the weights, the config, and the module that lets AutoModel(trust_remote_code=True) load it anywhere
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors", "modeling_nli_routing.py"}
     loaded = AutoModel.from_pretrained(tmp_path)
     assert type(loaded) is type(model) and loaded.settings == model.settings
     for mode in (False, True):  # eval: greedy routes; training: explored routes from the restored generators

@@ -276,12 +276,23 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(np.uint8 if dtype == np.uint8 else np.int64)
 
 
+def open_npz(path: str | Path):
+    """``np.load`` of an ``.npz`` array archive without pickles; anything else is a ``ValueError`` naming the file."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a NumPy .npz array archive ({str(err).splitlines()[0][:80]})") from None
+    if not hasattr(data, "files"):  # a single .npy array
+        raise ValueError(f"{path}: a single array, not a .npz archive of named arrays")
+    return data
+
+
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """``x_train, y_train, x_test, y_test`` (and ``x_val, y_val`` when present) from an ``.npz`` file
     or a folder with the MNIST ``idx`` files (``train-images-idx3-ubyte[.gz]``, ``t10k-...``)."""
     path = Path(path)
     if path.is_file():
-        with np.load(path) as data:
+        with open_npz(path) as data:
             arrays = {k: data[k] for k in data.files}
     elif path.is_dir():
         names = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
@@ -351,7 +362,7 @@ def load_min_mtl(path: str | Path | None = None, hub_id: str = MINI_IMAGENET_HUB
     """MIN-MTL from an ``.npz`` with ``x, y`` (all mini-ImageNet images and labels) or the Hub
     (``timm/mini-imagenet``: ``image``, ``label``; train split only is used, split per class)."""
     if path is not None:
-        with np.load(path) as data:
+        with open_npz(path) as data:
             if "x" not in data.files or "y" not in data.files:
                 raise KeyError(f"{path}: MIN-MTL needs arrays 'x' and 'y' (have {data.files})")
             return build_min_mtl(data["x"], data["y"], **kwargs)

@@ -35,6 +35,10 @@ class ImageDataArgs:
 
     def __post_init__(self) -> None:
         check_at_least(self, per_class=1, test_per_task=1)
+        if self.dataset not in DATASETS:
+            raise ValueError(f"--dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
+        if self.data_path is not None and not Path(self.data_path).exists():
+            raise ValueError(f"--data_path {self.data_path}: does not exist")
 
 
 def load_image_mtl(args: ImageDataArgs) -> DatasetDict:

@@ -19,7 +19,7 @@ from ..models.transformer import TransformerNLIConfig
 from ..routing import RouterConfig
 from ..routing.config import check_at_least
 from ..training.loop import TrainConfig
-from .nli import METHODS, PreparedData
+from .nli import METHODS, PreparedData, check_data_paths
 from .transformer import train_transformer
 
 __all__ = ["META_COLUMN", "TRANSFORMER_ROUTES", "MultiNLIDataArgs", "canonical_method", "load_multinli_splits",
@@ -52,6 +52,7 @@ class MultiNLIDataArgs:
 
     def __post_init__(self) -> None:
         check_at_least(self, max_length=1, dispatch_k=1, max_train_samples=1, max_eval_samples=1)
+        check_data_paths(self)  # (data_dir unset: the Hub)
 
 
 def canonical_method(name: str) -> str:

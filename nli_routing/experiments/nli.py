@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from ..analysis.plots import plot_dispatch_distribution
 from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
+from ..data.sci import VARIANTS as SCI_VARIANTS
 from ..data.sci import check_meta_coverage, load_sci, subsample_covering
 from ..models.dispatcher import AGENT_OPTIMIZERS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
@@ -112,6 +113,31 @@ class DataArgs:
 
     def __post_init__(self) -> None:
         check_at_least(self, max_length=1, dispatch_k=1, max_train_samples=1)
+        check_data_paths(self)
+
+
+def check_data_paths(args: Any) -> None:
+    """Refuse, when the flags are parsed, a data folder or a word-vector file that does not exist and a
+    variant name that is not one (issue 31: these failed after minutes, or were ignored)."""
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        kind = "a file, not a folder" if Path(data_dir).exists() else "does not exist"
+        raise ValueError(f"--data_dir {data_dir}: {kind}")
+    variant = getattr(args, "variant", None)
+    if variant is not None and variant not in SCI_VARIANTS:
+        raise ValueError(f"--variant must be one of {SCI_VARIANTS}, got {variant!r}")
+    spec = str(getattr(args, "embeddings", "") or "")
+    looks_like_a_path = spec.endswith((".txt", ".txt.gz", ".gz")) or spec.startswith(("/", "./", "../", "~"))
+    if looks_like_a_path and not Path(spec).expanduser().exists():
+        raise ValueError(f"--embeddings {spec}: no such file (a GloVe .txt, minilm, random:<dim> or a Hugging Face id)")
+
+
+def check_labels(prepared: "PreparedData", num_classes: int) -> None:
+    """The model's ``num_classes`` must be the data's number of labels."""
+    names = prepared.label_names or []
+    if names and int(num_classes) != len(names):
+        raise ValueError(f"--num_classes {num_classes}, but the data has {len(names)} labels {list(names)}: "
+                         f"use --num_classes {len(names)}")
 
 
 @dataclass

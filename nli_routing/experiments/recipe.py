@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from transformers import HfArgumentParser
@@ -47,5 +48,11 @@ def parse_recipe(
         parsed = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
         parser.error(str(err))
+    for args in parsed:  # a results folder that is a file fails at the end of a run: say so now
+        out = getattr(args, "output_dir", None)
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            parser.error(f"--output_dir {out}: is a file, not a folder")
+        if out is not None and any(p.exists() and not p.is_dir() for p in Path(out).parents):
+            parser.error(f"--output_dir {out}: a parent of it is a file")
     setup_logging()
     return parser, tuple(parsed)

@@ -26,7 +26,7 @@ from ..models.transformer import (
 )
 from ..routing.config import check_at_least
 from ..training.loop import TrainConfig, train
-from .nli import DEFAULT_DATA_DIR
+from .nli import DEFAULT_DATA_DIR, check_data_paths
 
 __all__ = ["TRAIN_DEFAULTS", "FinetuneArgs", "PairDataArgs", "finetune", "load_data", "train_transformer"]
 
@@ -54,6 +54,7 @@ class PairDataArgs:
 
     def __post_init__(self) -> None:
         check_at_least(self, max_length=4, max_train_samples=1, max_eval_samples=1)
+        check_data_paths(self)
 
 
 def load_data(args: PairDataArgs) -> tuple[DatasetDict, list[str]]:

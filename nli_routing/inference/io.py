@@ -21,6 +21,17 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
         raise ValueError(f"{path}: unknown input format {suffix or '(none)'!r}; use one of {INPUT_SUFFIXES}")
+    try:
+        pairs = _read(path, suffix)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+                         f"{err.start}); expected a {suffix} file of pairs") from None
+    if not pairs:
+        raise ValueError(f"{path}: no pairs in the file")
+    return pairs
+
+
+def _read(path: Path, suffix: str) -> list[dict[str, Any]]:
     if suffix in (".jsonl", ".json"):
         pairs = []
         with path.open(encoding="utf-8") as f:
@@ -47,8 +58,6 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
                     raise ValueError(f"{path}, line {reader.line_num}: {len(header) + len(row[None])} cells for "
                                      f"{len(header)} header columns")
                 pairs.append({k: (v if v != "" else None) for k, v in row.items()})
-    if not pairs:
-        raise ValueError(f"{path}: no pairs in the file")
     return pairs
 
 

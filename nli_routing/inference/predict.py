@@ -57,7 +57,7 @@ def _field(pair: dict, keys: Sequence[str], index: int) -> str:
         if key in pair:
             value = pair[key]
             if value is None:
-                return ""
+                raise ValueError(f"pair {index}: field {key!r} is null (an empty cell?); give the text")
             if not isinstance(value, str):
                 raise ValueError(f"pair {index}: field {key!r} must be a string, got {type(value).__name__}")
             return value
@@ -130,6 +130,10 @@ class RoutedNLIPredictor:
         for j, pair in enumerate(pairs):
             where = f"pair {offset + j}"
             value = pair.get(self.meta_field, pair.get("meta"))
+            other = pair.get("meta") if self.meta_field != "meta" and self.meta_field in pair else None
+            if value not in (None, "") and other not in (None, "") and \
+                    self._meta_index(value, where) != self._meta_index(other, where):
+                raise ValueError(f"{where}: {self.meta_field!r} is {value!r} but 'meta' is {other!r}: give one of them")
             if value is None or value == "":
                 if self.meta_fallback is None:
                     raise ValueError(
@@ -184,6 +188,9 @@ class RoutedNLIPredictor:
                 raise ValueError(f"pair {offset + j}: expected a dict with premise and hypothesis, got {type(pair).__name__}")
         premises = [_field(p, PREMISE_KEYS, offset + j) for j, p in enumerate(pairs)]
         hypotheses = [_field(p, HYPOTHESIS_KEYS, offset + j) for j, p in enumerate(pairs)]
+        for j, (p, h) in enumerate(zip(premises, hypotheses)):
+            if not p.strip() and not h.strip():
+                raise ValueError(f"pair {offset + j}: premise and hypothesis are both empty: there is nothing to classify")
         meta, sources = self.resolve_meta(pairs, offset)
         return {"premises": premises, "hypotheses": hypotheses,
                 "meta": [None] * len(pairs) if meta is None else meta.tolist(), "sources": sources}

@@ -55,6 +55,7 @@ INFERENCE_FIELDS: dict[str, Any] = {
     "embeddings": None,
     "offline_dispatch": None,
     "learned_dispatch": None,
+    "weights_sha256": None,
 }
 
 #: the module a saved folder carries for ``trust_remote_code=True`` (transformers' Auto classes load the
@@ -388,7 +389,6 @@ class RoutedModel(PreTrainedModel):
         self.config.auto_map = {"AutoConfig": f"{REMOTE_CODE_MODULE}.{type(self.config).__name__}",
                                 "AutoModel": f"{REMOTE_CODE_MODULE}.{type(self).__name__}"}
         (out / f"{REMOTE_CODE_MODULE}.py").write_text(REMOTE_CODE)
-        self.config.save_pretrained(out)
         state = self.state_dict() if state_dict is None else state_dict
         tensors: dict[str, Tensor] = {}
         seen: set[tuple] = set()
@@ -401,6 +401,9 @@ class RoutedModel(PreTrainedModel):
             seen.add(ptr)
         tmp = out / (WEIGHTS_FILE + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        # config.json records the weights' checksum: a damaged or swapped model.safetensors is refused on load
+        self.config.weights_sha256 = file_sha256(tmp)
+        self.config.save_pretrained(out)
         tmp.replace(out / WEIGHTS_FILE)  # never leave a half-written file under the real name
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
@@ -424,12 +427,15 @@ class RoutedModel(PreTrainedModel):
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
+        verify_weights: bool = True,
         **kwargs: Any,
     ) -> "RoutedModel":
         """Rebuild a model written by :meth:`save_pretrained` from a folder or a Hub repository id
         (downloaded with ``huggingface_hub``): same weights, router tables, epochs and generators, so
         the same logits and routes. A run folder of an older version (``model.pt``) is refused with the
-        command that converts it (``nli-routing convert``); nothing is ever unpickled."""
+        command that converts it (``nli-routing convert``); nothing is ever unpickled. ``model.safetensors``
+        must match the SHA-256 that ``config.json`` records (``verify_weights=False``: load it anyway; folders
+        saved before the checksum existed have none and load as they are)."""
         src = resolve_model_folder(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
                                    local_files_only=local_files_only, token=token)
         legacy = cls._legacy_folder(src)
@@ -444,9 +450,15 @@ class RoutedModel(PreTrainedModel):
                 "transformers.AutoModel.from_pretrained or the matching class"
             )
         model = cls._build_for_load(config, src)
-        weights = read_weights(src, map_location)
+        weights = read_weights(src, map_location)  # (a file that does not parse is named as such first)
+        if verify_weights:
+            check_weights(src, getattr(config, "weights_sha256", None))
         model._attach_saved_meta_source(config, weights, src)
-        model.load_state_dict(weights, strict=True)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as err:  # sizes or names of config.json and model.safetensors disagree
+            detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err).splitlines()[0])
+            raise CheckpointError(f"{src}: config.json and {WEIGHTS_FILE} do not describe the same model: {detail}") from None
         model.name_or_path = str(pretrained_model_name_or_path)
         model.config._name_or_path = str(pretrained_model_name_or_path)
         model.eval()
@@ -569,6 +581,27 @@ def load_model_config(folder: Path) -> RoutedModelConfig:
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{file} is truncated or not JSON: {err}") from None
     return AutoConfig.from_pretrained(str(folder))
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_weights(folder: Path, expected: str | None) -> None:
+    """Refuse ``folder/model.safetensors`` when it does not have the SHA-256 ``config.json`` records."""
+    weights = folder / WEIGHTS_FILE
+    if expected and weights.exists():
+        found = file_sha256(weights)
+        if found != expected:
+            raise CheckpointError(
+                f"{weights}: SHA-256 {found[:12]}... does not match config.json's weights_sha256 {expected[:12]}...: "
+                "the file is damaged or belongs to another model (from_pretrained(..., verify_weights=False) loads it anyway)")
 
 
 def read_weights(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
