@@ -62,6 +62,7 @@ def _predict(args: argparse.Namespace) -> None:
         if args.hypothesis is not None or args.meta is not None:
             raise ValueError("--hypothesis and --meta go with --premise; with --input every pair has its own fields")
         pairs = read_pairs(args.input)
+    _check_output(args.output)
     predictor = RoutedNLIPredictor.from_pretrained(args.model, meta_fallback=args.meta_fallback)
     rows = predictor.predict(pairs, batch_size=args.batch_size, progress=args.output is not None)
     write_predictions(rows, args.output)
@@ -74,6 +75,25 @@ def _app(args: argparse.Namespace) -> None:
     from .inference.app import run
 
     run(args)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line, ``nli-routing <command>: error: <message>``, exit status 2, instead of
+    the usage block before the message."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+def _check_output(path: str | None) -> None:
+    """Refuse an --output that cannot be written before the model loads."""
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--output {out}: is a folder; give a .jsonl file")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ValueError(f"--output {out}: a parent of it is a file")
 
 
 def _positive_int(text: str) -> int:
@@ -114,9 +134,9 @@ def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = attach_dash_values(list(sys.argv[1:] if argv is None else argv))
-    parser = argparse.ArgumentParser(prog="nli-routing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="nli-routing", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     sub.add_parser("generate-sci", help="generate SCI-style implicative data (see --help)", add_help=False)
     sub.add_parser("list", help="list learners, exploration presets and SCI methods").set_defaults(func=_list)
     analyze = sub.add_parser(
@@ -154,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "where it came from (given, dispatched, fallback, none), and the dispatcher's choice.",
     )
     predict.add_argument("model", help="saved model folder or Hub id")
-    predict.add_argument("--input", default=None, help="pairs file: .jsonl, .csv or .tsv (premise, hypothesis, meta columns)")
+    predict.add_argument("--input", default=None, help="pairs file: .jsonl, .json (a list of objects), .csv or .tsv (premise, hypothesis, meta columns)")
     predict.add_argument("--output", default=None, help="predictions .jsonl (default: stdout)")
     predict.add_argument("--premise", default=None, help="one pair's premise (instead of --input)")
     predict.add_argument("--hypothesis", default=None, help="one pair's hypothesis")
@@ -181,7 +201,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv and argv[0] == "generate-sci":
         from .data.synthetic import main as generate
 
-        generate(argv[1:])
+        try:
+            generate(argv[1:])
+        except (ValueError, OSError) as err:
+            parser.exit(2, f"nli-routing generate-sci: error: {err}\n")
         return
     args = parser.parse_args(argv)
     try:

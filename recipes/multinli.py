@@ -38,7 +38,7 @@ from nli_routing.experiments.multinli import (
 )
 from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS, format_table, run_method
 from nli_routing.models.nli import NLIModelConfig
-from nli_routing.experiments.recipe import parse_recipe
+from nli_routing.experiments.recipe import check_model_path, parse_recipe
 from nli_routing.routing.config import check_at_least
 from nli_routing.training.distributed import make_accelerator
 from nli_routing.training.loop import TrainConfig
@@ -61,6 +61,7 @@ class RecipeArgs:
         check_at_least(self, transformer_max_length=4, num_blocks=1)
         if not self.transformer_lr > 0:
             raise ValueError(f"transformer_lr must be > 0, got {self.transformer_lr}")
+        check_model_path("--transformer_model", self.transformer_model)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -450,6 +450,43 @@ def _write(tmp: Path, name: str, text: str) -> str:
     return str(path)
 
 
+PAIR_FLAGS = ["--premise", "a", "--hypothesis", "b", "--meta", "+|-"]
+
+
+def _bytes(tmp: Path, name: str, raw: bytes) -> str:
+    path = tmp / name
+    path.write_bytes(raw)
+    return str(path)
+
+
+def _broken(tmp: Path, model: Path, name: str, edit: Callable[[Path], Any]) -> str:
+    """A copy of the saved model folder, damaged by ``edit``."""
+    import shutil
+
+    out = tmp / name
+    shutil.copytree(model, out)
+    edit(out)
+    return str(out)
+
+
+def _flip_weights(folder: Path) -> None:
+    """Flip one byte of the tensor data (the safetensors header still parses)."""
+    path = folder / "model.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _config(update: dict, drop: str | None = None) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.update(update)
+        cfg.pop(drop, None)
+        (folder / "config.json").write_text(json.dumps(cfg))
+
+    return edit
+
+
 def _no_tokenizer(tmp: Path, model: Path) -> str:
     import shutil
 
@@ -498,6 +535,105 @@ INFERENCE_CASES: list[tuple[str, Callable[[Path, Path], Any], str]] = [
     ("predict-no-tokenizer", lambda t, m: ["predict", _no_tokenizer(t, m), "--premise", "a", "--hypothesis", "b"],
      r"has no tokenizer files .*save_pretrained\(folder, tokenizer=tokenizer\)"),
     ("app-bad-port", lambda t, m: ["app", str(m), "--port", "0"], r"--port must be in 1\.\.65535, got 0"),
+    # issue 31: inference input
+    ("predict-null-premise", lambda t, m: ["predict", str(m), "--input", _write(t, "n.jsonl", '{"premise": null, "hypothesis": "b", "signature": "+|-"}\n')],
+     r"pair 0: field 'premise' is null"),
+    ("predict-empty-pair-file", lambda t, m: ["predict", str(m), "--input", _write(t, "e2.jsonl", '{"premise": "", "hypothesis": "", "signature": "+|-"}\n')],
+     r"pair 0: premise and hypothesis are both empty"),
+    ("predict-empty-pair-flags", lambda t, m: ["predict", str(m), "--premise", "", "--hypothesis", "  ", "--meta=+|-"],
+     r"pair 0: premise and hypothesis are both empty"),
+    ("predict-signature-and-meta-disagree", lambda t, m: ["predict", str(m), "--input", _write(
+        t, "d.jsonl", '{"premise": "a", "hypothesis": "b", "signature": "+|-", "meta": "-|+"}\n')],
+     r"pair 0: 'signature' is '\+\|-' but 'meta' is '-\|\+'"),
+    ("predict-binary-jsonl", lambda t, m: ["predict", str(m), "--input", _bytes(t, "b.jsonl", b"\x00\xff\xfe\x00binary\n")],
+     r"b\.jsonl: not UTF-8 text \(byte b'\\xff' at offset 1\)"),
+    ("predict-binary-csv", lambda t, m: ["predict", str(m), "--input", _bytes(t, "b.csv", b"premise,hypothesis\n\xff\xfe,\x00\n")],
+     r"b\.csv: not UTF-8 text"),
+    ("predict-input-is-a-folder", lambda t, m: ["predict", str(m), "--input", str(t)], r"input file .* is a folder"),
+    ("predict-output-is-a-folder", lambda t, m: ["predict", str(m), *PAIR_FLAGS, "--output", str(t)],
+     r"--output .*: is a folder; give a \.jsonl file"),
+    ("predict-output-under-a-file", lambda t, m: ["predict", str(m), *PAIR_FLAGS, "--output", _write(t, "pf", "x") + "/o.jsonl"],
+     r"--output .*pf/o\.jsonl: a parent of it is a file"),
+    ("predict-json-object-not-a-list", lambda t, m: ["predict", str(m), "--input", _write(t, "o.json", '{"premise": "a"}')],
+     r"pair 0: no 'hypothesis' \(or 'text_pair'\) field"),
+    ("predict-json-malformed", lambda t, m: ["predict", str(m), "--input", _write(t, "mal.json", '[{"premise": "a",')],
+     r"mal\.json, line 1: not JSON"),
+    ("predict-json-list-of-numbers", lambda t, m: ["predict", str(m), "--input", _write(t, "nums.json", "[1, 2]")],
+     r"nums\.json, line 1: expected a JSON object, got list"),
+    ("predict-hypothesis-only", lambda t, m: ["predict", str(m), "--hypothesis", "b"], r"give either --input FILE or --premise"),
+    ("predict-premise-only", lambda t, m: ["predict", str(m), "--premise", "a"], r"--premise needs --hypothesis"),
+    ("predict-no-input", lambda t, m: ["predict", str(m)], r"give either --input FILE or --premise"),
+    ("predict-hypothesis-a-list", lambda t, m: ["predict", str(m), "--input", _write(
+        t, "hl.jsonl", '{"premise": "a", "hypothesis": ["b"], "signature": "+|-"}\n')], r"pair 0: field 'hypothesis' must be a string, got list"),
+    ("predict-meta-a-list", lambda t, m: ["predict", str(m), "--input", _write(
+        t, "mn.jsonl", '{"premise": "a", "hypothesis": "b", "signature": [1]}\n')], r"pair 0: a meta value is a class name or index, got list"),
+    ("predict-meta-a-float", lambda t, m: ["predict", str(m), "--input", _write(
+        t, "mf.jsonl", '{"premise": "a", "hypothesis": "b", "meta": 1.5}\n')], r"pair 0: a meta value is a class name or index, got float"),
+    ("predict-meta-negative-index", lambda t, m: ["predict", str(m), "--premise", "a", "--hypothesis", "b", "--meta", "-1"],
+     r"pair 0: unknown signature '-1'; known values"),
+    ("predict-csv-header-only", lambda t, m: ["predict", str(m), "--input", _write(t, "h.csv", "premise,hypothesis,signature\n")],
+     r"h\.csv: no pairs in the file"),
+    ("predict-csv-empty", lambda t, m: ["predict", str(m), "--input", _write(t, "z.csv", "")],
+     r"z\.csv, line 1: header lacks column\(s\) \['premise', 'hypothesis'\]"),
+    ("predict-tsv-without-meta", lambda t, m: ["predict", str(m), "--input", _write(t, "p.tsv", "premise\thypothesis\na\tb\n")],
+     r"pair 0: this model routes on 'signature' and the pair has none"),
+    ("predict-fallback-index-out-of-range", lambda t, m: ["predict", str(m), "--premise", "a", "--hypothesis", "b",
+                                                          "--meta_fallback", "99"], r"meta_fallback: meta index 99 outside 0\.\.12"),
+    ("predict-batch-size-negative", lambda t, m: ["predict", str(m), *PAIR_FLAGS, "--batch_size", "-1"],
+     r"argument --batch_size: must be >= 1, got -1"),
+    ("predict-batch-size-not-a-number", lambda t, m: ["predict", str(m), *PAIR_FLAGS, "--batch_size", "x"],
+     r"argument --batch_size: invalid _positive_int value: 'x'"),
+    # issue 31: model folders (the weights' checksum, sizes, config)
+    ("predict-model-folder-missing", lambda t, m: ["predict", str(t / "nope"), *PAIR_FLAGS],
+     r"nope is neither a local folder nor a Hub model that can be downloaded"),
+    ("predict-weights-corrupted", lambda t, m: ["predict", _broken(t, m, "flip", _flip_weights), *PAIR_FLAGS],
+     r"flip/model\.safetensors: SHA-256 \w+\.\.\. does not match config\.json's weights_sha256"),
+    ("predict-weights-truncated", lambda t, m: ["predict", _broken(t, m, "trunc", lambda f: _truncate(f / "model.safetensors")), *PAIR_FLAGS],
+     r"trunc/model\.safetensors is truncated or not a safetensors file"),
+    ("predict-weights-missing", lambda t, m: ["predict", _broken(t, m, "nowts", lambda f: (f / "model.safetensors").unlink()), *PAIR_FLAGS],
+     r"nowts has no model\.safetensors"),
+    ("predict-weights-empty", lambda t, m: ["predict", _broken(t, m, "emptyw", lambda f: (f / "model.safetensors").write_bytes(b"")), *PAIR_FLAGS],
+     r"emptyw/model\.safetensors is truncated or not a safetensors file \(0 bytes\)"),
+    ("predict-weights-of-another-model", lambda t, m: ["predict", _broken(t, m, "sha", _config({"weights_sha256": "0" * 64})), *PAIR_FLAGS],
+     r"sha/model\.safetensors: SHA-256 \w+\.\.\. does not match config\.json's weights_sha256 000000000000"),
+    ("predict-config-sizes-not-the-weights", lambda t, m: ["predict", _broken(t, m, "size", _config({"classifier_hidden": 16}, drop="weights_sha256")), *PAIR_FLAGS],
+     r"size: config\.json and model\.safetensors do not describe the same model: size mismatch for classifier"),
+    ("predict-config-not-json", lambda t, m: ["predict", _broken(t, m, "cfgjson", lambda f: (f / "config.json").write_text("{oops")), *PAIR_FLAGS],
+     r"cfgjson/config\.json is truncated or not JSON"),
+    ("predict-config-not-an-object", lambda t, m: ["predict", _broken(t, m, "cfglist", lambda f: (f / "config.json").write_text("[]")), *PAIR_FLAGS],
+     r"cfglist/config\.json: expected a JSON object, got list"),
+    ("predict-config-without-model-type", lambda t, m: ["predict", _broken(t, m, "nomt", _config({}, drop="model_type")), *PAIR_FLAGS],
+     r"nomt/config\.json: field 'model_type' is missing; a routed model has one of \["),
+    ("predict-config-unknown-model-type", lambda t, m: ["predict", _broken(t, m, "umt", _config({"model_type": "bert"})), *PAIR_FLAGS],
+     r"umt/config\.json: field 'model_type' is 'bert', not a routed model kind"),
+    ("predict-config-num-meta-0", lambda t, m: ["predict", _broken(t, m, "nm0", _config({"num_meta": 0})), *PAIR_FLAGS],
+     r"num_meta must be >= 1, got 0"),
+    ("predict-config-unknown-route", lambda t, m: ["predict", _broken(t, m, "rb", _config({"route": "bogus"})), *PAIR_FLAGS],
+     r"route must be one of \('none', 'wp'"),
+    # issue 31: the server, the app, the other commands
+    ("serve-max-batch-0", lambda t, m: ["serve", str(m), "--max_batch", "0"], r"--max_batch must be >= 1, got 0"),
+    ("serve-queue-size-0", lambda t, m: ["serve", str(m), "--queue_size", "0"], r"--queue_size must be >= 1, got 0"),
+    ("serve-port-0", lambda t, m: ["serve", str(m), "--port", "0"], r"--port must be in 1\.\.65535, got 0"),
+    ("serve-port-too-big", lambda t, m: ["serve", str(m), "--port", "70000"], r"--port must be in 1\.\.65535, got 70000"),
+    ("serve-negative-wait", lambda t, m: ["serve", str(m), "--max_wait_ms", "-1"], r"--max_wait_ms must be >= 0, got -1"),
+    ("serve-model-missing", lambda t, m: ["serve", str(t / "nope")], r"nope is neither a local folder nor a Hub model"),
+    ("serve-unknown-fallback", lambda t, m: ["serve", str(m), "--meta_fallback", "nope"], r"meta_fallback: unknown signature 'nope'"),
+    ("serve-corrupted-weights", lambda t, m: ["serve", _broken(t, m, "flip", _flip_weights)], r"does not match config\.json's weights_sha256"),
+    ("app-model-missing", lambda t, m: ["app", str(t / "nope")], r"nope is neither a local folder nor a Hub model"),
+    ("app-port-too-big", lambda t, m: ["app", str(m), "--port", "70000"], r"--port must be in 1\.\.65535, got 70000"),
+    ("app-unknown-fallback", lambda t, m: ["app", str(m), "--meta_fallback", "nope"], r"meta_fallback: unknown signature 'nope'"),
+    ("analyze-run-missing", lambda t, m: ["analyze", str(t / "nope")], r"run folder .*nope does not exist"),
+    ("analyze-not-a-run", lambda t, m: ["analyze", str(t)], r"routing_test\.npz does not exist; routing records in .*: none"),
+    ("analyze-dpi-0", lambda t, m: ["analyze", str(m), "--dpi", "0"], r"--dpi must be >= 1, got 0"),
+    ("analyze-unknown-split", lambda t, m: ["analyze", str(m), "--split", "bogus"],
+     r"routing_bogus\.npz does not exist; routing records in .*: \['routing_test\.npz', 'routing_validation\.npz'\]"),
+    ("analyze-unknown-grouping", lambda t, m: ["analyze", str(m), "--by", "bogus"], r"argument --by: invalid choice: 'bogus'"),
+    ("convert-run-missing", lambda t, m: ["convert", str(t / "nope"), str(t / "conv")],
+     r"nope/model_config\.json does not exist: not a run folder of an older nli_routing"),
+    ("generate-sci-out-is-a-file", lambda t, m: ["generate-sci", "--out", _write(t, "gf", "x")],
+     r"--out .*gf: a file is in the way"),
+    ("generate-sci-no-rows", lambda t, m: ["generate-sci", "--out", str(t / "g"), "--n_test", "0"], r"--n_test must be >= 1, got 0"),
+    ("unknown-command", lambda t, m: ["bogus"], r"argument command: invalid choice: 'bogus'"),
 ]
 
 
@@ -508,7 +644,7 @@ def test_inference_bad_input(name, argv, pattern, saved_model: Path, tmp_path: P
     err = capsys.readouterr().err
     assert exc.value.code == 2, err
     last = err.strip().splitlines()[-1]  # (argparse's own errors print the usage above it)
-    assert "Traceback" not in err and last.startswith("nli-routing "), err
+    assert "Traceback" not in err and last.startswith("nli-routing") and ": error: " in last, err
     assert re.search(pattern, last), err
 
 
@@ -551,6 +687,105 @@ RECIPE_CASES = [
     ("image_mtl.py", ["--per_class", "0"], r"per_class must be >= 1, got 0"),
     ("multinli.py", ["--max_eval_samples", "0"], r"max_eval_samples must be >= 1, got 0"),
     ("multinli.py", ["--wp_width", "0"], r"wp_width must be >= 1, got 0"),
+    # issue 31: every flag checked when parsed (a value, a name from a list, a path)
+    ('sci_wp_dispatch.py', ['--variant', 'bogus'], r"--variant must be one of \('joint', 'disjoint', 'mismatch', 'nested'\), got 'bogus'"),
+    ('sci_wp_dispatch.py', ['--embeddings', '/nonexistent/glove.txt'], r'--embeddings /nonexistent/glove\.txt: no such file'),
+    ('sci_wp_dispatch.py', ['--embeddings', 'random:x'], r"--embeddings random:x: bad random spec; expected 'random:<dim>\[:<seed>\]'"),
+    ('sci_wp_dispatch.py', ['--embeddings', 'random:0'], r'--embeddings random:0: dim must be positive, got 0'),
+    ('sci_wp_dispatch.py', ['--num_meta', '2'], r'--num_meta 2: the number of meta classes is set from the data'),
+    ('sci_wp_dispatch.py', ['--nested_dir', '/nonexistent/nested'], r'--nested_dir /nonexistent/nested: not a folder'),
+    ('sci_wp_dispatch.py', ['--data_dir', '/nonexistent/sci'], r'--data_dir /nonexistent/sci: does not exist'),
+    ('sci_wp_dispatch.py', ['--methods', 'bogus'], r"unknown method 'bogus'; choose from \['cbow'"),
+    ('sci_wp_dispatch.py', ['--router', 'bogus'], r"router must be one of \('tabular', "),
+    ('sci_wp_dispatch.py', ['--learner', 'bogus'], r"unknown learner 'bogus'; registered learners: \["),
+    ('sci_wp_dispatch.py', ['--dispatch', 'bogus'], r"--dispatch must be one of \('signature', "),
+    ('sci_wp_dispatch.py', ['--dispatch_input', 'bogus'], r"dispatch_input must be 'premise', 'pair' or 'auto', got 'bogus'"),
+    ('sci_wp_dispatch.py', ['--dispatch_encoder', 'bogus'], r"dispatch_encoder must be one of \('cbow', "),
+    ('sci_wp_dispatch.py', ['--dispatch_learner', 'bogus'], r"dispatch_learner: unknown learner 'bogus'"),
+    ('sci_wp_dispatch.py', ['--dispatch_alpha', 'nan'], r'dispatch_alpha must be in \[0, 1\], got nan'),
+    ('sci_wp_dispatch.py', ['--dispatch_hidden', '0'], r'dispatch_hidden must be >= 1, got 0'),
+    ('sci_wp_dispatch.py', ['--dispatch_bottleneck', '0'], r'dispatch_bottleneck must be >= 1, got 0'),
+    ('sci_wp_dispatch.py', ['--stage2_epochs', '0'], r'stage2_epochs must be >= 1, got 0'),
+    ('sci_wp_dispatch.py', ['--nested_epochs', '0'], r'nested_epochs must be >= 1, got 0'),
+    ('sci_wp_dispatch.py', ['--two_stage'], r'--two_stage needs --dispatch'),
+    ('sci_wp_dispatch.py', ['--pair_features', 'bogus'], r"pair_features must be one of \('concat', 'match'\), got 'bogus'"),
+    ('sci_wp_dispatch.py', ['--block_optimizer', 'bogus'], r"block_optimizer must be 'sgd' or 'adam', got 'bogus'"),
+    ('sci_wp_dispatch.py', ['--reward', 'bogus'], r"reward must be one of \('correct', 'neg_loss'\), got 'bogus'"),
+    ('sci_wp_dispatch.py', ['--route', 'bogus'], r"route must be one of \('none', 'wp', "),
+    ('sci_wp_dispatch.py', ['--wp_activation', 'bogus'], r"wp_activation must be one of \['gelu', 'identity', 'relu', 'tanh'\], got 'bogus'"),
+    ('sci_wp_dispatch.py', ['--wp_gate_init', 'nan'], r'wp_gate_init must be a finite number, got nan'),
+    ('sci_wp_dispatch.py', ['--pool', 'bogus'], r"pool must be 'sum' or 'mean', got 'bogus'"),
+    ('sci_wp_dispatch.py', ['--classifier_init', 'bogus'], r"classifier_init must be one of \('torch', 'he'\), got 'bogus'"),
+    ('sci_wp_dispatch.py', ['--route', 'classifier', '--classifier_layers', '0'], r"classifier_layers must be >= 1 with route 'classifier', got 0"),
+    ('sci_wp_dispatch.py', ['--max_length', '0'], r'max_length must be >= 1, got 0'),
+    ('sci_wp_dispatch.py', ['--dispatch_k', '-3'], r'dispatch_k must be >= 1, got -3'),
+    ('sci_wp_dispatch.py', ['--batch_size', '-5'], r'batch_size must be >= 1, got -5'),
+    ('sci_wp_dispatch.py', ['--eval_batch_size', '0'], r'eval_batch_size must be >= 1, got 0'),
+    ('sci_wp_dispatch.py', ['--epochs', 'x'], r"argument --epochs: invalid int value: 'x'"),
+    ('sci_wp_dispatch.py', ['--seed', 'x'], r"argument --seed: invalid int value: 'x'"),
+    ('sci_wp_dispatch.py', ['--lr', 'nan'], r'lr must be >= 0, got nan'),
+    ('sci_wp_dispatch.py', ['--momentum', '-1'], r'momentum must be in \[0, 1\), got -1.0'),
+    ('sci_wp_dispatch.py', ['--momentum', '1'], r'momentum must be in \[0, 1\), got 1.0'),
+    ('sci_wp_dispatch.py', ['--weight_decay', '-1'], r'weight_decay must be >= 0, got -1.0'),
+    ('sci_wp_dispatch.py', ['--max_grad_norm', '-1'], r'max_grad_norm must be > 0 \(or None to not clip\), got -1.0'),
+    ('sci_wp_dispatch.py', ['--router_lr_ratio', '0'], r'router_lr_ratio must be >= 1 \(router lr >= block lr\), got 0.0'),
+    ('sci_wp_dispatch.py', ['--router_data_fraction', '2'], r'router_data_fraction must be in \[0, 1\), got 2.0'),
+    ('sci_wp_dispatch.py', ['--explore_kappa', '-1'], r'explore_kappa must be >= 0 \(0: off\), got -1.0'),
+    ('sci_wp_dispatch.py', ['--router_init', 'nan'], r'router_init must be a finite number, got nan'),
+    ('sci_wp_dispatch.py', ['--rho', 'nan'], r'rho must be in \[-1, 1\], got nan'),
+    ('sci_wp_dispatch.py', ['--num_subrouters', '0'], r'num_subrouters must be >= 1, got 0'),
+    ('sci_wp_dispatch.py', ['--exploration', ''], r"exploration must be one of \['high', 'low', 'med', 'none'\], got ''"),
+    ('sci_wp_dispatch.py', ['--learner_args', 'notkv'], r"learner argument 'notkv' is not of the form key=value"),
+    ('sci_wp_dispatch.py', ['--collapse_threshold', '2'], r'collapse_threshold must be in \(0, 1\], got 2.0'),
+    ('sci_wp_dispatch.py', ['--collapse_warmup', '-1'], r'collapse_warmup must be >= 0 epochs, got -1'),
+    ('sci_wp_dispatch.py', ['--keep_checkpoints', '-1'], r'keep_checkpoints must be >= 1, got -1'),
+    ('sci_wp_dispatch.py', ['--checkpoint_every', '-1'], r'checkpoint_every must be >= 0, got -1'),
+    ('sci_wp_dispatch.py', ['--resume_from', '/nonexistent/step_5'], r'--resume_from /nonexistent/step_5: not a complete checkpoint \(no loop_state\.json in it\)'),
+    ('sci_wp_dispatch.py', ['--log_with', 'bogus'], r"log_with: unknown tracker\(s\) \['bogus'\]"),
+    ('sci_wp_dispatch.py', ['--hub_model_id', 'me/sci'], r'--hub_model_id needs --push_to_hub'),
+    ('sci_wp_dispatch.py', ['--push_to_hub'], r'--push_to_hub: the Hub is unreachable with HF_HUB_OFFLINE=1'),
+    ('sci_wp_dispatch.py', ['--unknown_flag', '1'], r"Some specified arguments are not used by the HfArgumentParser: \['--unknown_flag', '1'\]"),
+    ('finetune_routed_transformer.py', ['--route', 'bogus'], r"argument --route: invalid choice: 'bogus'"),
+    ('finetune_routed_transformer.py', ['--pooling', 'bogus'], r"argument --pooling: invalid choice: 'bogus'"),
+    ('finetune_routed_transformer.py', ['--lora_rank', '0'], r'lora_rank must be >= 1, got 0'),
+    ('finetune_routed_transformer.py', ['--lora_alpha', '0'], r'lora_alpha must be > 0 .*got 0.0'),
+    ('finetune_routed_transformer.py', ['--noise_std', '-1'], r'noise_std must be >= 0, got -1.0'),
+    ('finetune_routed_transformer.py', ['--dropout', '1.5'], r'dropout must be in \[0, 1\), got 1.5'),
+    ('finetune_routed_transformer.py', ['--variant', 'bogus'], r"--variant must be one of \('joint', "),
+    ('finetune_routed_transformer.py', ['--data_dir', '/nonexistent/sci'], r'--data_dir /nonexistent/sci: does not exist'),
+    ('finetune_routed_transformer.py', ['--model_name_or_path', '/nonexistent/minilm'], r'--model_name_or_path /nonexistent/minilm: no such folder'),
+    ('finetune_routed_transformer.py', ['--max_eval_samples', '0'], r'max_eval_samples must be >= 1, got 0'),
+    ('finetune_routed_transformer.py', ['--epochs', '0'], r'epochs must be >= 1, got 0'),
+    ('finetune_routed_transformer.py', ['--router', 'bogus'], r"router must be one of \('tabular', "),
+    ('finetune_routed_transformer.py', ['--learner', 'bogus'], r"unknown learner 'bogus'"),
+    ('finetune_routed_transformer.py', ['--exploration', 'bogus'], r"exploration must be one of \['high', 'low', 'med', 'none'\]"),
+    ('finetune_routed_transformer.py', ['--router_balance_share', '2'], r'router_balance_share must be in \(0, 1\], got 2.0'),
+    ('finetune_routed_transformer.py', ['--route', 'classifier', '--classifier_layers', '0'], r'classifier_layers'),
+    ('image_mtl.py', ['--dataset', 'bogus'], r"--dataset must be one of \['cifar-mtl', 'fashion-mnist-mtl', 'min-mtl', 'mnist-mtl'\], got 'bogus'"),
+    ('image_mtl.py', ['--data_path', '/nonexistent/mnist.npz'], r'--data_path /nonexistent/mnist\.npz: does not exist'),
+    ('image_mtl.py', ['--method', 'bogus'], r"unknown method 'bogus'; choose from \['cross-stitch'"),
+    ('image_mtl.py', ['--sigma', '2'], r'sigma must be in \(0, 1\], got 2.0'),
+    ('image_mtl.py', ['--sigma', '-1'], r'sigma must be in \(0, 1\], got -1.0'),
+    ('image_mtl.py', ['--fc_layers', '0'], r'fc_layers must be >= 1, got 0'),
+    ('image_mtl.py', ['--test_per_task', '0'], r'test_per_task must be >= 1, got 0'),
+    ('image_mtl.py', ['--epochs', '0'], r'epochs must be >= 1, got 0'),
+    ('image_mtl.py', ['--rho', '3'], r'rho must be in \[-1, 1\], got 3.0'),
+    ('image_mtl.py', ['--conv_channels', '0'], r'conv_channels must be >= 1, got 0'),
+    ('image_mtl.py', ['--fc_hidden', '0'], r'fc_hidden must be >= 1, got 0'),
+    ('image_mtl.py', ['--router', 'bogus'], r"router must be one of \('tabular', "),
+    ('image_mtl.py', ['--lr', '-1'], r'lr must be >= 0, got -1.0'),
+    ('multinli.py', ['--data_dir', '/nonexistent/mnli'], r'--data_dir /nonexistent/mnli: does not exist'),
+    ('multinli.py', ['--validation_split', 'bogus'], r"validation/test split must be one of \('validation_matched', 'validation_mismatched'\), got 'bogus'"),
+    ('multinli.py', ['--test_split', 'bogus'], r"validation/test split must be one of \('validation_matched', 'validation_mismatched'\), got 'bogus'"),
+    ('multinli.py', ['--methods', 'bogus'], r"unknown method 'bogus'; choose from \['cbow'"),
+    ('multinli.py', ['--num_blocks', '0'], r'num_blocks must be >= 1, got 0'),
+    ('multinli.py', ['--transformer_lr', '-1'], r'transformer_lr must be > 0, got -1.0'),
+    ('multinli.py', ['--transformer_max_length', '0'], r'transformer_max_length must be >= 4, got 0'),
+    ('multinli.py', ['--transformer_model', '/nonexistent/minilm'], r'--transformer_model /nonexistent/minilm: no such folder'),
+    ('multinli.py', ['--embeddings', '/nonexistent/glove.txt'], r'--embeddings /nonexistent/glove\.txt: no such file'),
+    ('multinli.py', ['--max_train_samples', '0'], r'max_train_samples must be >= 1, got 0'),
+    ('multinli.py', ['--num_meta', '2'], r'--num_meta 2: the number of meta classes is set from the data'),
+    ('multinli.py', ['--rho', '9'], r'rho must be in \[-1, 1\], got 9.0'),
 ]
 
 
@@ -566,3 +801,160 @@ def test_recipe_flags_are_validated_when_parsed(recipe, flags, pattern, monkeypa
     assert exc.value.code == 2 and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, f"more than the error line (a usage dump?):\n{err}"
     assert re.search(pattern, err.strip().splitlines()[-1]), err
+
+
+# --------------------------------------------------------------------------- issue 31: recipes on broken files and folders
+def _file(tmp: Path, name: str = "afile", raw: bytes = b"x") -> str:
+    path = tmp / name
+    path.write_bytes(raw)
+    return str(path)
+
+
+def _dir(tmp: Path, name: str, files: dict[str, str | bytes] | None = None) -> str:
+    folder = tmp / name
+    folder.mkdir()
+    for fname, content in (files or {}).items():
+        (folder / fname).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(folder)
+
+
+def _npz(tmp: Path, **arrays: np.ndarray) -> str:
+    path = tmp / "arrays.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+CSV_SPLITS = {f"{s}.csv": "premise,hypothesis,label,signature\nAnn left,Ann left,entails,+|-\n" for s in ("train", "validation", "test")}
+
+#: (recipe, flags builder (tmp) -> flags, message): bad files and folders, and values that only the data can refute.
+#: These may log a few INFO lines while the data loads; the error is the last line, with no traceback and no usage.
+RECIPE_DATA_CASES = [
+    ("sci_wp_dispatch.py", lambda t: ["--output_dir", _file(t)], r"--output_dir .*afile: is a file, not a folder"),
+    ("sci_wp_dispatch.py", lambda t: ["--output_dir", _file(t) + "/run"], r"--output_dir .*afile/run: a parent of it is a file"),
+    ("sci_wp_dispatch.py", lambda t: ["--data_dir", _file(t)], r"--data_dir .*afile: a file, not a folder"),
+    ("sci_wp_dispatch.py", lambda t: ["--data_dir", _dir(t, "empty")], r"no SCI data found; expected files: \[.*empty/train\.jsonl"),
+    ("sci_wp_dispatch.py", lambda t: ["--data_dir", _dir(t, "csv", CSV_SPLITS)], r"no SCI data found; expected files: \[.*csv/train\.jsonl"),
+    ("sci_wp_dispatch.py", lambda t: ["--data_dir", str(write_sci(t / "sci", train="{oops\n"))], r"train\.jsonl:1: field <json>: malformed JSON"),
+    ("sci_wp_dispatch.py", lambda t: ["--nested_dir", _file(t)], r"--nested_dir .*afile: not a folder"),
+    ("sci_wp_dispatch.py", lambda t: ["--embeddings", str(t / "glove.txt")], r"--embeddings .*glove\.txt: no such file"),
+    ("sci_wp_dispatch.py", lambda t: ["--resume_from", _dir(t, "ckpt")], r"--resume_from .*ckpt: not a complete checkpoint"),
+    ("sci_wp_dispatch.py", lambda t: ["--num_classes", "2", "--output_dir", str(t / "o")],
+     r"--num_classes 2, but the data has 3 labels \['entails', 'contradicts', 'permits'\]: use --num_classes 3"),
+    ("sci_wp_dispatch.py", lambda t: ["--max_train_samples", "5", "--output_dir", str(t / "o")],
+     r"--max_train_samples 5 cannot hold the 13 signature classes of the training data: use at least 13"),
+    ("finetune_routed_transformer.py", lambda t: ["--output_dir", _file(t)], r"--output_dir .*afile: is a file, not a folder"),
+    ("finetune_routed_transformer.py", lambda t: ["--data_dir", _dir(t, "empty")], r"no SCI data found; expected files"),
+    ("finetune_routed_transformer.py", lambda t: ["--model_name_or_path", _file(t)], r"--model_name_or_path .*afile: no such folder"),
+    ("finetune_routed_transformer.py", lambda t: ["--num_classes", "2", "--output_dir", str(t / "o")],
+     r"--num_classes 2, but the data has 3 labels"),
+    ("finetune_routed_transformer.py", lambda t: ["--route", "lora", "--target_modules", "nonexistent", "--max_train_samples", "16",
+                                                  "--max_eval_samples", "8", "--output_dir", str(t / "o")],
+     r"no module name matches \['nonexistent'\]"),
+    ("image_mtl.py", lambda t: ["--data_path", _file(t, "bad.npz", b"not an archive")],
+     r"bad\.npz: not a NumPy \.npz array archive \(neither a zip of \.npy arrays nor a \.npy array; pickles are not loaded\)"),
+    ("image_mtl.py", lambda t: ["--data_path", _npz(t, foo=np.zeros(3))],
+     r"arrays\.npz: missing arrays \['x_test', 'x_train', 'y_test', 'y_train'\] \(have \['foo'\]\)"),
+    ("image_mtl.py", lambda t: ["--output_dir", _file(t)], r"--output_dir .*afile: is a file, not a folder"),
+    ("multinli.py", lambda t: ["--data_dir", _dir(t, "empty")],
+     r"no MultiNLI file for split\(s\) \['train', 'validation_matched', 'validation_mismatched'\] in .*empty"),
+    ("multinli.py", lambda t: ["--data_dir", _dir(t, "partial", {"multinli_1.0_train.jsonl": "{oops\n"})],
+     r"no MultiNLI file for split\(s\) \['validation_matched', 'validation_mismatched'\]"),
+    ("multinli.py", lambda t: ["--data_dir", str(write_mnli(t / "mnli", dev_matched="{oops\n"))],
+     r"multinli_1\.0_dev_matched\.jsonl:1: field <json>: malformed JSON"),
+    ("multinli.py", lambda t: ["--data_dir", str(write_mnli(t / "mnli", train=b"\xff\xfe\n"))],
+     r"multinli_1\.0_train\.jsonl:1: field <line>: invalid UTF-8"),
+    ("multinli.py", lambda t: ["--output_dir", _file(t)], r"--output_dir .*afile: is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize(("recipe", "flags", "pattern"), RECIPE_DATA_CASES,
+                         ids=[f"{r.removesuffix('.py')}-{i}" for i, (r, _, _) in enumerate(RECIPE_DATA_CASES)])
+def test_recipe_refuses_bad_files_in_one_line(recipe, flags, pattern, tmp_path, monkeypatch, capsys) -> None:
+    import runpy
+
+    argv = flags(tmp_path)
+    if "--output_dir" not in argv:
+        argv += ["--output_dir", "/nonexistent/never-written"]
+    monkeypatch.setattr("sys.argv", [recipe, *argv])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module(f"recipes.{recipe.removesuffix('.py')}", run_name="__main__")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err and "usage:" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"{recipe}: error: ") and re.search(pattern, last), err
+
+
+# --------------------------------------------------------------------------- issue 31: the Python entry points
+def _api_pipeline_missing(tmp: Path, model: Path) -> Any:
+    import nli_routing.inference.pipeline  # noqa: F401
+    from transformers import pipeline
+
+    return pipeline("routed-nli", model=str(tmp / "nope"))
+
+
+def _api_predictor(model: Path, **kw: Any) -> Any:
+    from nli_routing.inference import RoutedNLIPredictor
+
+    return RoutedNLIPredictor.from_pretrained(str(model), **kw)
+
+
+def _api_automodel(folder: str) -> Any:
+    from transformers import AutoModel
+
+    import nli_routing  # noqa: F401  (registers the kinds)
+
+    return AutoModel.from_pretrained(folder)
+
+
+#: (name, call (tmp, saved model folder), exception, message)
+API_CASES: list[tuple[str, Callable[[Path, Path], Any], type[Exception], str]] = [
+    # (transformers' own message, before any code of ours runs; it names the path, not "model_type" as before)
+    ("pipeline on a missing folder", _api_pipeline_missing, OSError, r"Repo id must be in the form .*/nope'"),
+    ("predictor on a missing folder", lambda t, m: _api_predictor(t / "nope"), OSError, r"nope is neither a local folder nor a Hub model"),
+    ("predictor on a file", lambda t, m: _api_predictor(Path(_file(t))), ValueError, r"afile is a file: a saved model is a folder"),
+    ("predictor on corrupted weights", lambda t, m: _api_predictor(Path(_broken(t, m, "flip", _flip_weights))), CheckpointError,
+     r"flip/model\.safetensors: SHA-256 .* does not match config\.json's weights_sha256"),
+    ("predictor with an unknown fallback", lambda t, m: _api_predictor(m, meta_fallback="x|y"), ValueError,
+     r"meta_fallback: unknown signature 'x\|y'"),
+    ("predict on a string", lambda t, m: _api_predictor(m).predict("Ann left."), ValueError, r"a pair is a dict|got str"),
+    ("predict on a number", lambda t, m: _api_predictor(m).predict([3]), ValueError, r"pair 0: .*got int"),
+    ("predict a pair without a hypothesis", lambda t, m: _api_predictor(m).predict({"premise": "a", "signature": "+|-"}), ValueError,
+     r"pair 0: no 'hypothesis' \(or 'text_pair'\) field"),
+    ("predict a null premise", lambda t, m: _api_predictor(m).predict({"premise": None, "hypothesis": "b", "signature": "+|-"}),
+     ValueError, r"pair 0: field 'premise' is null"),
+    ("predict batch_size 0", lambda t, m: _api_predictor(m).predict({"premise": "a", "hypothesis": "b", "signature": "+|-"}, batch_size=0),
+     ValueError, r"batch_size must be >= 1, got 0"),
+    ("AutoModel on corrupted weights", lambda t, m: _api_automodel(_broken(t, m, "flip", _flip_weights)), CheckpointError,
+     r"does not match config\.json's weights_sha256"),
+    ("AutoModel on truncated weights", lambda t, m: _api_automodel(_broken(t, m, "trunc", lambda f: _truncate(f / "model.safetensors"))),
+     CheckpointError, r"trunc/model\.safetensors is truncated or not a safetensors file"),
+    ("word vectors from a missing file", lambda t, m: __import__("nli_routing.models.embeddings", fromlist=["x"]).load_word_vectors(
+        str(t / "glove.txt")), FileNotFoundError, r"glove\.txt"),
+    ("word vectors from a malformed GloVe file", lambda t, m: __import__("nli_routing.models.embeddings", fromlist=["x"]).load_word_vectors(
+        _file(t, "bad.txt", b"the 0.1 0.2\ncat 0.3\n")), ValueError, r"bad\.txt:2: expected 2 values after the word, found 1"),
+    ("load_sci on a missing folder", lambda t, m: load_sci(t / "nope"), FileNotFoundError, r"nope"),
+    ("load_multinli on a missing folder", lambda t, m: load_multinli(t / "nope"), (FileNotFoundError, ValueError), r"nope"),
+    ("a model config with an unknown route", lambda t, m: NLIModelConfig(route="bogus"), ValueError, r"route must be one of"),
+    ("a model config with rho out of range", lambda t, m: NLIModelConfig(rho=2.0), ValueError, r"rho must be in \[-1, 1\], got 2.0"),
+    ("a training config with momentum 1", lambda t, m: __import__("nli_routing.training.loop", fromlist=["x"]).TrainConfig(momentum=1.0),
+     ValueError, r"momentum must be in \[0, 1\), got 1.0"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "error", "pattern"), API_CASES, ids=[c[0] for c in API_CASES])
+def test_python_entry_points_refuse_bad_input(name, call, error, pattern, saved_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(error, match=pattern) as info:
+        call(tmp_path, saved_model)
+    assert len(str(info.value).splitlines()) == 1, f"{name}: {info.value}"
+
+
+def test_the_bad_input_table_covers_every_entry_point() -> None:
+    """Issue 31: at least 150 cases, across loaders, recipes, the CLI (predict, serve, app, analyze, convert,
+    generate-sci), the pipeline, the predictor and the Auto classes."""
+    tables = [CORPUS, INFERENCE_CASES, RECIPE_CASES, RECIPE_DATA_CASES, API_CASES]
+    assert sum(map(len, tables)) >= 150
+    names = [name for name, _, _ in INFERENCE_CASES]
+    for command in ("predict", "serve", "app", "analyze", "convert", "generate-sci"):
+        assert any(name.startswith(command + "-") for name in names), command
+    recipes = {r for r, _, _ in RECIPE_CASES} | {r for r, _, _ in RECIPE_DATA_CASES}
+    assert recipes == {"sci_wp_dispatch.py", "finetune_routed_transformer.py", "image_mtl.py", "multinli.py"}

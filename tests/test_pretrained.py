@@ -112,6 +112,7 @@ def test_push_to_hub_uploads_the_run_folder_in_the_hubs_layout(tmp_path, monkeyp
     def upload_folder(self, repo_id, folder_path, **kw):
         calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
 
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the recorder stands in for the Hub
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo)))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     cfg = TrainConfig(epochs=1, batch_size=32, seed=0, push_to_hub=True, hub_model_id="me/sci")

@@ -142,7 +142,7 @@ def test_resume_from_an_explicit_checkpoint_and_latest_without_one(tmp_path, mon
     assert steps == [12, 13, 14]
     _, _, steps = run("qlearning", tmp_path / "c", monkeypatch, resume_from="latest")  # nothing yet: from 0
     assert steps == list(range(EPOCHS * STEPS_PER_EPOCH))
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(ValueError, match="missing: not a complete checkpoint"):  # refused when the config is built
         run("qlearning", tmp_path / "d", resume_from=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="output_dir"):
         train(build_model("qlearning"), *loaders(), TrainConfig(epochs=1, cpu=True, progress=False, checkpoint=True))

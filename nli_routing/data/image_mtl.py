@@ -281,7 +281,10 @@ def open_npz(path: str | Path):
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{path}: not a NumPy .npz array archive ({str(err).splitlines()[0][:80]})") from None
+        detail = str(err).splitlines()[0][:80] if str(err) else type(err).__name__
+        if "pickled" in detail:  # numpy's guess for bytes that are no array format: a pickle, which is never loaded
+            detail = "neither a zip of .npy arrays nor a .npy array; pickles are not loaded"
+        raise ValueError(f"{path}: not a NumPy .npz array archive ({detail})") from None
     if not hasattr(data, "files"):  # a single .npy array
         raise ValueError(f"{path}: a single array, not a .npz archive of named arrays")
     return data

@@ -390,6 +390,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ValueError(f"--out {out}: a file is in the way (the output is a folder)")
+    for name in ("n_train", "n_validation", "n_test"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     sizes = {"train": args.n_train, "validation": args.n_validation, "test": args.n_test}
     for variant, folder in write_sci(args.out, args.variants, sizes, args.seed).items():
         print(f"{variant}: wrote {folder}")

@@ -22,7 +22,7 @@ from ..data.sci import VARIANTS as SCI_VARIANTS
 from ..data.sci import check_meta_coverage, load_sci, subsample_covering
 from ..models.dispatcher import AGENT_OPTIMIZERS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
-from ..routing import parse_learner_args
+from ..routing import LEARNERS, parse_learner_args
 from ..routing.config import check_at_least
 from ..models.embeddings import WordVectors, load_word_vectors
 from ..models.auto import MODEL_KINDS
@@ -130,6 +130,12 @@ def check_data_paths(args: Any) -> None:
     looks_like_a_path = spec.endswith((".txt", ".txt.gz", ".gz")) or spec.startswith(("/", "./", "../", "~"))
     if looks_like_a_path and not Path(spec).expanduser().exists():
         raise ValueError(f"--embeddings {spec}: no such file (a GloVe .txt, minilm, random:<dim> or a Hugging Face id)")
+    if spec.startswith("random:"):
+        parts = spec.split(":")
+        if len(parts) > 3 or not all(x.lstrip("-").isdigit() for x in parts[1:]):
+            raise ValueError(f"--embeddings {spec}: bad random spec; expected 'random:<dim>[:<seed>]'")
+        if int(parts[1]) < 1:
+            raise ValueError(f"--embeddings {spec}: dim must be positive, got {int(parts[1])}")
 
 
 def check_labels(prepared: "PreparedData", num_classes: int) -> None:
@@ -204,6 +210,9 @@ class DispatchArgs:
         if self.dispatch_target not in (*DISPATCH_TARGETS, "auto"):
             raise ValueError(f"dispatch_target must be one of {(*DISPATCH_TARGETS, 'auto')}, got {self.dispatch_target!r}")
         parse_learner_args(self.dispatch_learner_args)
+        if self.dispatch_learner not in LEARNERS:
+            raise ValueError(f"dispatch_learner: unknown learner {self.dispatch_learner!r}; registered learners: "
+                             f"{sorted(LEARNERS)}")
 
     def check_method(self, method: str) -> None:
         """Raise ``ValueError`` when these settings cannot train ``method``'s dispatcher (before any data loads)."""
@@ -561,6 +570,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['method']:<{width}}" + "".join(fmt(r.get(key), spec) for _, key, spec in cols))
+    lines.append("entropy: the first routed layer's selection entropy on test (bits); disp H: entropy of a learned dispatcher's "
+                 "choices on test (bits); w/ meta: a two-stage method's test accuracy with the meta labels instead "
+                 "of its dispatcher; -: does not apply")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ training defaults), answer a bad flag or bad data in one line, set up logging.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, NoReturn, Sequence
 
 from transformers import HfArgumentParser
 
-__all__ = ["RecipeParser", "parse_recipe", "setup_logging"]
+__all__ = ["RecipeParser", "check_model_path", "parse_recipe", "setup_logging"]
 
 #: libraries whose INFO lines drown a recipe's own
 NOISY_LOGGERS = ("datasets", "httpx", "urllib3")
@@ -28,6 +29,14 @@ class RecipeParser(HfArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
+def check_model_path(flag: str, path: str | None) -> None:
+    """A pretrained model given as a local path (``/``, ``./``, ``../``, ``~``) must be a folder; anything else
+    is a Hub id, left to the Hub (a ``ValueError`` naming the flag otherwise)."""
+    if path and path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().is_dir():
+        raise ValueError(f"{flag} {path}: no such folder (a local path must be a model folder; anything else is "
+                         "read as a Hub id)")
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -43,6 +52,10 @@ def parse_recipe(
     """``(parser, dataclasses)`` of the command line ``argv`` (``sys.argv[1:]`` when None); a value a
     dataclass refuses (its ``__post_init__``) is a one-line error naming the flag, exit status 2."""
     parser = RecipeParser(list(dataclass_types), prog=prog or (sys.argv[0].rsplit("/", 1)[-1] or None))
+    for action in parser._actions:  # HfArgumentParser gives --no_X the help of --X: say what it does
+        if any(o.startswith("--no_") for o in action.option_strings) and action.const is False:
+            action.help = f"turn --{action.dest} off (it is on by default)"
+            action.default = argparse.SUPPRESS  # (the flag's own action sets the default; no "(default: False)")
     parser.set_defaults(**(defaults or {}))
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)

@@ -150,22 +150,38 @@ def finetune(argv: list[str] | None = None) -> dict[str, Any]:
     recipe's flags): train, print the results table, write ``results.json``; returns the run's summary.
     Bad flags or data: one line and exit status 2."""
     import json
+    import logging
     from dataclasses import asdict
 
     from ..training.distributed import make_accelerator
+    from ..training.numerics import NonFiniteError
     from .nli import format_table
-    from .recipe import parse_recipe
+    from .recipe import check_model_path, parse_recipe
 
     parser, (recipe, data_args, model_cfg, train_cfg) = parse_recipe(
         (FinetuneArgs, PairDataArgs, TransformerNLIConfig, TrainConfig), TRAIN_DEFAULTS, argv)
+    try:  # (here, not in the config: a saved config keeps the path it was trained from)
+        check_model_path("--model_name_or_path", model_cfg.model_name_or_path)
+    except ValueError as err:
+        parser.error(str(err))
     accelerator = make_accelerator(**train_cfg.accelerator_kwargs(recipe.output_dir))
     try:
         dsd, names = load_data(data_args)
+        labels = getattr(dsd["train"].features.get("label"), "names", None) or []
+        if labels and model_cfg.num_classes != len(labels):
+            raise ValueError(f"--num_classes {model_cfg.num_classes}, but the data has {len(labels)} labels "
+                             f"{list(labels)}: use --num_classes {len(labels)}")
     except (ValueError, FileNotFoundError) as err:  # bad data: one line naming the file
         parser.error(str(err))
     out = Path(recipe.output_dir)
-    res = train_transformer(dsd, names, "signature", model_cfg, train_cfg, data_args.max_length,
-                            out / model_cfg.route, accelerator)
+    try:
+        res = train_transformer(dsd, names, "signature", model_cfg, train_cfg, data_args.max_length,
+                                out / model_cfg.route, accelerator)
+    except (ValueError, OSError) as err:  # a model that cannot be loaded or routed as asked: one line
+        if isinstance(err, NonFiniteError):
+            raise
+        logging.getLogger(__name__).debug("finetune failed", exc_info=True)
+        parser.error(str(err).splitlines()[0] if str(err) else type(err).__name__)
     summary, cfg, counts = res["summary"], res["config"], res["parameters"]
     params = "  ".join(f"{k} {v:,}" for k, v in counts.items())
     accelerator.print(f"\nSCI data: {data_args.data_dir}  model: {cfg.model_name_or_path}\n{format_table([summary])}\n"

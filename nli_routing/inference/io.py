@@ -16,6 +16,8 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     """The pairs of a ``.jsonl`` file (one JSON object per line) or a ``.csv`` / ``.tsv`` file with a
     header row (``premise``, ``hypothesis`` and optional meta columns). Errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"input file {path} is a folder; give a .jsonl, .json, .csv or .tsv file of pairs")
     if not path.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
     suffix = path.suffix.lower()

@@ -577,9 +577,18 @@ def load_model_config(folder: Path) -> RoutedModelConfig:
     if not file.exists():
         raise FileNotFoundError(f"{folder} has no config.json: not a saved model folder")
     try:
-        json.loads(file.read_text())
+        raw = json.loads(file.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{file} is truncated or not JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    # (a missing or unknown model_type would otherwise end in transformers' question about trust_remote_code)
+    known = sorted(kind.config_class.model_type for kind in MODEL_KINDS.values())
+    if "model_type" not in raw:
+        raise CheckpointError(f"{file}: field 'model_type' is missing; a routed model has one of {known}")
+    if raw["model_type"] not in known:
+        raise CheckpointError(f"{file}: field 'model_type' is {raw['model_type']!r}, not a routed model kind; "
+                              f"known: {known}")
     return AutoConfig.from_pretrained(str(folder))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,8 +14,9 @@ from transformers.utils import ModelOutput
 from ..routing import RoutedLayer, RouterConfig, Trajectory
 from ..routing.config import check_at_least
 from ..routing.bank import LinearBank
+from ..routing.rewards import REWARD_KINDS
 from .base import RoutedModel, register_model_kind
-from .blocks import fc_block, routed_fc_stack
+from .blocks import ACTIVATIONS, fc_block, routed_fc_stack
 from .cbow import CBOWEncoder
 from .classifier import Classifier
 
@@ -87,6 +89,14 @@ class NLIModelConfig(RouterConfig):
                              f"{self.route!r}, got {self.classifier_layers}")
         if self.classifier_init not in CLASSIFIER_INITS:
             raise ValueError(f"classifier_init must be one of {CLASSIFIER_INITS}, got {self.classifier_init!r}")
+        if self.wp_activation not in ACTIVATIONS:
+            raise ValueError(f"wp_activation must be one of {sorted(ACTIVATIONS)}, got {self.wp_activation!r}")
+        if self.pool not in ("sum", "mean"):
+            raise ValueError(f"pool must be 'sum' or 'mean', got {self.pool!r}")
+        if self.reward not in REWARD_KINDS:
+            raise ValueError(f"reward must be one of {REWARD_KINDS}, got {self.reward!r}")
+        if not math.isfinite(self.wp_gate_init):
+            raise ValueError(f"wp_gate_init must be a finite number, got {self.wp_gate_init}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -152,6 +152,19 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0 (or None to not clip), got {value}")
         if self.hub_model_id is not None and not self.push_to_hub:
             raise ValueError("--hub_model_id needs --push_to_hub")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0.0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.resume_from not in (None, "latest") and not (Path(self.resume_from) / LOOP_STATE_FILE).is_file():
+            raise ValueError(f"--resume_from {self.resume_from}: not a complete checkpoint (no {LOOP_STATE_FILE} in it); "
+                             "give a step_<N> folder under <output_dir>/checkpoints or 'latest'")
+        if self.push_to_hub:
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:
+                raise ValueError("--push_to_hub: the Hub is unreachable with HF_HUB_OFFLINE=1; unset it, or upload the "
+                                 "run folder later (huggingface-cli upload REPO OUTPUT_DIR)")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:

@@ -69,8 +69,10 @@ class RoutedTransformerConfig(RouterConfig):
         if self.route not in NLI_ROUTES:
             raise ValueError(f"route must be one of {NLI_ROUTES}, got {self.route!r}")
         check_at_least(self, num_blocks=1, lora_rank=1)
-        if self.noise_std < 0:
+        if not self.noise_std >= 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0 (the experts' deltas are scaled by alpha / r), got {self.lora_alpha}")
         if self.router not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
         for pattern in self.target_modules or []:
@@ -111,6 +113,8 @@ class TransformerNLIConfig(RoutedTransformerConfig):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.route == "classifier" and self.classifier_layers < 1:
             raise ValueError("a routed classifier needs classifier_layers >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TransformerNLIConfig":
