@@ -36,6 +36,9 @@ def _analyze(args: argparse.Namespace) -> None:
                          vector=None if args.vector == "none" else args.vector)
     for row in result.get("dominant_paths", []):
         print(f"{row['class']:>14}  path {row['path']:<12} share {row['share']:.2f}  samples {row['samples']}")
+    for layer, stats in result.get("entropy", {}).items():
+        print(f"{layer}: selection entropy {stats['overall']:.2f} bits, perplexity {stats['perplexity']:.2f} "
+              f"(effective blocks per depth), per class {stats['per_meta']:.2f} bits")
     print(f"{len(result['files'])} files written to {Path(result['files'][-1]).parent}")
 
 

@@ -246,10 +246,20 @@ def class_entropy(record: RoutingRecord) -> dict[str, Any]:
     for tag, layer in zip(layer_tags(record), record.layers):
         actions, active = torch.as_tensor(layer.actions), torch.as_tensor(layer.active)
         total = selection_entropy(actions, meta, active, layer.num_actions, len(record.meta_names))
-        by_class = {}
+        by_class, perplexity_by_class = {}, {}
         for m in classes:
             sel = meta == m
             h = selection_entropy(actions[sel], torch.zeros_like(meta[sel]), active[sel], layer.num_actions, 1)
             by_class[record.meta_names[m]] = h["overall"]
-        out[tag] = {**total, "by_class": by_class}
+            perplexity_by_class[record.meta_names[m]] = perplexity(h["per_depth"])
+        out[tag] = {**total, "by_class": by_class, "perplexity": perplexity(total["per_depth"]),
+                    "perplexity_by_class": perplexity_by_class}
     return out
+
+
+def perplexity(entropies_bits: list[float]) -> float:
+    """Routing-policy perplexity: ``2 ** H`` of the selections at each depth, averaged over depths (the effective
+    number of blocks in use: 1 = one block takes every sample, b = all b blocks equally; Rosenbaum et al. 2019,
+    "Routing Networks and the Challenges of Modular and Compositional Computation", Figure 1, measured here on
+    the recorded selections)."""
+    return sum(2.0 ** h for h in entropies_bits) / max(len(entropies_bits), 1)

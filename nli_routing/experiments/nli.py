@@ -20,7 +20,7 @@ from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import VARIANTS as SCI_VARIANTS
 from ..data.sci import check_meta_coverage, load_sci, subsample_covering
-from ..models.dispatcher import AGENT_OPTIMIZERS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
+from ..models.dispatcher import AGENT_OPTIMIZERS, CBOW_POOLS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..routing import LEARNERS, parse_learner_args
 from ..routing.config import check_at_least
@@ -193,6 +193,11 @@ class DispatchArgs:
                           "two-stage only, predict the meta label stage 1 trained with; auto: meta for two-stage "
                           "dispatch, reward for the online dispatchers; BENCHMARKS.md issue 29)"},
     )
+    dispatch_cbow_pool: str = field(
+        default="mean",
+        metadata={"help": f"the CBOW encoder (rbae-cbow, --dispatch_encoder cbow) and RBAE-CBOW's reconstruction target: "
+                          f"one of {CBOW_POOLS} of the word vectors (sum: the thesis' eq. 6.4)"},
+    )
 
     def __post_init__(self) -> None:
         if self.dispatch_encoder not in ENCODERS:
@@ -210,6 +215,8 @@ class DispatchArgs:
         if self.dispatch_target not in (*DISPATCH_TARGETS, "auto"):
             raise ValueError(f"dispatch_target must be one of {(*DISPATCH_TARGETS, 'auto')}, got {self.dispatch_target!r}")
         parse_learner_args(self.dispatch_learner_args)
+        if self.dispatch_cbow_pool not in CBOW_POOLS:
+            raise ValueError(f"dispatch_cbow_pool must be one of {CBOW_POOLS}, got {self.dispatch_cbow_pool!r}")
         if self.dispatch_learner not in LEARNERS:
             raise ValueError(f"dispatch_learner: unknown learner {self.dispatch_learner!r}; registered learners: "
                              f"{sorted(LEARNERS)}")
@@ -250,6 +257,7 @@ class DispatchArgs:
             balance=settings["balance"],
             target=settings["target"],
             agent_optimizer=self.dispatch_agent_optimizer,
+            cbow_pool=self.dispatch_cbow_pool,
         )
 
 

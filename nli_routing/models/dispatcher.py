@@ -92,17 +92,26 @@ class _Encoder(nn.Module):
     out_dim: int
 
 
-class CBOWFeatures(_Encoder):
-    """Mean of the (frozen) word vectors of the real tokens."""
+#: how the CBOW encoder pools the word vectors: "mean" (the default) or "sum" (the thesis' eq. 6.4)
+CBOW_POOLS = ("mean", "sum")
 
-    def __init__(self, embedding: nn.Embedding) -> None:
+
+class CBOWFeatures(_Encoder):
+    """Mean (``pool="mean"``) or sum (``pool="sum"``, thesis eq. 6.4) of the (frozen) word vectors of the
+    real tokens."""
+
+    def __init__(self, embedding: nn.Embedding, pool: str = "mean") -> None:
         super().__init__()
+        if pool not in CBOW_POOLS:
+            raise ValueError(f"cbow_pool must be one of {CBOW_POOLS}, got {pool!r}")
         self.embedding = embedding
+        self.pool = pool
         self.out_dim = embedding.embedding_dim
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         m = mask.unsqueeze(-1).to(self.embedding.weight.dtype)
-        return (self.embedding(ids) * m).sum(1) / m.sum(1).clamp_min(1.0)
+        total = (self.embedding(ids) * m).sum(1)
+        return total if self.pool == "sum" else total / m.sum(1).clamp_min(1.0)
 
 
 class AttentionCBOW(_Encoder):
@@ -160,9 +169,11 @@ class LSTMFeatures(_Encoder):
         return h[-1] * (lengths > 0).unsqueeze(1).to(h.dtype)
 
 
-def build_encoder(name: str, embedding: nn.Embedding, hidden: int, vocab_map: Tensor | None) -> _Encoder:
+def build_encoder(
+    name: str, embedding: nn.Embedding, hidden: int, vocab_map: Tensor | None, cbow_pool: str = "mean"
+) -> _Encoder:
     if name == "cbow":
-        return CBOWFeatures(embedding)
+        return CBOWFeatures(embedding, cbow_pool)
     if name == "attn":
         return AttentionCBOW(embedding, hidden)
     if name == "lstm":
@@ -243,8 +254,11 @@ class LearnedDispatcher(nn.Module):
         balance: float = 0.0,
         target: str = "reward",
         agent_optimizer: str = "routers",
+        cbow_pool: str = "mean",
     ) -> None:
         super().__init__()
+        if cbow_pool not in CBOW_POOLS:
+            raise ValueError(f"cbow_pool must be one of {CBOW_POOLS}, got {cbow_pool!r}")
         if agent_optimizer not in AGENT_OPTIMIZERS:
             raise ValueError(f"agent_optimizer must be one of {AGENT_OPTIMIZERS}, got {agent_optimizer!r}")
         self.agent_optimizer = agent_optimizer
@@ -273,7 +287,7 @@ class LearnedDispatcher(nn.Module):
             raise ValueError(f"dispatcher {kind!r} with the one-hot encoder needs vocab_map (the training vocabulary)")
         if kind == "rbae-seq" and vocab_map is None:
             raise ValueError("rbae-seq reconstructs token sequences and needs vocab_map (the training vocabulary)")
-        self.encoder = build_encoder(enc_name, embedding, hidden, vocab_map)
+        self.encoder = build_encoder(enc_name, embedding, hidden, vocab_map, cbow_pool)
         in_dim = self.encoder.out_dim * (2 if pair else 1)
         self.project = nn.Sequential(nn.Linear(in_dim, projection), nn.Tanh())
         if detach_state is None:
@@ -297,7 +311,7 @@ class LearnedDispatcher(nn.Module):
                 for _ in range(self.num_dispatch)
             )
             if kind in ("rbae-cbow", "rbae-attn"):
-                self.target = CBOWFeatures(embedding)
+                self.target = CBOWFeatures(embedding, cbow_pool)
                 self.decoder = nn.Linear(projection, embedding.embedding_dim)
             elif kind == "rbae-onehot":
                 self.decoder = nn.Linear(projection, self.encoder.vocab_size)
@@ -310,6 +324,7 @@ class LearnedDispatcher(nn.Module):
             "learner": learner if isinstance(learner, str) else None, "learner_kwargs": dict(learner_kwargs or {}),
             "exploration": exploration, "detach_state": detach_state, "seed": seed,
             "balance": self.balance, "target": target, "agent_optimizer": agent_optimizer,
+            **({"cbow_pool": cbow_pool} if cbow_pool != "mean" else {}),  # (folders saved before it: mean)
             "vocab_map_size": None if vocab_map is None else int(vocab_map.numel()),
             "compact_vocab_size": None if vocab_map is None else int(vocab_map.max()) + 1,
         }

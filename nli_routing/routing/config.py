@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .exploration import EXPLORATION_PRESETS
+from .exploration import get_schedule
 from .registry import ROUTER_TYPES, check_router_learner
 
 __all__ = ["RouterConfig", "RoutingCollapseWarning", "parse_learner_args"]
@@ -53,7 +53,11 @@ class RouterConfig:
     learner_args: str = field(
         default="", metadata={"help": "learner options as key=value pairs, e.g. 'entropy_coef=0.01,target=td'"}
     )
-    exploration: str = field(default="low", metadata={"help": "exploration preset: high, med, low, none"})
+    exploration: str = field(
+        default="low",
+        metadata={"help": "exploration: a preset (high, med, low, none; thesis-high, thesis-med, thesis-low: Figure 7.6, "
+                          "epsilon / 4 every 5 epochs) or a schedule START/ANNEAL/EVERY/FLOOR, e.g. 0.5/0.25/5/0.01"},
+    )
     router_init: float = field(
         default=-1.0,
         metadata={"help": "initial table values; -1 (the worst reward) keeps greedy choices stable"},
@@ -76,8 +80,7 @@ class RouterConfig:
         if self.router not in ROUTER_TYPES:
             raise ValueError(f"router must be one of {ROUTER_TYPES}, got {self.router!r}")
         check_at_least(self, num_meta=1, num_subrouters=1)
-        if self.exploration not in EXPLORATION_PRESETS:
-            raise ValueError(f"exploration must be one of {sorted(EXPLORATION_PRESETS)}, got {self.exploration!r}")
+        get_schedule(self.exploration)  # a preset name or START/ANNEAL/EVERY/FLOOR (a ValueError naming it otherwise)
         rho = getattr(self, "rho", 0.0)  # the collaboration reward weight of every model kind's config
         if not (isinstance(rho, (int, float)) and -1.0 <= rho <= 1.0):
             raise ValueError(f"rho must be in [-1, 1], got {rho!r}")

@@ -46,6 +46,10 @@ __all__ = ["NonFiniteError", "TrainConfig", "collect_record", "evaluate", "make_
 logger = logging.getLogger(__name__)
 
 
+#: optimizers of the blocks and of the routers (``TrainConfig.block_optimizer`` / ``router_optimizer``)
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
+
+
 @dataclass
 class TrainConfig:
     """Training hyper-parameters (plain SGD for the blocks by default: adaptive optimizers destabilise routing)."""
@@ -55,8 +59,15 @@ class TrainConfig:
     eval_batch_size: int = field(default=512, metadata={"help": "evaluation batch size"})
     lr: float = field(default=0.05, metadata={"help": "learning rate of the function blocks"})
     momentum: float = field(default=0.0, metadata={"help": "SGD momentum of the blocks"})
-    block_optimizer: str = field(default="sgd", metadata={"help": "sgd (default) or adam for the blocks"})
-    router_lr_ratio: float = field(default=1.0, metadata={"help": "router lr = ratio * block lr (ratio >= 1)"})
+    block_optimizer: str = field(default="sgd", metadata={"help": f"optimizer of the blocks: one of {OPTIMIZERS}"})
+    router_optimizer: str = field(
+        default="sgd",
+        metadata={"help": f"optimizer of the routers (tables, critics, dispatcher agents): one of {OPTIMIZERS}; sgd is "
+                          "the learners' update rule (thesis Figure 7.12 compares others)"},
+    )
+    router_lr_ratio: float = field(
+        default=1.0, metadata={"help": "router lr = ratio * block lr (> 0; below 1 the routers learn slower, thesis Figure 7.7)"}
+    )
     explore_kappa: float = field(
         default=0.0,
         metadata={
@@ -138,14 +149,15 @@ class TrainConfig:
         check_at_least(self, epochs=1, batch_size=1, eval_batch_size=1)
         if not self.lr >= 0:  # 0: nothing moves (gradients only, e.g. to check clipping)
             raise ValueError(f"lr must be >= 0, got {self.lr}")
-        if self.router_lr_ratio < 1.0:
-            raise ValueError(f"router_lr_ratio must be >= 1 (router lr >= block lr), got {self.router_lr_ratio}")
+        if not (math.isfinite(self.router_lr_ratio) and self.router_lr_ratio > 0.0):
+            raise ValueError(f"router_lr_ratio must be a number > 0 (router lr = ratio x block lr), got {self.router_lr_ratio}")
         if not self.explore_kappa >= 0.0:
             raise ValueError(f"explore_kappa must be >= 0 (0: off), got {self.explore_kappa}")
         if not 0.0 <= self.router_data_fraction < 1.0:
             raise ValueError(f"router_data_fraction must be in [0, 1), got {self.router_data_fraction}")
-        if self.block_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"block_optimizer must be 'sgd' or 'adam', got {self.block_optimizer!r}")
+        for name in ("block_optimizer", "router_optimizer"):
+            if getattr(self, name) not in OPTIMIZERS:
+                raise ValueError(f"{name} must be one of {OPTIMIZERS}, got {getattr(self, name)!r}")
         for name in ("max_grad_norm", "block_max_grad_norm", "router_max_grad_norm"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -218,12 +230,24 @@ def make_optimizers(
     router_params = [p for p in router_params if p.requires_grad]
     if not block_params:
         block_opt = None  # e.g. two-stage dispatch with a parameter-free encoder: only the agent learns
-    elif cfg.block_optimizer == "sgd":
-        block_opt = torch.optim.SGD(block_params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
-        block_opt = torch.optim.Adam(block_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    router_opt = torch.optim.SGD(router_params, lr=cfg.lr * cfg.router_lr_ratio) if router_params else None
+        block_opt = make_optimizer(cfg.block_optimizer, block_params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    lr = cfg.lr * cfg.router_lr_ratio
+    router_opt = make_optimizer(getattr(cfg, "router_optimizer", "sgd"), router_params, lr) if router_params else None
     return block_opt, router_opt
+
+
+def make_optimizer(name: str, params: list, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    """``torch.optim`` optimizer ``name`` (:data:`OPTIMIZERS`); ``momentum`` applies to sgd and rmsprop."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
 def exploration_squash(trajectories: list, kappa: float) -> torch.Tensor | None:

@@ -1,0 +1,158 @@
+"""Issue 32: the thesis' settings as options beside today's defaults, each checked against the seed's
+description (exploration schedules of Figure 7.6, router learning rates below the blocks' of Figure 7.7,
+the optimizers of Figure 7.12, RBAE-CBOW's sum of eq. 6.4, routing-policy perplexity)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nli_routing.analysis.overlap import class_entropy, perplexity
+from nli_routing.analysis.records import LayerRecord, RoutingRecord
+from nli_routing.models.dispatcher import CBOWFeatures, LearnedDispatcher
+from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
+from nli_routing.routing import EXPLORATION_PRESETS, get_schedule
+from nli_routing.routing.routers import TabularRouter
+from nli_routing.training.loop import OPTIMIZERS, TrainConfig, make_optimizers
+
+from .helpers import weight
+
+
+# --------------------------------------------------------------------------- Figure 7.6: exploration schedules
+#: "anneal every 5 epochs by a factor of 4": high 0.5 -> 0.01, med 0.25 -> 0.005, low 0.1 -> 0.002
+FIGURE_7_6 = {"thesis-high": (0.5, 0.01), "thesis-med": (0.25, 0.005), "thesis-low": (0.1, 0.002)}
+
+
+@pytest.mark.parametrize("preset", sorted(FIGURE_7_6))
+def test_thesis_schedules_divide_epsilon_by_four_every_five_epochs(preset):
+    start, floor = FIGURE_7_6[preset]
+    schedule = EXPLORATION_PRESETS[preset]
+    eps = [schedule.epsilon(e) for e in range(31)]
+    assert eps[0] == eps[4] == start  # constant within the first 5 epochs
+    assert eps[5] == pytest.approx(start / 4) and eps[9] == eps[5]
+    assert eps[10] == pytest.approx(start / 16)
+    assert eps[30] == floor and min(eps) == floor  # annealed down to the figure's final value, not below
+    assert all(a >= b for a, b in zip(eps, eps[1:]))
+
+
+def test_a_schedule_written_out_on_the_command_line_is_the_same_schedule():
+    assert get_schedule("0.5/0.25/5/0.01") == EXPLORATION_PRESETS["thesis-high"]
+    router = TabularRouter(num_meta=2, depth=1, num_actions=3, exploration="0.25/0.25/5/0.005")
+    router.train()
+    router.set_epoch(0)
+    assert router.epsilon == 0.25
+    router.set_epoch(5)
+    assert router.epsilon == pytest.approx(0.0625)
+    router.eval()
+    assert router.epsilon == 0.0
+    cfg = NLIModelConfig(exploration="0.5/0.25/5/0.01")  # accepted by the configs and saved as written
+    assert cfg.exploration == "0.5/0.25/5/0.01"
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("0.5/0.25/x/0.01", r"expected START/ANNEAL/EVERY/FLOOR"),
+    ("0.5/0.25/5", r"expected START/ANNEAL/EVERY/FLOOR"),
+    ("0.5/2/5/0.01", r"anneal must be in \(0, 1\]"),
+    ("0.01/0.25/5/0.5", r"need 0 <= floor <= start <= 1"),
+])
+def test_a_bad_schedule_is_refused_naming_it(spec, message):
+    with pytest.raises(ValueError, match=message):
+        NLIModelConfig(exploration=spec)
+
+
+# --------------------------------------------------------------------------- Figure 7.7: router learning rates
+@pytest.mark.parametrize("ratio", [0.1, 1.0, 10.0])
+def test_the_router_learning_rate_may_be_below_the_blocks(ratio):
+    model = NLIRoutingModel(NLIModelConfig(route="wp", num_meta=3), weight(), pad_id=0)
+    block_opt, router_opt = make_optimizers(model, TrainConfig(lr=0.02, router_lr_ratio=ratio))
+    assert block_opt.param_groups[0]["lr"] == 0.02
+    assert router_opt.param_groups[0]["lr"] == pytest.approx(0.02 * ratio)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -1.0, float("nan")])
+def test_a_router_learning_rate_ratio_must_be_positive(ratio):
+    with pytest.raises(ValueError, match="router_lr_ratio must be a number > 0"):
+        TrainConfig(router_lr_ratio=ratio)
+
+
+# --------------------------------------------------------------------------- Figure 7.12: optimizers
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_builds_for_blocks_and_routers(name):
+    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop,
+               "adagrad": torch.optim.Adagrad}
+    model = NLIRoutingModel(NLIModelConfig(route="wp", num_meta=3), weight(), pad_id=0)
+    block_opt, router_opt = make_optimizers(model, TrainConfig(block_optimizer=name, router_optimizer=name))
+    assert type(block_opt) is classes[name] and type(router_opt) is classes[name]
+    router_ids = {id(p) for p in model.router_parameters()}
+    assert {id(p) for g in router_opt.param_groups for p in g["params"]} == router_ids
+    assert not router_ids & {id(p) for g in block_opt.param_groups for p in g["params"]}
+
+
+def test_the_default_router_optimizer_is_the_learners_sgd_step():
+    model = NLIRoutingModel(NLIModelConfig(route="wp", num_meta=3), weight(), pad_id=0)
+    _, router_opt = make_optimizers(model, TrainConfig())
+    assert type(router_opt) is torch.optim.SGD and router_opt.param_groups[0]["momentum"] == 0
+
+
+@pytest.mark.parametrize("field", ["block_optimizer", "router_optimizer"])
+@pytest.mark.parametrize("value", ["bogus", "Adam"])
+def test_an_unknown_optimizer_is_refused(field, value):
+    with pytest.raises(ValueError, match=rf"{field} must be one of \('sgd', 'adam', 'rmsprop', 'adagrad'\)"):
+        TrainConfig(**{field: value})
+
+
+# --------------------------------------------------------------------------- eq. 6.4: RBAE-CBOW sums the word vectors
+def _embedding() -> nn.Embedding:
+    w = torch.randn(20, 6, generator=torch.Generator().manual_seed(0))
+    w[0] = 0
+    return nn.Embedding.from_pretrained(w, freeze=True, padding_idx=0)
+
+
+def test_the_cbow_encoder_sums_or_averages_the_real_tokens():
+    emb = _embedding()
+    ids = torch.tensor([[3, 5, 7, 0], [2, 0, 0, 0], [0, 0, 0, 0]])
+    mask = ids != 0
+    total = CBOWFeatures(emb, pool="sum")(ids, mask)
+    mean = CBOWFeatures(emb)(ids, mask)
+    assert torch.allclose(total[0], emb.weight[3] + emb.weight[5] + emb.weight[7])  # eq. 6.4: the sum
+    assert torch.allclose(mean[0], total[0] / 3) and torch.allclose(total[1], emb.weight[2])
+    assert torch.equal(total[2], torch.zeros(6)) and torch.equal(mean[2], torch.zeros(6))
+
+
+def test_an_rbae_cbow_dispatcher_keeps_its_pooling_when_saved():
+    emb = _embedding()
+    summed = LearnedDispatcher("rbae-cbow", emb, 3, cbow_pool="sum")
+    assert summed.encoder.pool == "sum" and summed.target.pool == "sum"
+    rebuilt = LearnedDispatcher.from_config(emb, summed.to_config())
+    assert rebuilt.encoder.pool == "sum" and rebuilt.target.pool == "sum"
+    old = {k: v for k, v in LearnedDispatcher("rbae-cbow", emb, 3).to_config().items()}
+    assert "cbow_pool" not in old  # folders saved before the option rebuild their mean encoder
+    assert LearnedDispatcher.from_config(emb, old).encoder.pool == "mean"
+    with pytest.raises(ValueError, match=r"cbow_pool must be one of \('mean', 'sum'\), got 'max'"):
+        LearnedDispatcher("rbae-cbow", emb, 3, cbow_pool="max")
+
+
+# --------------------------------------------------------------------------- routing-policy perplexity
+def test_perplexity_is_the_effective_number_of_blocks():
+    assert perplexity([0.0]) == 1.0  # one block takes everything
+    assert perplexity([2.0]) == 4.0  # four blocks equally
+    assert perplexity([0.0, 2.0]) == 2.5  # averaged over depths
+
+
+def test_analyze_reports_perplexity_beside_entropy():
+    n = 400
+    rng = np.random.default_rng(0)
+    meta = np.repeat([0, 1], n // 2)
+    spread = rng.integers(0, 4, size=(n // 2, 1))  # class a: uniform over 4 blocks
+    actions = np.concatenate([spread, np.full((n // 2, 1), 2)])  # class b: always block 2
+    record = RoutingRecord(meta=meta, meta_names=["a", "b"],
+                           layers=[LayerRecord("wp", 4, actions, np.ones_like(actions, dtype=bool))])
+    stats = class_entropy(record)["wp"]
+    assert stats["perplexity_by_class"]["b"] == 1.0
+    assert stats["perplexity_by_class"]["a"] == pytest.approx(4.0, abs=0.05)
+    assert stats["perplexity"] == pytest.approx(2 ** stats["per_depth"][0])
+    assert 2.0 < stats["perplexity"] < 4.0 and math.isfinite(stats["perplexity"])
