@@ -49,7 +49,7 @@ ModelArgs = make_dataclass(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser, (data_args, recipe, model_args, train_cfg) = parse_recipe(
-        (ImageDataArgs, RecipeArgs, ModelArgs, TrainConfig), IMAGE_TRAIN_DEFAULTS, argv)
+        (ImageDataArgs, RecipeArgs, ModelArgs, TrainConfig), IMAGE_TRAIN_DEFAULTS, argv, preset_family="image")
     try:  # bad flags: one line and exit status 2
         model_cfg = VisionMTLConfig(**vars(model_args))
         for m in recipe.method:

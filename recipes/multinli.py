@@ -66,7 +66,7 @@ class RecipeArgs:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser, (recipe, data_args, model_cfg, train_cfg) = parse_recipe(
-        (RecipeArgs, MultiNLIDataArgs, NLIModelConfig, TrainConfig), RECIPE_TRAIN_DEFAULTS, argv)
+        (RecipeArgs, MultiNLIDataArgs, NLIModelConfig, TrainConfig), RECIPE_TRAIN_DEFAULTS, argv, preset_family="nli")
     if model_cfg.num_meta != 1:  # (the default) every method sets it from its data
         parser.error(f"--num_meta {model_cfg.num_meta}: the number of meta classes is set from the data (the "
                      "signatures or genres; --dispatch_k for clusters and learned dispatchers): leave it out")

@@ -80,7 +80,7 @@ class RecipeArgs:
 
 def main() -> None:
     parser, (recipe, data_args, model_cfg, train_cfg, dispatch_args) = parse_recipe(
-        (RecipeArgs, DataArgs, NLIModelConfig, TrainConfig, DispatchArgs), RECIPE_TRAIN_DEFAULTS)
+        (RecipeArgs, DataArgs, NLIModelConfig, TrainConfig, DispatchArgs), RECIPE_TRAIN_DEFAULTS, preset_family="nli")
     if model_cfg.num_meta != 1:  # (the default) every method sets it from its data
         parser.error(f"--num_meta {model_cfg.num_meta}: the number of meta classes is set from the data (the "
                      "signatures or genres; --dispatch_k for clusters and learned dispatchers): leave it out")

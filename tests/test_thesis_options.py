@@ -5,6 +5,7 @@ the optimizers of Figure 7.12, RBAE-CBOW's sum of eq. 6.4, routing-policy perple
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -156,3 +157,82 @@ def test_analyze_reports_perplexity_beside_entropy():
     assert stats["perplexity_by_class"]["a"] == pytest.approx(4.0, abs=0.05)
     assert stats["perplexity"] == pytest.approx(2 ** stats["per_depth"][0])
     assert 2.0 < stats["perplexity"] < 4.0 and math.isfinite(stats["perplexity"])
+
+
+# --------------------------------------------------------------------------- --preset thesis
+def _sci_parse(argv):
+    from recipes.sci_wp_dispatch import RecipeArgs
+
+    from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS, DataArgs, DispatchArgs
+    from nli_routing.experiments.recipe import parse_recipe
+
+    return parse_recipe((RecipeArgs, DataArgs, NLIModelConfig, TrainConfig, DispatchArgs), RECIPE_TRAIN_DEFAULTS,
+                        argv, prog="sci_wp_dispatch.py", preset_family="nli")
+
+
+def _image_parse(argv):
+    import recipes.image_mtl as image
+
+    from nli_routing.experiments.image import IMAGE_TRAIN_DEFAULTS, ImageDataArgs
+    from nli_routing.experiments.recipe import parse_recipe
+
+    return parse_recipe((ImageDataArgs, image.RecipeArgs, image.ModelArgs, TrainConfig), IMAGE_TRAIN_DEFAULTS, argv,
+                        prog="image_mtl.py", preset_family="image")
+
+
+def _value(parsed, name):
+    return getattr(next(a for a in parsed if hasattr(a, name)), name)
+
+
+@pytest.mark.parametrize("family,parse", [("nli", _sci_parse), ("image", _image_parse)])
+def test_the_thesis_preset_sets_each_of_its_settings_and_a_flag_still_wins(family, parse, caplog):
+    from nli_routing.experiments.presets import PRESETS
+
+    preset = PRESETS["thesis"][family]
+    parser, plain = parse(["--output_dir", "/tmp/never"])
+    known = {a.dest for a in parser._actions}
+    assert set(preset) <= known, f"preset settings that are no flag of the recipe: {set(preset) - known}"
+    changed = [k for k, (v, _) in preset.items() if _value(plain, k) != v]
+    assert changed, "the preset changes nothing"
+    with caplog.at_level("INFO"):
+        _, thesis = parse(["--preset", "thesis", "--output_dir", "/tmp/never"])
+    for key, (value, source) in preset.items():
+        assert _value(thesis, key) == value, key
+        assert source  # every setting names where the seeds state it
+    assert "preset thesis: " in caplog.text
+    _, mixed = parse(["--preset=thesis", "--lr", "0.3", "--output_dir", "/tmp/never"])
+    assert _value(mixed, "lr") == 0.3 and all(_value(mixed, k) == v for k, (v, _) in preset.items() if k != "lr")
+
+
+def test_the_thesis_preset_builds_the_thesis_models():
+    _, (_, _, model_cfg, train_cfg, dispatch) = _sci_parse(["--preset", "thesis", "--output_dir", "/tmp/never"])
+    model = NLIRoutingModel(model_cfg.__class__(**{**model_cfg.to_dict(), "num_meta": 13}), weight(), pad_id=0)
+    assert model.config.wp_width == 15 and model.config.wp_depth == 3 and not model.config.wp_residual
+    learner = model.routers()[0].learner
+    assert (learner.target, learner.ties, learner.batch_mean) == ("td", "random", "state-action")
+    assert (dispatch.dispatch_target, dispatch.dispatch_input, dispatch.dispatch_balance) == ("reward", "premise", 0.0)
+    assert train_cfg.block_optimizer == "sgd"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--preset", "bogus"], r"argument --preset: invalid choice: 'bogus'|--preset must be one of \['thesis'\]"),
+    (["--preset"], r"--preset needs a name"),
+])
+def test_a_bad_preset_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _sci_parse(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+
+
+def test_the_readme_lists_every_setting_of_the_preset():
+    from nli_routing.experiments.presets import PRESETS
+
+    from .conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## The thesis' configuration in one flag"):]
+    section = section[: section.index("\n## ", 4)]
+    for family, settings in PRESETS["thesis"].items():
+        for key, (value, _) in settings.items():
+            assert f"`--{key}" in section, f"README preset table lacks {family} {key}"
