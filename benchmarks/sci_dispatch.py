@@ -350,6 +350,8 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="skip runs already in --out")
     ap.add_argument("--report_only", action="store_true", help="merge --inputs (or --out) into the report")
     ap.add_argument("--inputs", nargs="+", default=None, help="result files of several workers (--report_only)")
+    ap.add_argument("--preset", default=None, help="run every method at a recipe preset (thesis: the thesis' settings, "
+                    "nli_routing/experiments/presets.py); a method's own settings still apply on top")
     args = ap.parse_args()
     out = Path(args.out)
     if args.report_only:
@@ -361,6 +363,24 @@ def main() -> None:
             resolve_method(method_of(method)[0])
         except ValueError as err:
             raise SystemExit(f"--methods {method}: {err}") from None
+    preset = {}
+    if args.preset:
+        from dataclasses import fields
+
+        from nli_routing.experiments.presets import preset_values
+
+        known = {f.name for cls in (NLIModelConfig, TrainConfig, DispatchArgs) for f in fields(cls)}
+        try:
+            preset = preset_values(args.preset, "nli", known)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+
+    def preset_for(cls) -> dict:
+        from dataclasses import fields
+
+        names = {f.name for f in fields(cls)}
+        return {k: v for k, v in preset.items() if k in names}
+
     logging.basicConfig(level=logging.WARNING)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = json.loads(out.read_text())["runs"] if args.resume and out.exists() else []
@@ -384,10 +404,11 @@ def main() -> None:
                 if (method, variant, seed) in done and (not want_nested or (method, "nested", seed) in done):
                     continue
                 cfg = TrainConfig(epochs=args.epochs, seed=seed, cpu=True, progress=False, select_best=True,
-                                  **RECIPE_TRAIN_DEFAULTS)
+                                  **{**RECIPE_TRAIN_DEFAULTS, **preset_for(TrainConfig)})
                 base, overrides = method_of(method)
-                res = run_method(base, prepared, replace(NLIModelConfig(), **overrides), cfg, dispatch_args=DispatchArgs(
-                    stage2_epochs=args.stage2_epochs, **DISPATCH_VARIANTS.get(method, {})),
+                res = run_method(base, prepared, replace(NLIModelConfig(**preset_for(NLIModelConfig)), **overrides), cfg,
+                                 dispatch_args=DispatchArgs(stage2_epochs=args.stage2_epochs, **{
+                                     **preset_for(DispatchArgs), **DISPATCH_VARIANTS.get(method, {})}),
                     finetune=nested if want_nested else None,
                     finetune_epochs=args.nested_epochs)
                 res["summary"]["method"] = method
