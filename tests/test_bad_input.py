@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -696,6 +697,11 @@ RECIPE_CASES = [
     ("finetune_routed_transformer.py", ["--block_optimizer", "lbfgs"], r"block_optimizer must be one of .*got 'lbfgs'"),
     ("sci_wp_dispatch.py", ["--dispatch_cbow_pool", "max"], r"dispatch_cbow_pool must be one of \('mean', 'sum'\), got 'max'"),
     ("sci_wp_dispatch.py", ["--dispatch_cbow_pool", ""], r"dispatch_cbow_pool must be one of \('mean', 'sum'\), got ''"),
+    ("sci_wp_dispatch.py", ["--meta_keyword_mode", "words"], r"meta_keyword_mode must be one of \('vector', 'tokens'\), got 'words'"),
+    ("sci_wp_dispatch.py", ["--meta_keyword", "--meta_keyword_mode", "tokens", "--route", "wp"],
+     r"meta_keyword_mode 'tokens' is the unrouted baseline's keyword .*not route 'wp'"),
+    ("sci_wp_dispatch.py", ["--preset", "bogus"], r"argument --preset: invalid choice: 'bogus'|--preset must be one of \['thesis'\]"),
+    ("image_mtl.py", ["--preset", "nope"], r"argument --preset: invalid choice: 'nope'|--preset must be one of \['thesis'\]"),
     # issue 31: every flag checked when parsed (a value, a name from a list, a path)
     ('sci_wp_dispatch.py', ['--variant', 'bogus'], r"--variant must be one of \('joint', 'disjoint', 'mismatch', 'nested'\), got 'bogus'"),
     ('sci_wp_dispatch.py', ['--embeddings', '/nonexistent/glove.txt'], r'--embeddings /nonexistent/glove\.txt: no such file'),
@@ -804,6 +810,7 @@ def test_recipe_flags_are_validated_when_parsed(recipe, flags, pattern, monkeypa
     import runpy
 
     monkeypatch.setattr("sys.argv", [recipe, *flags, "--output_dir", "/nonexistent/never-written"])
+    monkeypatch.delitem(sys.modules, f"recipes.{recipe.removesuffix('.py')}", raising=False)  # (runpy warns otherwise)
     with pytest.raises(SystemExit) as exc:
         runpy.run_module(f"recipes.{recipe.removesuffix('.py')}", run_name="__main__")
     err = capsys.readouterr().err
@@ -885,6 +892,7 @@ def test_recipe_refuses_bad_files_in_one_line(recipe, flags, pattern, tmp_path, 
     if "--output_dir" not in argv:
         argv += ["--output_dir", "/nonexistent/never-written"]
     monkeypatch.setattr("sys.argv", [recipe, *argv])
+    monkeypatch.delitem(sys.modules, f"recipes.{recipe.removesuffix('.py')}", raising=False)  # (runpy warns otherwise)
     with pytest.raises(SystemExit) as exc:
         runpy.run_module(f"recipes.{recipe.removesuffix('.py')}", run_name="__main__")
     err = capsys.readouterr().err

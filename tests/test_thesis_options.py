@@ -236,3 +236,72 @@ def test_the_readme_lists_every_setting_of_the_preset():
     for family, settings in PRESETS["thesis"].items():
         for key, (value, _) in settings.items():
             assert f"`--{key}" in section, f"README preset table lacks {family} {key}"
+
+
+# --------------------------------------------------------------------------- 5.3.2: keyword tokens in front of each sentence
+def _keyword_batch(b=4, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randint(1, 40, (b, t), generator=g)
+    h = torch.randint(1, 40, (b, t - 2), generator=g)
+    p[0, 3:] = 0  # a short premise (right padding)
+    return {"premise_ids": p, "premise_mask": p != 0, "hypothesis_ids": h, "hypothesis_mask": h != 0,
+            "meta": torch.tensor([0, 1, 2, 1])}
+
+
+@pytest.mark.parametrize("route", ["none", "projection"])
+@pytest.mark.parametrize("pool", ["sum", "mean"])
+def test_cbow_keyword_tokens_are_pooled_with_the_words_of_both_sentences(route, pool):
+    torch.manual_seed(0)
+    model = NLIRoutingModel(NLIModelConfig(route=route, num_meta=3, meta_keyword=True, meta_keyword_mode="tokens",
+                                           pool=pool), weight(), pad_id=0).eval()
+    enc, batch = model.encoder, _keyword_batch()
+    p_enc, h_enc, _ = enc(**batch)
+    for ids, mask, got in ((batch["premise_ids"], batch["premise_mask"], p_enc),
+                           (batch["hypothesis_ids"], batch["hypothesis_mask"], h_enc)):
+        for i in range(ids.shape[0]):
+            tokens = torch.cat([enc.keyword.weight[batch["meta"][i]].unsqueeze(0), enc.embedding(ids[i][mask[i]])])
+            if enc.projection is not None:
+                tokens = enc.projection(tokens)
+            want = tokens.sum(0) if pool == "sum" else tokens.mean(0)
+            torch.testing.assert_close(got[i], want)
+    # the hypothesis sees the keyword too (the vector mode adds it to the premise only)
+    other = {**batch, "meta": torch.tensor([2, 2, 0, 0])}
+    assert not torch.allclose(enc(**other)[1], h_enc)
+
+
+def test_the_keyword_vector_mode_is_unchanged_and_tokens_refuse_a_routed_projection():
+    torch.manual_seed(0)
+    model = NLIRoutingModel(NLIModelConfig(route="none", num_meta=3, meta_keyword=True), weight(), pad_id=0).eval()
+    enc, batch = model.encoder, _keyword_batch()
+    p_enc, h_enc, _ = enc(**batch)
+    bag = enc.bag(enc.embedding(batch["premise_ids"]), batch["premise_mask"])
+    torch.testing.assert_close(p_enc, bag + enc.keyword(batch["meta"]))
+    torch.testing.assert_close(h_enc, enc.bag(enc.embedding(batch["hypothesis_ids"]), batch["hypothesis_mask"]))
+    with pytest.raises(ValueError, match="meta_keyword_mode 'tokens' is the unrouted baseline's"):
+        NLIModelConfig(route="wp", meta_keyword=True, meta_keyword_mode="tokens")
+    with pytest.raises(ValueError, match=r"meta_keyword_mode must be one of \('vector', 'tokens'\), got 'words'"):
+        NLIModelConfig(meta_keyword_mode="words")
+
+
+def test_lstm_keyword_tokens_enter_both_sentences_as_an_input_step():
+    from nli_routing.models.lstm import LSTMModelConfig, LSTMNLIModel
+
+    torch.manual_seed(0)
+    cfg = LSTMModelConfig(route="none", lstm_route="none", num_meta=3, meta_keyword=True, meta_keyword_mode="tokens",
+                          lstm_hidden=8, classifier_hidden=8)
+    model = LSTMNLIModel(cfg, weight(), pad_id=0).eval()
+    enc, batch = model.encoder, _keyword_batch()
+    assert enc.keyword.weight.shape == (3, weight().shape[1])  # a token of the input's size, not of the hidden's
+    p_enc, h_enc, _ = enc(**batch)
+    # sample by sample: the keyword vector is the first input step, then the words
+    for i in range(batch["meta"].shape[0]):
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        alone_p, alone_h, _ = enc(**one)
+        torch.testing.assert_close(alone_p[0], p_enc[i], atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        enc.keyword.weight[1] += 1.0  # only the samples of meta 1 change, in both sentences
+    p2, h2, _ = enc(**batch)
+    changed = [not torch.allclose(p2[i], p_enc[i]) and not torch.allclose(h2[i], h_enc[i]) for i in range(4)]
+    assert changed == [False, True, False, True]
+    out = model(**batch, labels=torch.tensor([0, 1, 2, 0]))
+    assert torch.isfinite(out.loss)

@@ -32,6 +32,8 @@ THESIS_NLI: dict[str, tuple[Any, str]] = {
     "dispatch_agent_optimizer": ("routers", "the agent trains with the routers (README 'Defaults that differ from the thesis')"),
     "dispatch_warm_start": (False, "a new dispatcher for the nested data (README 'Defaults that differ from the thesis')"),
     "dispatch_cbow_pool": ("sum", "thesis eq. 6.4: RBAE-CBOW sums the word vectors (issue 32)"),
+    "meta_keyword_mode": ("tokens", "thesis 5.3.2: 'special keywords put in front of each sentence before encoding' "
+                                    "(issue 32)"),
 }
 
 #: image multi-task learning (MNIST-MTL, CIFAR-MTL)
@@ -50,7 +52,6 @@ PRESETS: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
 #: thesis settings a preset cannot set yet, or that the seeds do not state (issue 32)
 NOT_IN_PRESET = {
     "nli": [
-        "keyword baseline as tokens in front of each sentence (the library adds a learned vector after encoding)",
         "routed classifier paths of length up to d with a stop action (the library routes one decision per layer)",
         "the exploration schedule of Tables 5.2 / 6.1 (not stated; Figure 7.6's are --exploration thesis-high/med/low)",
         "the router learning rate and the table start (not stated)",

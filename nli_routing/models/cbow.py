@@ -18,8 +18,11 @@ class CBOWEncoder(nn.Module):
     unrouted counterpart, through a plain module).
 
     ``pool`` is ``"sum"`` (the thesis' CBOW_R) or ``"mean"``; empty sentences encode to zeros.
-    ``meta_keyword``: number of meta classes for a learned keyword vector added to the premise bag
-    (the unrouted baseline's way of seeing the meta label, like a leading keyword token); 0 = off.
+    ``meta_keyword``: number of meta classes for a learned keyword (the unrouted baseline's way of seeing the
+    meta label); 0 = off. By default the keyword is a vector added to the premise bag; with
+    ``keyword_tokens`` it is a token in front of each sentence (premise and hypothesis) before encoding,
+    as the thesis' keyword baseline (5.3.2): it is pooled with the words (and goes through an unrouted
+    projection like them).
     """
 
     def __init__(
@@ -30,8 +33,12 @@ class CBOWEncoder(nn.Module):
         freeze: bool = True,
         pool: str = "sum",
         meta_keyword: int = 0,
+        keyword_tokens: bool = False,
     ) -> None:
         super().__init__()
+        if keyword_tokens and meta_keyword and isinstance(projection, RoutedLayer):
+            raise ValueError("keyword tokens are the unrouted baseline's: not with a routed projection")
+        self.keyword_tokens = bool(keyword_tokens and meta_keyword)
         if pool not in ("sum", "mean"):
             raise ValueError(f"pool must be 'sum' or 'mean', got {pool!r}")
         self.embedding = nn.Embedding.from_pretrained(weight.float(), freeze=freeze, padding_idx=pad_id)
@@ -66,6 +73,10 @@ class CBOWEncoder(nn.Module):
     ) -> tuple[Tensor, Tensor, list[Trajectory]]:
         """Encode a premise/hypothesis batch; both sentences of a sample share the sample's path."""
         trajectories: list[Trajectory] = []
+        if self.keyword_tokens:
+            if meta is None:
+                raise ValueError("this encoder adds a meta keyword and needs meta labels")
+            return self.encode_with_keyword_tokens(premise_ids, premise_mask, hypothesis_ids, hypothesis_mask, meta)
         if self.projection is not None:
             # pack the real tokens of both sentences; every token follows its sample's path
             b = premise_ids.shape[0]
@@ -98,3 +109,17 @@ class CBOWEncoder(nn.Module):
                 raise ValueError("this encoder adds a meta keyword and needs meta labels")
             p_enc = p_enc + self.keyword(meta)
         return p_enc, h_enc, trajectories
+
+    def encode_with_keyword_tokens(
+        self, premise_ids: Tensor, premise_mask: Tensor, hypothesis_ids: Tensor, hypothesis_mask: Tensor, meta: Tensor
+    ) -> tuple[Tensor, Tensor, list[Trajectory]]:
+        """Each sentence with its sample's keyword token in front, then (an unrouted projection and) the bag."""
+        keyword = self.keyword(meta).unsqueeze(1)  # [B, 1, D]
+        first = premise_mask.new_ones(premise_mask.shape[0], 1)
+        encodings = []
+        for ids, mask in ((premise_ids, premise_mask), (hypothesis_ids, hypothesis_mask)):
+            vectors = torch.cat([keyword, self.embedding(ids)], 1)
+            if self.projection is not None:
+                vectors = self.projection(vectors)
+            encodings.append(self.bag(vectors, torch.cat([first, mask.bool()], 1)))
+        return encodings[0], encodings[1], []

@@ -110,8 +110,10 @@ class RoutedLSTMEncoder(nn.Module):
         freeze: bool = True,
         meta_keyword: int = 0,
         router_kwargs: dict | None = None,
+        keyword_tokens: bool = False,
     ) -> None:
         super().__init__()
+        self.keyword_tokens = bool(keyword_tokens and meta_keyword)
         if routed not in LSTM_ROUTES:
             raise ValueError(f"routed must be one of {LSTM_ROUTES}, got {routed!r}")
         if pool not in LSTM_POOLS:
@@ -142,7 +144,10 @@ class RoutedLSTMEncoder(nn.Module):
             self.routed = RoutedLayer(blocks, router, depth=depth, recursive=False)
         else:
             self.h2h = gate_linear(hidden, hidden)
-        self.keyword = nn.Embedding(meta_keyword, hidden) if meta_keyword else None
+        # a vector added to the premise encoding [hidden], or a token in front of each sentence [input dim]
+        self.keyword = nn.Embedding(meta_keyword, dim if self.keyword_tokens else hidden) if meta_keyword else None
+        if self.keyword_tokens:
+            nn.init.normal_(self.keyword.weight, std=float(weight.std()))
 
     @property
     def router(self) -> Router | None:
@@ -226,7 +231,17 @@ class RoutedLSTMEncoder(nn.Module):
         """Encode a premise/hypothesis batch; both sentences of a sample share the sample's path."""
         b, tp, th = premise_ids.shape[0], premise_ids.shape[1], hypothesis_ids.shape[1]
         pm, hm = premise_mask.bool(), hypothesis_mask.bool()
-        x = self.embedding(torch.cat([premise_ids, hypothesis_ids], 1))  # [B, Tp + Th, D]
+        if self.keyword_tokens:  # the thesis' keyword baseline: a keyword token in front of each sentence
+            if meta is None:
+                raise ValueError("this encoder adds a meta keyword and needs meta labels")
+            keyword = self.keyword(meta).unsqueeze(1)
+            xp = torch.cat([keyword, self.embedding(premise_ids)], 1)
+            xh = torch.cat([keyword, self.embedding(hypothesis_ids)], 1)
+            first = pm.new_ones(b, 1)
+            pm, hm, tp, th = torch.cat([first, pm], 1), torch.cat([first, hm], 1), tp + 1, th + 1
+            x = torch.cat([xp, xh], 1)
+        else:
+            x = self.embedding(torch.cat([premise_ids, hypothesis_ids], 1))  # [B, Tp + Th, D]
         mask = torch.cat([pm, hm], 1)
         trajectories: list[Trajectory] = []
         if self.routed_kind == "i2h":
@@ -246,7 +261,7 @@ class RoutedLSTMEncoder(nn.Module):
             scale = None if scale is None else scale.repeat(2)
         enc = self.recur(seqs, masks, paths, scale)
         p_enc, h_enc = enc[:b], enc[b:]
-        if self.keyword is not None:
+        if self.keyword is not None and not self.keyword_tokens:
             if meta is None:
                 raise ValueError("this encoder adds a meta keyword and needs meta labels")
             p_enc = p_enc + self.keyword(meta)
@@ -304,6 +319,7 @@ class LSTMNLIModel(NLIRoutingModel):
             freeze=c.freeze_embeddings,
             meta_keyword=c.num_meta if c.meta_keyword else 0,
             router_kwargs=c.router_kwargs(),
+            keyword_tokens=bool(c.meta_keyword) and c.meta_keyword_mode == "tokens",
         )
         routed = [(f"lstm-{c.lstm_route}", encoder.routed)] if encoder.routed is not None else []
         return encoder, c.lstm_hidden, routed

@@ -32,6 +32,10 @@ PAIR_FEATURES = ("concat", "match")
 CLASSIFIER_INITS = ("torch", "he")
 
 
+#: how an unrouted model sees the meta label with ``meta_keyword``
+KEYWORD_MODES = ("vector", "tokens")
+
+
 @dataclass
 class NLIModelConfig(RouterConfig):
     """Configuration of :class:`NLIRoutingModel` (every field documented for the CLI)."""
@@ -72,7 +76,12 @@ class NLIModelConfig(RouterConfig):
         default="torch", metadata={"help": f"initialisation of the classifier's hidden layers: one of {CLASSIFIER_INITS}"}
     )
     normalize: bool = field(default=False, metadata={"help": "layer-normalise the sentence encodings"})
-    meta_keyword: bool = field(default=False, metadata={"help": "add the meta label as a keyword vector"})
+    meta_keyword: bool = field(default=False, metadata={"help": "the unrouted baseline sees the meta label as a keyword"})
+    meta_keyword_mode: str = field(
+        default="vector",
+        metadata={"help": "with --meta_keyword: vector (a learned vector added to the premise encoding) or tokens (a "
+                          "learned keyword token in front of each sentence before encoding, thesis 5.3.2)"},
+    )
     freeze_embeddings: bool = field(default=True, metadata={"help": "keep the word vectors fixed"})
     reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
     rho: float = field(default=0.0, metadata={"help": "collaboration reward weight in [-1, 1]"})
@@ -87,6 +96,11 @@ class NLIModelConfig(RouterConfig):
         if self.classifier_layers < ("classifier" in self.route):
             raise ValueError(f"classifier_layers must be >= {int('classifier' in self.route)} with route "
                              f"{self.route!r}, got {self.classifier_layers}")
+        if self.meta_keyword_mode not in KEYWORD_MODES:
+            raise ValueError(f"meta_keyword_mode must be one of {KEYWORD_MODES}, got {self.meta_keyword_mode!r}")
+        if self.meta_keyword and self.meta_keyword_mode == "tokens" and "wp" in self.route:
+            raise ValueError("meta_keyword_mode 'tokens' is the unrouted baseline's keyword (route none, projection or "
+                             f"classifier), not route {self.route!r}")
         if self.classifier_init not in CLASSIFIER_INITS:
             raise ValueError(f"classifier_init must be one of {CLASSIFIER_INITS}, got {self.classifier_init!r}")
         if self.wp_activation not in ACTIVATIONS:
@@ -190,7 +204,8 @@ class NLIRoutingModel(RoutedModel):
                 fc_block(dim, dim, c.wp_activation, residual=c.wp_residual) for _ in range(c.wp_depth)
             ))
         encoder = CBOWEncoder(
-            weight, pad_id, projection, c.freeze_embeddings, c.pool, c.num_meta if c.meta_keyword else 0
+            weight, pad_id, projection, c.freeze_embeddings, c.pool, c.num_meta if c.meta_keyword else 0,
+            keyword_tokens=bool(c.meta_keyword) and c.meta_keyword_mode == "tokens",
         )
         return encoder, dim, routed
 
