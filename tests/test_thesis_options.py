@@ -305,3 +305,36 @@ def test_lstm_keyword_tokens_enter_both_sentences_as_an_input_step():
     assert changed == [False, True, False, True]
     out = model(**batch, labels=torch.tensor([0, 1, 2, 0]))
     assert torch.isfinite(out.loss)
+
+
+# --------------------------------------------------------------------------- DBSCAN among the offline clusterings
+def test_dbscan_finds_the_number_of_clusters_and_assigns_noise_to_the_nearest():
+    from nli_routing.dispatch.offline import OfflineDispatcher
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    X = np.concatenate([c + rng.normal(0, 0.3, size=(60, 2)) for c in centres] + [np.array([[5.0, 5.0], [-6.0, 9.0]])])
+    d = OfflineDispatcher("dbscan", k=99, min_samples=5).fit(X)  # k is found, not given
+    assert d.k == 3 and 2 <= d.noise_ <= 12  # the two far rows, and a few blob edges beyond the 0.9-quantile eps
+    order = np.argsort(d.centroids_[:, 0] * 10 + d.centroids_[:, 1])
+    np.testing.assert_allclose(d.centroids_[order], centres[[0, 2, 1]], atol=0.2)
+    labels = d.predict(X)
+    assert len(set(labels[:60])) == len(set(labels[60:120])) == len(set(labels[120:180])) == 1
+    assert labels[181] == labels[120]  # the noise row near (0, 10) goes to that cluster
+    again = OfflineDispatcher.from_state_dict(d.state_dict())
+    assert again.k == 3 and again.min_samples == 5 and np.array_equal(again.predict(X), labels)
+    with pytest.raises(ValueError, match=r"dbscan found no cluster at eps=0.001, min_samples=5"):
+        OfflineDispatcher("dbscan", eps=0.001).fit(X)
+    with pytest.raises(ValueError, match=r"eps must be > 0"):
+        OfflineDispatcher("dbscan", eps=0.0)
+
+
+def test_wp_dbscan_runs_as_a_method(tmp_path):
+    from nli_routing.experiments.nli import DataArgs, prepare_sci, run_method
+
+    res = run_method("wp-dbscan", prepare_sci(DataArgs(max_train_samples=200, allow_unseen_meta=True)),
+                     NLIModelConfig(classifier_hidden=8), TrainConfig(epochs=1, batch_size=64, seed=0, progress=False),
+                     3, tmp_path / "wp-dbscan")
+    model = NLIRoutingModel.from_pretrained(tmp_path / "wp-dbscan")
+    assert model.meta_source == "centroids" and model.config.num_meta >= 1
+    assert res["final"]["test"]["accuracy"] >= 0.0

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import ClassLabel, DatasetDict
-from sklearn.cluster import AgglomerativeClustering, KMeans
+from sklearn.cluster import DBSCAN, AgglomerativeClustering, KMeans
 from sklearn.metrics import pairwise_distances_argmin
 
 from nli_routing.models.embeddings import WordVectors, cbow_encode
@@ -24,14 +24,19 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OfflineDispatcher", "dispatch_dataset", "CLUSTERINGS"]
 
-CLUSTERINGS = ("kmeans", "agglomerative")
+CLUSTERINGS = ("kmeans", "agglomerative", "dbscan")
 
 
 class OfflineDispatcher:
-    """Cluster vectors with k-means or Ward agglomerative clustering; assign by nearest centroid.
+    """Cluster vectors with k-means, Ward agglomerative clustering or DBSCAN; assign by nearest centroid.
 
-    ``max_fit_samples`` bounds the rows used by agglomerative clustering (quadratic in memory and
-    time): larger inputs are subsampled without replacement using ``seed``. k-means uses all rows.
+    ``max_fit_samples`` bounds the rows used by agglomerative clustering and DBSCAN (quadratic in memory
+    and time): larger inputs are subsampled without replacement using ``seed``. k-means uses all rows.
+
+    DBSCAN (thesis 5.3.3 lists it among the offline clusterings) finds the number of clusters itself: ``k``
+    becomes the number it found. ``eps`` is its neighbourhood radius (``None``: the 0.9 quantile of every
+    fitted row's distance to its ``min_samples``-th nearest neighbour); the rows it leaves as noise are
+    assigned to the nearest cluster centroid like every later row, and counted in ``noise_``.
     """
 
     def __init__(
@@ -40,6 +45,8 @@ class OfflineDispatcher:
         k: int = 5,
         seed: int = 0,
         max_fit_samples: int | None = 20000,
+        eps: float | None = None,
+        min_samples: int = 5,
     ) -> None:
         if method not in CLUSTERINGS:
             raise ValueError(f"unknown dispatch method {method!r}; expected one of {list(CLUSTERINGS)}")
@@ -47,11 +54,18 @@ class OfflineDispatcher:
             raise ValueError(f"k must be >= 1, got {k}")
         if max_fit_samples is not None and max_fit_samples < 1:
             raise ValueError(f"max_fit_samples must be >= 1 or None, got {max_fit_samples}")
+        if eps is not None and not eps > 0:
+            raise ValueError(f"eps must be > 0 (or None: chosen from the data), got {eps}")
+        if int(min_samples) < 1:
+            raise ValueError(f"min_samples must be >= 1, got {min_samples}")
         self.method = method
         self.k = int(k)
         self.seed = int(seed)
         self.max_fit_samples = max_fit_samples
+        self.eps = None if eps is None else float(eps)
+        self.min_samples = int(min_samples)
         self.centroids_: np.ndarray | None = None
+        self.noise_: int | None = None
 
     def __repr__(self) -> str:
         fitted = "fitted" if self.centroids_ is not None else "unfitted"
@@ -70,6 +84,8 @@ class OfflineDispatcher:
         """Cluster the rows of ``X`` [N, D] and store the ``k`` centroids in ``centroids_``."""
         X = self._check_2d(X)
         n = X.shape[0]
+        if self.method == "dbscan":
+            return self._fit_dbscan(X)
         if self.k > n:
             raise ValueError(f"k={self.k} clusters requested but only {n} samples to fit on")
         if self.method == "kmeans":
@@ -89,6 +105,34 @@ class OfflineDispatcher:
             labels = AgglomerativeClustering(n_clusters=self.k, linkage="ward").fit_predict(X)
             centroids = np.stack([X[labels == c].mean(axis=0) for c in range(self.k)])
         self.centroids_ = centroids
+        return self
+
+    def _fit_dbscan(self, X: np.ndarray) -> "OfflineDispatcher":
+        n = X.shape[0]
+        if self.max_fit_samples is not None and n > self.max_fit_samples:
+            rng = np.random.default_rng(self.seed)
+            X = X[np.sort(rng.choice(n, size=self.max_fit_samples, replace=False))]
+            logger.info("dbscan dispatch: fitting on %d of %d rows", len(X), n)
+        eps = self.eps
+        if eps is None:  # the k-distance heuristic: most rows have min_samples neighbours within eps
+            from sklearn.neighbors import NearestNeighbors
+
+            neighbours = min(self.min_samples + 1, len(X))
+            dist, _ = NearestNeighbors(n_neighbors=neighbours).fit(X).kneighbors(X)
+            eps = float(np.quantile(dist[:, -1], 0.9))
+            if not eps > 0:
+                raise ValueError("dbscan: the rows are all identical (eps from the data is 0); give eps")
+        labels = DBSCAN(eps=eps, min_samples=self.min_samples).fit_predict(X)
+        found = sorted(set(labels.tolist()) - {-1})
+        if not found:
+            raise ValueError(f"dbscan found no cluster at eps={eps:.4g}, min_samples={self.min_samples}: every row is "
+                             "noise; give a larger eps or a smaller min_samples")
+        self.centroids_ = np.stack([X[labels == c].mean(axis=0) for c in found])
+        self.k = len(found)
+        self.eps_ = eps
+        self.noise_ = int((labels == -1).sum())
+        logger.info("dbscan dispatch: %d clusters at eps %.4g; %d of %d fitted rows were noise (assigned to the "
+                    "nearest centroid)", self.k, eps, self.noise_, len(X))
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -121,6 +165,7 @@ class OfflineDispatcher:
             "k": self.k,
             "seed": self.seed,
             "max_fit_samples": self.max_fit_samples,
+            **({"eps": self.eps, "min_samples": self.min_samples} if self.method == "dbscan" else {}),
             "centroids": None if self.centroids_ is None else self.centroids_.tolist(),
             "dtype": None if self.centroids_ is None else str(self.centroids_.dtype),
         }
@@ -134,6 +179,8 @@ class OfflineDispatcher:
         self.k = int(state.get("k", self.k))
         self.seed = int(state.get("seed", self.seed))
         self.max_fit_samples = state.get("max_fit_samples", self.max_fit_samples)
+        self.eps = state.get("eps", self.eps)
+        self.min_samples = int(state.get("min_samples", self.min_samples))
         centroids = state.get("centroids")
         if centroids is None:
             self.centroids_ = None

@@ -54,6 +54,7 @@ METHODS: dict[str, tuple[dict[str, Any], str]] = {
     "wp-signature-kw": ({"route": "wp", "meta_keyword": True}, "signature"),
     "wp-kmeans": ({"route": "wp"}, "kmeans"),
     "wp-agglomerative": ({"route": "wp"}, "agglomerative"),
+    "wp-dbscan": ({"route": "wp"}, "dbscan"),
     "classifier-signature": ({"route": "classifier"}, "signature"),
     # learned dispatchers trained online with the model (chapter 6): K virtual meta classes
     "wp-basic": ({"route": "wp", "dispatch": "basic"}, "signature"),
@@ -262,7 +263,7 @@ class DispatchArgs:
 
 
 #: values of the recipes' --dispatch: meta labels, offline clusters, learned online dispatchers
-DISPATCH_CHOICES = ("signature", "kmeans", "agglomerative", *ONLINE_DISPATCHERS)
+DISPATCH_CHOICES = ("signature", "kmeans", "agglomerative", "dbscan", *ONLINE_DISPATCHERS)
 
 
 def dispatch_method(dispatch: str, two_stage: bool = False) -> str:
