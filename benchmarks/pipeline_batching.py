@@ -33,12 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     import nli_routing.inference.pipeline  # noqa: F401  (registers the task)
     from transformers import pipeline
 
-    from nli_routing.data import EMBEDDED_SCI
-    from nli_routing.experiments.bench import commit, machine
+    from nli_routing.experiments.bench import commit, embedded_pairs, machine
 
-    rows = [json.loads(line) for line in (Path(EMBEDDED_SCI) / "joint" / "test.jsonl").read_text().splitlines()]
-    pairs = [{"text": r["premise"], "text_pair": r["hypothesis"], "meta": r["signature"]} for r in rows]
-    pairs = (pairs * (args.pairs // len(pairs) + 1))[: args.pairs]
+    pairs = embedded_pairs(args.pairs, "text", "text_pair", "meta")
     result = {"machine": machine(), "commit": commit(), "torch_threads": torch.get_num_threads(), "args": vars(args),
               "models": {}}
     for folder in args.models:

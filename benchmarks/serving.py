@@ -112,12 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
-    from nli_routing.data import EMBEDDED_SCI
-    from nli_routing.experiments.bench import commit, machine
+    from nli_routing.experiments.bench import commit, embedded_pairs, machine
 
-    rows = [json.loads(line) for line in (Path(EMBEDDED_SCI) / "joint" / "test.jsonl").read_text().splitlines()]
-    pairs = [{"premise": r["premise"], "hypothesis": r["hypothesis"], "signature": r["signature"]} for r in rows]
-    pairs = (pairs * (args.requests // len(pairs) + 1))[: args.requests]
+    pairs = embedded_pairs(args.requests)
     result = {"machine": machine(), "commit": commit(), "args": vars(args), "runs": {}}
     modes = {"micro-batching (max_batch 64, max_wait 5 ms)": ["--max_batch", "64", "--max_wait_ms", "5"],
              "one request per forward (max_batch 1)": ["--max_batch", "1", "--max_wait_ms", "0"]}

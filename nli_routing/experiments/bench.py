@@ -41,6 +41,16 @@ def commit() -> str:
         return "unknown"
 
 
+def embedded_pairs(n: int, premise: str = "premise", hypothesis: str = "hypothesis", meta: str = "signature") -> list[dict]:
+    """``n`` pairs of the embedded joint test set with their signatures (mixed within any batch), repeated
+    as needed; the keys are the names a consumer reads (the pipeline's ``text`` / ``text_pair`` / ``meta``)."""
+    from ..data import EMBEDDED_SCI
+
+    rows = [json.loads(line) for line in (Path(EMBEDDED_SCI) / "joint" / "test.jsonl").read_text().splitlines()]
+    pairs = [{premise: r["premise"], hypothesis: r["hypothesis"], meta: r["signature"]} for r in rows]
+    return (pairs * (n // len(pairs) + 1))[:n]
+
+
 def merge_worker_results(paths, key, meta_keys=("machine", "commit", "args")) -> tuple[list[dict], list[dict]]:
     """Runs of several workers' result files, without duplicates (by ``key(run)``), and each file's metadata."""
     runs, metas = [], []
