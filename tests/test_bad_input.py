@@ -702,6 +702,8 @@ RECIPE_CASES = [
      r"meta_keyword_mode 'tokens' is the unrouted baseline's keyword .*not route 'wp'"),
     ("sci_wp_dispatch.py", ["--preset", "bogus"], r"argument --preset: invalid choice: 'bogus'|--preset must be one of \['thesis'\]"),
     ("image_mtl.py", ["--preset", "nope"], r"argument --preset: invalid choice: 'nope'|--preset must be one of \['thesis'\]"),
+    ("sci_wp_dispatch.py", ["--classifier_paths", "tree"], r"classifier_paths must be one of \('per-layer', 'set'\), got 'tree'"),
+    ("multinli.py", ["--classifier_paths", ""], r"classifier_paths must be one of \('per-layer', 'set'\), got ''"),
     # issue 31: every flag checked when parsed (a value, a name from a list, a path)
     ('sci_wp_dispatch.py', ['--variant', 'bogus'], r"--variant must be one of \('joint', 'disjoint', 'mismatch', 'nested'\), got 'bogus'"),
     ('sci_wp_dispatch.py', ['--embeddings', '/nonexistent/glove.txt'], r'--embeddings /nonexistent/glove\.txt: no such file'),

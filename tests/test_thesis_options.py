@@ -338,3 +338,33 @@ def test_wp_dbscan_runs_as_a_method(tmp_path):
     model = NLIRoutingModel.from_pretrained(tmp_path / "wp-dbscan")
     assert model.meta_source == "centroids" and model.config.num_meta >= 1
     assert res["final"]["test"]["accuracy"] >= 0.0
+
+
+# --------------------------------------------------------------------------- 5.3.1.1: classifier paths up to d with stop
+def test_the_set_classifier_takes_paths_up_to_d_through_one_set_of_blocks_with_stop():
+    torch.manual_seed(0)
+    cfg = NLIModelConfig(route="classifier", num_meta=2, classifier_paths="set", classifier_layers=3,
+                         classifier_width=4, classifier_hidden=8, exploration="none", router_balance_share=1.0)
+    model = NLIRoutingModel(cfg, weight(), pad_id=0).eval()
+    layer = model.classifier.routed
+    assert layer.recursive and layer.allow_stop and layer.depth == 3 and layer.num_actions == 5  # 4 blocks + stop
+    with torch.no_grad():  # agent 0: block 2, then stop; agent 1: blocks 1, 3, 0 (the whole length)
+        layer.router.table.fill_(-1.0)
+        layer.router.table[0, 0, 2] = layer.router.table[0, 1, 4] = 1.0
+        layer.router.table[1, 0, 1] = layer.router.table[1, 1, 3] = layer.router.table[1, 2, 0] = 1.0
+    batch = {**_keyword_batch(), "meta": torch.tensor([0, 1, 0, 1])}
+    out = model(**batch)
+    actions = out.trajectories[-1].actions
+    assert actions[0, :2].tolist() == [2, 4] and actions[1].tolist() == [1, 3, 0]
+    with torch.no_grad():  # by hand: entry layer, then the chosen blocks of the one set, then the shared output layer
+        inputs = tuple(batch[k] for k in ("premise_ids", "premise_mask", "hypothesis_ids", "hypothesis_mask"))
+        p, h, _ = model.encoder(*inputs, batch["meta"])
+        x = model.classifier.entry(model.pair(model.norm(p), model.norm(h)))
+        bank = layer.step_blocks(0)
+        assert all(layer.step_blocks(t) is bank for t in range(3))  # one set of blocks at every step
+        stopped = bank.block_forward(x[:1], 2)  # after the stop: nothing more
+        full = bank.block_forward(bank.block_forward(bank.block_forward(x[1:2], 1), 3), 0)
+    torch.testing.assert_close(out.logits[0], model.classifier.out(stopped)[0])
+    torch.testing.assert_close(out.logits[1], model.classifier.out(full)[0])
+    with pytest.raises(ValueError, match=r"classifier_paths must be one of \('per-layer', 'set'\), got 'tree'"):
+        NLIModelConfig(classifier_paths="tree")

@@ -16,6 +16,8 @@ THESIS_NLI: dict[str, tuple[Any, str]] = {
     "pair_features": ("concat", "the thesis' classifier reads [p; h] (README 'Defaults that differ from the thesis')"),
     "classifier_layers": (3, "three hidden classifier layers (README 'Defaults that differ from the thesis')"),
     "classifier_hidden": (600, "600 units each (README 'Defaults that differ from the thesis')"),
+    "classifier_paths": ("set", "thesis 5.3.1.1: 'choose any path through this set up to a maximum length d' "
+                                "(issue 32; a stop action ends a path)"),
     "wp_width": (15, "thesis Tables 5.2 and 6.1: b = 15 (issue 32)"),
     "wp_depth": (3, "thesis Tables 5.2 and 6.1: d = 3 (issue 32)"),
     "wp_residual": (False, "the gated residual x + g relu(Wx) is the library's, not the thesis' WP (issue 32)"),
@@ -52,7 +54,6 @@ PRESETS: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
 #: thesis settings a preset cannot set yet, or that the seeds do not state (issue 32)
 NOT_IN_PRESET = {
     "nli": [
-        "routed classifier paths of length up to d with a stop action (the library routes one decision per layer)",
         "the exploration schedule of Tables 5.2 / 6.1 (not stated; Figure 7.6's are --exploration thesis-high/med/low)",
         "the router learning rate and the table start (not stated)",
     ],

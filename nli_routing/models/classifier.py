@@ -23,9 +23,11 @@ class Classifier(nn.Module):
         layers: int = 3,
         dropout: float = 0.0,
         routed: RoutedLayer | None = None,
+        entry: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.routed = routed
+        self.entry = entry  # an unrouted layer before the routed ones (a recursive set keeps one size)
         if routed is None:
             dims = [in_dim] + [hidden] * layers
             self.hidden = nn.Sequential(*(fc_block(dims[i], dims[i + 1], "relu", dropout) for i in range(layers)))
@@ -35,6 +37,8 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor, meta: Tensor | None = None) -> tuple[Tensor, list[Trajectory]]:
         if self.routed is not None:
+            if self.entry is not None:
+                x = self.entry(x)
             x, traj = self.routed(x, meta)
             return self.out(x), [traj]
         return self.out(self.hidden(x)), []

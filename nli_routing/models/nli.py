@@ -34,6 +34,8 @@ CLASSIFIER_INITS = ("torch", "he")
 
 #: how an unrouted model sees the meta label with ``meta_keyword``
 KEYWORD_MODES = ("vector", "tokens")
+#: how a routed classifier is routed (``classifier_paths``)
+CLASSIFIER_PATHS = ("per-layer", "set")
 
 
 @dataclass
@@ -64,6 +66,12 @@ class NLIModelConfig(RouterConfig):
     wp_stop: bool = field(default=False, metadata={"help": "add a stop action to the word projection"})
     classifier_width: int = field(default=4, metadata={"help": "blocks per routed classifier layer"})
     classifier_hidden: int = field(default=600, metadata={"help": "classifier hidden size"})
+    classifier_paths: str = field(
+        default="per-layer",
+        metadata={"help": "routed classifier: per-layer (one decision among classifier_width blocks at each of "
+                          "classifier_layers layers) or set (an input layer, then any path through one set of "
+                          "classifier_width blocks of length up to classifier_layers, with a stop action: thesis 5.3.1.1)"},
+    )
     classifier_layers: int = field(
         default=1, metadata={"help": "classifier hidden layers (the thesis: 3; 3 sits on a plateau for epochs, BENCHMARKS.md)"}
     )
@@ -96,6 +104,8 @@ class NLIModelConfig(RouterConfig):
         if self.classifier_layers < ("classifier" in self.route):
             raise ValueError(f"classifier_layers must be >= {int('classifier' in self.route)} with route "
                              f"{self.route!r}, got {self.classifier_layers}")
+        if self.classifier_paths not in CLASSIFIER_PATHS:
+            raise ValueError(f"classifier_paths must be one of {CLASSIFIER_PATHS}, got {self.classifier_paths!r}")
         if self.meta_keyword_mode not in KEYWORD_MODES:
             raise ValueError(f"meta_keyword_mode must be one of {KEYWORD_MODES}, got {self.meta_keyword_mode!r}")
         if self.meta_keyword and self.meta_keyword_mode == "tokens" and "wp" in self.route:
@@ -216,7 +226,20 @@ class NLIRoutingModel(RoutedModel):
         self.norm = nn.LayerNorm(dim, elementwise_affine=False) if c.normalize else nn.Identity()
         routed_cls = None
         in_dim = (2 if c.pair_features == "concat" else 4) * dim
-        if "classifier" in c.route:
+        entry = None
+        if "classifier" in c.route and c.classifier_paths == "set":
+            # the thesis' routed classifier: an input layer to the hidden size, then any path of length up to
+            # classifier_layers through one set of classifier_width blocks, with a stop action
+            entry = fc_block(in_dim, c.classifier_hidden, "relu")
+            routed_cls = routed_fc_stack(
+                [c.classifier_hidden] * (c.classifier_layers + 1),
+                c.classifier_width,
+                c.num_meta,
+                recursive=True,
+                allow_stop=True,
+                **c.router_kwargs(seed_offset=1),
+            )
+        elif "classifier" in c.route:
             routed_cls = routed_fc_stack(
                 [in_dim] + [c.classifier_hidden] * c.classifier_layers,
                 c.classifier_width,
@@ -224,7 +247,7 @@ class NLIRoutingModel(RoutedModel):
                 **c.router_kwargs(seed_offset=1),
             )
         self.classifier = Classifier(
-            in_dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls
+            in_dim, c.num_classes, c.classifier_hidden, c.classifier_layers, routed=routed_cls, entry=entry
         )
         if c.classifier_init == "he":
             he_init(routed_cls.blocks if routed_cls is not None else self.classifier.hidden)
