@@ -76,8 +76,8 @@ def test_state_dict_round_trip(method: str) -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="kmeans.*agglomerative"):
-        OfflineDispatcher(method="dbscan")
+    with pytest.raises(ValueError, match="kmeans.*agglomerative.*dbscan"):
+        OfflineDispatcher(method="spectral")
     with pytest.raises(ValueError, match="only 3 samples"):
         OfflineDispatcher(k=5).fit(np.zeros((3, 2)))
     with pytest.raises(RuntimeError, match="before fit"):
