@@ -368,3 +368,26 @@ def test_the_set_classifier_takes_paths_up_to_d_through_one_set_of_blocks_with_s
     torch.testing.assert_close(out.logits[1], model.classifier.out(full)[0])
     with pytest.raises(ValueError, match=r"classifier_paths must be one of \('per-layer', 'set'\), got 'tree'"):
         NLIModelConfig(classifier_paths="tree")
+
+
+# --------------------------------------------------------------------------- Task Routing Layer: the authors' sigma
+def _trl_masks(**cfg):
+    from nli_routing.models.vision import TaskRoutingMask, VisionMTLConfig, VisionMTLModel
+
+    model = VisionMTLModel(VisionMTLConfig(method="task-routing-layer", num_meta=3, conv_layers=2, conv_channels=10,
+                                           fc_hidden=8, **cfg))
+    return [m.masks for m in model.modules() if isinstance(m, TaskRoutingMask)]
+
+
+def test_knockout_sigma_switches_off_that_share_of_units_per_task_and_zero_masks_nothing():
+    masks = _trl_masks(sigma=0.3, sigma_mode="knockout")
+    assert masks and all(((1 - m).sum(1) == 3).all() for m in masks)  # 3 of 10 units off for every task
+    assert all(torch.equal(m, torch.ones_like(m)) for m in _trl_masks(sigma=0.0, sigma_mode="knockout"))
+    keep = _trl_masks(sigma=0.3)  # the library's reading: 3 of 10 kept
+    assert all((m.sum(1) == 3).all() for m in keep)
+    from nli_routing.models.vision import VisionMTLConfig
+
+    with pytest.raises(ValueError, match=r"sigma must be in \[0, 1\) \(the share of units a task's mask switches off\)"):
+        VisionMTLConfig(method="task-routing-layer", sigma=1.0, sigma_mode="knockout")
+    with pytest.raises(ValueError, match=r"sigma_mode must be one of \('keep', 'knockout'\), got 'share'"):
+        VisionMTLConfig(sigma_mode="share")

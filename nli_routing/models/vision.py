@@ -48,6 +48,10 @@ VISION_METHODS: dict[str, tuple[str, str | None]] = {
 }
 
 
+#: how VisionMTLConfig.sigma reads (the share a task keeps, or the share its mask switches off)
+SIGMA_MODES = ("keep", "knockout")
+
+
 @dataclass
 class VisionMTLConfig(RouterConfig):
     """Configuration of :class:`VisionMTLModel` (``num_meta`` = number of tasks)."""
@@ -64,7 +68,16 @@ class VisionMTLConfig(RouterConfig):
     fc_width: int = field(
         default=0, metadata={"help": "function blocks per routed FC layer (0: one per task, the thesis' setting)"}
     )
-    sigma: float = field(default=0.5, metadata={"help": "task routing layer: share of units each task keeps active"})
+    sigma: float = field(
+        default=0.5,
+        metadata={"help": "task routing layer: with sigma_mode keep, the share of units each task keeps active; with "
+                          "knockout, the share each task's mask switches off (Strezoski et al.'s code; 0: no masking)"},
+    )
+    sigma_mode: str = field(
+        default="keep",
+        metadata={"help": "how sigma reads: keep (the library's) or knockout (the Task Routing authors' code, where sigma = "
+                          "0 leaves every unit on for every task)"},
+    )
     trl_seed: int = field(default=0, metadata={"help": "seed of the task routing masks"})
     cross_stitch_self: float = field(default=0.9, metadata={"help": "initial cross-stitch weight of a task's own column"})
     reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
@@ -78,8 +91,12 @@ class VisionMTLConfig(RouterConfig):
                        fc_layers=1)
         if self.fc_width < 0:
             raise ValueError(f"fc_width must be >= 0 (0: one block per task), got {self.fc_width}")
-        if not 0.0 < self.sigma <= 1.0:
-            raise ValueError(f"sigma must be in (0, 1], got {self.sigma}")
+        if self.sigma_mode not in SIGMA_MODES:
+            raise ValueError(f"sigma_mode must be one of {SIGMA_MODES}, got {self.sigma_mode!r}")
+        if self.sigma_mode == "keep" and not 0.0 < self.sigma <= 1.0:
+            raise ValueError(f"sigma must be in (0, 1] (the share of units a task keeps), got {self.sigma}")
+        if self.sigma_mode == "knockout" and not 0.0 <= self.sigma < 1.0:
+            raise ValueError(f"sigma must be in [0, 1) (the share of units a task's mask switches off), got {self.sigma}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,7 +216,9 @@ class VisionMTLModel(RoutedModel):
         self.conv3: RoutedLayer | None = None
         for i in range(c.conv_layers):
             pool = c.pool and size > 1
-            trl = TaskRoutingMask(tasks, c.conv_channels, c.sigma, c.trl_seed + i) if c.method == "task-routing-layer" else None
+            # knockout: round(sigma * channels) units off per task, as the Task Routing authors' code counts them
+            keep = c.sigma if c.sigma_mode == "keep" else (c.conv_channels - round(c.sigma * c.conv_channels)) / c.conv_channels
+            trl = TaskRoutingMask(tasks, c.conv_channels, keep, c.trl_seed + i) if c.method == "task-routing-layer" else None
             if c.method == "fixed-random-conv3" and i == 2:
                 blocks = [ConvLayer(cin, c.conv_channels, pool) for _ in range(tasks)]
                 router = FixedRandomRouter(tasks, 1, tasks, seed=c.router_seed)
