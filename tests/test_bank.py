@@ -23,7 +23,7 @@ def per_row(bank: LinearBank, x: torch.Tensor, groups: torch.Tensor, scale=None)
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("impl", ["grouped_mm", "loop", "dense"])
+@pytest.mark.parametrize("impl", ["grouped_mm", "loop", "dense", "tiled", "gather"])
 @pytest.mark.parametrize("activation,residual", [("relu", False), ("tanh", True), ("gelu", False), ("identity", True)])
 @pytest.mark.parametrize("stopped", [False, True])
 def test_bank_matches_per_row_blocks_values_and_gradients(impl, activation, residual, stopped):
@@ -285,8 +285,63 @@ def test_float64_banks_fall_back_to_the_loop_kernel():
     bank = LinearBank(3, 4, 4, "tanh").double()
     x = torch.randn(9, 4, dtype=torch.float64)
     groups = torch.randint(0, 3, (9,))
-    assert bank.resolve_impl(x) == "loop"
+    assert bank.resolve_impl(x) in ("loop", "tiled")
     torch.testing.assert_close(grouped_apply(x, groups, bank, identity=False), per_row(bank, x, groups))
+
+
+@pytest.mark.parametrize("impl,tile", [("tiled", 1), ("tiled", 3), ("tiled", 32), ("gather", 0)])
+@pytest.mark.parametrize("allow_stop", [False, True])
+def test_tiled_and_gathered_banks_route_a_stack_exactly_like_grouped_ones(impl, tile, allow_stop):
+    """Issue 33's kernels for many small groups: a routed stack decided ahead (tabular, the sorted
+    path) gives the values, actions and gradients of grouped_mm, stopped rows included; among 64
+    blocks most groups hold one or two rows and many are empty; tiles of 1 (one weight per row), 3
+    (groups split over several tiles) and 32 (one tile per group)."""
+    outs = {}
+    for kind in ("grouped_mm", impl):
+        torch.manual_seed(0)
+        layer = routed_fc_stack([8, 8, 8, 8], 64, 6, recursive=allow_stop, allow_stop=allow_stop,
+                                exploration="high", impl=kind, residual=True, gate_init=0.5)
+        for bank in layer.modules():
+            if isinstance(bank, LinearBank):
+                bank.tile = tile or bank.tile
+        meta = torch.randint(0, 6, (45,))
+        torch.manual_seed(1)
+        x = torch.randn(45, 8, requires_grad=True)
+        y, traj = layer(x, meta)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs[kind] = (y.detach(), traj.actions, x.grad, [p.grad for p in layer.parameters() if p.grad is not None])
+    a, b = outs["grouped_mm"], outs[impl]
+    assert torch.equal(a[1], b[1]) and len(a[3]) == len(b[3])
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
+    for ga, gb in zip(a[3], b[3]):
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_slots_pad_every_group_to_whole_tiles_in_order():
+    from nli_routing.routing.bank import tiled_slots
+
+    block = torch.tensor([0, 0, 2, 2, 2, 3])
+    slot, tile_block = tiled_slots(block, 5, 2)  # group 0: one tile, group 2: two, group 3: one
+    assert tile_block.tolist() == [0, 2, 2, 3] and slot.tolist() == [0, 1, 2, 3, 4, 6]
+    slot, tile_block = tiled_slots(block, 5, 4)
+    assert tile_block.tolist() == [0, 2, 3] and slot.tolist() == [0, 1, 4, 5, 6, 8]
+    slot, tile_block = tiled_slots(torch.zeros(0, dtype=torch.long), 3, 4)
+    assert slot.numel() == 0 and tile_block.numel() == 0
+
+
+def test_auto_tiles_small_groups_on_the_cpu_and_groups_large_ones(monkeypatch):
+    """``impl="auto"`` follows the measured crossover table: tiled at or below its rows-per-block
+    ratio for the block width, grouped_mm above it."""
+    from nli_routing.routing import bank as bank_mod
+
+    monkeypatch.setattr(bank_mod, "AUTO_TILED_ROWS_PER_GROUP", {0: 4.0, 64: 16.0})
+    b8, b64 = LinearBank(8, 8, 8), LinearBank(8, 64, 64)
+    assert b8.resolve_impl(torch.randn(32, 8)) == "tiled"
+    assert b8.resolve_impl(torch.randn(33, 8)) == "grouped_mm"
+    assert b64.resolve_impl(torch.randn(128, 64)) == "tiled"
+    assert b64.resolve_impl(torch.randn(129, 64)) == "grouped_mm"
+    assert LinearBank(1, 8, 8).resolve_impl(torch.randn(2, 8)) == "grouped_mm"  # one block: nothing to tile
 
 
 def test_residual_gates_start_at_gate_init():

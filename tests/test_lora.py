@@ -16,7 +16,7 @@ from nli_routing.routing.lowrank import LowRankBank
 from .helpers import pair_token_batch, tiny_bert
 
 
-@pytest.mark.parametrize("impl", ["grouped_mm", "loop"])
+@pytest.mark.parametrize("impl", ["grouped_mm", "loop", "tiled", "gather"])
 def test_low_rank_bank_equals_each_row_alone(impl):
     torch.manual_seed(0)
     bank = LowRankBank(3, 12, 10, rank=4, impl=impl)

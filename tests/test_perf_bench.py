@@ -66,6 +66,25 @@ def test_bank_crossover_quick_run_writes_its_grid(tmp_path):
     assert [tuple(w) for w in saved["dense_wins"]] == wins and result["rows"] == saved["rows"]
 
 
+def test_bank_crossover_compares_every_kernel_it_is_given(tmp_path):
+    """Issue 33: tiles and gathered weights beside grouped_mm, each shape's fastest named."""
+    bench = load_bench("bank_crossover")
+    out = tmp_path / "kernels.json"
+    result = bench.main(["--quick", "--impls", "tiled:4", "gather", "--output", str(out)])
+    for r in result["rows"]:
+        assert set(r["ms"]) == set(r["over_grouped"]) == {"grouped_mm", "tiled:4", "gather"}
+        assert r["over_grouped"]["grouped_mm"] == 1.0 and r["best"] == min(r["over_grouped"], key=r["over_grouped"].get)
+    assert "dense_wins" not in result and sum(len(w) for w in result["wins"].values()) == len(result["rows"])
+
+
+@pytest.mark.parametrize("spec", ["tiled:0", "tiled:x", "gather:4", "sparse"])
+def test_bank_crossover_refuses_unknown_kernels(spec, capsys):
+    bench = load_bench("bank_crossover")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--quick", "--impls", spec])
+    assert e.value.code == 2 and f"--impls: unknown kernel {spec!r}" in capsys.readouterr().err
+
+
 def test_bank_crossover_sets_every_bank_of_the_routed_mlp():
     from nli_routing.routing.bank import LinearBank
 

@@ -13,10 +13,20 @@ the rows sorted by block id; the bank computes every block's group in one call, 
   gathered (G times the arithmetic, a handful of operations per step; :meth:`LinearBank.dense_forward`);
   on this project's CPU it is slower than grouping at every measured shape (``benchmarks/bank_crossover.py``),
   so it is an explicit choice for machines where the measurement says otherwise;
-* ``impl="auto"`` (default): ``grouped_mm`` where this torch build supports it for the input
-  (CPU float32/bfloat16/float16, CUDA bfloat16 on compute capability >= 9), else ``loop``.
+* ``impl="tiled"``: the sorted rows scattered into tiles of ``tile`` rows (every group padded to a whole
+  number of tiles; one host read for the number of tiles), each tile's block weight gathered, one
+  batched matmul ``[tiles, tile, in] @ [tiles, in, out]`` with the bias, and the rows gathered back:
+  about 10 operators whatever G, at the cost of the padding (at most ``tile - 1`` rows per group) and
+  of one weight copy per tile;
+* ``impl="gather"``: each row's own weight gathered (``[N, in, out]``) into one batched matmul of
+  ``[N, 1, in]`` rows: no padding, no host read, N weight copies of memory traffic;
+* ``impl="auto"`` (default): per shape, by the crossover measured on this project's CPU
+  (:data:`AUTO_TILED_ROWS_PER_GROUP`, ``benchmarks/bank_crossover.py``): ``tiled`` where the
+  groups are small (few rows per block), ``grouped_mm`` where this torch build supports it for the
+  input (CPU float32/bfloat16/float16, CUDA bfloat16 on compute capability >= 9), else ``loop``. On a
+  GPU ``grouped_mm`` (one kernel, no host read) is kept whenever it is supported.
 
-Both give the same values and gradients as running every sample alone through its block (tested).
+Every implementation gives the same values and gradients as running every sample alone through its block (tested).
 Unused blocks receive zero gradients (not ``None``): with momentum, weight decay or Adam an
 optimizer still moves them, as it moves every parameter of a dense model.
 """
@@ -30,15 +40,76 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 BANK_ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda x: x}
-BANK_IMPLS = ("auto", "grouped_mm", "loop", "dense")
+BANK_IMPLS = ("auto", "grouped_mm", "loop", "dense", "tiled", "gather")
+#: ``impl="auto"`` on the CPU: ``tiled`` while a batch has at most this many rows per block (``N / G``),
+#: ``grouped_mm`` above, per smallest input width (the entry of the largest key <= the bank's input
+#: width); set from the crossover measured by ``benchmarks/bank_crossover.py`` (BENCHMARKS.md "Issue 33")
+AUTO_TILED_ROWS_PER_GROUP: dict[int, float] = {0: 0.0}
+#: rows per tile of ``impl="tiled"`` (every group padded to whole tiles); measured like the crossover
+DEFAULT_TILE = 32
 
 
-def resolve_bank_impl(impl: str, x: Tensor) -> str:
-    """``"grouped_mm"`` or ``"loop"`` for a bank's ``impl`` setting (``"auto"``: grouped matmul where
-    this torch build runs it for ``x``)."""
-    if impl not in ("auto", "dense"):  # "dense" rows that arrive sorted are grouped
+
+def auto_rows_per_group(in_dim: int) -> float:
+    """The largest rows-per-block ratio at which ``impl="auto"`` tiles on the CPU, for blocks of input
+    width ``in_dim`` (:data:`AUTO_TILED_ROWS_PER_GROUP`: the entry of the largest width <= ``in_dim``)."""
+    widths = [w for w in AUTO_TILED_ROWS_PER_GROUP if w <= in_dim]
+    return AUTO_TILED_ROWS_PER_GROUP[max(widths)] if widths else 0.0
+
+
+def resolve_bank_impl(impl: str, x: Tensor, num_blocks: int = 1) -> str:
+    """The kernel a bank of ``num_blocks`` blocks runs sorted rows ``x [N, in]`` with: ``impl`` itself,
+    or for ``"auto"`` (and ``"dense"`` rows that arrive sorted) the measured choice: ``"tiled"`` on
+    the CPU while ``N / num_blocks`` is at most :func:`auto_rows_per_group`, else ``"grouped_mm"``
+    where this torch build runs it for ``x``, else ``"loop"``."""
+    if impl not in ("auto", "dense"):
         return impl
+    if x.device.type == "cpu" and num_blocks > 1 and x.shape[0] <= num_blocks * auto_rows_per_group(x.shape[-1]):
+        return "tiled"
     return "grouped_mm" if grouped_mm_supported(x) else "loop"
+
+
+def tiled_slots(block: Tensor, num_blocks: int, tile: int) -> tuple[Tensor, Tensor]:
+    """For rows sorted by block id ``block [N]`` (ascending, in ``[0, G)``): every group padded to a
+    whole number of tiles of ``tile`` rows. Returns each row's slot in the ``[tiles * tile]`` layout
+    (row ``r`` of group ``g`` at ``g``'s first tile * ``tile`` + ``r``) and ``tile_block [tiles]``, the
+    block of every tile. One host read (the number of tiles, for the buffer's shape)."""
+    counts = torch.bincount(block, minlength=num_blocks)
+    tiles = (counts + (tile - 1)).div_(tile, rounding_mode="floor")
+    ends = tiles.cumsum(0)
+    n_tiles = int(ends[-1]) if num_blocks else 0
+    tile_block = torch.repeat_interleave(torch.arange(num_blocks, device=block.device), tiles, output_size=n_tiles)
+    shift = (ends - tiles) * tile - (counts.cumsum(0) - counts)
+    return torch.arange(block.shape[0], device=block.device) + shift.index_select(0, block), tile_block
+
+
+def tiled_apply(xs: Tensor, slot: Tensor, tile_block: Tensor, tile: int, weights: list[Tensor],
+                bias: Tensor | None = None) -> Tensor:
+    """Rows ``xs [N, in]`` through their blocks' linear maps in tiles: scattered to their ``slot`` of a
+    ``[tiles, tile, in]`` buffer (:func:`tiled_slots`), each tile multiplied by its block's weight of
+    every ``[G, k, m]`` of ``weights`` in turn (a low-rank pair: ``[A, B]``; the weights gathered per
+    tile) in one batched matmul, ``bias [G, out]`` added with the last, gathered back to ``[N, out]``."""
+    n_tiles, d = tile_block.shape[0], xs.shape[1]
+    h = xs.new_zeros(n_tiles * tile, d).index_copy_(0, slot, xs).view(n_tiles, tile, d)
+    for k, w in enumerate(weights):
+        wt = w.index_select(0, tile_block)
+        if k == len(weights) - 1 and bias is not None:
+            h = torch.baddbmm(bias.index_select(0, tile_block).unsqueeze(1), h, wt)
+        else:
+            h = torch.bmm(h, wt)
+    return h.view(n_tiles * tile, h.shape[-1]).index_select(0, slot)
+
+
+def gathered_apply(xs: Tensor, block: Tensor, weights: list[Tensor], bias: Tensor | None = None) -> Tensor:
+    """Rows ``xs [N, in]`` (any order) through ``block [N]``'s linear maps, each row's own weights
+    gathered into one batched matmul of single rows (``bias [G, out]`` added with the last)."""
+    h = xs.unsqueeze(1)
+    for k, w in enumerate(weights):
+        wk = w.index_select(0, block)
+        last = k == len(weights) - 1
+        h = torch.baddbmm(bias.index_select(0, block).unsqueeze(1), h, wk) if last and bias is not None \
+            else torch.bmm(h, wk)
+    return h.squeeze(1)
 
 
 def grouped_mm_supported(x: Tensor) -> bool:
@@ -130,7 +201,8 @@ class LinearBank(nn.Module):
     ``activation`` one of ``relu``/``tanh``/``gelu``/``identity``; ``residual=True`` (needs
     ``in == out``) adds a ReZero gate per block starting at ``gate_init`` (default 0: every block starts
     as the identity; a non-zero start makes the randomly initialised blocks differ from the first step);
-    ``dropout`` applies after the activation in training mode.
+    ``dropout`` applies after the activation in training mode; ``tile``: rows per tile of
+    ``impl="tiled"`` (0: :data:`DEFAULT_TILE`).
     """
 
     def __init__(
@@ -143,6 +215,7 @@ class LinearBank(nn.Module):
         dropout: float = 0.0,
         impl: str = "auto",
         gate_init: float = 0.0,
+        tile: int = 0,
     ) -> None:
         super().__init__()
         if num_blocks < 1:
@@ -157,7 +230,10 @@ class LinearBank(nn.Module):
         self.activation = activation
         self.residual = residual
         self.dropout = dropout
+        if tile < 0:
+            raise ValueError(f"tile must be >= 1 rows (0: the default, {DEFAULT_TILE}), got {tile}")
         self.impl = impl
+        self.tile = int(tile) or DEFAULT_TILE
         self.weight = nn.Parameter(torch.empty(num_blocks, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(num_blocks, out_dim))
         self.gate = nn.Parameter(torch.full((num_blocks,), float(gate_init))) if residual else None
@@ -227,7 +303,7 @@ class LinearBank(nn.Module):
         return self._finish(x.unsqueeze(1), y, None if self.gate is None else self.gate.unsqueeze(-1))
 
     def resolve_impl(self, x: Tensor) -> str:
-        return resolve_bank_impl(self.impl, x)
+        return resolve_bank_impl(self.impl, x, self.num_blocks)
 
     def uses_dense(self) -> bool:
         """Whether routed rows run as one dense matmul over every block (:meth:`dense_forward`): only
@@ -283,16 +359,24 @@ class LinearBank(nn.Module):
         ``offsets``: :meth:`group_offsets` of ``sorted_groups`` when the caller has them already."""
         g = self.num_blocks
         identity = identity and self.in_dim == self.out_dim
-        if self.resolve_impl(xs) == "grouped_mm":
-            offs = self.group_offsets(sorted_groups, g) if offsets is None else offsets
-            y = _grouped_mm_padded(xs, self.weight, offs)  # stopped rows are replaced below
-        else:
-            sizes = torch.bincount(sorted_groups.clamp(max=g), minlength=g + 1).tolist()
-            parts = [c @ self.weight[k] if k < g else c.new_zeros(c.shape[0], self.out_dim)
-                     for k, c in enumerate(xs.split(sizes)) if sizes[k]]
-            y = torch.cat(parts) if len(parts) > 1 else parts[0]
         block = sorted_groups.clamp(max=g - 1) if identity else sorted_groups
-        y = y.add_(self.bias.index_select(0, block))  # in place: fresh buffers cost page faults on the CPU
+        impl = self.resolve_impl(xs)
+        if impl == "tiled":  # stopped rows (sorted last) ride with the last block and are replaced below
+            slot, tile_block = tiled_slots(block, g, self.tile)
+            y = tiled_apply(xs, slot, tile_block, self.tile, [self.weight], self.bias)
+        elif impl == "gather":
+            y = gathered_apply(xs, block, [self.weight], self.bias)
+        else:
+            if impl == "grouped_mm":
+                offs = self.group_offsets(sorted_groups, g) if offsets is None else offsets
+                y = _grouped_mm_padded(xs, self.weight, offs)  # stopped rows are replaced below
+            else:
+                sizes = torch.bincount(sorted_groups.clamp(max=g), minlength=g + 1).tolist()
+                ws = self.weight.unbind(0)  # one view per block: the backward stacks their gradients once
+                parts = [c @ ws[k] if k < g else c.new_zeros(c.shape[0], self.out_dim)
+                         for k, c in enumerate(xs.split(sizes)) if sizes[k]]
+                y = torch.cat(parts) if len(parts) > 1 else parts[0]
+            y = y.add_(self.bias.index_select(0, block))  # in place: fresh buffers cost page faults on the CPU
         return self._routed_rows(xs, y, sorted_groups, block, scale, identity)
 
 

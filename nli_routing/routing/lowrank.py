@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .bank import BANK_IMPLS, LinearBank, _grouped_mm_padded, resolve_bank_impl
+from .bank import BANK_IMPLS, DEFAULT_TILE, LinearBank, _grouped_mm_padded, gathered_apply, resolve_bank_impl, tiled_apply, tiled_slots
 
 __all__ = ["LowRankBank"]
 
@@ -61,7 +61,13 @@ class LowRankBank(nn.Module):
         """Row i of ``xs [N, in]`` through expert ``sorted_groups[i]`` (ascending), in the same order;
         ``scale [N]`` multiplies each row's delta (relaxed routers). There is no stop action."""
         g = self.num_experts
-        if resolve_bank_impl(self.impl, xs) == "grouped_mm":
+        impl = resolve_bank_impl(self.impl, xs, g)
+        if impl == "tiled":
+            slot, tile_block = tiled_slots(sorted_groups, g, DEFAULT_TILE)
+            y = tiled_apply(xs, slot, tile_block, DEFAULT_TILE, [self.A, self.B])
+        elif impl == "gather":
+            y = gathered_apply(xs, sorted_groups, [self.A, self.B])
+        elif impl == "grouped_mm":
             offs = LinearBank.group_offsets(sorted_groups, g) if offsets is None else offsets
             y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A, offs), self.B, offs)
         else:
