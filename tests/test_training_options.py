@@ -116,3 +116,37 @@ def test_router_options_are_checked_when_the_config_is_made(kwargs, message):
         NLIModelConfig(**kwargs)
     with pytest.raises(ValueError, match="collapse_warmup"):
         TrainConfig(collapse_warmup=-1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adagrad", "rmsprop"])
+def test_fused_optimizers_give_the_default_update_up_to_rounding(name):
+    """Issue 33: ``fused_optimizers`` (the default) runs torch's fused kernel where one exists (sgd, adam,
+    adagrad on the CPU) and gives the update of the default implementation; rmsprop has none and is built
+    as before; ``fused_optimizers=False`` never fuses."""
+    import torch
+
+    from nli_routing.training.loop import make_optimizer
+
+    params = {}
+    start = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    for fused in (False, True):
+        p = torch.nn.Parameter(start.clone())
+        opt = make_optimizer(name, [p], 0.1, momentum=0.5 if name in ("sgd", "rmsprop") else 0.0,
+                             weight_decay=0.01, fused=fused)
+        assert bool(opt.defaults.get("fused")) == (fused and name != "rmsprop")
+        for _ in range(3):
+            p.grad = torch.sin(p.detach() * 3)  # a gradient that depends on the parameter
+            opt.step()
+        params[fused] = p.detach()
+    torch.testing.assert_close(params[True], params[False], rtol=1e-5, atol=1e-6)
+    assert (params[False] - start).abs().max() > 1e-3  # it moved
+
+
+def test_make_optimizers_fuse_by_default_and_not_when_asked():
+    from nli_routing.experiments.bench import mlp_model, train_cfg
+    from nli_routing.training.loop import make_optimizers
+
+    model = mlp_model("routing", 4, 2, dim=8)
+    for flag in (True, False):
+        block_opt, router_opt = make_optimizers(model, train_cfg(fused_optimizers=flag))
+        assert bool(block_opt.defaults.get("fused")) is flag and bool(router_opt.defaults.get("fused")) is flag

@@ -68,6 +68,12 @@ class TrainConfig:
     router_lr_ratio: float = field(
         default=1.0, metadata={"help": "router lr = ratio * block lr (> 0; below 1 the routers learn slower, thesis Figure 7.7)"}
     )
+    fused_optimizers: bool = field(
+        default=True,
+        metadata={"help": "use torch's fused optimizer kernels (sgd, adam, adagrad: one kernel per step instead of a loop of "
+                          "tensor operations; Adam about 6x faster on a CPU, BENCHMARKS.md issue 33) where the parameters' "
+                          "device supports them; the same update up to floating-point rounding"},
+    )
     explore_kappa: float = field(
         default=0.0,
         metadata={
@@ -231,22 +237,43 @@ def make_optimizers(
     if not block_params:
         block_opt = None  # e.g. two-stage dispatch with a parameter-free encoder: only the agent learns
     else:
-        block_opt = make_optimizer(cfg.block_optimizer, block_params, cfg.lr, cfg.momentum, cfg.weight_decay)
+        block_opt = make_optimizer(cfg.block_optimizer, block_params, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                   fused=getattr(cfg, "fused_optimizers", False))
     lr = cfg.lr * cfg.router_lr_ratio
-    router_opt = make_optimizer(getattr(cfg, "router_optimizer", "sgd"), router_params, lr) if router_params else None
+    router_opt = make_optimizer(getattr(cfg, "router_optimizer", "sgd"), router_params, lr,
+                                fused=getattr(cfg, "fused_optimizers", False)) if router_params else None
     return block_opt, router_opt
 
 
-def make_optimizer(name: str, params: list, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-    """``torch.optim`` optimizer ``name`` (:data:`OPTIMIZERS`); ``momentum`` applies to sgd and rmsprop."""
+#: the optimizers torch has a fused kernel for
+FUSED_OPTIMIZERS = ("sgd", "adam", "adagrad")
+
+
+def fused_supported(name: str, params: list) -> bool:
+    """Whether torch runs optimizer ``name`` fused on ``params``: a fused kernel exists for it, and every
+    parameter is a floating-point tensor on one device type that has the fused kernels."""
+    if name not in FUSED_OPTIMIZERS or not params:
+        return False
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = {p.device.type for p in params}
+    return (len(devices) == 1 and devices.pop() in _get_fused_kernels_supported_devices()
+            and all(p.is_floating_point() for p in params))
+
+
+def make_optimizer(name: str, params: list, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                   fused: bool = False):
+    """``torch.optim`` optimizer ``name`` (:data:`OPTIMIZERS`); ``momentum`` applies to sgd and rmsprop.
+    ``fused``: torch's fused kernel where :func:`fused_supported` (else the default implementation)."""
+    kw = {"fused": True} if fused and fused_supported(name, params) else {}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kw)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay, **kw)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
