@@ -330,18 +330,18 @@ def test_tiled_slots_pad_every_group_to_whole_tiles_in_order():
     assert slot.numel() == 0 and tile_block.numel() == 0
 
 
-def test_auto_tiles_small_groups_on_the_cpu_and_groups_large_ones(monkeypatch):
-    """``impl="auto"`` follows the measured crossover table: tiled at or below its rows-per-block
-    ratio for the block width, grouped_mm above it."""
+def test_auto_tiles_many_narrow_small_groups_on_the_cpu_and_groups_the_rest(monkeypatch):
+    """``impl="auto"`` follows the measured crossover region: tiled for many narrow blocks with few
+    rows each, grouped_mm elsewhere."""
     from nli_routing.routing import bank as bank_mod
 
-    monkeypatch.setattr(bank_mod, "AUTO_TILED_ROWS_PER_GROUP", {0: 4.0, 64: 16.0})
-    b8, b64 = LinearBank(8, 8, 8), LinearBank(8, 64, 64)
-    assert b8.resolve_impl(torch.randn(32, 8)) == "tiled"
-    assert b8.resolve_impl(torch.randn(33, 8)) == "grouped_mm"
-    assert b64.resolve_impl(torch.randn(128, 64)) == "tiled"
-    assert b64.resolve_impl(torch.randn(129, 64)) == "grouped_mm"
-    assert LinearBank(1, 8, 8).resolve_impl(torch.randn(2, 8)) == "grouped_mm"  # one block: nothing to tile
+    monkeypatch.setattr(bank_mod, "AUTO_TILED", {"max_in_dim": 16, "min_blocks": 8, "max_rows_per_group": 4})
+    narrow, wide, few = LinearBank(8, 16, 16), LinearBank(8, 32, 32), LinearBank(4, 16, 16)
+    assert narrow.resolve_impl(torch.randn(32, 16)) == "tiled"
+    assert narrow.resolve_impl(torch.randn(33, 16)) == "grouped_mm"  # more than 4 rows per block
+    assert wide.resolve_impl(torch.randn(8, 32)) == "grouped_mm"  # too wide
+    assert few.resolve_impl(torch.randn(8, 16)) == "grouped_mm"  # too few blocks
+    assert LinearBank(8, 16, 16, impl="tiled").resolve_impl(torch.randn(999, 16)) == "tiled"  # asked for
 
 
 def test_residual_gates_start_at_gate_init():

@@ -21,8 +21,8 @@ the rows sorted by block id; the bank computes every block's group in one call, 
 * ``impl="gather"``: each row's own weight gathered (``[N, in, out]``) into one batched matmul of
   ``[N, 1, in]`` rows: no padding, no host read, N weight copies of memory traffic;
 * ``impl="auto"`` (default): per shape, by the crossover measured on this project's CPU
-  (:data:`AUTO_TILED_ROWS_PER_GROUP`, ``benchmarks/bank_crossover.py``): ``tiled`` where the
-  groups are small (few rows per block), ``grouped_mm`` where this torch build supports it for the
+  (:data:`AUTO_TILED`, ``benchmarks/bank_crossover.py``): ``tiled`` for many narrow blocks with
+  few rows each, else ``grouped_mm`` where this torch build supports it for the
   input (CPU float32/bfloat16/float16, CUDA bfloat16 on compute capability >= 9), else ``loop``. On a
   GPU ``grouped_mm`` (one kernel, no host read) is kept whenever it is supported.
 
@@ -41,30 +41,26 @@ from torch import Tensor, nn
 
 BANK_ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda x: x}
 BANK_IMPLS = ("auto", "grouped_mm", "loop", "dense", "tiled", "gather")
-#: ``impl="auto"`` on the CPU: ``tiled`` while a batch has at most this many rows per block (``N / G``),
-#: ``grouped_mm`` above, per smallest input width (the entry of the largest key <= the bank's input
-#: width); set from the crossover measured by ``benchmarks/bank_crossover.py`` (BENCHMARKS.md "Issue 33")
-AUTO_TILED_ROWS_PER_GROUP: dict[int, float] = {0: 0.0}
+#: where ``impl="auto"`` tiles on the CPU (else grouped_mm): blocks of input width at most ``max_in_dim``,
+#: at least ``min_blocks`` of them, at most ``max_rows_per_group`` rows per block (``N / G``). Measured by
+#: ``benchmarks/bank_crossover.py --impls grouped_mm dense tiled:8 tiled:32 gather`` on this project's CPU
+#: (BENCHMARKS.md "Issue 33"): tiles of 32 won only with 16-wide blocks and 128 of them (0.81x at 4 rows
+#: per block, 0.92x at 16); with 64-wide blocks, or 8 and 32 blocks, grouped_mm was as fast or faster.
+AUTO_TILED: dict[str, int] = {"max_in_dim": 63, "min_blocks": 128, "max_rows_per_group": 16}
 #: rows per tile of ``impl="tiled"`` (every group padded to whole tiles); measured like the crossover
 DEFAULT_TILE = 32
 
 
 
-def auto_rows_per_group(in_dim: int) -> float:
-    """The largest rows-per-block ratio at which ``impl="auto"`` tiles on the CPU, for blocks of input
-    width ``in_dim`` (:data:`AUTO_TILED_ROWS_PER_GROUP`: the entry of the largest width <= ``in_dim``)."""
-    widths = [w for w in AUTO_TILED_ROWS_PER_GROUP if w <= in_dim]
-    return AUTO_TILED_ROWS_PER_GROUP[max(widths)] if widths else 0.0
-
-
 def resolve_bank_impl(impl: str, x: Tensor, num_blocks: int = 1) -> str:
     """The kernel a bank of ``num_blocks`` blocks runs sorted rows ``x [N, in]`` with: ``impl`` itself,
     or for ``"auto"`` (and ``"dense"`` rows that arrive sorted) the measured choice: ``"tiled"`` on
-    the CPU while ``N / num_blocks`` is at most :func:`auto_rows_per_group`, else ``"grouped_mm"``
-    where this torch build runs it for ``x``, else ``"loop"``."""
+    the CPU in the region of :data:`AUTO_TILED`, else ``"grouped_mm"`` where this torch build runs it
+    for ``x``, else ``"loop"``."""
     if impl not in ("auto", "dense"):
         return impl
-    if x.device.type == "cpu" and num_blocks > 1 and x.shape[0] <= num_blocks * auto_rows_per_group(x.shape[-1]):
+    if (x.device.type == "cpu" and x.shape[-1] <= AUTO_TILED["max_in_dim"] and num_blocks >= AUTO_TILED["min_blocks"]
+            and x.shape[0] <= num_blocks * AUTO_TILED["max_rows_per_group"]):
         return "tiled"
     return "grouped_mm" if grouped_mm_supported(x) else "loop"
 
