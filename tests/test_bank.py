@@ -139,28 +139,39 @@ class HostReads(TorchDispatchMode):
         return super().__exit__(*exc)
 
 
-@pytest.mark.parametrize("allow_stop", [False, True])
-@pytest.mark.parametrize("token_level", [False, True])
-def test_dense_banks_route_a_stack_exactly_like_grouped_ones(allow_stop, token_level):
-    """``impl="dense"`` (every block on every row, no sort) gives a routed stack the values and
-    gradients of the grouped path, decided ahead (tabular) or step by step, token rows included."""
-    outs = {}
-    for impl in ("grouped_mm", "dense"):
-        torch.manual_seed(0)
-        layer = routed_fc_stack([8, 8, 8, 8], 5, 4, recursive=allow_stop, allow_stop=allow_stop, exploration="high",
-                                impl=impl, residual=True, gate_init=0.5)
-        meta = torch.randint(0, 4, (37,))
-        torch.manual_seed(1)
-        x = torch.randn(37, 6, 8, requires_grad=True) if token_level else torch.randn(37, 8, requires_grad=True)
-        y, traj = layer(x, meta)
-        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-        outs[impl] = (y.detach(), traj.actions, x.grad, [p.grad for p in layer.parameters() if p.grad is not None])
-    a, b = outs["grouped_mm"], outs["dense"]
+def _routed_stack_run(impl, width, num_meta, n, allow_stop, token_level=False, tile=0):
+    """Output, actions, input gradient and parameter gradients of a routed residual stack (3 steps of
+    ``width`` 8x8 blocks, exploring tabular routers) over banks of ``impl``, from fixed seeds."""
+    torch.manual_seed(0)
+    layer = routed_fc_stack([8, 8, 8, 8], width, num_meta, recursive=allow_stop, allow_stop=allow_stop,
+                            exploration="high", impl=impl, residual=True, gate_init=0.5)
+    for bank in layer.modules():
+        if isinstance(bank, LinearBank):
+            bank.tile = tile or bank.tile
+    meta = torch.randint(0, num_meta, (n,))
+    torch.manual_seed(1)
+    x = torch.randn(n, 6, 8, requires_grad=True) if token_level else torch.randn(n, 8, requires_grad=True)
+    y, traj = layer(x, meta)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return y.detach(), traj.actions, x.grad, [p.grad for p in layer.parameters() if p.grad is not None]
+
+
+def _assert_same_run(a, b):
     assert torch.equal(a[1], b[1]) and len(a[3]) == len(b[3])
     torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
     for ga, gb in zip(a[3], b[3]):
         torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("allow_stop", [False, True])
+@pytest.mark.parametrize("token_level", [False, True])
+def test_dense_banks_route_a_stack_exactly_like_grouped_ones(allow_stop, token_level):
+    """``impl="dense"`` (every block on every row, no sort) gives a routed stack the values and
+    gradients of the grouped path, decided ahead (tabular) or step by step, token rows included."""
+    a = _routed_stack_run("grouped_mm", 5, 4, 37, allow_stop, token_level)
+    b = _routed_stack_run("dense", 5, 4, 37, allow_stop, token_level)
+    _assert_same_run(a, b)
 
 
 def test_dense_path_makes_rows_in_input_order():
@@ -296,26 +307,9 @@ def test_tiled_and_gathered_banks_route_a_stack_exactly_like_grouped_ones(impl, 
     path) gives the values, actions and gradients of grouped_mm, stopped rows included; among 64
     blocks most groups hold one or two rows and many are empty; tiles of 1 (one weight per row), 3
     (groups split over several tiles) and 32 (one tile per group)."""
-    outs = {}
-    for kind in ("grouped_mm", impl):
-        torch.manual_seed(0)
-        layer = routed_fc_stack([8, 8, 8, 8], 64, 6, recursive=allow_stop, allow_stop=allow_stop,
-                                exploration="high", impl=kind, residual=True, gate_init=0.5)
-        for bank in layer.modules():
-            if isinstance(bank, LinearBank):
-                bank.tile = tile or bank.tile
-        meta = torch.randint(0, 6, (45,))
-        torch.manual_seed(1)
-        x = torch.randn(45, 8, requires_grad=True)
-        y, traj = layer(x, meta)
-        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-        outs[kind] = (y.detach(), traj.actions, x.grad, [p.grad for p in layer.parameters() if p.grad is not None])
-    a, b = outs["grouped_mm"], outs[impl]
-    assert torch.equal(a[1], b[1]) and len(a[3]) == len(b[3])
-    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
-    for ga, gb in zip(a[3], b[3]):
-        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
+    a = _routed_stack_run("grouped_mm", 64, 6, 45, allow_stop)
+    b = _routed_stack_run(impl, 64, 6, 45, allow_stop, tile=tile)
+    _assert_same_run(a, b)
 
 
 def test_tiled_slots_pad_every_group_to_whole_tiles_in_order():

@@ -51,7 +51,6 @@ AUTO_TILED: dict[str, int] = {"max_in_dim": 63, "min_blocks": 128, "max_rows_per
 DEFAULT_TILE = 32
 
 
-
 def resolve_bank_impl(impl: str, x: Tensor, num_blocks: int = 1) -> str:
     """The kernel a bank of ``num_blocks`` blocks runs sorted rows ``x [N, in]`` with: ``impl`` itself,
     or for ``"auto"`` (and ``"dense"`` rows that arrive sorted) the measured choice: ``"tiled"`` on
