@@ -112,6 +112,9 @@ DISPATCH_VARIANTS = {
     "wp-basic/mi-adam": {**THESIS_DISPATCH, "dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
     "wp-rbae-cbow/mi-adam": {**THESIS_DISPATCH, "dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
     "wp-rbae-onehot/mi-adam": {**THESIS_DISPATCH, "dispatch_balance": 1.0, "dispatch_agent_optimizer": "blocks"},
+    # issue 29: the reconstruction reward centred per dispatch class (the recipe defaults otherwise)
+    **{f"{m}/centered": {"dispatch_recon_reward": "agent-centered"} for m in ("wp-rbae-seq", "wp-rbae-cbow",
+                                                                            "wp-rbae-attn", "wp-rbae-onehot")},
     # the thesis' dispatcher training, whatever the recipe defaults are
     **{f"{m}/thesis": dict(THESIS_DISPATCH) for m in ("wp-signature+D", "wp-basic", "wp-rbae-cbow", "wp-rbae-attn",
                                                       "wp-rbae-onehot", "wp-rbae-seq")},

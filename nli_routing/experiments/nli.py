@@ -20,7 +20,7 @@ from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import VARIANTS as SCI_VARIANTS
 from ..data.sci import check_meta_coverage, load_sci, subsample_covering
-from ..models.dispatcher import AGENT_OPTIMIZERS, CBOW_POOLS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, LearnedDispatcher, compact_vocabulary
+from ..models.dispatcher import AGENT_OPTIMIZERS, CBOW_POOLS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, RECON_REWARDS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..routing import LEARNERS, parse_learner_args
 from ..routing.config import check_at_least
@@ -199,6 +199,12 @@ class DispatchArgs:
         metadata={"help": f"the CBOW encoder (rbae-cbow, --dispatch_encoder cbow) and RBAE-CBOW's reconstruction target: "
                           f"one of {CBOW_POOLS} of the word vectors (sum: the thesis' eq. 6.4)"},
     )
+    dispatch_recon_reward: str = field(
+        default="raw",
+        metadata={"help": f"the RBAE's reconstruction reward: one of {RECON_REWARDS} (raw: -L_rec, the thesis; "
+                          "agent-centered: minus the batch mean L_rec of the samples sent to the same class, so a "
+                          "bottleneck trained more earns nothing for it; BENCHMARKS.md issue 29)"},
+    )
 
     def __post_init__(self) -> None:
         if self.dispatch_encoder not in ENCODERS:
@@ -218,6 +224,8 @@ class DispatchArgs:
         parse_learner_args(self.dispatch_learner_args)
         if self.dispatch_cbow_pool not in CBOW_POOLS:
             raise ValueError(f"dispatch_cbow_pool must be one of {CBOW_POOLS}, got {self.dispatch_cbow_pool!r}")
+        if self.dispatch_recon_reward not in RECON_REWARDS:
+            raise ValueError(f"dispatch_recon_reward must be one of {RECON_REWARDS}, got {self.dispatch_recon_reward!r}")
         if self.dispatch_learner not in LEARNERS:
             raise ValueError(f"dispatch_learner: unknown learner {self.dispatch_learner!r}; registered learners: "
                              f"{sorted(LEARNERS)}")
@@ -259,6 +267,7 @@ class DispatchArgs:
             target=settings["target"],
             agent_optimizer=self.dispatch_agent_optimizer,
             cbow_pool=self.dispatch_cbow_pool,
+            recon_reward=self.dispatch_recon_reward,
         )
 
 

@@ -65,6 +65,16 @@ ONLINE_DISPATCHERS = ("basic", "rbae-cbow", "rbae-attn", "rbae-onehot", "rbae-se
 DISPATCH_TARGETS = ("reward", "best-agent", "meta")
 #: which optimizer trains the dispatcher's agent: the routers' (SGD at the router rate) or the blocks'
 AGENT_OPTIMIZERS = ("routers", "blocks")
+#: the RBAE's reconstruction reward: ``raw`` (the thesis, ``-L_rec``) or ``agent-centered`` (minus the
+#: mean ``L_rec`` of the batch's samples sent to the same class; issue 29)
+RECON_REWARDS = ("raw", "agent-centered")
+
+
+def agent_means(values: Tensor, actions: Tensor, k: int) -> Tensor:
+    """``[B]``: for each row, the mean of ``values`` over the rows with the same action (of ``k``)."""
+    sums = values.new_zeros(k).index_add_(0, actions, values)
+    counts = values.new_zeros(k).index_add_(0, actions, torch.ones_like(values))
+    return (sums / counts.clamp_min(1.0))[actions]
 #: sample encoders a dispatcher can read
 ENCODERS = ("cbow", "attn", "onehot", "lstm")
 #: the encoder of each online kind
@@ -255,8 +265,12 @@ class LearnedDispatcher(nn.Module):
         target: str = "reward",
         agent_optimizer: str = "routers",
         cbow_pool: str = "mean",
+        recon_reward: str = "raw",
     ) -> None:
         super().__init__()
+        if recon_reward not in RECON_REWARDS:
+            raise ValueError(f"recon_reward must be one of {RECON_REWARDS}, got {recon_reward!r}")
+        self.recon_reward = recon_reward
         if cbow_pool not in CBOW_POOLS:
             raise ValueError(f"cbow_pool must be one of {CBOW_POOLS}, got {cbow_pool!r}")
         if agent_optimizer not in AGENT_OPTIMIZERS:
@@ -325,6 +339,7 @@ class LearnedDispatcher(nn.Module):
             "exploration": exploration, "detach_state": detach_state, "seed": seed,
             "balance": self.balance, "target": target, "agent_optimizer": agent_optimizer,
             **({"cbow_pool": cbow_pool} if cbow_pool != "mean" else {}),  # (folders saved before it: mean)
+            **({"recon_reward": recon_reward} if recon_reward != "raw" else {}),  # (saved before it: raw)
             "vocab_map_size": None if vocab_map is None else int(vocab_map.numel()),
             "compact_vocab_size": None if vocab_map is None else int(vocab_map.max()) + 1,
         }
@@ -400,10 +415,18 @@ class LearnedDispatcher(nn.Module):
         return DispatchOutput(dec.actions.detach(), traj, recon)
 
     def dispatch_reward(self, out: DispatchOutput, task_reward: Tensor) -> Tensor:
-        """``alpha * R_dispatch + (1 - alpha) * (-L_rec)`` for the RBAE, the task reward otherwise."""
+        """``alpha * R_dispatch + (1 - alpha) * (-L_rec)`` for the RBAE, the task reward otherwise.
+
+        ``recon_reward="agent-centered"``: ``L_rec`` minus the batch's mean ``L_rec`` of the samples
+        dispatched to the same class, so an agent's bottleneck being better trained (having been
+        chosen more) earns nothing; what is rewarded is reconstructing *this* sample better than the
+        agent's other samples."""
         if out.recon_loss is None:
             return task_reward
-        return self.alpha * task_reward + (1.0 - self.alpha) * (-out.recon_loss.detach())
+        rec = out.recon_loss.detach()
+        if self.recon_reward == "agent-centered":
+            rec = rec - agent_means(rec, out.meta, self.num_dispatch)
+        return self.alpha * task_reward + (1.0 - self.alpha) * (-rec)
 
     def fill_target(self, out: DispatchOutput, meta: Tensor | None, agent_losses) -> None:
         """Give a training batch's dispatch its target: the lowest-loss agent (``agent_losses()``, called
