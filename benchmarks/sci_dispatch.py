@@ -115,6 +115,11 @@ DISPATCH_VARIANTS = {
     # issue 29: the reconstruction reward centred per dispatch class (the recipe defaults otherwise)
     **{f"{m}/centered": {"dispatch_recon_reward": "agent-centered"} for m in ("wp-rbae-seq", "wp-rbae-cbow",
                                                                             "wp-rbae-attn", "wp-rbae-onehot")},
+    # issue 29: the agent's input standardised (dispatch_state_norm), alone and with the centred reward
+    **{f"{m}/norm": {"dispatch_state_norm": True} for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn",
+                                                           "wp-rbae-onehot", "wp-signature+D")},
+    **{f"{m}/norm-centered": {"dispatch_state_norm": True, "dispatch_recon_reward": "agent-centered"}
+       for m in ("wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
     # the thesis' dispatcher training, whatever the recipe defaults are
     **{f"{m}/thesis": dict(THESIS_DISPATCH) for m in ("wp-signature+D", "wp-basic", "wp-rbae-cbow", "wp-rbae-attn",
                                                       "wp-rbae-onehot", "wp-rbae-seq")},

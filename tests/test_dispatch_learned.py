@@ -88,6 +88,27 @@ def test_dispatcher_shapes_rewards_and_loss(kind):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.policy.parameters())
 
 
+def test_agent_centered_reconstruction_reward_subtracts_each_class_batch_mean():
+    """recon_reward='agent-centered': R = alpha * task - (1 - alpha) * (L_i - mean of L over i's class)."""
+    from nli_routing.models.dispatcher import DispatchOutput
+
+    d = make("rbae-cbow", k=3)
+    d.recon_reward = "agent-centered"
+    ids, mask, _ = two_group_batch(b=5)
+    out = d(ids, mask)
+    rec = torch.tensor([1.0, 3.0, 10.0, 4.0, 7.0])
+    meta = torch.tensor([0, 0, 1, 2, 2])  # class means 2, 10, 5.5
+    out = DispatchOutput(meta, out.trajectory, rec)
+    task = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0])
+    expected = 0.5 * task - 0.5 * torch.tensor([-1.0, 1.0, 0.0, -1.5, 1.5])
+    torch.testing.assert_close(d.dispatch_reward(out, task), expected)
+    # a class's bottleneck that reconstructs every sample better earns nothing from it
+    shifted = DispatchOutput(meta, out.trajectory, rec - 5.0 * (meta == 2))
+    torch.testing.assert_close(d.dispatch_reward(shifted, task), expected)
+    with pytest.raises(ValueError, match="recon_reward must be one of"):
+        LearnedDispatcher("rbae-cbow", embedding(), 2, recon_reward="centred")
+
+
 @pytest.mark.parametrize(
     "kind,encoder",
     [("basic", None), ("rbae-cbow", None), ("rbae-attn", None), ("rbae-onehot", None), ("rbae-seq", None),

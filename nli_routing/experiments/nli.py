@@ -205,6 +205,12 @@ class DispatchArgs:
                           "agent-centered: minus the batch mean L_rec of the samples sent to the same class, so a "
                           "bottleneck trained more earns nothing for it; BENCHMARKS.md issue 29)"},
     )
+    dispatch_state_norm: bool = field(
+        default=False,
+        metadata={"help": "standardise the dispatcher agent's input per feature with running batch statistics (its "
+                          "encodings vary little between samples, so an unnormalised agent sees nearly one input; "
+                          "BENCHMARKS.md issue 29)"},
+    )
 
     def __post_init__(self) -> None:
         if self.dispatch_encoder not in ENCODERS:
@@ -268,6 +274,7 @@ class DispatchArgs:
             agent_optimizer=self.dispatch_agent_optimizer,
             cbow_pool=self.dispatch_cbow_pool,
             recon_reward=self.dispatch_recon_reward,
+            state_norm=self.dispatch_state_norm,
         )
 
 

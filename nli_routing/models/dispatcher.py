@@ -266,6 +266,7 @@ class LearnedDispatcher(nn.Module):
         agent_optimizer: str = "routers",
         cbow_pool: str = "mean",
         recon_reward: str = "raw",
+        state_norm: bool = False,
     ) -> None:
         super().__init__()
         if recon_reward not in RECON_REWARDS:
@@ -318,6 +319,8 @@ class LearnedDispatcher(nn.Module):
             seed=seed,
             learner_kwargs=learner_kwargs,
         )
+        #: the agent's input standardised per feature with running batch statistics (no affine part)
+        self.state_norm = nn.BatchNorm1d(projection, affine=False, momentum=0.01) if state_norm else None
         self.bottlenecks = self.decoder = None
         if self.rbae:
             self.bottlenecks = nn.ModuleList(
@@ -340,6 +343,7 @@ class LearnedDispatcher(nn.Module):
             "balance": self.balance, "target": target, "agent_optimizer": agent_optimizer,
             **({"cbow_pool": cbow_pool} if cbow_pool != "mean" else {}),  # (folders saved before it: mean)
             **({"recon_reward": recon_reward} if recon_reward != "raw" else {}),  # (saved before it: raw)
+            **({"state_norm": True} if state_norm else {}),  # (saved before it: none)
             "vocab_map_size": None if vocab_map is None else int(vocab_map.numel()),
             "compact_vocab_size": None if vocab_map is None else int(vocab_map.max()) + 1,
         }
@@ -376,6 +380,15 @@ class LearnedDispatcher(nn.Module):
         the default); else none, and the blocks' optimizer trains the whole dispatcher."""
         return list(self.policy.parameters()) if self.agent_optimizer == "routers" else []
 
+    def agent_state(self, z: Tensor) -> Tensor:
+        """The agent's input: the projection ``z``, standardised per feature when ``state_norm`` is on
+        (batch statistics in training, running ones in eval and for a batch of one)."""
+        if self.state_norm is None:
+            return z
+        n = self.state_norm
+        use_batch = self.training and z.shape[0] > 1
+        return F.batch_norm(z, n.running_mean, n.running_var, training=use_batch, momentum=n.momentum, eps=n.eps)
+
     def encode(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self.encoder(ids, mask)
 
@@ -400,7 +413,7 @@ class LearnedDispatcher(nn.Module):
                 raise ValueError("this dispatcher reads premise and hypothesis (pair=True): pass both")
             h = torch.cat([h, self.encode(hypothesis_ids, hypothesis_mask)], 1)
         z = self.project(h)
-        dec = self.policy.decide(z, None, 0)
+        dec = self.policy.decide(self.agent_state(z), None, 0)
         b = z.shape[0]
         traj = Trajectory.from_decisions(
             torch.zeros(b, dtype=torch.long, device=z.device),
