@@ -150,3 +150,36 @@ def test_make_optimizers_fuse_by_default_and_not_when_asked():
     for flag in (True, False):
         block_opt, router_opt = make_optimizers(model, train_cfg(fused_optimizers=flag))
         assert bool(block_opt.defaults.get("fused")) is flag and bool(router_opt.defaults.get("fused")) is flag
+
+
+def test_step_annealing_divides_every_rate_at_the_stated_epochs(monkeypatch):
+    """lr_step_epochs=2, factor 10 (the thesis' image runs: 10 every 20 epochs): the rates the optimizers
+    step with in epochs 0-1, 2-3 and 4 are lr, lr/10 and lr/100, the routers' at ratio x these."""
+    seen = []
+    orig = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        seen.append(tuple(round(g["lr"], 12) for g in self.param_groups))
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    torch.manual_seed(0)
+    model = NLIRoutingModel(NLIModelConfig(route="wp", num_meta=3), weight(), pad_id=0)
+    tc = TrainConfig(epochs=5, lr=0.1, router_lr_ratio=0.5, lr_step_epochs=2, lr_step_factor=10.0, progress=False,
+                     cpu=True, select_best=False)
+    loader = tiny_loader(16, 2)
+    train(model, loader, {"validation": tiny_loader(16, 1)}, tc)
+    per_epoch = len(seen) // 5
+    rates = [sorted({r for step in seen[e * per_epoch:(e + 1) * per_epoch] for r in step}) for e in range(5)]
+    assert rates == [[0.05, 0.1], [0.05, 0.1], [0.005, 0.01], [0.005, 0.01], [0.0005, 0.001]]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"lr_step_epochs": -1}, "lr_step_epochs must be an integer >= 0"),
+    ({"lr_step_epochs": 2.5}, "lr_step_epochs must be an integer >= 0"),
+    ({"lr_step_factor": 1.0}, "lr_step_factor must be a number > 1"),
+    ({"lr_step_factor": float("nan")}, "lr_step_factor must be a number > 1"),
+])
+def test_bad_step_annealing_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)

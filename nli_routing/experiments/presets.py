@@ -45,6 +45,8 @@ THESIS_IMAGE: dict[str, tuple[Any, str]] = {
     "lr": (0.01, "SGD at 1e-2 (issue 32)"),
     "router_lr_ratio": (1.0, "one rate for blocks and routers (assumed: the seeds name one SGD rate)"),
     "rho": (0.3, "rho = 0.3 on MNIST-MTL (issue 32)"),
+    "lr_step_epochs": (20, "SGD's rate annealed by 10 every 20 epochs (issue 32)"),
+    "lr_step_factor": (10.0, "SGD's rate annealed by 10 every 20 epochs (issue 32)"),
 }
 
 PRESETS: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
@@ -58,7 +60,6 @@ NOT_IN_PRESET = {
         "the router learning rate and the table start (not stated)",
     ],
     "image": [
-        "SGD's rate annealed by 10 every 20 epochs (no learning-rate schedule in the loop yet)",
         "routing the final output layer in routing-all-fc (the library keeps per-task heads)",
     ],
 }

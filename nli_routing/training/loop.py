@@ -125,6 +125,12 @@ class TrainConfig:
         },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the blocks"})
+    lr_step_epochs: int = field(
+        default=0,
+        metadata={"help": "divide the blocks' and the routers' learning rates by lr_step_factor every this many epochs "
+                          "(0: constant rates; the thesis' image runs: 20 with factor 10)"},
+    )
+    lr_step_factor: float = field(default=10.0, metadata={"help": "with lr_step_epochs: the divisor (> 1)"})
     seed: int = field(default=0, metadata={"help": "seed of data order and initialisation"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when an accelerator is present"})
     select_best: bool = field(default=True, metadata={"help": "report test metrics at the best validation epoch"})
@@ -172,6 +178,11 @@ class TrainConfig:
             raise ValueError("--hub_model_id needs --push_to_hub")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if isinstance(self.lr_step_epochs, bool) or not isinstance(self.lr_step_epochs, int) or self.lr_step_epochs < 0:
+            raise ValueError(f"lr_step_epochs must be an integer >= 0 (0: constant rates), got {self.lr_step_epochs!r}")
+        if not (math.isfinite(self.lr_step_factor) and self.lr_step_factor > 1.0):
+            raise ValueError(f"lr_step_factor must be a number > 1 (the learning rates are divided by it), "
+                             f"got {self.lr_step_factor}")
         if not self.weight_decay >= 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.resume_from not in (None, "latest") and not (Path(self.resume_from) / LOOP_STATE_FILE).is_file():
@@ -243,6 +254,22 @@ def make_optimizers(
     router_opt = make_optimizer(getattr(cfg, "router_optimizer", "sgd"), router_params, lr,
                                 fused=getattr(cfg, "fused_optimizers", False)) if router_params else None
     return block_opt, router_opt
+
+
+def lr_scale(cfg: "TrainConfig", epoch: int) -> float:
+    """The learning-rate multiplier of ``epoch`` (0-based): ``lr_step_factor ** -(epoch // lr_step_epochs)``."""
+    every = getattr(cfg, "lr_step_epochs", 0)
+    return 1.0 if not every else float(cfg.lr_step_factor) ** -(epoch // every)
+
+
+def apply_lr_steps(optimizers, cfg: "TrainConfig", epoch: int) -> None:
+    """Set each param group's rate to its starting rate times :func:`lr_scale` (a function of the epoch
+    only, so a resumed run gets the same rates)."""
+    scale = lr_scale(cfg, epoch)
+    for opt in optimizers:
+        for group in getattr(opt, "param_groups", ()):
+            base = group.setdefault("initial_lr", group["lr"])
+            group["lr"] = base * scale
 
 
 #: the optimizers torch has a fused kernel for
@@ -476,6 +503,7 @@ def train(
 
     for epoch in range(start_epoch, cfg.epochs):
         unwrapped.set_epoch(epoch)
+        apply_lr_steps((block_opt, router_opt), cfg, epoch)
         model.train()
         total_loss, total_router, steps = 0.0, 0.0, 0
         batches, epoch_rng = train_loader, None
