@@ -328,3 +328,21 @@ def test_the_recipes_dispatcher_defaults_resolve_per_kind():
     thesis = DispatchArgs(dispatch_input="premise", dispatch_target="reward", dispatch_balance=0.0,
                           dispatch_agent_optimizer="routers")
     assert thesis.resolved("two-stage") == {"input": "premise", "target": "reward", "balance": 0.0}
+
+
+def test_state_norm_standardises_the_agent_input_and_starts_its_statistics_at_the_first_batch():
+    """state_norm: in training the agent reads z standardised by the batch's statistics; the running
+    statistics start at the first batch's (not at mean 0 / variance 1), so evaluation on that batch
+    reads the same standardised input; a batch of one uses the running statistics."""
+    d = LearnedDispatcher("rbae-cbow", embedding(), 3, hidden=16, projection=16, bottleneck=4, state_norm=True)
+    z = 0.01 * torch.randn(32, 16) + 0.5  # a small spread around a large shared part, like the encoders'
+    d.train()
+    a = d.agent_state(z)
+    torch.testing.assert_close(a, (z - z.mean(0)) / z.var(0, unbiased=False).add(1e-8).sqrt(), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(d.state_norm.running_mean, z.mean(0))
+    d.eval()
+    torch.testing.assert_close(d.agent_state(z), (z - z.mean(0)) / z.var(0).add(1e-8).sqrt(), rtol=1e-3, atol=1e-3)
+    d.train()
+    one = d.agent_state(z[:1])
+    torch.testing.assert_close(one, (z[:1] - z.mean(0)) / z.var(0).add(1e-8).sqrt(), rtol=1e-3, atol=1e-3)
+    assert LearnedDispatcher("rbae-cbow", embedding(), 3, projection=16).agent_state(z) is z  # off by default

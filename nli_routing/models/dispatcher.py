@@ -319,8 +319,9 @@ class LearnedDispatcher(nn.Module):
             seed=seed,
             learner_kwargs=learner_kwargs,
         )
-        #: the agent's input standardised per feature with running batch statistics (no affine part)
-        self.state_norm = nn.BatchNorm1d(projection, affine=False, momentum=0.01) if state_norm else None
+        #: the agent's input standardised per feature with running batch statistics (no affine part; the
+        #: running statistics start at the first training batch's, then move by 0.1 a step)
+        self.state_norm = nn.BatchNorm1d(projection, affine=False, momentum=0.1, eps=1e-8) if state_norm else None
         self.bottlenecks = self.decoder = None
         if self.rbae:
             self.bottlenecks = nn.ModuleList(
@@ -387,6 +388,12 @@ class LearnedDispatcher(nn.Module):
             return z
         n = self.state_norm
         use_batch = self.training and z.shape[0] > 1
+        if use_batch and int(n.num_batches_tracked) == 0:  # start the running statistics at the first batch's
+            with torch.no_grad():
+                n.running_mean.copy_(z.mean(0))
+                n.running_var.copy_(z.var(0))
+        if use_batch:
+            n.num_batches_tracked.add_(1)
         return F.batch_norm(z, n.running_mean, n.running_var, training=use_batch, momentum=n.momentum, eps=n.eps)
 
     def encode(self, ids: Tensor, mask: Tensor) -> Tensor:
