@@ -149,7 +149,7 @@ def test_each_method_trains_with_the_shared_loop(method, tiny_mtl):
     final = result["final"]["test"]
     assert 0.0 <= final["accuracy"] <= 1.0 and final["n"] == 60 and len(final["accuracy_per_meta"]) == 10
     changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
-    assert any(n.startswith("convs.0") for n in changed)  # the trunk learned
+    assert any(n.startswith(("convs.0", "routed_convs.0")) for n in changed)  # the trunk learned
     assert any(n.startswith("heads.") for n in changed)
     if VISION_METHODS[method][0] == "routed" or method.startswith("routing"):
         assert len(model.routed_layers) == 1 and "routing_entropy_0" in final
@@ -244,3 +244,52 @@ def test_fc_only_base_network_sizes_its_first_layer_from_the_input():
     model = VisionMTLModel(cfg)
     first = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, LinearBank)))
     assert isinstance(first, LinearBank) and first.in_dim == 64
+
+
+def test_no_sharing_gives_each_task_its_own_parameters_in_every_layer():
+    """'Re-examining Routing Networks'' no-sharing baseline: a task's loss reaches only its own conv and
+    FC blocks (and its head); every other parameter's gradient is zero."""
+    torch.manual_seed(0)
+    model = _small("no-sharing", conv_layers=2)
+    model.train()
+    meta = torch.full((6,), 3)
+    out = model(torch.rand(6, 1, 8, 8), meta, torch.zeros(6, dtype=torch.long))
+    out.loss.backward()
+    touched = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert touched and len(model.routed_convs) == 2 and model.conv3 is None
+    for name in touched:
+        assert (".blocks.0.3." in name or "heads" in name or ".3." in name or "routed_fc" in name), name
+    # the conv blocks of other tasks: untouched
+    for i in ("0", "1"):
+        for t, block in enumerate(model.routed_convs[i].blocks[0]):
+            grads = [p.grad for p in block.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+            assert bool(grads) == (t == 3), (i, t)
+    fc_actions = out.trajectories[-1].actions
+    assert torch.equal(fc_actions, meta.unsqueeze(1).expand(6, 3))
+    with pytest.raises(ValueError, match="routed_convs does not combine"):
+        VisionMTLConfig(method="no-sharing", routed_convs="1")
+
+
+def test_routed_convs_route_the_listed_conv_layers_and_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = _small("routing", routed_convs="1,3", conv_width=3)
+    assert sorted(model.routed_convs) == ["0", "2"]
+    assert [name for name, _ in model.named_routed_layers()] == ["conv1", "conv3", "fc"]
+    meta = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    out = model(torch.rand(8, 1, 8, 8), meta, torch.zeros(8, dtype=torch.long))
+    assert len(out.trajectories) == 3
+    assert all(int(t.actions.max()) < 3 for t in out.trajectories[:2])
+    router_ids = {id(p) for p in model.router_parameters()}
+    assert all(id(p) in router_ids for i in ("0", "2") for p in model.routed_convs[i].router.parameters())
+    loss = out.loss + model.router_loss(out, torch.zeros(8, dtype=torch.long))
+    loss.backward()
+    model.save_pretrained(tmp_path / "m")
+    again = VisionMTLModel.from_pretrained(tmp_path / "m")
+    model.eval(), again.eval()
+    x = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(again(x, meta[:4]).logits, model(x, meta[:4]).logits)
+    for bad in ("0", "5", "1,x", "2,2"):
+        with pytest.raises(ValueError, match="routed_convs"):
+            VisionMTLConfig(routed_convs=bad, conv_layers=4)
+    with pytest.raises(ValueError, match="does not read the activation"):
+        _small("routing-single-agent", routed_convs="1")

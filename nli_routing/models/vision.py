@@ -8,8 +8,9 @@ larger than 1x1), then 3 fully connected layers of 128 and a classification head
 Methods (:data:`VISION_METHODS`): the routing variants of Figure 5.1 (``routing`` = routing-all-fc,
 ``routing-recurrent`` (recurrent + pass), ``routing-single-agent``, ``routing-dispatched``,
 ``soft-mixture``) and the baselines ``shared-bottom`` (= ``task-specific-1-fc``),
-``task-specific-all-fc``, ``cross-stitch``, ``fixed-random-fc``, ``fixed-random-conv3`` and
-``task-routing-layer``. The output and the ``router_loss``/``set_epoch``/``router_parameters``
+``task-specific-all-fc``, ``cross-stitch``, ``fixed-random-fc``, ``fixed-random-conv3``,
+``task-routing-layer`` and ``no-sharing`` (every conv and FC layer per task). ``routed_convs`` routes
+conv layers too (learned routing in conv 1 / 1,2,3, "Re-examining Routing Networks"). The output and the ``router_loss``/``set_epoch``/``router_parameters``
 protocol are those of :class:`~nli_routing.models.nli.NLIRoutingModel`, so the shared training
 loop trains every method.
 """
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from ..routing import FixedRandomRouter, LinearBank, RoutedLayer, RouterConfig, Trajectory, grouped_apply
+from ..routing.registry import build_router
 from ..routing.config import check_at_least
 from ..routing.trajectory import check_range
 from .base import RoutedModel, register_model_kind
@@ -45,11 +47,26 @@ VISION_METHODS: dict[str, tuple[str, str | None]] = {
     "fixed-random-fc": ("routed", "fixed-random"),
     "fixed-random-conv3": ("shared", None),
     "task-routing-layer": ("shared", None),
+    # "Re-examining Routing Networks": no parameter shared between tasks (every conv and FC layer per task)
+    "no-sharing": ("task-specific", None),
 }
 
 
 #: how VisionMTLConfig.sigma reads (the share a task keeps, or the share its mask switches off)
 SIGMA_MODES = ("keep", "knockout")
+
+
+def routed_conv_layers(spec: str, conv_layers: int) -> list[int]:
+    """``routed_convs`` (``"1,3"``) as sorted 0-based layer indices; a clear error names a bad entry."""
+    out = []
+    for part in filter(None, (p.strip() for p in str(spec or "").split(","))):
+        if not part.isdigit() or not 1 <= int(part) <= conv_layers:
+            raise ValueError(f"routed_convs: {part!r} is not a conv layer number in 1..{conv_layers} "
+                             f"(comma-separated, e.g. '1,2,3')")
+        out.append(int(part) - 1)
+    if len(set(out)) != len(out):
+        raise ValueError(f"routed_convs lists a layer twice: {spec!r}")
+    return sorted(out)
 
 
 @dataclass
@@ -79,6 +96,13 @@ class VisionMTLConfig(RouterConfig):
                           "0 leaves every unit on for every task)"},
     )
     trl_seed: int = field(default=0, metadata={"help": "seed of the task routing masks"})
+    routed_convs: str = field(
+        default="",
+        metadata={"help": "conv layers (1-based, comma-separated, e.g. '1' or '1,2,3') whose block is chosen per sample "
+                          "by a router ('Re-examining Routing Networks': Routing in Conv 1 / 1,2,3): conv_width blocks "
+                          "each, the method's router (the config's for methods without one); state-free routers only"},
+    )
+    conv_width: int = field(default=0, metadata={"help": "blocks per routed conv layer (0: one per task)"})
     cross_stitch_self: float = field(default=0.9, metadata={"help": "initial cross-stitch weight of a task's own column"})
     reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
     rho: float = field(default=0.0, metadata={"help": "collaboration reward weight in [-1, 1]"})
@@ -91,6 +115,13 @@ class VisionMTLConfig(RouterConfig):
                        fc_layers=1)
         if self.fc_width < 0:
             raise ValueError(f"fc_width must be >= 0 (0: one block per task), got {self.fc_width}")
+        if self.conv_width < 0:
+            raise ValueError(f"conv_width must be >= 0 (0: one block per task), got {self.conv_width}")
+        layers = routed_conv_layers(self.routed_convs, self.conv_layers)
+        if layers and self.method in ("no-sharing", "fixed-random-conv3", "soft-mixture", "routing-recurrent"):
+            raise ValueError(f"routed_convs does not combine with method {self.method!r}")
+        if self.method == "no-sharing" and self.conv_width:
+            raise ValueError("conv_width: method 'no-sharing' has one block per task in every layer")
         if self.sigma_mode not in SIGMA_MODES:
             raise ValueError(f"sigma_mode must be one of {SIGMA_MODES}, got {self.sigma_mode!r}")
         if self.sigma_mode == "keep" and not 0.0 < self.sigma <= 1.0:
@@ -149,7 +180,13 @@ class ConvLayer(nn.Module):
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
 
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
-        x = self.bn(self.conv(x))
+        x = self.conv(x)
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            # a routed block's group of one sample on a 1x1 map has no batch statistics: its running ones
+            bn = self.bn
+            x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        else:
+            x = self.bn(x)
         if self.trl is not None:
             x = self.trl(x, task)
         return self.pool(F.relu(x))
@@ -214,6 +251,9 @@ class VisionMTLModel(RoutedModel):
         names: list[str] = []
         convs, size, cin = [], c.image_size, c.in_channels
         self.conv3: RoutedLayer | None = None
+        #: routed conv layers (``routed_convs``, or every layer for ``no-sharing``), by 0-based index
+        self.routed_convs = nn.ModuleDict()
+        conv_routed = set(range(c.conv_layers)) if c.method == "no-sharing" else set(routed_conv_layers(c.routed_convs, c.conv_layers))
         for i in range(c.conv_layers):
             pool = c.pool and size > 1
             # knockout: round(sigma * channels) units off per task, as the Task Routing authors' code counts them
@@ -225,6 +265,12 @@ class VisionMTLModel(RoutedModel):
                 self.conv3 = RoutedLayer([blocks], router, depth=1, recursive=False)
                 routed.append(self.conv3)
                 names.append("conv3")
+                convs.append(nn.Identity())  # placeholder keeps layer numbering
+            elif i in conv_routed:
+                layer = self.routed_conv(c, cin, pool, router_type, i)
+                self.routed_convs[str(i)] = layer
+                routed.append(layer)
+                names.append(f"conv{i + 1}")
                 convs.append(nn.Identity())  # placeholder keeps layer numbering
             else:
                 convs.append(ConvLayer(cin, c.conv_channels, pool, trl))
@@ -262,6 +308,27 @@ class VisionMTLModel(RoutedModel):
         self.heads = TaskHeads(c.fc_hidden, c.num_classes, tasks)
         self.register_routed(list(zip(names, routed)))
 
+    @staticmethod
+    def routed_conv(c: "VisionMTLConfig", cin: int, pool: bool, router_type: str | None, index: int) -> RoutedLayer:
+        """Conv layer ``index`` as a routed layer: ``conv_width`` (0: one per task) conv blocks and a
+        state-free router (the method's; ``no-sharing``: each task always its own block)."""
+        tasks = c.num_meta
+        if c.method == "no-sharing":
+            router = FixedRandomRouter(tasks, 1, tasks, seed=c.router_seed)
+            router.routes.copy_(torch.arange(tasks).unsqueeze(1))
+            width = tasks
+        else:
+            width = c.conv_width or tasks
+            kwargs = c.router_kwargs(seed_offset=100 + index)
+            if router_type is not None:
+                kwargs["router_type"] = router_type
+            router = build_router(kwargs.pop("router_type"), [cin, c.conv_channels], width, tasks, False, **kwargs)
+            if router.reads_state:
+                raise ValueError(f"routed_convs needs a router that does not read the activation (tabular, "
+                                 f"fixed-random, ...); method {c.method!r} with router {c.router!r} reads it")
+        blocks = [ConvLayer(cin, c.conv_channels, pool) for _ in range(width)]
+        return RoutedLayer([blocks], router, depth=1, recursive=False)
+
     def forward(self, pixel_values: Tensor, meta: Tensor | None = None, labels: Tensor | None = None,
                 **_: Tensor) -> VisionMTLOutput:
         if meta is None:
@@ -272,6 +339,9 @@ class VisionMTLModel(RoutedModel):
         for i, layer in enumerate(self.convs):
             if i == 2 and self.conv3 is not None:
                 x, traj = self.conv3(x, meta)
+                trajs.append(traj)
+            elif str(i) in self.routed_convs:
+                x, traj = self.routed_convs[str(i)](x, meta)
                 trajs.append(traj)
             else:
                 x = layer(x, meta)
