@@ -59,10 +59,18 @@ ROWS = [
     ("fixed-random-fc", "fixed-random-fc"),
     ("fixed-random-conv3", "fixed-random-conv3"),
     ("task-routing-layer", "task-routing-layer"),
+    ("no sharing", "no-sharing"),
+    ("routing in conv 1 (+ all fc)", "routing-conv1"),
+    ("routing in conv 1,2,3 (+ all fc)", "routing-conv123"),
 ]
 CORE = ["routing", "shared-bottom", "task-specific-all-fc", "cross-stitch", "soft-mixture",
         "fixed-random-fc", "fixed-random-conv3", "task-routing-layer"]
 EXTRA = ["routing-recurrent", "routing-single-agent", "routing-dispatched"]
+#: method aliases: (VisionMTLConfig.method, other config fields); "Re-examining Routing Networks" Table 2
+ALIASES = {"routing-conv1": ("routing", {"routed_convs": "1"}), "routing-conv123": ("routing", {"routed_convs": "1,2,3"})}
+#: "Re-examining Routing Networks" Table 2's rows (MNIST-MTL), compared with Welch's t-test
+REEXAMINING = ["no-sharing", "shared-bottom", "fixed-random-fc", "fixed-random-conv3", "routing", "routing-conv1",
+               "routing-conv123"]
 #: thesis (Routing Networks, MNIST-MTL): routing beats these by about this many accuracy points
 THESIS_MARGINS = {"task-specific-all-fc": 3.0, "cross-stitch": 9.0}
 
@@ -92,7 +100,8 @@ def accuracy_runs(args, runs: list[dict], out: Path, meta: dict) -> None:
     for seed, method in todo:
         cfg = TrainConfig(epochs=args.epochs, seed=seed, cpu=True, progress=False, batch_size=args.batch_size,
                           **IMAGE_TRAIN_DEFAULTS)
-        res = run_image_method(method, dsd, VisionMTLConfig(), cfg, None)
+        base, fields = ALIASES.get(method, (method, {}))
+        res = run_image_method(base, dsd, VisionMTLConfig(**fields), cfg, None)
         fin = res["final"]
         runs.append({
             "kind": "accuracy", "method": method, "seed": seed,
@@ -231,6 +240,16 @@ def claims(summary: dict, runs: list[dict]) -> list[str]:
             lines.append(f"routing - {other}: {d:+.1f} points (thesis: about +{margin:.0f}); Welch p = {p:.2f}")
         ranked = sorted(acc, key=lambda m: -acc[m]["mean"])
         lines.append(f"ranking by mean test accuracy: {', '.join(ranked)}")
+    for ref in ("no-sharing", "shared-bottom"):  # "Re-examining Routing Networks" Table 2
+        if ref not in acc:
+            continue
+        for other in REEXAMINING:
+            if other == ref or other not in acc:
+                continue
+            d = 100 * (acc[other]["mean"] - acc[ref]["mean"])
+            p = (sps.ttest_ind(vals(other), vals(ref), equal_var=False).pvalue
+                 if min(len(vals(other)), len(vals(ref))) > 1 else float("nan"))
+            lines.append(f"{other} - {ref}: {d:+.1f} points; Welch p = {p:.3f}")
     for variant, by_method in summary["cost"].items():
         for method, c in by_method.items():
             ns = sorted(int(n) for n in c)
