@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(recipe.output_dir)
     results = {}
     for method in recipe.method:
-        res = run_image_method(method, dsd, model_cfg, train_cfg, out / method)
+        res = run_image_method(method, dsd, model_cfg, train_cfg, out / method, data_args.one_task_batches)
         results[method] = {split: res["final"][split]["accuracy"] for split in res["final"]}
         results[method]["best_epoch"] = res["best_epoch"]
         results[method]["train_seconds"] = res["train_seconds"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from accelerate.utils import set_seed
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
@@ -32,6 +33,11 @@ class ImageDataArgs:
     per_class: int = field(default=1000, metadata={"help": "one-vs-rest sets: training samples per class and task"})
     test_per_task: int = field(default=200, metadata={"help": "one-vs-rest sets: test (and validation) samples per task"})
     data_seed: int = field(default=0, metadata={"help": "seed of the task construction"})
+    one_task_batches: bool = field(
+        default=False,
+        metadata={"help": "every training mini-batch holds one task's samples (Strezoski et al.'s Algorithm 1 for the "
+                          "task routing layer); default: batches mix the tasks"},
+    )
 
     def __post_init__(self) -> None:
         check_at_least(self, per_class=1, test_per_task=1)
@@ -60,9 +66,42 @@ def load_image_mtl(args: ImageDataArgs) -> DatasetDict:
     return dsd
 
 
+class OneTaskBatchSampler:
+    """Batches of one task each (Strezoski et al., Algorithm 1): each task's samples shuffled and cut
+    into batches of ``batch_size`` (its last one may be smaller), then the batches of all tasks
+    shuffled. Every sample appears once per epoch; the order is a function of ``seed`` and the epoch
+    (:meth:`set_epoch`, else the number of passes so far), so a resumed run sees the same batches."""
+
+    def __init__(self, tasks, batch_size: int, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tasks = np.asarray(tasks)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        counts = np.unique(self.tasks, return_counts=True)[1]
+        return int(sum(-(-int(c) // self.batch_size) for c in counts))
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = []
+        for t in np.unique(self.tasks):
+            idx = rng.permutation(np.flatnonzero(self.tasks == t))
+            batches += [idx[i:i + self.batch_size].tolist() for i in range(0, len(idx), self.batch_size)]
+        self.epoch += 1
+        for j in rng.permutation(len(batches)):
+            yield batches[j]
+
+
 def run_image_method(method: str, dsd: DatasetDict, model_cfg: VisionMTLConfig, train_cfg: TrainConfig,
-               output_dir: Path | None) -> dict[str, Any]:
-    """Build the method's model for ``dsd`` and train it with the shared loop."""
+                     output_dir: Path | None, one_task_batches: bool = False) -> dict[str, Any]:
+    """Build the method's model for ``dsd`` and train it with the shared loop (``one_task_batches``:
+    every training batch from one task, :class:`OneTaskBatchSampler`)."""
     feats = dsd["train"].features
     channels, height, _ = feats["image"].shape
     cfg = replace(
@@ -73,7 +112,11 @@ def run_image_method(method: str, dsd: DatasetDict, model_cfg: VisionMTLConfig, 
     model = VisionMTLModel(cfg)
     collate = ImageMTLCollator()
     data = dsd.with_format("numpy")
-    train_loader = DataLoader(data["train"], batch_size=train_cfg.batch_size, shuffle=True, collate_fn=collate)
+    if one_task_batches:
+        sampler = OneTaskBatchSampler(data["train"]["task"], train_cfg.batch_size, seed=train_cfg.seed)
+        train_loader = DataLoader(data["train"], batch_sampler=sampler, collate_fn=collate)
+    else:
+        train_loader = DataLoader(data["train"], batch_size=train_cfg.batch_size, shuffle=True, collate_fn=collate)
     evals = {s: DataLoader(data[s], batch_size=train_cfg.eval_batch_size, collate_fn=collate)
              for s in ("validation", "test") if s in data}
     return train(model, train_loader, evals, train_cfg, output_dir, meta_names=feats["task"].names)
