@@ -335,3 +335,27 @@ def test_the_recipe_trains_with_one_task_batches(tmp_path, tiny_mtl):
     assert set(seen) == {1}
     assert len(seen) == sum(-(-int(c) // 8) for c in counts)
     assert 0.0 <= res["final"]["test"]["accuracy"] <= 1.0
+
+
+def test_the_pass_action_in_the_image_models():
+    """routing-recurrent with PASS: the FC router has width + stop + pass actions, and a sample that
+    passes at every step leaves the shared first FC layer's output to the heads unchanged."""
+    torch.manual_seed(0)
+    model = _small("routing-recurrent", allow_pass=True)
+    layer = model.routed_fc
+    assert layer.allow_pass and layer.num_actions == layer.width + 2 and layer.pass_action == layer.width + 1
+    with torch.no_grad():
+        layer.router.table.zero_()
+        layer.router.table[:, :, layer.pass_action] = 1.0
+    model.eval()
+    x, meta = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    out = model(x, meta)
+    assert (out.trajectories[0].actions == layer.pass_action).all()
+    h = x
+    for conv in model.convs:
+        h = conv(h, meta)
+    torch.testing.assert_close(out.logits, model.heads(model.shared_fc(h.flatten(1)), meta))
+    with pytest.raises(ValueError, match="every step must keep its size"):
+        _small("routing", allow_pass=True)  # routing-all-fc's first step changes the size
+    with pytest.raises(ValueError, match="routes none"):
+        VisionMTLConfig(method="shared-bottom", allow_pass=True)

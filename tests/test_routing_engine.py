@@ -193,3 +193,62 @@ def test_rows_of_a_state_reading_router_come_in_input_order():
     y, perm, _ = layer.forward_rows(lambda idx: x if idx is None else x[idx], torch.zeros(3, dtype=torch.long),
                                     torch.tensor([0, 0, 1, 1, 1, 2, 2]))
     assert perm is None and y.shape == x.shape
+
+
+@pytest.mark.parametrize("kind", ["modules", "grouped_mm", "loop"])
+@pytest.mark.parametrize("allow_stop", [False, True])
+def test_pass_action_keeps_the_activation_for_one_step_and_the_sample_goes_on(kind, allow_stop):
+    """The PASS action (ICLR paper, thesis 3.4.2): the sample skips the step (activation unchanged) and
+    still decides at the next one, unlike stop. Agent 0: pass, block 1, pass; agent 1: block 2, pass,
+    block 0; agent 2 (with stop): pass, then stop."""
+    torch.manual_seed(0)
+    width, depth = 3, 3
+    pass_a = width + int(allow_stop)
+    router = TabularRouter(3, depth, width + int(allow_stop) + 1, exploration="none")
+    with torch.no_grad():
+        router.table.zero_()
+        for agent, path in enumerate([[pass_a, 1, pass_a], [2, pass_a, 0], [pass_a, width if allow_stop else 0, 0]]):
+            for t, a in enumerate(path):
+                router.table[agent, t, a] = 1.0
+    layer = RoutedLayer(make_blocks(width, 6, kind), router, depth=depth, allow_stop=allow_stop, allow_pass=True)
+    assert layer.num_actions == width + int(allow_stop) + 1 and layer.pass_action == pass_a
+    layer.eval()
+    x = torch.randn(5, 6)
+    meta = torch.tensor([0, 1, 2, 0, 1])
+    y, traj = layer(x, meta)
+
+    def block(i, v):
+        return layer.blocks[i](v.unsqueeze(0)).squeeze(0) if isinstance(layer.blocks, LinearBank) else layer.blocks[i](v)
+
+    torch.testing.assert_close(y[0], block(1, x[0]))
+    torch.testing.assert_close(y[1], block(0, block(2, x[1])))
+    if allow_stop:
+        torch.testing.assert_close(y[2], x[2])  # pass, then stop: untouched
+        assert traj.active[2].tolist() == [True, True, False]
+    else:
+        torch.testing.assert_close(y[2], block(0, block(0, x[2])))
+    assert traj.active[0].tolist() == [True, True, True]  # passing never ends a path
+    assert traj.actions[0].tolist() == [pass_a, 1, pass_a]
+
+
+def test_pass_action_needs_a_router_with_the_extra_action_and_shape_keeping_steps():
+    from nli_routing.models.blocks import routed_fc_stack
+
+    with pytest.raises(ValueError, match=r"3 blocks \+ pass"):
+        RoutedLayer([nn.Linear(2, 2)] * 3, TabularRouter(1, 1, 3), depth=1, allow_pass=True)
+    with pytest.raises(ValueError, match="every step must keep its size"):
+        routed_fc_stack([8, 4], 2, 1, allow_pass=True)
+    # a router that reads the activation decides step by step (forward_steps): same rule
+    torch.manual_seed(1)
+    layer = routed_fc_stack([4, 4, 4], 2, 3, allow_pass=True, router_type="approx", exploration="high")
+    assert layer.router.num_actions == 3
+    x = torch.randn(40, 4)
+    y, traj = layer(x, torch.randint(0, 3, (40,)))
+    assert (traj.actions == 2).any() and (traj.actions < 2).any()
+    for i in range(40):
+        v = x[i:i + 1]
+        for t in range(2):
+            a = int(traj.actions[i, t])
+            if a != 2:
+                v = layer.blocks[t][a](v)
+        torch.testing.assert_close(y[i:i + 1], v)

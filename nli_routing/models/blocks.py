@@ -57,6 +57,7 @@ def routed_fc_stack(
     router_type: str = "tabular",
     impl: str = "auto",
     gate_init: float = 0.0,
+    allow_pass: bool = False,
     **router_kwargs,
 ) -> RoutedLayer:
     """A routed stack of FC blocks; the router comes from :func:`build_router` (``router_kwargs``).
@@ -73,6 +74,8 @@ def routed_fc_stack(
     depth = len(dims) - 1
     if depth < 1:
         raise ValueError(f"need at least two dims for one routed step, got {dims}")
+    if allow_pass and len(set(dims)) != 1:
+        raise ValueError(f"the PASS action keeps a sample's activation: every step must keep its size, got dims {dims}")
     if recursive:
         if len(set(dims)) != 1:
             raise ValueError(f"recursive routing keeps the dimension; got dims {dims}")
@@ -80,7 +83,9 @@ def routed_fc_stack(
     else:
         blocks = [LinearBank(width, dims[t], dims[t + 1], activation, residual=residual, impl=impl, gate_init=gate_init)
                   for t in range(depth)]
+    if router_type == "soft" and allow_pass:
+        raise ValueError("the PASS action needs a router (not the soft mixture)")
     if router_type == "soft":
         return SoftMixtureLayer(blocks, depth, num_meta, recursive=recursive)
-    router = build_router(router_type, dims, width, num_meta, allow_stop, **router_kwargs)
-    return RoutedLayer(blocks, router, depth=depth, recursive=recursive, allow_stop=allow_stop)
+    router = build_router(router_type, dims, width, num_meta, allow_stop, allow_pass=allow_pass, **router_kwargs)
+    return RoutedLayer(blocks, router, depth=depth, recursive=recursive, allow_stop=allow_stop, allow_pass=allow_pass)

@@ -103,6 +103,12 @@ class VisionMTLConfig(RouterConfig):
                           "each, the method's router (the config's for methods without one); state-free routers only"},
     )
     conv_width: int = field(default=0, metadata={"help": "blocks per routed conv layer (0: one per task)"})
+    allow_pass: bool = field(
+        default=False,
+        metadata={"help": "routed FC layers get the PASS action (the ICLR paper's skip: the sample keeps its activation "
+                          "for that step and goes on; needs steps that keep the size, e.g. routing-recurrent or "
+                          "--conv_layers with fc dims equal)"},
+    )
     cross_stitch_self: float = field(default=0.9, metadata={"help": "initial cross-stitch weight of a task's own column"})
     reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
     rho: float = field(default=0.0, metadata={"help": "collaboration reward weight in [-1, 1]"})
@@ -115,6 +121,10 @@ class VisionMTLConfig(RouterConfig):
                        fc_layers=1)
         if self.fc_width < 0:
             raise ValueError(f"fc_width must be >= 0 (0: one block per task), got {self.fc_width}")
+        if self.allow_pass and VISION_METHODS[self.method][0] not in ("routed", "recurrent"):
+            raise ValueError(f"allow_pass adds an action to routed FC layers; method {self.method!r} routes none")
+        if self.allow_pass and VISION_METHODS[self.method][1] == "soft":
+            raise ValueError("allow_pass: the soft mixture has no router to choose PASS")
         if self.conv_width < 0:
             raise ValueError(f"conv_width must be >= 0 (0: one block per task), got {self.conv_width}")
         layers = routed_conv_layers(self.routed_convs, self.conv_layers)
@@ -289,7 +299,8 @@ class VisionMTLModel(RoutedModel):
         elif kind == "recurrent":  # a shared first FC layer, then recursive routing with a pass action
             self.shared_fc = fc_block(flat, c.fc_hidden)
             self.routed_fc = routed_fc_stack(
-                [c.fc_hidden] * c.fc_layers, width, tasks, recursive=True, allow_stop=True, **c.router_kwargs()
+                [c.fc_hidden] * c.fc_layers, width, tasks, recursive=True, allow_stop=True, allow_pass=c.allow_pass,
+                **c.router_kwargs()
             )
         elif kind == "task-specific":  # one block per task per layer, the task's own block always
             self.routed_fc = routed_fc_stack(dims, tasks, tasks, router_type="fixed-random", seed=0)
@@ -301,7 +312,7 @@ class VisionMTLModel(RoutedModel):
                 kwargs["router_type"] = router_type
             if kwargs["router_type"] == "soft":
                 kwargs = {"router_type": "soft"}
-            self.routed_fc = routed_fc_stack(dims, width, tasks, recursive=False, **kwargs)
+            self.routed_fc = routed_fc_stack(dims, width, tasks, recursive=False, allow_pass=c.allow_pass, **kwargs)
         if self.routed_fc is not None:
             routed.append(self.routed_fc)
             names.append("fc")

@@ -28,6 +28,9 @@ class RoutedLayer(nn.Module):
       all of the same width.
     * ``allow_stop``: adds a stop action (index ``width``): the sample keeps its current activation
       and takes no further decisions. Requires blocks that keep the activation's shape.
+    * ``allow_pass``: adds a PASS action (the ICLR paper's and thesis 3.4.2's skip; index ``width``,
+      or ``width + 1`` after stop): the sample keeps its activation for this step and goes on deciding
+      at the next. Requires blocks that keep the activation's shape; not with relaxed routers.
 
     ``forward(x, meta, mask=None, segments=None)`` returns ``(output, trajectory)``. ``x`` is
     ``[B, D]`` or token-level ``[B, T, D]`` (all tokens of a sample follow the sample's path);
@@ -51,6 +54,7 @@ class RoutedLayer(nn.Module):
         recursive: bool = True,
         allow_stop: bool = False,
         state_fn: Callable[[Tensor, Tensor | None], Tensor] = mean_state,
+        allow_pass: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -58,6 +62,7 @@ class RoutedLayer(nn.Module):
         self.depth = depth
         self.recursive = recursive
         self.allow_stop = allow_stop
+        self.allow_pass = allow_pass
         self.state_fn = state_fn
         if recursive:
             self.blocks = blocks if isinstance(blocks, LinearBank) else nn.ModuleList(blocks)
@@ -74,12 +79,15 @@ class RoutedLayer(nn.Module):
             self.width = widths.pop()
         if self.width < 1:
             raise ValueError("a routed layer needs at least one block")
-        self.num_actions = self.width + int(allow_stop)
+        self.num_actions = self.width + int(allow_stop) + int(allow_pass)
         if router.num_actions != self.num_actions:
             raise ValueError(
                 f"router has {router.num_actions} actions but the layer needs {self.num_actions} "
-                f"({self.width} blocks{' + stop' if allow_stop else ''})"
+                f"({self.width} blocks{' + stop' if allow_stop else ''}{' + pass' if allow_pass else ''})"
             )
+        if allow_pass and router.relaxed:
+            raise ValueError("the PASS action (allow_pass) does not work with relaxed routers (gumbel, relax): a "
+                             "passed sample's output would carry no gradient to its choice")
         self.router = router
 
     @property
@@ -90,6 +98,21 @@ class RoutedLayer(nn.Module):
     @property
     def stop_action(self) -> int | None:
         return self.width if self.allow_stop else None
+
+    @property
+    def pass_action(self) -> int | None:
+        return self.width + int(self.allow_stop) if self.allow_pass else None
+
+    @property
+    def keeps_rows(self) -> bool:
+        """Whether some rows keep their activation at a step (stop or pass): the identity group."""
+        return self.allow_stop or self.allow_pass
+
+    def identity_groups(self, groups: Tensor, actions: Tensor) -> Tensor:
+        """``groups`` with the rows that chose PASS sent to the identity group (``width``)."""
+        if not self.allow_pass:
+            return groups
+        return groups.masked_fill(actions == self.pass_action, self.width)
 
     def step_blocks(self, t: int) -> Sequence[nn.Module]:
         return self.blocks if self.recursive else self.blocks[t]
@@ -160,14 +183,14 @@ class RoutedLayer(nn.Module):
         scales: list[Tensor] = []
         for t in range(self.depth):
             dec = rp.decide(t, x, mask, segments, active)
-            groups = dec.actions.masked_fill(~active, self.width)
+            groups = self.identity_groups(dec.actions.masked_fill(~active, self.width), dec.actions)
             scale = rp.scale(dec)
             if scale is not None:
                 scales.append(scale)
             if segments is not None:
                 groups = groups[segments]
                 scale = None if scale is None else scale[segments]
-            x = grouped_apply(x, groups, self.step_blocks(t), scale, identity=self.allow_stop)
+            x = grouped_apply(x, groups, self.step_blocks(t), scale, identity=self.keeps_rows)
             if self.allow_stop:
                 active = active & (dec.actions != self.width)
         traj = rp.trajectory(self.depth)
@@ -200,7 +223,7 @@ class RoutedLayer(nn.Module):
             active = (stop.cumsum(1) - stop) == 0
         else:
             active = torch.ones_like(actions, dtype=torch.bool)
-        groups = actions.masked_fill(~active, self.width)
+        groups = self.identity_groups(actions.masked_fill(~active, self.width), actions)
         scale = rp.scale(path)
         row_scale = scale  # per row of x (packed input: per token)
         if segments is not None:
@@ -211,7 +234,7 @@ class RoutedLayer(nn.Module):
             x = make_rows(None) if make_rows is not None else x
             for t in range(depth):
                 x = self.step_blocks(t).dense_forward(
-                    x, groups[:, t], None if row_scale is None else row_scale[:, t], identity=self.allow_stop)
+                    x, groups[:, t], None if row_scale is None else row_scale[:, t], identity=self.keeps_rows)
             if scale is not None and self.allow_stop:
                 x = self.scale_stopped(x, actions, active, scale, segments)
             if make_rows is not None:
@@ -239,7 +262,7 @@ class RoutedLayer(nn.Module):
                 sorted_g[t],
                 self.step_blocks(t),
                 None if row_scale is None else row_scale[:, t].index_select(0, order[t]),
-                identity=self.allow_stop,
+                identity=self.keeps_rows,
                 offsets=None if offsets is None else offsets[t],
             )
         if make_rows is not None:

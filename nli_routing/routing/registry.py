@@ -29,6 +29,7 @@ class RouterSpec:
     width: int
     num_meta: int
     allow_stop: bool = False
+    allow_pass: bool = False
     learner: str | Router = "qlearning"
     exploration: str | dict = "med"
     seed: int = 0
@@ -45,7 +46,7 @@ class RouterSpec:
 
     @property
     def actions(self) -> int:
-        return self.width + int(self.allow_stop)
+        return self.width + int(self.allow_stop) + int(self.allow_pass)
 
     def common(self, learner_kwargs: dict | None = None) -> dict:
         """The learner arguments every router takes."""
