@@ -35,8 +35,10 @@ optimizer steps. Sections:
 ``mlp-256`` repeats section 1's MLP with blocks of 256x256 (no target: it shows how the fixed cost of
 routing shrinks against the arithmetic).
 
-Routers start fresh: their tables tie, so every sample takes a uniformly random block (every block
-of a layer is used in every batch: the worst case for grouping). Writes ``<output>.json`` and a
+Routers start fresh at the library's defaults: their tables tie and ties go to the lowest index (the
+learners' ``ties="lowest"``), so greedy decisions take block 0 and only the exploring share of the
+samples spreads over the other blocks (about 90% of the MLP rows take block 0: a skewed batch, not
+the worst case for grouping; ``benchmarks/bank_crossover.py --routes uniform`` measures that). Writes ``<output>.json`` and a
 plot of the scaling section to ``<output>.png``; where a target is missed, the JSON holds a profile
 of the routed step (time per phase and the top operators).
 """
