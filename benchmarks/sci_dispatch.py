@@ -118,6 +118,9 @@ DISPATCH_VARIANTS = {
     # issue 29: the agent's input standardised (dispatch_state_norm), alone and with the centred reward
     **{f"{m}/norm": {"dispatch_state_norm": True} for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn",
                                                            "wp-rbae-onehot", "wp-signature+D")},
+    # ... and the agent's loss training the RBAE encoder too (its input no longer saturates)
+    **{f"{m}/norm-enc": {"dispatch_state_norm": True, "dispatch_agent_to_encoder": True}
+       for m in ("wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
     **{f"{m}/norm-centered": {"dispatch_state_norm": True, "dispatch_recon_reward": "agent-centered"}
        for m in ("wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
     # the thesis' dispatcher training, whatever the recipe defaults are

@@ -205,6 +205,12 @@ class DispatchArgs:
                           "agent-centered: minus the batch mean L_rec of the samples sent to the same class, so a "
                           "bottleneck trained more earns nothing for it; BENCHMARKS.md issue 29)"},
     )
+    dispatch_agent_to_encoder: bool | None = field(
+        default=None,
+        metadata={"help": "whether the dispatcher agent's loss (and the mutual-information term) trains its encoder "
+                          "(default: yes for basic and two-stage, no for the RBAE kinds, whose encoders learn from the "
+                          "reconstruction only; BENCHMARKS.md issue 29)"},
+    )
     dispatch_state_norm: bool = field(
         default=False,
         metadata={"help": "standardise the dispatcher agent's input per feature with running batch statistics (its "
@@ -275,6 +281,7 @@ class DispatchArgs:
             cbow_pool=self.dispatch_cbow_pool,
             recon_reward=self.dispatch_recon_reward,
             state_norm=self.dispatch_state_norm,
+            detach_state=None if self.dispatch_agent_to_encoder is None else not self.dispatch_agent_to_encoder,
         )
 
 
