@@ -346,3 +346,26 @@ def test_state_norm_standardises_the_agent_input_and_starts_its_statistics_at_th
     one = d.agent_state(z[:1])
     torch.testing.assert_close(one, (z[:1] - z.mean(0)) / z.var(0).add(1e-8).sqrt(), rtol=1e-3, atol=1e-3)
     assert LearnedDispatcher("rbae-cbow", embedding(), 3, projection=16).agent_state(z) is z  # off by default
+
+
+@pytest.mark.parametrize("flag,detached", [(None, True), (True, False), (False, True)])
+def test_the_agent_reaches_the_rbae_encoder_only_when_asked(flag, detached):
+    """--dispatch_agent_to_encoder: the agent's loss trains the RBAE encoder (default: reconstruction only)."""
+    vocab_map = compact_vocabulary([list(range(1, VOCAB))], VOCAB)
+    model = NLIRoutingModel(NLIModelConfig(route="wp", num_meta=2), embedding().weight, pad_id=0)
+    d = DispatchArgs(dispatch_agent_to_encoder=flag, dispatch_state_norm=True).build("rbae-seq", model, 2, vocab_map, 0)
+    assert d.policy.detach_state is detached and d.state_norm is not None
+    ids, mask, _ = two_group_batch(b=16)
+    out = d(ids, mask)
+    for p in d.parameters():
+        p.grad = None
+    d.loss(DispatchOutputNoRecon(out), torch.ones(16)).backward()
+    enc_grad = sum(float(p.grad.abs().sum()) for p in d.encoder.parameters() if p.grad is not None)
+    assert (enc_grad == 0.0) is detached
+
+
+def DispatchOutputNoRecon(out):
+    """The dispatch without its reconstruction loss: only the agent's loss (and the MI term) remain."""
+    from nli_routing.models.dispatcher import DispatchOutput
+
+    return DispatchOutput(out.meta, out.trajectory, None)
