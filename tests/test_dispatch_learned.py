@@ -322,12 +322,20 @@ def test_the_recipes_dispatcher_defaults_resolve_per_kind():
     from nli_routing.experiments.nli import DispatchArgs
 
     d = DispatchArgs()
-    assert d.resolved("two-stage") == {"input": "pair", "target": "meta", "balance": 0.0}
+    enc = {"state_norm": False, "agent_to_encoder": True}
+    assert d.resolved("two-stage") == {"input": "pair", "target": "meta", "balance": 0.0, **enc}
     for kind in ONLINE_DISPATCHERS:
-        assert d.resolved(kind) == {"input": "premise", "target": "reward", "balance": 1.0}
+        own = {"state_norm": kind == "rbae-seq", "agent_to_encoder": kind in ("basic", "rbae-seq")}
+        assert d.resolved(kind) == {"input": "premise", "target": "reward", "balance": 1.0, **own}
     thesis = DispatchArgs(dispatch_input="premise", dispatch_target="reward", dispatch_balance=0.0,
-                          dispatch_agent_optimizer="routers")
-    assert thesis.resolved("two-stage") == {"input": "premise", "target": "reward", "balance": 0.0}
+                          dispatch_agent_optimizer="routers", dispatch_state_norm=False, dispatch_agent_to_encoder=False)
+    assert thesis.resolved("two-stage") == {"input": "premise", "target": "reward", "balance": 0.0,
+                                            "state_norm": False, "agent_to_encoder": False}
+    assert thesis.resolved("rbae-seq")["agent_to_encoder"] is False
+    # the thesis preset sets no state norm; rbae-seq's encoder then learns from the reconstruction only
+    preset = DispatchArgs(dispatch_state_norm=False)
+    assert preset.resolved("rbae-seq") == {**d.resolved("rbae-seq"), "state_norm": False, "agent_to_encoder": False}
+    assert preset.resolved("basic")["agent_to_encoder"] is True
 
 
 def test_state_norm_standardises_the_agent_input_and_starts_its_statistics_at_the_first_batch():
@@ -348,12 +356,14 @@ def test_state_norm_standardises_the_agent_input_and_starts_its_statistics_at_th
     assert LearnedDispatcher("rbae-cbow", embedding(), 3, projection=16).agent_state(z) is z  # off by default
 
 
-@pytest.mark.parametrize("flag,detached", [(None, True), (True, False), (False, True)])
-def test_the_agent_reaches_the_rbae_encoder_only_when_asked(flag, detached):
-    """--dispatch_agent_to_encoder: the agent's loss trains the RBAE encoder (default: reconstruction only)."""
+@pytest.mark.parametrize("kind,flag,detached", [("rbae-attn", None, True), ("rbae-seq", None, False),
+                                               ("rbae-attn", True, False), ("rbae-seq", False, True)])
+def test_the_agent_reaches_the_rbae_encoder_only_when_asked(kind, flag, detached):
+    """--dispatch_agent_to_encoder: the agent's loss trains the RBAE encoder (default: reconstruction only,
+    but for rbae-seq)."""
     vocab_map = compact_vocabulary([list(range(1, VOCAB))], VOCAB)
     model = NLIRoutingModel(NLIModelConfig(route="wp", num_meta=2), embedding().weight, pad_id=0)
-    d = DispatchArgs(dispatch_agent_to_encoder=flag, dispatch_state_norm=True).build("rbae-seq", model, 2, vocab_map, 0)
+    d = DispatchArgs(dispatch_agent_to_encoder=flag, dispatch_state_norm=True).build(kind, model, 2, vocab_map, 0)
     assert d.policy.detach_state is detached and d.state_norm is not None
     ids, mask, _ = two_group_batch(b=16)
     out = d(ids, mask)

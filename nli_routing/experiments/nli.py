@@ -208,14 +208,15 @@ class DispatchArgs:
     dispatch_agent_to_encoder: bool | None = field(
         default=None,
         metadata={"help": "whether the dispatcher agent's loss (and the mutual-information term) trains its encoder "
-                          "(default: yes for basic and two-stage, no for the RBAE kinds, whose encoders learn from the "
-                          "reconstruction only; BENCHMARKS.md issue 29)"},
+                          "(default: yes for basic and two-stage, and for rbae-seq with its input standardised; no for "
+                          "the other RBAE kinds, whose encoders learn from the reconstruction only; rbae-seq's "
+                          "saturates without it; BENCHMARKS.md issue 29)"},
     )
-    dispatch_state_norm: bool = field(
-        default=False,
-        metadata={"help": "standardise the dispatcher agent's input per feature with running batch statistics (its "
-                          "encodings vary little between samples, so an unnormalised agent sees nearly one input; "
-                          "BENCHMARKS.md issue 29)"},
+    dispatch_state_norm: bool | None = field(
+        default=None,
+        metadata={"help": "standardise the dispatcher agent's input per feature with running batch statistics (default: "
+                          "on for rbae-seq, whose encodings differ by ~1e-3 between samples so its agent saw one "
+                          "input and collapsed on SCI; off for the other kinds; BENCHMARKS.md issue 29)"},
     )
 
     def __post_init__(self) -> None:
@@ -251,12 +252,18 @@ class DispatchArgs:
                              f"(--two_stage or a '+D' name), not the online dispatcher {overrides['dispatch']!r}")
 
     def resolved(self, kind: str) -> dict[str, Any]:
-        """``{"input", "target", "balance"}`` of a dispatcher of ``kind`` (the ``auto`` / unset values resolved)."""
+        """``{"input", "target", "balance", "state_norm", "agent_to_encoder"}`` of a dispatcher of ``kind``
+        (the ``auto`` / unset values resolved)."""
         two_stage = kind == "two-stage"
         target = self.dispatch_target if self.dispatch_target != "auto" else ("meta" if two_stage else "reward")
         source = self.dispatch_input if self.dispatch_input != "auto" else ("pair" if two_stage else "premise")
         balance = self.dispatch_balance if self.dispatch_balance is not None else (1.0 if target == "reward" else 0.0)
-        return {"input": source, "target": target, "balance": balance}
+        seq = kind == "rbae-seq"  # issue 29: its encoder saturates and its agent collapses without both
+        norm = self.dispatch_state_norm if self.dispatch_state_norm is not None else seq
+        to_encoder = (self.dispatch_agent_to_encoder if self.dispatch_agent_to_encoder is not None
+                      else (seq and norm) or not kind.startswith("rbae-"))
+        return {"input": source, "target": target, "balance": balance, "state_norm": norm,
+                "agent_to_encoder": to_encoder}
 
     def build(self, kind: str, model: NLIRoutingModel, num_dispatch: int, vocab_map, seed: int) -> LearnedDispatcher:
         """The dispatcher of ``kind`` for ``model`` (sharing its frozen word vectors)."""
@@ -280,8 +287,8 @@ class DispatchArgs:
             agent_optimizer=self.dispatch_agent_optimizer,
             cbow_pool=self.dispatch_cbow_pool,
             recon_reward=self.dispatch_recon_reward,
-            state_norm=self.dispatch_state_norm,
-            detach_state=None if self.dispatch_agent_to_encoder is None else not self.dispatch_agent_to_encoder,
+            state_norm=settings["state_norm"],
+            detach_state=not settings["agent_to_encoder"],
         )
 
 

@@ -34,6 +34,8 @@ THESIS_NLI: dict[str, tuple[Any, str]] = {
     "dispatch_agent_optimizer": ("routers", "the agent trains with the routers (README 'Defaults that differ from the thesis')"),
     "dispatch_warm_start": (False, "a new dispatcher for the nested data (README 'Defaults that differ from the thesis')"),
     "dispatch_cbow_pool": ("sum", "thesis eq. 6.4: RBAE-CBOW sums the word vectors (issue 32)"),
+    "dispatch_state_norm": (False, "the agent reads the encoding as it is, and RBAE-seq's encoder learns from the "
+                                   "reconstruction only (README 'Defaults that differ from the thesis')"),
     "meta_keyword_mode": ("tokens", "thesis 5.3.2: 'special keywords put in front of each sentence before encoding' "
                                     "(issue 32)"),
 }
