@@ -31,6 +31,9 @@ SETTINGS = {
     "mi-adam": {"balance": 1.0, "agent_optimizer": "blocks"},
     "best-agent": {"target": "best-agent"},
     "meta": {"target": "meta"},  # two-stage only
+    # issue 29 (continued): the agent's input standardised, alone and with the agent training the encoder
+    "mi-adam-norm": {"balance": 1.0, "agent_optimizer": "blocks", "state_norm": True},
+    "mi-adam-norm-enc": {"balance": 1.0, "agent_optimizer": "blocks", "state_norm": True, "detach_state": False},
 }
 
 

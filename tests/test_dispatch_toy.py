@@ -12,6 +12,10 @@ only RBAE-onehot with the mutual-information term and its agent on the blocks' A
 accuracy 0.53 / 1.00 / 1.00) on two of three, and under the thesis' training no online kind passes on any
 seed (accuracy 0.33-0.34). The failing kinds are
 kept here as strict expected failures (seed 0), so a fix shows up as an unexpected pass.
+With the agent's input standardised (``state_norm``) RBAE-seq recovers the groups on 3 seeds (NMI 0.99 /
+1.00 / 1.00, accuracy 0.95 / 1.00 / 1.00: seed 0 misses the accuracy bar), but on SCI it still collapses;
+rbae-seq's recipe default (the input standardised and the agent training the encoder, which keeps it off
+the collapse on SCI) scores NMI 0.50 / 0.60 / 0.31 here (``benchmarks/dispatch_toy.py``, issue 29 continued).
 """
 
 import functools
