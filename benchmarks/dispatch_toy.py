@@ -34,6 +34,7 @@ SETTINGS = {
     # issue 29 (continued): the agent's input standardised, alone and with the agent training the encoder
     "mi-adam-norm": {"balance": 1.0, "agent_optimizer": "blocks", "state_norm": True},
     "mi-adam-norm-enc": {"balance": 1.0, "agent_optimizer": "blocks", "state_norm": True, "detach_state": False},
+    "mi-adam-centered": {"balance": 1.0, "agent_optimizer": "blocks", "recon_reward": "agent-centered"},  # RBAE only
 }
 
 
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     for kind in args.kinds:
         for setting in args.settings:
             if setting == "meta" and kind != "two-stage":
+                continue
+            if setting == "mi-adam-centered" and not kind.startswith("rbae-"):
                 continue
             for seed in args.seeds:
                 record(kind, setting, seed, **SETTINGS[setting])
