@@ -23,7 +23,8 @@ from typing import Any
 
 
 from nli_routing.experiments.recipe import parse_recipe
-from nli_routing.experiments.image import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_image_method
+from nli_routing.experiments.image import (IMAGE_TRAIN_DEFAULTS, ImageDataArgs, build_image_model, load_image_mtl,
+                                         run_image_method)
 from nli_routing.models.vision import VISION_METHODS, VisionMTLConfig
 from nli_routing.training.loop import TrainConfig
 
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dsd = load_image_mtl(data_args)
     except (ValueError, OSError, KeyError) as err:
         parser.error(str(err).strip("'\""))
+    try:  # settings that do not fit a method or the data (e.g. --allow_pass where a step changes the size)
+        for method in recipe.method:
+            build_image_model(method, dsd, model_cfg, train_cfg.seed)
+    except ValueError as err:
+        parser.error(f"--method {method}: {err}")
     out = Path(recipe.output_dir)
     results = {}
     for method in recipe.method:

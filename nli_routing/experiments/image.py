@@ -98,18 +98,24 @@ class OneTaskBatchSampler:
             yield batches[j]
 
 
+def build_image_model(method: str, dsd: DatasetDict, model_cfg: VisionMTLConfig, seed: int) -> VisionMTLModel:
+    """The model of ``method`` for the data ``dsd`` (tasks, classes, image shape from its features)."""
+    feats = dsd["train"].features
+    channels, height, _ = feats["image"].shape
+    cfg = replace(
+        model_cfg, method=method, num_meta=feats["task"].num_classes, num_classes=feats["label"].num_classes,
+        in_channels=channels, image_size=height, router_seed=seed,
+    )
+    return VisionMTLModel(cfg)
+
+
 def run_image_method(method: str, dsd: DatasetDict, model_cfg: VisionMTLConfig, train_cfg: TrainConfig,
                      output_dir: Path | None, one_task_batches: bool = False) -> dict[str, Any]:
     """Build the method's model for ``dsd`` and train it with the shared loop (``one_task_batches``:
     every training batch from one task, :class:`OneTaskBatchSampler`)."""
     feats = dsd["train"].features
-    channels, height, _ = feats["image"].shape
-    cfg = replace(
-        model_cfg, method=method, num_meta=feats["task"].num_classes, num_classes=feats["label"].num_classes,
-        in_channels=channels, image_size=height, router_seed=train_cfg.seed,
-    )
     set_seed(train_cfg.seed)  # the model's initial weights follow the seed
-    model = VisionMTLModel(cfg)
+    model = build_image_model(method, dsd, model_cfg, train_cfg.seed)
     collate = ImageMTLCollator()
     data = dsd.with_format("numpy")
     if one_task_batches:
