@@ -369,12 +369,12 @@ def test_the_agent_reaches_the_rbae_encoder_only_when_asked(kind, flag, detached
     out = d(ids, mask)
     for p in d.parameters():
         p.grad = None
-    d.loss(DispatchOutputNoRecon(out), torch.ones(16)).backward()
+    d.loss(without_reconstruction(out), torch.ones(16)).backward()
     enc_grad = sum(float(p.grad.abs().sum()) for p in d.encoder.parameters() if p.grad is not None)
     assert (enc_grad == 0.0) is detached
 
 
-def DispatchOutputNoRecon(out):
+def without_reconstruction(out):
     """The dispatch without its reconstruction loss: only the agent's loss (and the MI term) remain."""
     from nli_routing.models.dispatcher import DispatchOutput
 

@@ -69,16 +69,17 @@ AGENT_OPTIMIZERS = ("routers", "blocks")
 #: mean ``L_rec`` of the batch's samples sent to the same class; issue 29)
 RECON_REWARDS = ("raw", "agent-centered")
 
+#: sample encoders a dispatcher can read
+ENCODERS = ("cbow", "attn", "onehot", "lstm")
+#: the encoder of each online kind
+KIND_ENCODER = {"basic": "lstm", "rbae-cbow": "cbow", "rbae-attn": "attn", "rbae-onehot": "onehot", "rbae-seq": "lstm"}
+
 
 def agent_means(values: Tensor, actions: Tensor, k: int) -> Tensor:
     """``[B]``: for each row, the mean of ``values`` over the rows with the same action (of ``k``)."""
     sums = values.new_zeros(k).index_add_(0, actions, values)
     counts = values.new_zeros(k).index_add_(0, actions, torch.ones_like(values))
     return (sums / counts.clamp_min(1.0))[actions]
-#: sample encoders a dispatcher can read
-ENCODERS = ("cbow", "attn", "onehot", "lstm")
-#: the encoder of each online kind
-KIND_ENCODER = {"basic": "lstm", "rbae-cbow": "cbow", "rbae-attn": "attn", "rbae-onehot": "onehot", "rbae-seq": "lstm"}
 
 
 def compact_vocabulary(token_lists, vocab_size: int) -> Tensor:
@@ -322,6 +323,7 @@ class LearnedDispatcher(nn.Module):
         #: the agent's input standardised per feature with running batch statistics (no affine part; the
         #: running statistics start at the first training batch's, then move by 0.1 a step)
         self.state_norm = nn.BatchNorm1d(projection, affine=False, momentum=0.1, eps=1e-8) if state_norm else None
+        self._norm_started = False
         self.bottlenecks = self.decoder = None
         if self.rbae:
             self.bottlenecks = nn.ModuleList(
@@ -388,12 +390,13 @@ class LearnedDispatcher(nn.Module):
             return z
         n = self.state_norm
         use_batch = self.training and z.shape[0] > 1
-        if use_batch and int(n.num_batches_tracked) == 0:  # start the running statistics at the first batch's
-            with torch.no_grad():
-                n.running_mean.copy_(z.mean(0))
-                n.running_var.copy_(z.var(0))
-        if use_batch:
-            n.num_batches_tracked.add_(1)
+        if use_batch and not self._norm_started:  # read the marker once, not every step
+            if int(n.num_batches_tracked) == 0:  # start the running statistics at the first batch's
+                with torch.no_grad():
+                    n.running_mean.copy_(z.mean(0))
+                    n.running_var.copy_(z.var(0))
+                    n.num_batches_tracked.fill_(1)  # a marker (saved): the statistics have started
+            self._norm_started = True
         return F.batch_norm(z, n.running_mean, n.running_var, training=use_batch, momentum=n.momentum, eps=n.eps)
 
     def encode(self, ids: Tensor, mask: Tensor) -> Tensor:

@@ -10,8 +10,8 @@ Methods (:data:`VISION_METHODS`): the routing variants of Figure 5.1 (``routing`
 ``soft-mixture``) and the baselines ``shared-bottom`` (= ``task-specific-1-fc``),
 ``task-specific-all-fc``, ``cross-stitch``, ``fixed-random-fc``, ``fixed-random-conv3``,
 ``task-routing-layer`` and ``no-sharing`` (every conv and FC layer per task). ``routed_convs`` routes
-conv layers too (learned routing in conv 1 / 1,2,3, "Re-examining Routing Networks"). The output and the ``router_loss``/``set_epoch``/``router_parameters``
-protocol are those of :class:`~nli_routing.models.nli.NLIRoutingModel`, so the shared training
+conv layers too (learned routing in conv 1 / 1,2,3, "Re-examining Routing Networks"). The output and
+the ``router_loss``/``set_epoch``/``router_parameters`` protocol are those of :class:`~nli_routing.models.nli.NLIRoutingModel`, so the shared training
 loop trains every method.
 """
 
@@ -263,7 +263,8 @@ class VisionMTLModel(RoutedModel):
         self.conv3: RoutedLayer | None = None
         #: routed conv layers (``routed_convs``, or every layer for ``no-sharing``), by 0-based index
         self.routed_convs = nn.ModuleDict()
-        conv_routed = set(range(c.conv_layers)) if c.method == "no-sharing" else set(routed_conv_layers(c.routed_convs, c.conv_layers))
+        conv_routed = (set(range(c.conv_layers)) if c.method == "no-sharing"
+                       else set(routed_conv_layers(c.routed_convs, c.conv_layers)))
         for i in range(c.conv_layers):
             pool = c.pool and size > 1
             # knockout: round(sigma * channels) units off per task, as the Task Routing authors' code counts them
