@@ -39,9 +39,14 @@ import torch
 from scipy import stats as sps
 from torch.utils.data import DataLoader
 
-from nli_routing.models.vision import ImageMTLCollator, VisionMTLConfig, VisionMTLModel
 from nli_routing.experiments.bench import commit, machine, merge_worker_results
-from nli_routing.experiments.image import IMAGE_TRAIN_DEFAULTS, ImageDataArgs, load_image_mtl, run_image_method
+from nli_routing.experiments.image import (
+    IMAGE_TRAIN_DEFAULTS,
+    ImageDataArgs,
+    load_image_mtl,
+    run_image_method,
+)
+from nli_routing.models.vision import ImageMTLCollator, VisionMTLConfig, VisionMTLModel
 from nli_routing.training.loop import TrainConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,15 +67,21 @@ ROWS = [
     ("no sharing", "no-sharing"),
     ("routing in conv 1 (+ all fc)", "routing-conv1"),
     ("routing in conv 1,2,3 (+ all fc)", "routing-conv123"),
+    ("routing, balance 0.5", "routing/balance"),
+    ("routing in conv 1, balance 0.5", "routing-conv1/balance"),
+    ("routing in conv 1,2,3, balance 0.5", "routing-conv123/balance"),
 ]
 CORE = ["routing", "shared-bottom", "task-specific-all-fc", "cross-stitch", "soft-mixture",
         "fixed-random-fc", "fixed-random-conv3", "task-routing-layer"]
 EXTRA = ["routing-recurrent", "routing-single-agent", "routing-dispatched"]
 #: method aliases: (VisionMTLConfig.method, other config fields); "Re-examining Routing Networks" Table 2
 ALIASES = {"routing-conv1": ("routing", {"routed_convs": "1"}), "routing-conv123": ("routing", {"routed_convs": "1,2,3"})}
+# the same learned rows with the capacity balance (issue 29's fix of collapse; the vision default is no balance)
+ALIASES.update({f"{m}/balance": (ALIASES.get(m, (m, {}))[0], {**ALIASES.get(m, (m, {}))[1], "router_balance_share": 0.5})
+                for m in ("routing", "routing-conv1", "routing-conv123")})
 #: "Re-examining Routing Networks" Table 2's rows (MNIST-MTL), compared with Welch's t-test
 REEXAMINING = ["no-sharing", "shared-bottom", "fixed-random-fc", "fixed-random-conv3", "routing", "routing-conv1",
-               "routing-conv123"]
+               "routing-conv123", "routing/balance", "routing-conv1/balance", "routing-conv123/balance"]
 #: thesis (Routing Networks, MNIST-MTL): routing beats these by about this many accuracy points
 THESIS_MARGINS = {"task-specific-all-fc": 3.0, "cross-stitch": 9.0}
 
@@ -110,6 +121,8 @@ def accuracy_runs(args, runs: list[dict], out: Path, meta: dict) -> None:
             "train_seconds": res["train_seconds"],
             "validation_history": [h["validation"]["accuracy"] for h in res["history"]],
             "train_loss_history": [h["train_loss"] for h in res["history"]],
+            "collapse_warnings": [h.get("collapse_warnings") for h in res["history"]],
+            "test_routing_entropy": {k: v for k, v in fin["test"].items() if k.startswith("routing_entropy")},
         })
         print(f"{method:<22} seed {seed}: test {fin['test']['accuracy']:.4f} val {fin['validation']['accuracy']:.4f} "
               f"best epoch {res['best_epoch']} ({res['train_seconds']:.0f}s)", flush=True)
