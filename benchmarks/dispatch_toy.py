@@ -35,7 +35,13 @@ SETTINGS = {
     "mi-adam-norm": {"balance": 1.0, "agent_optimizer": "blocks", "state_norm": True},
     "mi-adam-norm-enc": {"balance": 1.0, "agent_optimizer": "blocks", "state_norm": True, "detach_state": False},
     "mi-adam-centered": {"balance": 1.0, "agent_optimizer": "blocks", "recon_reward": "agent-centered"},  # RBAE only
+    # generalised EM (Kirsch et al. 2018): the class drawn from the posterior, the model trained on its path
+    "em": {"target": "em"},  # online only
+    "em-mi-adam": {"target": "em", "balance": 1.0, "agent_optimizer": "blocks"},  # online only
+    "em-mi-adam-norm-enc": {"target": "em", "balance": 1.0, "agent_optimizer": "blocks", "state_norm": True,
+                            "detach_state": False},  # online only
 }
+ONLINE_ONLY = ("em", "em-mi-adam", "em-mi-adam-norm-enc")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     for kind in args.kinds:
         for setting in args.settings:
             if setting == "meta" and kind != "two-stage":
+                continue
+            if setting in ONLINE_ONLY and kind == "two-stage":
                 continue
             if setting == "mi-adam-centered" and not kind.startswith("rbae-"):
                 continue

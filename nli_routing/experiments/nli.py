@@ -190,7 +190,9 @@ class DispatchArgs:
     dispatch_target: str = field(
         default="auto",
         metadata={"help": f"what the dispatcher learns from: one of {DISPATCH_TARGETS} or auto (reward: the thesis' RL; "
-                          "best-agent: predict the agent whose path has the lowest loss, K forwards per batch; meta: "
+                          "best-agent: predict the agent whose path has the lowest loss, K forwards per batch; em: online, the "
+                          "class drawn from the posterior dispatcher x path likelihood, the model trains on its path "
+                          "(Kirsch et al. 2018), K forwards per batch; meta: "
                           "two-stage only, predict the meta label stage 1 trained with; auto: meta for two-stage "
                           "dispatch, reward for the online dispatchers; BENCHMARKS.md issue 29)"},
     )
@@ -250,6 +252,9 @@ class DispatchArgs:
         if self.dispatch_target == "meta" and online:
             raise ValueError("--dispatch_target meta imitates stage 1's meta labels: it needs a two-stage method "
                              f"(--two_stage or a '+D' name), not the online dispatcher {overrides['dispatch']!r}")
+        if self.dispatch_target == "em" and not online:
+            raise ValueError(f"--dispatch_target em trains the model on the dispatched paths: it needs an online "
+                             f"dispatcher ({', '.join(ONLINE_DISPATCHERS)}), not {method!r}")
 
     def resolved(self, kind: str) -> dict[str, Any]:
         """``{"input", "target", "balance", "state_norm", "agent_to_encoder"}`` of a dispatcher of ``kind``

@@ -32,6 +32,13 @@ Two additions against collapse (issue 29; both off reproduces the thesis' traini
   paths (K extra forwards without gradients); the agent with the lowest task loss on the gold label
   is the sample's target, and the dispatcher is trained to predict it (cross-entropy on its values)
   instead of from the sampled reward. Meant for the two-stage dispatcher, whose model is fixed.
+* ``target="em"`` (online dispatchers; Kirsch et al. 2018, modular networks trained by generalised
+  EM): every agent's path is scored as for "best-agent"; the sample's class is drawn from the
+  posterior ``q(k) ~ pi(k | x) exp(-loss_k)`` (the dispatcher's softmax as the prior, the path's
+  likelihood of the gold label), the model trains on that class's path (E-step: paths specialise on
+  the samples they already explain) and the dispatcher is trained to predict it (M-step). Drawing
+  from the posterior rather than taking its argmax keeps ties spread instead of sending them all to
+  one class.
 * ``target="meta"`` (two-stage only): the dispatcher is trained to predict the meta label the model
   was trained with in stage 1 (the training data has it; the test data need not), cross-entropy on its
   values: the frozen model then sees, at test time, the meta class it was trained to expect.
@@ -62,7 +69,7 @@ __all__ = [
 #: --dispatch values trained jointly with the routed model
 ONLINE_DISPATCHERS = ("basic", "rbae-cbow", "rbae-attn", "rbae-onehot", "rbae-seq")
 #: what a dispatcher learns from: the RL reward (the thesis) or the best agent's index (see the module docstring)
-DISPATCH_TARGETS = ("reward", "best-agent", "meta")
+DISPATCH_TARGETS = ("reward", "best-agent", "meta", "em")
 #: which optimizer trains the dispatcher's agent: the routers' (SGD at the router rate) or the blocks'
 AGENT_OPTIMIZERS = ("routers", "blocks")
 #: the RBAE's reconstruction reward: ``raw`` (the thesis, ``-L_rec``) or ``agent-centered`` (minus the
@@ -235,6 +242,21 @@ class DispatchOutput:
         return self.trajectory.actions
 
 
+def em_posterior(values: Tensor, agent_losses: Tensor) -> Tensor:
+    """``[B, K]`` posterior over the classes of a batch: ``softmax(log_softmax(values) - agent_losses)``,
+    i.e. ``q(k) ~ pi(k | x) p(y | x, k)`` with ``pi`` the dispatcher's softmax and ``p(y | x, k) =
+    exp(-loss_k)`` the gold label's likelihood on class ``k``'s path (the E-step of generalised EM)."""
+    return torch.softmax(F.log_softmax(values.detach().float(), -1) - agent_losses.detach().float(), -1)
+
+
+def em_posterior_sample(values: Tensor, agent_losses: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``[B]`` one class per sample drawn from :func:`em_posterior` (random numbers from ``generator``,
+    a CPU generator, so runs are reproducible on any device)."""
+    q = em_posterior(values, agent_losses)
+    u = torch.rand(q.shape[0], 1, generator=generator).to(q.device)
+    return (q.cumsum(1) < u).sum(1).clamp_max(q.shape[1] - 1)
+
+
 class LearnedDispatcher(nn.Module):
     """Encode a sample (premise, or premise and hypothesis), choose one of ``num_dispatch`` classes.
 
@@ -282,6 +304,9 @@ class LearnedDispatcher(nn.Module):
             raise ValueError(f"balance (the mutual-information weight) must be >= 0, got {balance}")
         if target not in DISPATCH_TARGETS:
             raise ValueError(f"target must be one of {DISPATCH_TARGETS}, got {target!r}")
+        if target == "em" and kind == "two-stage":
+            raise ValueError("target 'em' trains the model on the dispatched paths: an online dispatcher, not the "
+                             "two-stage one (its model is frozen; use 'best-agent' there)")
         if target == "meta" and kind != "two-stage":
             raise ValueError(f"target 'meta' imitates stage 1's meta labels and needs the two-stage dispatcher, not {kind!r}")
         self.balance = float(balance)
@@ -453,10 +478,16 @@ class LearnedDispatcher(nn.Module):
 
     def fill_target(self, out: DispatchOutput, meta: Tensor | None, agent_losses) -> None:
         """Give a training batch's dispatch its target: the lowest-loss agent (``agent_losses()``, called
-        only for ``target="best-agent"``: K forwards) or the batch's ``meta`` labels (``"meta"``)."""
+        only for ``target="best-agent"`` and ``"em"``: K forwards), a draw from the EM posterior (``"em"``,
+        which also becomes the batch's dispatch: the model trains on that path) or the batch's ``meta``
+        labels (``"meta"``)."""
         if self.dispatch_target == "best-agent":
             out.agent_losses = agent_losses()
             out.target = out.agent_losses.argmin(1)
+        elif self.dispatch_target == "em":
+            out.agent_losses = agent_losses()
+            out.target = em_posterior_sample(out.trajectory.values[:, 0], out.agent_losses, self.policy.generator)
+            out.meta = out.target
         elif self.dispatch_target == "meta":
             if meta is None:
                 raise ValueError("target='meta' trains the dispatcher on the batch's meta labels: the batch has none")
