@@ -123,6 +123,12 @@ DISPATCH_VARIANTS = {
        for m in ("wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
     **{f"{m}/norm-centered": {"dispatch_state_norm": True, "dispatch_recon_reward": "agent-centered"}
        for m in ("wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
+    # generalised EM (Kirsch et al. 2018): the class drawn from the posterior, the model trained on its path;
+    # alone (the balance resolves to 0 off the reward target) and with the mutual-information term
+    **{f"{m}/em": {"dispatch_target": "em"} for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn",
+                                                       "wp-rbae-onehot")},
+    **{f"{m}/em-mi": {"dispatch_target": "em", "dispatch_balance": 1.0}
+       for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
     # the thesis' dispatcher training, whatever the recipe defaults are
     **{f"{m}/thesis": dict(THESIS_DISPATCH) for m in ("wp-signature+D", "wp-basic", "wp-rbae-cbow", "wp-rbae-attn",
                                                       "wp-rbae-onehot", "wp-rbae-seq")},

@@ -379,3 +379,46 @@ def without_reconstruction(out):
     from nli_routing.models.dispatcher import DispatchOutput
 
     return DispatchOutput(out.meta, out.trajectory, None)
+
+
+def test_em_posterior_is_the_prior_times_the_likelihood_of_the_gold_label():
+    """Issue 29, generalised EM (Kirsch et al. 2018): q(k) ~ pi(k | x) exp(-loss_k)."""
+    from nli_routing.models.dispatcher import em_posterior, em_posterior_sample
+
+    values = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]))
+    losses = torch.tensor([[np.log(2.0), 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float32)
+    q = em_posterior(values + 7.0, losses)  # values are logits: a shift changes nothing
+    assert torch.allclose(q[0], torch.full((3,), 1 / 3), atol=1e-6)  # 0.5 * 1/2 = 0.25 * 1 = 0.25 * 1
+    assert torch.allclose(q[1], torch.tensor([0.2, 0.3, 0.5]), atol=1e-6)  # equal losses: the prior
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    draws = em_posterior_sample(values[1:].expand(n, 3), losses[1:].expand(n, 3), g)
+    freq = torch.bincount(draws, minlength=3).float() / n
+    assert torch.allclose(freq, torch.tensor([0.2, 0.3, 0.5]), atol=0.01)
+    lopsided = em_posterior_sample(torch.zeros(5, 3), torch.tensor([[9.0, 0.0, 9.0]]).expand(5, 3), g)
+    assert lopsided.tolist() == [1] * 5
+
+
+def test_the_em_target_routes_the_model_on_the_drawn_class():
+    d = make("basic", k=3)
+    d.dispatch_target = "em"
+    ids, mask, _ = two_group_batch(16)
+    out = d(ids, mask)
+    losses = torch.full((16, 3), 20.0)
+    losses[:, 2] = 0.0  # only class 2's path explains the labels
+    d.fill_target(out, None, lambda: losses)
+    assert out.target.tolist() == [2] * 16 and out.meta.tolist() == [2] * 16
+    assert torch.equal(out.agent_losses, losses)
+    loss = d.loss(out, torch.zeros(16))
+    assert torch.isfinite(loss) and loss.requires_grad
+
+
+def test_the_em_target_needs_an_online_dispatcher():
+    with pytest.raises(ValueError, match="target 'em'.*online dispatcher"):
+        LearnedDispatcher("two-stage", embedding(), 2, target="em")
+    with pytest.raises(ValueError, match="dispatch_target em.*online"):
+        DispatchArgs(dispatch_target="em").check_method("wp-signature+D")
+    with pytest.raises(ValueError, match="dispatch_target em.*online"):
+        DispatchArgs(dispatch_target="em").check_method("wp-signature")
+    with pytest.raises(ValueError, match="dispatch_target must be one of"):
+        DispatchArgs(dispatch_target="EM")
