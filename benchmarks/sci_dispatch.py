@@ -326,9 +326,10 @@ def dispatch_table(runs: list[dict]) -> list[str]:
         h = [r["dispatch_entropy"] for r in sel]
         nmi = [r["dispatch_nmi"] for r in sel if r.get("dispatch_nmi") is not None]
         warned = sum(1 for r in sel if (r.get("collapse_warnings") or [None])[-1])
+        ever = sum(1 for r in sel if any(r.get("collapse_warnings") or []))
         nmi_text = f"{statistics.mean(nmi):.3f} ({min(nmi):.3f}-{max(nmi):.3f})" if nmi else "-"
         lines.append(f"  {method:<28} {column:<9} n={len(sel)}  H {min(h):.2f}-{max(h):.2f}  NMI {nmi_text}  "
-                     f"collapse {warned}/{len(sel)}")
+                     f"collapse {warned}/{len(sel)} (any epoch {ever}/{len(sel)})")
     return lines
 
 
@@ -366,14 +367,52 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/sci_dispatch.json")
     ap.add_argument("--resume", action="store_true", help="skip runs already in --out")
     ap.add_argument("--report_only", action="store_true", help="merge --inputs (or --out) into the report")
-    ap.add_argument("--inputs", nargs="+", default=None, help="result files of several workers (--report_only)")
+    ap.add_argument("--inputs", nargs="+", default=None,
+                    help="result files of several workers (--report_only); FILE:m1,m2 takes only those methods of FILE "
+                         "(as they ran, before --rename)")
+    ap.add_argument("--rename", nargs="+", default=[], metavar="OLD=NEW",
+                    help="--report_only: report the runs of method OLD as NEW (an alias whose settings became NEW's "
+                         "default, e.g. wp-rbae-seq/norm-enc=wp-rbae-seq); each run keeps its name in 'ran_as'")
+    ap.add_argument("--keep", nargs="+", default=None, metavar="METHOD",
+                    help="--report_only: report only these methods (after --rename); the first input holding a "
+                         "(method, column, seed) wins, and every run records the file it came from in 'source'")
     ap.add_argument("--preset", default=None, help="run every method at a recipe preset (thesis: the thesis' settings, "
                     "nli_routing/experiments/presets.py); a method's own settings still apply on top")
     args = ap.parse_args()
     out = Path(args.out)
+    renames = {}
+    for item in args.rename:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            ap.error(f"--rename {item}: expected OLD=NEW (two method names)")
+        renames[old] = new
+    if (renames or args.keep) and not args.report_only:
+        ap.error("--rename and --keep apply to --report_only (runs are recorded under the name they ran as)")
     if args.report_only:
-        unique, metas = merge_worker_results(args.inputs or [args.out], key=lambda r: (r["method"], r["column"], r["seed"]))
-        report(unique, out, {"workers": metas})
+        inputs = []
+        for item in args.inputs or [args.out]:
+            path, only = item, None
+            if not Path(item).is_file() and ":" in item:
+                path, _, names = item.rpartition(":")
+                only = set(names.split(","))
+            if not Path(path).is_file():
+                ap.error(f"--inputs {item}: no such file")
+            inputs.append((path, only))
+        runs, metas = [], []
+        for path, only in inputs:
+            file_runs, file_meta = merge_worker_results([path], key=lambda r: id(r))
+            runs += [{**r, "source": str(path)} for r in file_runs if only is None or r["method"] in only]
+            metas += [{**m, "source": str(path)} for m in file_meta]
+        for r in runs:
+            if r["method"] in renames:
+                r["ran_as"], r["method"] = r["method"], renames[r["method"]]
+        seen, unique = set(), []
+        for r in runs:  # the first file that holds a (method, column, seed) wins
+            key = (r["method"], r["column"], r["seed"])
+            if key not in seen and (args.keep is None or r["method"] in args.keep):
+                seen.add(key)
+                unique.append(r)
+        report(unique, out, {"workers": metas, "renamed": renames, "kept": args.keep})
         return
     for method in args.methods:  # a wrong name fails now, in one line, not after hours of runs
         try:
