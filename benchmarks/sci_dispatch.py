@@ -333,6 +333,37 @@ def dispatch_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def merge_inputs(items: list[str], renames: dict[str, str], keep: list[str] | None) -> tuple[list[dict], list[dict]]:
+    """The runs of several result files for one report: ``FILE`` or ``FILE:m1,m2`` (only those methods, as
+    they ran), each run renamed by ``renames`` (``ran_as`` keeps its name) and kept when its method is in
+    ``keep`` (all when None); the first file that holds a (method, column, seed) wins; every run and
+    every file's metadata records its ``source``."""
+    inputs = []
+    for item in items:
+        path, only = item, None
+        if not Path(item).is_file() and ":" in item:
+            path, _, names = item.rpartition(":")
+            only = set(names.split(","))
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--inputs {item}: no such file")
+        inputs.append((path, only))
+    runs, metas = [], []
+    for path, only in inputs:
+        file_runs, file_meta = merge_worker_results([path], key=lambda r: id(r))
+        runs += [{**r, "source": str(path)} for r in file_runs if only is None or r["method"] in only]
+        metas += [{**m, "source": str(path)} for m in file_meta]
+    for r in runs:
+        if r["method"] in renames:
+            r["ran_as"], r["method"] = r["method"], renames[r["method"]]
+    seen, unique = set(), []
+    for r in runs:
+        key = (r["method"], r["column"], r["seed"])
+        if key not in seen and (keep is None or r["method"] in keep):
+            seen.add(key)
+            unique.append(r)
+    return unique, metas
+
+
 def report(runs: list[dict], out: Path, meta: dict) -> None:
     summary = summarize(runs)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -389,29 +420,10 @@ def main() -> None:
     if (renames or args.keep) and not args.report_only:
         ap.error("--rename and --keep apply to --report_only (runs are recorded under the name they ran as)")
     if args.report_only:
-        inputs = []
-        for item in args.inputs or [args.out]:
-            path, only = item, None
-            if not Path(item).is_file() and ":" in item:
-                path, _, names = item.rpartition(":")
-                only = set(names.split(","))
-            if not Path(path).is_file():
-                ap.error(f"--inputs {item}: no such file")
-            inputs.append((path, only))
-        runs, metas = [], []
-        for path, only in inputs:
-            file_runs, file_meta = merge_worker_results([path], key=lambda r: id(r))
-            runs += [{**r, "source": str(path)} for r in file_runs if only is None or r["method"] in only]
-            metas += [{**m, "source": str(path)} for m in file_meta]
-        for r in runs:
-            if r["method"] in renames:
-                r["ran_as"], r["method"] = r["method"], renames[r["method"]]
-        seen, unique = set(), []
-        for r in runs:  # the first file that holds a (method, column, seed) wins
-            key = (r["method"], r["column"], r["seed"])
-            if key not in seen and (args.keep is None or r["method"] in args.keep):
-                seen.add(key)
-                unique.append(r)
+        try:
+            unique, metas = merge_inputs(args.inputs or [args.out], renames, args.keep)
+        except FileNotFoundError as err:
+            ap.error(str(err))
         report(unique, out, {"workers": metas, "renamed": renames, "kept": args.keep})
         return
     for method in args.methods:  # a wrong name fails now, in one line, not after hours of runs

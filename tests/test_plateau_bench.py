@@ -48,3 +48,27 @@ def test_plateau_settings_are_pinned_to_the_thesis_configuration_they_measured()
     assert bench.resolve_setting("m:wp-signature+D") == ("wp-signature+D", {}, {})
     with pytest.raises(SystemExit, match="unknown method"):
         bench.resolve_setting("m:nope")
+
+
+def test_report_inputs_merge_with_renames_method_filters_and_sources(tmp_path):
+    """sci_dispatch --report_only: FILE:methods, --rename (ran_as kept), --keep, the first file wins."""
+    import json
+
+    bench = load("sci_dispatch")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"commit": "A", "runs": [
+        {"method": "wp-basic/mi-adam", "column": "joint", "seed": 0, "test_accuracy": 0.9},
+        {"method": "cbow", "column": "joint", "seed": 0, "test_accuracy": 0.8}]}))
+    b.write_text(json.dumps({"commit": "B", "runs": [
+        {"method": "wp-basic", "column": "joint", "seed": 0, "test_accuracy": 0.1},  # a holds this key already
+        {"method": "wp-basic", "column": "joint", "seed": 1, "test_accuracy": 0.7},
+        {"method": "cbow", "column": "joint", "seed": 1, "test_accuracy": 0.6},
+        {"method": "wp-kmeans", "column": "joint", "seed": 0, "test_accuracy": 0.5}]}))
+    runs, metas = bench.merge_inputs([str(a), f"{b}:wp-basic,wp-kmeans"], {"wp-basic/mi-adam": "wp-basic"},
+                                     keep=["wp-basic", "cbow"])
+    got = {(r["method"], r["seed"]): (r["test_accuracy"], r["source"], r.get("ran_as")) for r in runs}
+    assert got == {("wp-basic", 0): (0.9, str(a), "wp-basic/mi-adam"), ("cbow", 0): (0.8, str(a), None),
+                   ("wp-basic", 1): (0.7, str(b), None)}
+    assert [m["commit"] for m in metas] == ["A", "B"]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        bench.merge_inputs([str(tmp_path / "c.json:cbow")], {}, None)
