@@ -72,3 +72,12 @@ def test_report_inputs_merge_with_renames_method_filters_and_sources(tmp_path):
     assert [m["commit"] for m in metas] == ["A", "B"]
     with pytest.raises(FileNotFoundError, match="no such file"):
         bench.merge_inputs([str(tmp_path / "c.json:cbow")], {}, None)
+
+
+def test_rnn_claims_compare_each_routed_rnn_with_the_unrouted_one():
+    bench = load("sci_dispatch")
+    runs = [{"method": m, "column": "nested", "seed": s, "test_accuracy": a}
+            for m, accs in (("lstm", [0.50, 0.52, 0.48]), ("lstm-h2h", [0.59, 0.61, 0.60])) for s, a in enumerate(accs)]
+    summary = bench.summarize(runs)
+    lines = bench.rnn_claims(summary, lambda m, c: [r["test_accuracy"] for r in runs if (r["method"], r["column"]) == (m, c)])
+    assert len(lines) == 1 and lines[0].startswith("nested: lstm-h2h 60.0 vs unrouted RNN 50.0 (+10.0 points, +20.0% relative")
