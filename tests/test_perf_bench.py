@@ -102,3 +102,14 @@ def test_bank_crossover_rejects_a_bad_grid_in_one_line(flag, tmp_path, capsys):
         load_bench("bank_crossover").main(["--quick", *flag, "--output", str(tmp_path / "x.json")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{flag[0]} must be >= 1" in err and not (tmp_path / "x.json").exists()
+
+
+def test_op_counts_split_a_step_by_phase_and_by_bank_implementation(tmp_path):
+    """benchmarks/op_counts.py (issue 33): the phases add up to the step's count, every implementation counted."""
+    bench = load_bench("op_counts")
+    out = tmp_path / "ops.json"
+    res = bench.main(["--blocks", "4", "--tasks", "4", "--dim", "16", "--layers", "2", "--batch", "32", "--out", str(out)])
+    assert json.loads(out.read_text())["impls"] == res["impls"]
+    assert sum(res["phases"]["routing"].values()) == res["impls"]["auto"]["aten"]
+    assert res["phases"]["routing"]["router_loss"] > res["phases"]["shared-bottom"].get("router_loss", 0)
+    assert set(res["impls"]) == {"auto", "grouped_mm", "loop", "dense", "tiled", "gather"}
