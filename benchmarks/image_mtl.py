@@ -46,7 +46,7 @@ from nli_routing.experiments.image import (
     load_image_mtl,
     run_image_method,
 )
-from nli_routing.models.vision import ImageMTLCollator, VisionMTLConfig, VisionMTLModel
+from nli_routing.models.vision import VISION_METHODS, ImageMTLCollator, VisionMTLConfig, VisionMTLModel
 from nli_routing.training.loop import TrainConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +77,9 @@ EXTRA = ["routing-recurrent", "routing-single-agent", "routing-dispatched"]
 #: method aliases: (VisionMTLConfig.method, other config fields); "Re-examining Routing Networks" Table 2
 ALIASES = {"routing-conv1": ("routing", {"routed_convs": "1"}), "routing-conv123": ("routing", {"routed_convs": "1,2,3"})}
 # the same learned rows with the capacity balance (issue 29's fix of collapse; the vision default is no balance)
-ALIASES.update({f"{m}/balance": (ALIASES.get(m, (m, {}))[0], {**ALIASES.get(m, (m, {}))[1], "router_balance_share": 0.5})
-                for m in ("routing", "routing-conv1", "routing-conv123")})
+for _name in ("routing", "routing-conv1", "routing-conv123"):
+    _base, _fields = ALIASES.get(_name, (_name, {}))
+    ALIASES[f"{_name}/balance"] = (_base, {**_fields, "router_balance_share": 0.5})
 #: "Re-examining Routing Networks" Table 2's rows (MNIST-MTL), compared with Welch's t-test
 REEXAMINING = ["no-sharing", "shared-bottom", "fixed-random-fc", "fixed-random-conv3", "routing", "routing-conv1",
                "routing-conv123", "routing/balance", "routing-conv1/balance", "routing-conv123/balance"]
@@ -347,6 +348,9 @@ def main() -> None:
     ap.add_argument("--report_only", action="store_true", help="merge --inputs (or --out) into the report")
     ap.add_argument("--inputs", nargs="+", default=None, help="result files of several workers (--report_only)")
     args = ap.parse_args()
+    unknown = [m for m in args.methods if m not in ALIASES and m not in VISION_METHODS]
+    if unknown:  # a wrong name fails now, in one line, not after the other methods' runs
+        ap.error(f"--methods {unknown[0]}: unknown; choose from {sorted(VISION_METHODS)} or {sorted(ALIASES)}")
     out = Path(args.out)
     if args.report_only:
         unique, metas = merge_worker_results(

@@ -46,7 +46,7 @@ from nli_routing.experiments.nli import (
 )
 from nli_routing.training.loop import TrainConfig
 
-from nli_routing.experiments.bench import commit, machine, merge_worker_results  # noqa: E402
+from nli_routing.experiments.bench import commit, machine  # noqa: E402
 
 #: (row name of Table 6.1, method)
 ROWS = [
@@ -364,20 +364,29 @@ def merge_inputs(items: list[str], renames: dict[str, str], keep: list[str] | No
     they ran), each run renamed by ``renames`` (``ran_as`` keeps its name) and kept when its method is in
     ``keep`` (all when None); the first file that holds a (method, column, seed) wins; every run and
     every file's metadata records its ``source``."""
-    inputs = []
+    known = {m for _, m in ROWS}
+    for name in [*renames.values(), *(keep or [])]:
+        if name not in known:
+            raise ValueError(f"--rename/--keep {name}: not a row of the report (the rows: {sorted(known)})")
+    runs, metas = [], []
     for item in items:
         path, only = item, None
         if not Path(item).is_file() and ":" in item:
             path, _, names = item.rpartition(":")
             only = set(names.split(","))
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--inputs {item}: no such file")
-        inputs.append((path, only))
-    runs, metas = [], []
-    for path, only in inputs:
-        file_runs, file_meta = merge_worker_results([path], key=lambda r: id(r))
+            raise ValueError(f"--inputs {item}: no such file")
+        try:
+            data = json.loads(Path(path).read_text())
+            file_runs = data["runs"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"--inputs {path}: not a result file of this script ({type(err).__name__}: {err})") from None
+        missing = sorted((only or set()) - {r["method"] for r in file_runs})
+        if missing:
+            raise ValueError(f"--inputs {item}: {path} has no runs of {missing}")
         runs += [{**r, "source": str(path)} for r in file_runs if only is None or r["method"] in only]
-        metas += [{**m, "source": str(path)} for m in file_meta]
+        metas.append({"machine": data.get("machine"), "commit": data.get("commit"), "args": data.get("args"),
+                      "source": str(path)})
     for r in runs:
         if r["method"] in renames:
             r["ran_as"], r["method"] = r["method"], renames[r["method"]]
@@ -448,7 +457,7 @@ def main() -> None:
     if args.report_only:
         try:
             unique, metas = merge_inputs(args.inputs or [args.out], renames, args.keep)
-        except FileNotFoundError as err:
+        except ValueError as err:
             ap.error(str(err))
         report(unique, out, {"workers": metas, "renamed": renames, "kept": args.keep})
         return

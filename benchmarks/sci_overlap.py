@@ -93,14 +93,15 @@ def joint_with_nested(joint: datasets.DatasetDict, nested: datasets.DatasetDict 
 
 def prepare(args: argparse.Namespace, seed: int) -> PreparedData:
     """The data a seed's run trains on (joint, + nested, shuffled for the control)."""
+    data_args = DataArgs(data_dir=args.data_dir)  # the recipe's word vectors and sentence length
     if not args.nested_dir and not args.shuffle_signatures:
-        return prepare_sci(DataArgs(data_dir=args.data_dir))
+        return prepare_sci(data_args)
     joint = load_sci(args.data_dir)
     nested = load_sci(args.nested_dir) if args.nested_dir else None
     dsd = joint_with_nested(joint, nested, 1000 + seed if args.shuffle_signatures else None)
-    vectors = load_word_vectors("minilm")
-    dsd = encode_nli(dsd, vectors.tokenizer, max_length=64)
-    return PreparedData(dsd, vectors, combined_names(), max_length=64)
+    vectors = load_word_vectors(data_args.embeddings)
+    dsd = encode_nli(dsd, vectors.tokenizer, max_length=data_args.max_length)
+    return PreparedData(dsd, vectors, combined_names(), max_length=data_args.max_length)
 
 
 

@@ -70,8 +70,17 @@ def test_report_inputs_merge_with_renames_method_filters_and_sources(tmp_path):
     assert got == {("wp-basic", 0): (0.9, str(a), "wp-basic/mi-adam"), ("cbow", 0): (0.8, str(a), None),
                    ("wp-basic", 1): (0.7, str(b), None)}
     assert [m["commit"] for m in metas] == ["A", "B"]
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(ValueError, match="no such file"):
         bench.merge_inputs([str(tmp_path / "c.json:cbow")], {}, None)
+    with pytest.raises(ValueError, match="has no runs of \\['wp-rbae-seq'\\]"):
+        bench.merge_inputs([f"{b}:wp-rbae-seq"], {}, None)
+    with pytest.raises(ValueError, match="--rename/--keep lstmm: not a row"):
+        bench.merge_inputs([str(a)], {}, keep=["lstmm"])
+    with pytest.raises(ValueError, match="--rename/--keep wp-basik: not a row"):
+        bench.merge_inputs([str(a)], {"wp-basic/mi-adam": "wp-basik"}, None)
+    (tmp_path / "bad.json").write_text("{bad")
+    with pytest.raises(ValueError, match="bad.json: not a result file"):
+        bench.merge_inputs([str(tmp_path / "bad.json")], {}, None)
 
 
 def test_rnn_claims_compare_each_routed_rnn_with_the_unrouted_one():
