@@ -16,6 +16,8 @@ A :class:`~nli_routing.routing.bank.LinearBank` can run its routed rows two ways
 * ``tiled:T``: every group padded to whole tiles of T rows, each tile's weight gathered, one batched
   matmul (about 10 operators whatever G; padding of up to T - 1 rows per group);
 * ``gather``: each row's own weight gathered into one batched matmul of single rows.
+* ``compiled``: ``grouped_mm`` with the bank's forward compiled by ``torch.compile`` (``dynamic=True``;
+  inductor on the CPU; its backward is compiled with it; the compile happens in the warm-up steps).
 
 The trade depends on the block shape, the number of blocks G, the batch and the device. This script
 times the full training step (the loop's own :func:`~nli_routing.training.loop.train_step`) of the
@@ -50,9 +52,9 @@ HERE = Path(__file__).resolve().parent
 def parse_impl(spec: str) -> tuple[str, int]:
     """``"tiled:16"`` -> ``("tiled", 16)``; other names -> ``(name, 0)``."""
     name, _, tile = spec.partition(":")
-    if name not in ("grouped_mm", "loop", "dense", "tiled", "gather") or (tile and not tile.isdigit()) \
+    if name not in ("grouped_mm", "loop", "dense", "tiled", "gather", "compiled") or (tile and not tile.isdigit()) \
             or (tile and name != "tiled") or (tile and int(tile) < 1):
-        raise ValueError(f"unknown kernel {spec!r}: grouped_mm, loop, dense, gather or tiled:<rows per tile>")
+        raise ValueError(f"unknown kernel {spec!r}: grouped_mm, loop, dense, gather, compiled or tiled:<rows per tile>")
     return name, int(tile or 0)
 
 
@@ -71,8 +73,10 @@ def routed_mlp(impl: str, dim: int, blocks: int, routes: str = "fresh"):
     if not banks:
         raise RuntimeError("the routed MLP has no LinearBank: nothing to compare")
     for bank in banks:
-        bank.impl = name
+        bank.impl = "grouped_mm" if name == "compiled" else name
         bank.tile = tile or bank.tile
+        if name == "compiled":  # issue 33: the grouped bank's forward (and so its backward) through torch.compile
+            bank.sorted_forward = torch.compile(bank.sorted_forward, dynamic=True)
     return model
 
 
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--impls", nargs="+", default=["grouped_mm", "dense"],
-                   help="kernels to time (grouped_mm is always the reference): grouped_mm, loop, dense, gather, tiled:T")
+                   help="kernels to time (grouped_mm is always the reference): grouped_mm, loop, dense, gather, compiled, "
+                        "tiled:T")
     p.add_argument("--routes", choices=("uniform", "fresh"), default="uniform",
                    help="uniform: ties broken at random (every block used); fresh: the routers' own tie rule")
     p.add_argument("--quick", action="store_true", help="tiny grid and one round (a smoke test)")

@@ -77,7 +77,7 @@ def test_bank_crossover_compares_every_kernel_it_is_given(tmp_path):
     assert "dense_wins" not in result and sum(len(w) for w in result["wins"].values()) == len(result["rows"])
 
 
-@pytest.mark.parametrize("spec", ["tiled:0", "tiled:x", "gather:4", "sparse"])
+@pytest.mark.parametrize("spec", ["tiled:0", "tiled:x", "gather:4", "sparse", "compiled:8"])
 def test_bank_crossover_refuses_unknown_kernels(spec, capsys):
     bench = load_bench("bank_crossover")
     with pytest.raises(SystemExit) as e:
@@ -94,6 +94,34 @@ def test_bank_crossover_sets_every_bank_of_the_routed_mlp():
     routed = [m for n, m in banks.items() if n.startswith("routed_fc.")]
     assert len(routed) == 3 and all(b.uses_dense() and b.num_blocks == 4 for b in routed)
     assert not banks["heads.heads"].uses_dense()  # the per-task heads are not what is compared
+
+
+def test_bank_crossover_compiled_kernel_matches_the_eager_bank_values_and_gradients():
+    """Issue 33: the ``compiled`` kernel (torch.compile of the grouped bank's forward) computes what the
+    eager bank computes, forward and backward, stopped rows included."""
+    import torch
+
+    from nli_routing.routing.bank import LinearBank
+
+    bench = load_bench("bank_crossover")
+    eager, compiled = (bench.routed_mlp(impl, 16, 4) for impl in ("grouped_mm", "compiled"))
+    pairs = [(a, b) for a, b in zip(eager.modules(), compiled.modules()) if isinstance(a, LinearBank)]
+    a, b = pairs[0]
+    assert b.impl == "grouped_mm" and hasattr(b.sorted_forward, "_torchdynamo_orig_callable")
+    assert not hasattr(a.sorted_forward, "_torchdynamo_orig_callable")
+    torch.manual_seed(0)
+    x = torch.randn(40, 16)
+    groups = torch.sort(torch.randint(0, 5, (40,))).values  # 4 = stopped: the row passes unchanged
+    outs, grads = [], []
+    for bank in (a, b):
+        xi = x.clone().requires_grad_(True)
+        y = bank.sorted_forward(xi, groups)
+        y.pow(2).sum().backward()
+        outs.append(y.detach())
+        grads.append((xi.grad, bank.weight.grad.clone()))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("flag", [["--blocks", "0"], ["--dims", "-4"], ["--rounds", "0"]])
