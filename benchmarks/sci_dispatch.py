@@ -467,7 +467,7 @@ def main() -> None:
         except ValueError as err:
             raise SystemExit(f"--methods {method}: {err}") from None
     preset = {}
-    if args.preset:
+    if args.preset is not None:  # ('' is a bad name, not "no preset")
         from dataclasses import fields
 
         from nli_routing.experiments.presets import preset_values

@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="benchmarks/results/sci_hyper.json")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
+        ap.error(f"--out {out}: {'a folder, not a file' if out.is_dir() else 'a parent of it is a file'}")
     if args.report_only:
         runs, metas, seen = [], [], set()
         for item in args.inputs or [args.out]:
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.worker < args.workers:
         ap.error(f"--worker {args.worker}: must be in 0..{args.workers - 1} (--workers {args.workers})")
     preset: dict = {}
-    if args.preset and args.preset != "none":
+    if args.preset != "none":  # ('' is a bad name, not "no preset")
         from nli_routing.experiments.presets import preset_values
 
         known = {f.name for cls in CONFIGS for f in fields(cls)}
@@ -305,14 +307,25 @@ def main(argv: list[str] | None = None) -> None:
             except (ValueError, TypeError) as err:
                 msg = str(err).splitlines()[0] if str(err) else type(err).__name__
                 ap.error(msg if msg.startswith("--") else f"--setting {setting} --values {value} --methods {method}: {msg}")
+    if any(seed < 0 for seed in args.seeds):
+        ap.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed must be >= 0")
+    if args.max_train_samples < 0:
+        ap.error(f"--max_train_samples {args.max_train_samples}: must be >= 0 (0: all of it)")
+    data_dir = Path(args.sci_root) / args.variant
+    if not data_dir.is_dir():
+        ap.error(f"--sci_root {args.sci_root}: no folder {args.variant} in it ({data_dir} "
+                 f"{'is a file' if data_dir.exists() else 'does not exist'})")
     args.values, args.setting = values, setting
     logging.basicConfig(level=logging.WARNING)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = json.loads(out.read_text())["runs"] if args.resume and out.exists() else []
     done = {(r["value"], r["method"], r["seed"]) for r in runs}
     meta = {"machine": machine(), "commit": commit(), "args": vars(args), "setting": setting}
-    prepared = prepare_sci(DataArgs(data_dir=str(Path(args.sci_root) / args.variant),
-                                    max_train_samples=args.max_train_samples or None, allow_unseen_meta=True))
+    try:  # data the flags cannot refute alone (no SCI files there, too few samples for the classes): one line
+        prepared = prepare_sci(DataArgs(data_dir=str(data_dir), max_train_samples=args.max_train_samples or None,
+                                        allow_unseen_meta=True))
+    except (ValueError, OSError) as err:
+        ap.error(f"--sci_root {args.sci_root} --variant {args.variant}: {str(err).splitlines()[0]}")
     started = time.time()
     index = -1
     for seed in args.seeds:
