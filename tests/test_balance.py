@@ -77,6 +77,21 @@ def test_a_collapse_prone_config_warns_at_construction_and_the_balanced_one_does
         RouterConfig(num_meta=1)
 
 
+@pytest.mark.parametrize("method", ["shared-bottom", "task-specific-all-fc", "cross-stitch", "soft-mixture",
+                                    "fixed-random-fc", "no-sharing"])
+def test_a_vision_method_without_learned_routes_does_not_warn_of_collapse(method):
+    from nli_routing.models.vision import VisionMTLConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VisionMTLConfig(num_meta=4, method=method)
+    if method not in ("soft-mixture", "no-sharing"):  # (those two refuse conv routers)
+        with pytest.warns(RoutingCollapseWarning):  # the same method with learned conv routers does
+            VisionMTLConfig(num_meta=4, method=method, routed_convs="1")
+    with pytest.warns(RoutingCollapseWarning):
+        VisionMTLConfig(num_meta=4, method="routing")
+
+
 def dispatcher(**kw):
     emb = nn.Embedding(10, 4)
     return LearnedDispatcher("two-stage", emb, 2, encoder="cbow", hidden=4, projection=4, **kw)

@@ -113,6 +113,12 @@ class VisionMTLConfig(RouterConfig):
     reward: str = field(default="correct", metadata={"help": "final reward: correct (+1/-1) or neg_loss"})
     rho: float = field(default=0.0, metadata={"help": "collaboration reward weight in [-1, 1]"})
 
+    def learns_tabular_routes(self) -> bool:
+        """Learned routers in the FC layers (the routed methods but the soft mixture, the single approximator
+        and fixed random routes) or in the conv layers (``routed_convs``)."""
+        kind, router = VISION_METHODS.get(self.method, ("routed", None))
+        return bool(self.routed_convs) or (kind in ("routed", "recurrent") and router in (None, "dispatched"))
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.method not in VISION_METHODS:

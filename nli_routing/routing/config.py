@@ -92,7 +92,8 @@ class RouterConfig:
             raise ValueError(f"router_balance_rate must be a number >= 0, got {self.router_balance_rate!r}")
         # fail early, when the flags are parsed: a malformed spec, an unknown option or value, a pair that cannot train
         check_router_learner(self.router, self.learner, parse_learner_args(self.learner_args))
-        if self.router in ("tabular", "dispatched") and self.num_meta > 1 and self.router_balance_share >= 1.0:
+        if (self.router in ("tabular", "dispatched") and self.num_meta > 1 and self.router_balance_share >= 1.0
+                and self.learns_tabular_routes()):
             warnings.warn(
                 f"{type(self).__name__}: tabular agents for {self.num_meta} meta classes without the capacity balance "
                 "(router_balance_share=1) are known to keep every class on one block when the classes conflict "
@@ -101,6 +102,11 @@ class RouterConfig:
                 RoutingCollapseWarning,
                 stacklevel=3,
             )
+
+    def learns_tabular_routes(self) -> bool:
+        """Whether a model of this config has routers that learn (a model kind whose some settings route
+        nothing, e.g. a shared-bottom vision model, says so: no collapse warning for those)."""
+        return True
 
     def router_kwargs(self, seed_offset: int = 0) -> dict[str, Any]:
         """Arguments of :func:`build_router` from this config."""
