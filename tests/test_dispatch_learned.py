@@ -318,14 +318,15 @@ def test_nested_finetuning_continues_the_joint_model(method):
 
 def test_the_recipes_dispatcher_defaults_resolve_per_kind():
     """Issue 29: two-stage dispatch imitates stage 1's meta labels from the whole pair (no MI term); the
-    online dispatchers keep the RL reward on the premise with the MI term; the thesis' training by flags."""
+    online dispatchers keep the RL reward on the premise with the MI term and a standardised agent input;
+    the thesis' training by flags."""
     from nli_routing.experiments.nli import DispatchArgs
 
     d = DispatchArgs()
     enc = {"state_norm": False, "agent_to_encoder": True}
     assert d.resolved("two-stage") == {"input": "pair", "target": "meta", "balance": 0.0, **enc}
     for kind in ONLINE_DISPATCHERS:
-        own = {"state_norm": kind == "rbae-seq", "agent_to_encoder": kind in ("basic", "rbae-seq")}
+        own = {"state_norm": True, "agent_to_encoder": kind in ("basic", "rbae-seq")}
         assert d.resolved(kind) == {"input": "premise", "target": "reward", "balance": 1.0, **own}
     thesis = DispatchArgs(dispatch_input="premise", dispatch_target="reward", dispatch_balance=0.0,
                           dispatch_agent_optimizer="routers", dispatch_state_norm=False, dispatch_agent_to_encoder=False)
@@ -336,6 +337,7 @@ def test_the_recipes_dispatcher_defaults_resolve_per_kind():
     preset = DispatchArgs(dispatch_state_norm=False)
     assert preset.resolved("rbae-seq") == {**d.resolved("rbae-seq"), "state_norm": False, "agent_to_encoder": False}
     assert preset.resolved("basic")["agent_to_encoder"] is True
+    assert all(preset.resolved(kind)["state_norm"] is False for kind in ONLINE_DISPATCHERS)
 
 
 def test_state_norm_standardises_the_agent_input_and_starts_its_statistics_at_the_first_batch():

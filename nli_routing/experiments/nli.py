@@ -217,8 +217,9 @@ class DispatchArgs:
     dispatch_state_norm: bool | None = field(
         default=None,
         metadata={"help": "standardise the dispatcher agent's input per feature with running batch statistics (default: "
-                          "on for rbae-seq, whose encodings differ by ~1e-3 between samples so its agent saw one "
-                          "input and collapsed on SCI; off for the other kinds; BENCHMARKS.md issue 29)"},
+                          "on for the online dispatchers, whose encodings differ by ~1e-2 between samples (rbae-seq: "
+                          "~1e-3) so their agents saw one input and started collapsed on SCI; off for two-stage; "
+                          "BENCHMARKS.md issue 29)"},
     )
 
     def __post_init__(self) -> None:
@@ -264,7 +265,9 @@ class DispatchArgs:
         source = self.dispatch_input if self.dispatch_input != "auto" else ("pair" if two_stage else "premise")
         balance = self.dispatch_balance if self.dispatch_balance is not None else (1.0 if target == "reward" else 0.0)
         seq = kind == "rbae-seq"  # issue 29: its encoder saturates and its agent collapses without both
-        norm = self.dispatch_state_norm if self.dispatch_state_norm is not None else seq
+        # issue 29: every online agent standardises its input (without it their inputs differ by ~1e-2 between
+        # samples and basic / RBAE-CBOW / RBAE-attn start collapsed in epoch 1); two-stage imitates meta labels
+        norm = self.dispatch_state_norm if self.dispatch_state_norm is not None else not two_stage
         to_encoder = (self.dispatch_agent_to_encoder if self.dispatch_agent_to_encoder is not None
                       else (seq and norm) or not kind.startswith("rbae-"))
         return {"input": source, "target": target, "balance": balance, "state_norm": norm,
