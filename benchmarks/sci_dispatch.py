@@ -26,7 +26,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,7 @@ VARIANTS = {
 }
 #: issue 29: dispatcher settings per method alias (DispatchArgs fields); the method is the alias before the "/"
 THESIS_DISPATCH = {"dispatch_balance": 0.0, "dispatch_agent_optimizer": "routers", "dispatch_target": "reward",
-                   "dispatch_input": "premise"}
+                   "dispatch_input": "premise", "dispatch_state_norm": False}
 DISPATCH_VARIANTS = {
     "wp-signature+D/best-agent": {**THESIS_DISPATCH, "dispatch_target": "best-agent"},
     "wp-signature+D/meta": {"dispatch_balance": 0.0, "dispatch_agent_optimizer": "blocks", "dispatch_target": "meta",
@@ -146,6 +146,24 @@ def method_of(name: str) -> tuple[str, dict]:
     if name in DISPATCH_VARIANTS:
         return name.split("/")[0], {}
     return VARIANTS.get(name, (name, {}))
+
+
+def preset_part(preset: dict, cls) -> dict:
+    """The settings of ``preset`` that are fields of the config class ``cls``."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in preset.items() if k in names}
+
+
+def run_configs(name: str, preset: dict, seed: int, epochs: int, stage2_epochs: int):
+    """``(base method, model config, train config, dispatch args)`` of one run of the row ``name``: the recipe
+    defaults, the preset over them, the row's own settings (VARIANTS / DISPATCH_VARIANTS) over that."""
+    base, overrides = method_of(name)
+    model = replace(NLIModelConfig(**preset_part(preset, NLIModelConfig)), **overrides)
+    train = TrainConfig(epochs=epochs, seed=seed, cpu=True, progress=False, select_best=True,
+                        **{**RECIPE_TRAIN_DEFAULTS, **preset_part(preset, TrainConfig)})
+    dispatch = DispatchArgs(stage2_epochs=stage2_epochs,
+                            **{**preset_part(preset, DispatchArgs), **DISPATCH_VARIANTS.get(name, {})})
+    return base, model, train, dispatch
 
 
 def dispatch_nmi(dispatch: dict | None) -> float | None:
@@ -468,8 +486,6 @@ def main() -> None:
             raise SystemExit(f"--methods {method}: {err}") from None
     preset = {}
     if args.preset is not None:  # ('' is a bad name, not "no preset")
-        from dataclasses import fields
-
         from nli_routing.experiments.presets import preset_values
 
         known = {f.name for cls in (NLIModelConfig, TrainConfig, DispatchArgs) for f in fields(cls)}
@@ -477,12 +493,6 @@ def main() -> None:
             preset = preset_values(args.preset, "nli", known)
         except ValueError as err:
             raise SystemExit(str(err)) from None
-
-    def preset_for(cls) -> dict:
-        from dataclasses import fields
-
-        names = {f.name for f in fields(cls)}
-        return {k: v for k, v in preset.items() if k in names}
 
     logging.basicConfig(level=logging.WARNING)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -506,14 +516,9 @@ def main() -> None:
                 want_nested = variant == "joint" and nested is not None
                 if (method, variant, seed) in done and (not want_nested or (method, "nested", seed) in done):
                     continue
-                cfg = TrainConfig(epochs=args.epochs, seed=seed, cpu=True, progress=False, select_best=True,
-                                  **{**RECIPE_TRAIN_DEFAULTS, **preset_for(TrainConfig)})
-                base, overrides = method_of(method)
-                res = run_method(base, prepared, replace(NLIModelConfig(**preset_for(NLIModelConfig)), **overrides), cfg,
-                                 dispatch_args=DispatchArgs(stage2_epochs=args.stage2_epochs, **{
-                                     **preset_for(DispatchArgs), **DISPATCH_VARIANTS.get(method, {})}),
-                    finetune=nested if want_nested else None,
-                    finetune_epochs=args.nested_epochs)
+                base, model_cfg, cfg, dispatch_args = run_configs(method, preset, seed, args.epochs, args.stage2_epochs)
+                res = run_method(base, prepared, model_cfg, cfg, dispatch_args=dispatch_args,
+                                 finetune=nested if want_nested else None, finetune_epochs=args.nested_epochs)
                 res["summary"]["method"] = method
                 if "finetune" in res:
                     res["finetune"]["summary"]["method"] = method

@@ -34,7 +34,6 @@ from scipy import stats as sps
 
 from nli_routing.experiments.bench import commit, machine
 from nli_routing.experiments.nli import (
-    RECIPE_TRAIN_DEFAULTS,
     DataArgs,
     DispatchArgs,
     prepare_sci,
@@ -45,11 +44,10 @@ from nli_routing.models.nli import NLIModelConfig
 from nli_routing.training.loop import TrainConfig
 
 from .sci_dispatch import (
-    DISPATCH_VARIANTS,
     dispatch_nmi,
     escape_epoch,
     mean_ci,
-    method_of,
+    run_configs,
 )
 
 #: the thesis' figures: the setting they sweep and its values
@@ -89,20 +87,11 @@ def parse_value(cls, name: str, text: str):
 
 
 def configs(setting: str, value, preset: dict, seed: int, epochs: int, stage2_epochs: int, method: str):
-    """``(base method, model config, train config, dispatch args)`` of one run: the recipe defaults, the
-    preset over them, the method's own settings over that, and the swept setting last. Building the
+    """``(base method, model config, train config, dispatch args)`` of one run: sci_dispatch's configuration
+    of the row (recipe defaults, preset, the row's own settings) with the swept setting last. Building the
     configurations validates the value (a ValueError naming it)."""
-
-    def pick(cls) -> dict:
-        names = {f.name for f in fields(cls)}
-        return {k: v for k, v in preset.items() if k in names}
-
-    base, overrides = method_of(method)
+    base, model, train, dispatch = run_configs(method, preset, seed, epochs, stage2_epochs)
     owner = setting_owner(setting)
-    model = replace(NLIModelConfig(**pick(NLIModelConfig)), **overrides)
-    train = TrainConfig(epochs=epochs, seed=seed, cpu=True, progress=False, select_best=True,
-                        **{**RECIPE_TRAIN_DEFAULTS, **pick(TrainConfig)})
-    dispatch = DispatchArgs(stage2_epochs=stage2_epochs, **{**pick(DispatchArgs), **DISPATCH_VARIANTS.get(method, {})})
     if owner is NLIModelConfig:
         model = replace(model, **{setting: value})
     elif owner is TrainConfig:
@@ -214,6 +203,7 @@ def plot(runs: list[dict], values: list[str], setting: str, path: Path) -> None:
         ax.axhline(75, color="grey", lw=0.8, ls=":")
         ax.set_title(method)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs, not 1.5
         ax.legend(title=setting, fontsize=8)
     axes[0][0].set_ylabel("validation accuracy (%), mean and seed range")
     fig.tight_layout()

@@ -90,3 +90,24 @@ def test_rnn_claims_compare_each_routed_rnn_with_the_unrouted_one():
     summary = bench.summarize(runs)
     lines = bench.rnn_claims(summary, lambda m, c: [r["test_accuracy"] for r in runs if (r["method"], r["column"]) == (m, c)])
     assert len(lines) == 1 and lines[0].startswith("nested: lstm-h2h 60.0 vs unrouted RNN 50.0 (+10.0 points, +20.0% relative")
+
+
+def test_run_configs_layers_recipe_defaults_preset_and_the_rows_own_settings():
+    """sci_dispatch.run_configs (shared with sci_hyper): the preset over the recipe defaults, a row's alias
+    over the preset; '/thesis' rows keep the thesis' dispatcher training whatever the defaults become."""
+    from nli_routing.experiments.nli import RECIPE_TRAIN_DEFAULTS
+
+    bench = load("sci_dispatch")
+    base, model, train, dispatch = bench.run_configs("wp-basic", {}, 3, 5, 2)
+    assert base == "wp-basic" and train.seed == 3 and train.epochs == 5 and dispatch.stage2_epochs == 2
+    assert all(getattr(train, k) == v for k, v in RECIPE_TRAIN_DEFAULTS.items())
+    assert dispatch.resolved("basic")["state_norm"] is True  # issue 29: the online default
+    preset = {"lr": 0.05, "router_balance_share": 1.0, "dispatch_balance": 0.0, "not_a_field": 1}
+    _, model, train, dispatch = bench.run_configs("wp-basic/norm", preset, 0, 5, 3)
+    assert train.lr == 0.05 and model.router_balance_share == 1.0 and dispatch.dispatch_balance == 0.0
+    assert dispatch.dispatch_state_norm is True  # the alias over the preset
+    _, _, _, thesis = bench.run_configs("wp-rbae-cbow/thesis", {}, 0, 5, 3)
+    assert thesis.resolved("rbae-cbow") == {"input": "premise", "target": "reward", "balance": 0.0,
+                                            "state_norm": False, "agent_to_encoder": False}
+    base, model, _, _ = bench.run_configs("wp-signature/init0", {}, 0, 5, 3)
+    assert base == "wp-signature" and model.router_init == 0.0 and model.router_balance_share == 1.0
