@@ -42,13 +42,16 @@ SETTINGS = {
                             "detach_state": False},  # online only
 }
 ONLINE_ONLY = ("em", "em-mi-adam", "em-mi-adam-norm-enc")
+#: "recipe": each kind under what the recipes resolve for it by default (``DispatchArgs().resolved``)
+RECIPE = "recipe"
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--settings", nargs="+", default=[*SETTINGS, RECIPE], choices=[*SETTINGS, RECIPE],
+                    help="trainings to run; 'recipe': each kind at the recipes' own defaults")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--out", default="benchmarks/results/dispatch_toy.json")
     args = ap.parse_args(argv)
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
             if setting == "mi-adam-centered" and not kind.startswith("rbae-"):
                 continue
             for seed in args.seeds:
-                record(kind, setting, seed, **SETTINGS[setting])
+                record(kind, setting, seed, **(toy.recipe_settings(kind) if setting == RECIPE else SETTINGS[setting]))
     oracle = {r["seed"]: r["accuracy"] for r in runs if r["kind"] == "oracle"}
     lines = [f"{'kind':<12} {'setting':<11} {'accuracy per seed':<24} {'NMI per seed':<24} pass"]
     for kind in ("oracle", "unrouted", "keyword", *args.kinds):

@@ -75,6 +75,19 @@ def build(kind: str, seed: int = 0, router: dict | None = None, **dispatch_kwarg
     return model
 
 
+def recipe_settings(kind: str) -> dict:
+    """The dispatcher training the recipes give ``kind`` by default (``DispatchArgs().resolved``), as
+    :class:`LearnedDispatcher` keyword arguments; the toy keeps its own sizes."""
+    from nli_routing.experiments.nli import DispatchArgs
+
+    args = DispatchArgs()
+    s = args.resolved(kind)
+    return {"balance": s["balance"], "target": s["target"], "state_norm": s["state_norm"],
+            "detach_state": not s["agent_to_encoder"], "agent_optimizer": args.dispatch_agent_optimizer,
+            "pair": s["input"] == "pair", "cbow_pool": args.dispatch_cbow_pool,
+            "recon_reward": args.dispatch_recon_reward}
+
+
 def make_dispatcher(model: NLIRoutingModel, kind: str, seed: int, **kwargs) -> LearnedDispatcher:
     vocab_map = compact_vocabulary([list(range(1, VOCAB))], VOCAB)
     opts = dict(hidden=32, projection=32, bottleneck=8, vocab_map=vocab_map, seed=seed + 7)
