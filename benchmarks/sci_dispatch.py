@@ -76,6 +76,8 @@ ROWS = [
     ("WP basic, MI 1, agent Adam", "wp-basic/mi-adam"),
     ("WP RBAE-CBOW, MI 1, agent Adam", "wp-rbae-cbow/mi-adam"),
     ("WP RBAE-onehot, MI 1, agent Adam", "wp-rbae-onehot/mi-adam"),
+    ("WP basic, 13 classes", "wp-basic/k13"),
+    ("WP RBAE-onehot, 13 classes", "wp-rbae-onehot/k13"),
     ("WP+D, thesis dispatcher training", "wp-signature+D/thesis"),
     ("WP basic, thesis dispatcher training", "wp-basic/thesis"),
     ("WP RBAE-CBOW, thesis dispatcher training", "wp-rbae-cbow/thesis"),
@@ -141,9 +143,19 @@ DISPATCH_VARIANTS = {
 }
 
 
+#: issue 29: online dispatchers with more virtual classes than the recipes' 5 (13 = the signatures of SCI joint's
+#: training set, so a dispatcher could give each signature its own class); the default elsewhere
+DISPATCH_K = {f"{m}/k13": 13 for m in ("wp-basic", "wp-rbae-onehot")}
+
+
+def dispatch_k_of(name: str) -> int:
+    """The number of virtual dispatch classes (and offline clusters) of the row ``name``."""
+    return DISPATCH_K.get(name, 5)
+
+
 def method_of(name: str) -> tuple[str, dict]:
     """``(method, model overrides)`` of a row name (a method, a VARIANTS or a DISPATCH_VARIANTS alias)."""
-    if name in DISPATCH_VARIANTS:
+    if name in DISPATCH_VARIANTS or name in DISPATCH_K:
         return name.split("/")[0], {}
     return VARIANTS.get(name, (name, {}))
 
@@ -517,8 +529,9 @@ def main() -> None:
                 if (method, variant, seed) in done and (not want_nested or (method, "nested", seed) in done):
                     continue
                 base, model_cfg, cfg, dispatch_args = run_configs(method, preset, seed, args.epochs, args.stage2_epochs)
-                res = run_method(base, prepared, model_cfg, cfg, dispatch_args=dispatch_args,
-                                 finetune=nested if want_nested else None, finetune_epochs=args.nested_epochs)
+                res = run_method(base, prepared, model_cfg, cfg, dispatch_k=dispatch_k_of(method),
+                                 dispatch_args=dispatch_args, finetune=nested if want_nested else None,
+                                 finetune_epochs=args.nested_epochs)
                 res["summary"]["method"] = method
                 if "finetune" in res:
                     res["finetune"]["summary"]["method"] = method

@@ -44,6 +44,7 @@ from nli_routing.models.nli import NLIModelConfig
 from nli_routing.training.loop import TrainConfig
 
 from .sci_dispatch import (
+    dispatch_k_of,
     dispatch_nmi,
     escape_epoch,
     mean_ci,
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 base, model, train, dispatch = configs(setting, parsed[value], preset, seed, args.epochs,
                                                        args.stage2_epochs, method)
-                res = run_method(base, prepared, model, train, dispatch_args=dispatch)
+                res = run_method(base, prepared, model, train, dispatch_k=dispatch_k_of(method), dispatch_args=dispatch)
                 rec = run_record(value, method, seed, res)
                 rec.update(commit=meta["commit"], machine=meta["machine"])
                 runs.append(rec)

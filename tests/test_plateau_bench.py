@@ -111,3 +111,10 @@ def test_run_configs_layers_recipe_defaults_preset_and_the_rows_own_settings():
                                             "state_norm": False, "agent_to_encoder": False}
     base, model, _, _ = bench.run_configs("wp-signature/init0", {}, 0, 5, 3)
     assert base == "wp-signature" and model.router_init == 0.0 and model.router_balance_share == 1.0
+
+
+def test_k13_rows_are_online_dispatchers_with_one_class_per_signature_of_joint():
+    bench = load("sci_dispatch")
+    assert bench.method_of("wp-basic/k13") == ("wp-basic", {})
+    assert bench.dispatch_k_of("wp-basic/k13") == 13 and bench.dispatch_k_of("wp-basic") == 5
+    assert any(m == "wp-rbae-onehot/k13" for _, m in bench.ROWS)
