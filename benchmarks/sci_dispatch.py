@@ -371,11 +371,31 @@ def plot_histories(runs: list[dict], path: Path, column: str = "joint") -> None:
     plt.close(fig)
 
 
+def dispatch_nmi_null(dispatch: dict | None, reps: int = 200, seed: int = 0) -> float | None:
+    """The 99th percentile of the NMI between signature and dispatch class when the classes are shuffled
+    across the test samples (same class and signature frequencies, no information): an NMI above it says the
+    dispatch carries information about the signature, at or below it that it carries none. None without a
+    dispatcher."""
+    if dispatch_nmi(dispatch) is None:
+        return None
+    table = np.array(list(dispatch["distribution"].values()), dtype=np.int64)
+    signature = np.repeat(np.arange(table.shape[0]), table.sum(1))
+    classes = np.concatenate([np.repeat(np.arange(table.shape[1]), row) for row in table])
+    rng = np.random.default_rng(seed)
+    null = []
+    for _ in range(reps):
+        shuffled = np.zeros_like(table)
+        np.add.at(shuffled, (signature, rng.permutation(classes)), 1)
+        null.append(dispatch_nmi({"distribution": dict(enumerate(shuffled.tolist()))}))
+    return float(np.percentile(null, 99))
+
+
 def dispatch_table(runs: list[dict]) -> list[str]:
     """Issue 29: per dispatcher row and column, the test dispatch entropy (bits), the NMI between dispatch
-    and signature, and the runs whose last epoch had a collapse warning."""
-    lines = ["dispatch (test): entropy bits min-max, NMI with the signature mean (min-max), collapse warning "
-             "in the last epoch"]
+    and signature beside its shuffled-class null (99th percentile, :func:`dispatch_nmi_null`) with the runs
+    above it, and the runs whose last epoch had a collapse warning."""
+    lines = ["dispatch (test): entropy bits min-max, NMI with the signature mean (min-max), the shuffled null's "
+             "99th percentile (max over runs) and the runs above it, collapse warning in the last epoch"]
     keys = sorted({(r["method"], r["column"]) for r in runs if r.get("dispatch_entropy") is not None})
     for method, column in keys:
         sel = [r for r in runs if r["method"] == method and r["column"] == column]
@@ -384,6 +404,12 @@ def dispatch_table(runs: list[dict]) -> list[str]:
         warned = sum(1 for r in sel if (r.get("collapse_warnings") or [None])[-1])
         ever = sum(1 for r in sel if any(r.get("collapse_warnings") or []))
         nmi_text = f"{statistics.mean(nmi):.3f} ({min(nmi):.3f}-{max(nmi):.3f})" if nmi else "-"
+        nulls = [(r["dispatch_nmi"], dispatch_nmi_null(r.get("dispatch"))) for r in sel
+                 if r.get("dispatch_nmi") is not None]
+        nulls = [(v, z) for v, z in nulls if z is not None]
+        if nulls:
+            above = sum(1 for v, z in nulls if v > z)
+            nmi_text += f" null99 {max(z for _, z in nulls):.3f}, above {above}/{len(nulls)}"
         lines.append(f"  {method:<28} {column:<9} n={len(sel)}  H {min(h):.2f}-{max(h):.2f}  NMI {nmi_text}  "
                      f"collapse {warned}/{len(sel)} (any epoch {ever}/{len(sel)})")
     return lines

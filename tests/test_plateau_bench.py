@@ -118,3 +118,20 @@ def test_k13_rows_are_online_dispatchers_with_one_class_per_signature_of_joint()
     assert bench.method_of("wp-basic/k13") == ("wp-basic", {})
     assert bench.dispatch_k_of("wp-basic/k13") == 13 and bench.dispatch_k_of("wp-basic") == 5
     assert any(m == "wp-rbae-onehot/k13" for _, m in bench.ROWS)
+
+
+def test_dispatch_nmi_null_separates_an_informative_dispatch_from_a_shuffled_one():
+    """The NMI's shuffled-class null: a dispatch that follows the signature is far above it, a dispatch
+    independent of it is not; the dispatch table reports both."""
+    bench = load("sci_dispatch")
+    aligned = {"distribution": {"+|-": [300, 0, 0], "-|+": [0, 300, 0], "o|o": [0, 0, 300]}}
+    independent = {"distribution": {"+|-": [100, 100, 100], "-|+": [100, 100, 100], "o|o": [100, 100, 100]}}
+    null = bench.dispatch_nmi_null(aligned)
+    assert bench.dispatch_nmi(aligned) == 1.0 and 0.0 < null < 0.02
+    assert bench.dispatch_nmi(independent) == 0.0 <= bench.dispatch_nmi_null(independent)
+    assert bench.dispatch_nmi_null(None) is None
+    runs = [{"method": "wp-basic", "column": "joint", "seed": s, "dispatch_entropy": 1.5, "dispatch": d,
+             "dispatch_nmi": bench.dispatch_nmi(d), "collapse_warnings": [None]}
+            for s, d in enumerate([aligned, independent])]
+    line = bench.dispatch_table(runs)[1]
+    assert "above 1/2" in line and "collapse 0/2" in line
