@@ -39,7 +39,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--every", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dispatch_state_norm", action="store_true")
+    ap.add_argument("--dispatch_state_norm", action="store_const", const=True, default=None,
+                    help="standardise the agent's input (default: the recipes' default, on for the online dispatchers "
+                         "since 1b68217; runs recorded before it without this flag had it off)")
+    ap.add_argument("--no_dispatch_state_norm", dest="dispatch_state_norm", action="store_const", const=False)
     ap.add_argument("--dispatch_recon_reward", default="raw")
     ap.add_argument("--agent_grad_to_encoder", action="store_true",
                     help="let the agent's loss reach the encoder (detach_state=False; the RBAE default keeps it out)")
