@@ -41,17 +41,32 @@ SETTINGS = {
     "em-mi-adam-norm-enc": {"target": "em", "balance": 1.0, "agent_optimizer": "blocks", "state_norm": True,
                             "detach_state": False},  # online only
 }
-ONLINE_ONLY = ("em", "em-mi-adam", "em-mi-adam-norm-enc")
-#: "recipe": each kind under what the recipes resolve for it by default (``DispatchArgs().resolved``)
+ONLINE_ONLY = ("em", "em-mi-adam", "em-mi-adam-norm-enc", "recipe-mixture", "recipe-mixture-mi")
+#: "recipe": each kind under what the recipes resolve for it by default (``DispatchArgs().resolved``);
+#: "recipe-mixture": the same with ``--dispatch_target mixture`` (the mutual-information term then off),
+#: "recipe-mixture-mi": with the term at weight 1
 RECIPE = "recipe"
+RECIPE_SETTINGS = {RECIPE: {}, "recipe-mixture": {"dispatch_target": "mixture"},
+                   "recipe-mixture-mi": {"dispatch_target": "mixture", "dispatch_balance": 1.0}}
+
+
+def settings_of(kind: str, setting: str) -> dict:
+    """The dispatcher keyword arguments of ``setting`` for ``kind``."""
+    if setting in RECIPE_SETTINGS:
+        return toy.recipe_settings(kind, **RECIPE_SETTINGS[setting])
+    return SETTINGS[setting]
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    ap.add_argument("--settings", nargs="+", default=[*SETTINGS, RECIPE], choices=[*SETTINGS, RECIPE],
-                    help="trainings to run; 'recipe': each kind at the recipes' own defaults")
+    ap.add_argument("--settings", nargs="+", default=[*SETTINGS, RECIPE], choices=[*SETTINGS, *RECIPE_SETTINGS],
+                    help="trainings to run; 'recipe': each kind at the recipes' own defaults, 'recipe-mixture(-mi)': "
+                         "with --dispatch_target mixture (and the mutual-information term at 1)")
+    ap.add_argument("--layout", default="premise", choices=toy.LAYOUTS,
+                    help="premise: the content word in the premise (a dispatcher can read the label); split: in the "
+                         "hypothesis, so the premise carries only the group (nli_routing/experiments/dispatch_toy.py)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--out", default="benchmarks/results/dispatch_toy.json")
     args = ap.parse_args(argv)
@@ -63,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def record(name: str, setting: str, seed: int, **kw) -> None:
         t = time.time()
-        res = toy.run(name, seed, steps=args.steps, **kw)
+        res = toy.run(name, seed, steps=args.steps, layout=args.layout, **kw)
         runs.append({"kind": name, "setting": setting, "seed": seed, **res, "seconds": round(time.time() - t, 1)})
         print(f"{name:<12} {setting:<11} seed {seed}: " + " ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
 
@@ -79,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
             if setting == "mi-adam-centered" and not kind.startswith("rbae-"):
                 continue
             for seed in args.seeds:
-                record(kind, setting, seed, **(toy.recipe_settings(kind) if setting == RECIPE else SETTINGS[setting]))
+                record(kind, setting, seed, **settings_of(kind, setting))
     oracle = {r["seed"]: r["accuracy"] for r in runs if r["kind"] == "oracle"}
     lines = [f"{'kind':<12} {'setting':<11} {'accuracy per seed':<24} {'NMI per seed':<24} pass"]
     for kind in ("oracle", "unrouted", "keyword", *args.kinds):

@@ -137,6 +137,10 @@ DISPATCH_VARIANTS = {
                                                        "wp-rbae-onehot")},
     **{f"{m}/em-mi": {"dispatch_target": "em", "dispatch_balance": 1.0}
        for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
+    # issue 29: the mixture of experts trained as soft EM (every path on every sample, weighted by the posterior;
+    # the dispatcher predicts the posterior; the balance resolves to the marginal entropy at 0.1)
+    **{f"{m}/mixture": {"dispatch_target": "mixture"} for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn",
+                                                                 "wp-rbae-onehot")},
     # the thesis' dispatcher training, whatever the recipe defaults are
     **{f"{m}/thesis": dict(THESIS_DISPATCH) for m in ("wp-signature+D", "wp-basic", "wp-rbae-cbow", "wp-rbae-attn",
                                                       "wp-rbae-onehot", "wp-rbae-seq")},

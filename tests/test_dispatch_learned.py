@@ -324,13 +324,18 @@ def test_the_recipes_dispatcher_defaults_resolve_per_kind():
 
     d = DispatchArgs()
     enc = {"state_norm": False, "agent_to_encoder": True}
-    assert d.resolved("two-stage") == {"input": "pair", "target": "meta", "balance": 0.0, **enc}
+    assert d.resolved("two-stage") == {"input": "pair", "target": "meta", "balance": 0.0, "balance_term": "mi", **enc}
     for kind in ONLINE_DISPATCHERS:
         own = {"state_norm": True, "agent_to_encoder": kind in ("basic", "rbae-seq")}
-        assert d.resolved(kind) == {"input": "premise", "target": "reward", "balance": 1.0, **own}
+        assert d.resolved(kind) == {"input": "premise", "target": "reward", "balance": 1.0, "balance_term": "mi", **own}
+        # the mixture target: the load balance (marginal entropy) at 0.1 unless set
+        mix = DispatchArgs(dispatch_target="mixture").resolved(kind)
+        assert (mix["balance"], mix["balance_term"]) == (0.1, "marginal")
+        assert DispatchArgs(dispatch_target="mixture", dispatch_balance=0.0,
+                            dispatch_balance_term="mi").resolved(kind)["balance_term"] == "mi"
     thesis = DispatchArgs(dispatch_input="premise", dispatch_target="reward", dispatch_balance=0.0,
                           dispatch_agent_optimizer="routers", dispatch_state_norm=False, dispatch_agent_to_encoder=False)
-    assert thesis.resolved("two-stage") == {"input": "premise", "target": "reward", "balance": 0.0,
+    assert thesis.resolved("two-stage") == {"input": "premise", "target": "reward", "balance": 0.0, "balance_term": "mi",
                                             "state_norm": False, "agent_to_encoder": False}
     assert thesis.resolved("rbae-seq")["agent_to_encoder"] is False
     # the thesis preset sets no state norm; rbae-seq's encoder then learns from the reconstruction only

@@ -60,7 +60,7 @@ ONLINE_FIX = {"balance": 1.0, "agent_optimizer": "blocks"}
 
 def test_the_toy_runs_the_recipes_dispatcher_defaults():
     """What the tests below call "the recipe defaults" is what ``DispatchArgs()`` resolves per kind."""
-    assert toy.recipe_settings("rbae-onehot") == {"balance": 1.0, "target": "reward", "state_norm": True,
+    assert toy.recipe_settings("rbae-onehot") == {"balance": 1.0, "balance_term": "mi", "target": "reward", "state_norm": True,
                                                   "detach_state": True, "agent_optimizer": "blocks", "pair": False,
                                                   "cbow_pool": "mean", "recon_reward": "raw"}
     assert toy.recipe_settings("basic")["detach_state"] is False

@@ -9,6 +9,13 @@ filler words shared by all groups. The label is ``(base[content] + group) % 3``:
 every content word a different label, so one path through the model cannot serve two groups, and the
 group is readable from the premise's words but never given to a dispatcher.
 
+Layouts (``layout``): ``"premise"`` as above. A dispatcher reading that premise sees the content word
+too, so it can compute the label itself, and a dispatch by the label with one constant path per class
+solves the toy as well as the groups do (NMI with the groups 0): the groups are not the only answer.
+``"split"``: the content word moves to the hypothesis and a filler word takes its place, so the
+premise (what the online dispatchers read) carries the group and nothing else, and the only dispatch
+that helps is by the group (issue 29).
+
 Models (all :class:`~nli_routing.models.nli.NLIRoutingModel`, CBOW over frozen random word vectors,
 ``DIM`` wide, a one-hidden-layer classifier):
 
@@ -36,6 +43,7 @@ CONTENT_START = STYLE_START + GROUPS * STYLE_VOCAB
 FILLER_START = CONTENT_START + CONTENT
 VOCAB = FILLER_START + FILLER
 BATCH = 64
+LAYOUTS = ("premise", "split")
 
 
 def word_vectors(seed: int = 0) -> torch.Tensor:
@@ -45,15 +53,24 @@ def word_vectors(seed: int = 0) -> torch.Tensor:
     return w
 
 
-def make_batch(n: int, seed: int) -> dict[str, torch.Tensor]:
-    """``n`` samples: premise (style words of the group + a content word), hypothesis, label, group."""
+def make_batch(n: int, seed: int, layout: str = "premise") -> dict[str, torch.Tensor]:
+    """``n`` samples: premise (style words of the group + a content word; ``layout="split"``: + a filler
+    word, the content word goes to the hypothesis), hypothesis, label, group."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     g = torch.Generator().manual_seed(seed)
     group = torch.randint(0, GROUPS, (n,), generator=g)
     content = torch.randint(0, CONTENT, (n,), generator=g)
     style = STYLE_START + group.unsqueeze(1) * STYLE_VOCAB + torch.randint(0, STYLE_VOCAB, (n, STYLE), generator=g)
-    premise = torch.cat([style, (CONTENT_START + content).unsqueeze(1)], 1)
+    if layout == "split":  # a filler word in the content word's place
+        last = FILLER_START + torch.randint(0, FILLER, (n,), generator=g)
+    else:
+        last = CONTENT_START + content
+    premise = torch.cat([style, last.unsqueeze(1)], 1)
     premise = premise.gather(1, torch.rand(n, STYLE + 1, generator=g).argsort(1))  # word order carries nothing
     hypothesis = FILLER_START + torch.randint(0, FILLER, (n, 2), generator=g)
+    if layout == "split":
+        hypothesis = torch.cat([hypothesis, (CONTENT_START + content).unsqueeze(1)], 1)
     base = torch.arange(CONTENT) % 3
     label = (base[content] + group) % 3
     ones_p = torch.ones_like(premise, dtype=torch.bool)
@@ -75,14 +92,14 @@ def build(kind: str, seed: int = 0, router: dict | None = None, **dispatch_kwarg
     return model
 
 
-def recipe_settings(kind: str) -> dict:
-    """The dispatcher training the recipes give ``kind`` by default (``DispatchArgs().resolved``), as
-    :class:`LearnedDispatcher` keyword arguments; the toy keeps its own sizes."""
+def recipe_settings(kind: str, **overrides) -> dict:
+    """The dispatcher training the recipes give ``kind`` by default (``DispatchArgs(**overrides).resolved``),
+    as :class:`LearnedDispatcher` keyword arguments; the toy keeps its own sizes."""
     from nli_routing.experiments.nli import DispatchArgs
 
-    args = DispatchArgs()
+    args = DispatchArgs(**overrides)
     s = args.resolved(kind)
-    return {"balance": s["balance"], "target": s["target"], "state_norm": s["state_norm"],
+    return {"balance": s["balance"], "balance_term": s["balance_term"], "target": s["target"], "state_norm": s["state_norm"],
             "detach_state": not s["agent_to_encoder"], "agent_optimizer": args.dispatch_agent_optimizer,
             "pair": s["input"] == "pair", "cbow_pool": args.dispatch_cbow_pool,
             "recon_reward": args.dispatch_recon_reward}
@@ -95,7 +112,8 @@ def make_dispatcher(model: NLIRoutingModel, kind: str, seed: int, **kwargs) -> L
     return LearnedDispatcher(kind, model.encoder.embedding, GROUPS, **opts)
 
 
-def train(model: NLIRoutingModel, steps: int, seed: int = 0, lr: float = 2e-3, router_lr: float = 1e-2) -> None:
+def train(model: NLIRoutingModel, steps: int, seed: int = 0, lr: float = 2e-3, router_lr: float = 1e-2,
+          layout: str = "premise") -> None:
     """Adam on the blocks (and the dispatcher's encoder), SGD on the routers and the dispatcher's agent."""
     router_ids = {id(p) for p in model.router_parameters()}
     blocks = [p for p in model.parameters() if p.requires_grad and id(p) not in router_ids]
@@ -104,7 +122,7 @@ def train(model: NLIRoutingModel, steps: int, seed: int = 0, lr: float = 2e-3, r
     router_opt = torch.optim.SGD(routers, lr=router_lr) if routers else None
     model.train()
     for step in range(steps):
-        batch = make_batch(BATCH, seed=10_000 * (seed + 1) + step)
+        batch = make_batch(BATCH, seed=10_000 * (seed + 1) + step, layout=layout)
         feed = dict(batch)
         if model.dispatcher is not None and not model.routing_frozen:
             feed.pop("meta")  # an online dispatcher never sees the group (stage 2 of two-stage trains on it)
@@ -121,11 +139,11 @@ def train(model: NLIRoutingModel, steps: int, seed: int = 0, lr: float = 2e-3, r
 
 
 @torch.no_grad()
-def evaluate(model: NLIRoutingModel, n: int = 2000) -> dict[str, float]:
+def evaluate(model: NLIRoutingModel, n: int = 2000, layout: str = "premise") -> dict[str, float]:
     """Greedy accuracy on held-out samples; with a dispatcher, the NMI of its classes with the groups
     and its dispatch entropy (bits)."""
     model.eval()
-    batch = make_batch(n, seed=999_999)
+    batch = make_batch(n, seed=999_999, layout=layout)
     feed = dict(batch)
     if model.dispatcher is not None:
         feed.pop("meta")
@@ -151,15 +169,16 @@ def greedy_paths(model: NLIRoutingModel) -> list[tuple[int, ...]]:
 
 
 def run(kind: str, seed: int = 0, steps: int = 600, stage2_steps: int = 300, router: dict | None = None,
-        **dispatch_kwargs) -> dict[str, float]:
-    """Train a toy model of ``kind`` and evaluate it (two-stage: oracle first, then the dispatcher)."""
+        layout: str = "premise", **dispatch_kwargs) -> dict[str, float]:
+    """Train a toy model of ``kind`` on ``layout``'s samples and evaluate it (two-stage: oracle first,
+    then the dispatcher)."""
     model = build(kind, seed, router, **dispatch_kwargs)
-    train(model, steps, seed)
+    train(model, steps, seed, layout=layout)
     if kind == "two-stage":
         model.attach_dispatcher(make_dispatcher(model, "two-stage", seed, **dispatch_kwargs))
         model.freeze_routing()
-        train(model, stage2_steps, seed + 50)
-    res = evaluate(model)
+        train(model, stage2_steps, seed + 50, layout=layout)
+    res = evaluate(model, layout=layout)
     if kind == "oracle":
         res["distinct_paths"] = len(set(greedy_paths(model)))
     return res

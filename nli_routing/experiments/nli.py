@@ -20,7 +20,7 @@ from ..data import EMBEDDED_SCI
 from ..data.encoding import NLICollator, encode_nli
 from ..data.sci import VARIANTS as SCI_VARIANTS
 from ..data.sci import check_meta_coverage, load_sci, subsample_covering
-from ..models.dispatcher import AGENT_OPTIMIZERS, CBOW_POOLS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, RECON_REWARDS, LearnedDispatcher, compact_vocabulary
+from ..models.dispatcher import AGENT_OPTIMIZERS, BALANCE_TERMS, CBOW_POOLS, DISPATCH_TARGETS, ENCODERS, ONLINE_DISPATCHERS, ONLINE_TARGETS, RECON_REWARDS, LearnedDispatcher, compact_vocabulary
 from ..dispatch.offline import OfflineDispatcher, dispatch_dataset
 from ..routing import LEARNERS, parse_learner_args
 from ..routing.config import check_at_least
@@ -180,7 +180,14 @@ class DispatchArgs:
         default=None,
         metadata={"help": "weight of the mutual information H(mean pi) - mean H(pi) between samples and dispatch "
                           "classes, maximised beside the dispatcher's loss (0: off, the thesis; default: 1 with the RL "
-                          "reward, 0 with the supervised targets meta and best-agent; BENCHMARKS.md issue 29)"},
+                          "reward, 0.1 with the mixture target, 0 with the targets meta, best-agent and em; "
+                          "BENCHMARKS.md issue 29)"},
+    )
+    dispatch_balance_term: str = field(
+        default="auto",
+        metadata={"help": f"the term --dispatch_balance weighs: one of {BALANCE_TERMS} or auto (mi: the mutual "
+                          "information; marginal: the entropy of the batch's mean dispatch distribution only, a load "
+                          "balance; auto: marginal with the mixture target, mi otherwise; BENCHMARKS.md issue 29)"},
     )
     dispatch_agent_optimizer: str = field(
         default="blocks",
@@ -192,7 +199,9 @@ class DispatchArgs:
         metadata={"help": f"what the dispatcher learns from: one of {DISPATCH_TARGETS} or auto (reward: the thesis' RL; "
                           "best-agent: predict the agent whose path has the lowest loss, K forwards per batch; em: online, the "
                           "class drawn from the posterior dispatcher x path likelihood, the model trains on its path "
-                          "(Kirsch et al. 2018), K forwards per batch; meta: "
+                          "(Kirsch et al. 2018), K forwards per batch; mixture: online, every path learns from every "
+                          "sample weighted by that posterior and the dispatcher predicts it (soft EM of a mixture of "
+                          "experts, Jacobs et al. 1991), K times the model's compute per batch; meta: "
                           "two-stage only, predict the meta label stage 1 trained with; auto: meta for two-stage "
                           "dispatch, reward for the online dispatchers; BENCHMARKS.md issue 29)"},
     )
@@ -235,6 +244,9 @@ class DispatchArgs:
         if self.dispatch_agent_optimizer not in AGENT_OPTIMIZERS:
             raise ValueError(f"dispatch_agent_optimizer must be one of {AGENT_OPTIMIZERS}, "
                              f"got {self.dispatch_agent_optimizer!r}")
+        if self.dispatch_balance_term not in (*BALANCE_TERMS, "auto"):
+            raise ValueError(f"dispatch_balance_term must be one of {(*BALANCE_TERMS, 'auto')}, "
+                             f"got {self.dispatch_balance_term!r}")
         if self.dispatch_target not in (*DISPATCH_TARGETS, "auto"):
             raise ValueError(f"dispatch_target must be one of {(*DISPATCH_TARGETS, 'auto')}, got {self.dispatch_target!r}")
         parse_learner_args(self.dispatch_learner_args)
@@ -253,24 +265,27 @@ class DispatchArgs:
         if self.dispatch_target == "meta" and online:
             raise ValueError("--dispatch_target meta imitates stage 1's meta labels: it needs a two-stage method "
                              f"(--two_stage or a '+D' name), not the online dispatcher {overrides['dispatch']!r}")
-        if self.dispatch_target == "em" and not online:
-            raise ValueError(f"--dispatch_target em trains the model on the dispatched paths: it needs an online "
-                             f"dispatcher ({', '.join(ONLINE_DISPATCHERS)}), not {method!r}")
+        if self.dispatch_target in ONLINE_TARGETS and not online:
+            raise ValueError(f"--dispatch_target {self.dispatch_target} trains the model on the dispatched paths: it "
+                             f"needs an online dispatcher ({', '.join(ONLINE_DISPATCHERS)}), not {method!r}")
 
     def resolved(self, kind: str) -> dict[str, Any]:
-        """``{"input", "target", "balance", "state_norm", "agent_to_encoder"}`` of a dispatcher of ``kind``
+        """``{"input", "target", "balance", "balance_term", "state_norm", "agent_to_encoder"}`` of a dispatcher of ``kind``
         (the ``auto`` / unset values resolved)."""
         two_stage = kind == "two-stage"
         target = self.dispatch_target if self.dispatch_target != "auto" else ("meta" if two_stage else "reward")
         source = self.dispatch_input if self.dispatch_input != "auto" else ("pair" if two_stage else "premise")
-        balance = self.dispatch_balance if self.dispatch_balance is not None else (1.0 if target == "reward" else 0.0)
+        default_balance = {"reward": 1.0, "mixture": 0.1}.get(target, 0.0)
+        balance = self.dispatch_balance if self.dispatch_balance is not None else default_balance
+        term = (self.dispatch_balance_term if self.dispatch_balance_term != "auto"
+                else ("marginal" if target == "mixture" else "mi"))
         seq = kind == "rbae-seq"  # issue 29: its encoder saturates and its agent collapses without both
         # issue 29: every online agent standardises its input (without it their inputs differ by ~1e-2 between
         # samples and basic / RBAE-CBOW / RBAE-attn start collapsed in epoch 1); two-stage imitates meta labels
         norm = self.dispatch_state_norm if self.dispatch_state_norm is not None else not two_stage
         to_encoder = (self.dispatch_agent_to_encoder if self.dispatch_agent_to_encoder is not None
                       else (seq and norm) or not kind.startswith("rbae-"))
-        return {"input": source, "target": target, "balance": balance, "state_norm": norm,
+        return {"input": source, "target": target, "balance": balance, "balance_term": term, "state_norm": norm,
                 "agent_to_encoder": to_encoder}
 
     def build(self, kind: str, model: NLIRoutingModel, num_dispatch: int, vocab_map, seed: int) -> LearnedDispatcher:
@@ -291,6 +306,7 @@ class DispatchArgs:
             learner_kwargs=parse_learner_args(self.dispatch_learner_args),
             seed=seed + 7,
             balance=settings["balance"],
+            balance_term=settings["balance_term"],
             target=settings["target"],
             agent_optimizer=self.dispatch_agent_optimizer,
             cbow_pool=self.dispatch_cbow_pool,

@@ -27,7 +27,11 @@ Two additions against collapse (issue 29; both off reproduces the thesis' traini
   ``I = H(mean_b pi_b) - mean_b H(pi_b)`` over the batch, is maximised with this weight beside the
   learner's loss. The first term rewards spreading the batch over the classes, the second confident
   per-sample choices, so only a dispatch that depends on the input scores high (a per-sample entropy
-  bonus rewards uncertainty, not spread).
+  bonus rewards uncertainty, not spread). ``balance_term="marginal"`` keeps the first term only, the
+  entropy of the batch's mean dispatch distribution (a load balance): with target "mixture" the
+  likelihood already makes the choices confident, and the confidence term, which commits the
+  dispatcher to a partition before the paths have specialised, hurts there (issue 29, the dispatch
+  toy's split layout).
 * ``target="best-agent"``: the routed model runs every sample through each of the K agents' greedy
   paths (K extra forwards without gradients); the agent with the lowest task loss on the gold label
   is the sample's target, and the dispatcher is trained to predict it (cross-entropy on its values)
@@ -39,6 +43,15 @@ Two additions against collapse (issue 29; both off reproduces the thesis' traini
   the samples they already explain) and the dispatcher is trained to predict it (M-step). Drawing
   from the posterior rather than taking its argmax keeps ties spread instead of sending them all to
   one class.
+* ``target="mixture"`` (online dispatchers; the competitive mixture of experts of Jacobs et al.
+  1991, trained as soft EM): every sample runs through all K agents' paths in one batch of K x B rows
+  (with gradients, in training only), the paths learn from the posterior-weighted loss
+  ``sum_k q(k) loss_k`` with ``q`` the posterior above, and the dispatcher from the cross-entropy to
+  ``q`` (together the gradient of the mixture likelihood ``-log sum_k pi(k | x) exp(-loss_k)``). The
+  routers learn on one class per sample drawn from ``q``. Unlike "em", every path learns from every
+  sample in proportion to how well it explains it, so paths can specialise before the dispatcher has
+  (issue 29: on the dispatch toy with the group the premise's only content, the RBAE dispatchers
+  recover the groups with it where the RL reward does not).
 * ``target="meta"`` (two-stage only): the dispatcher is trained to predict the meta label the model
   was trained with in stage 1 (the training data has it; the test data need not), cross-entropy on its
   values: the frozen model then sees, at test time, the meta class it was trained to expect.
@@ -58,8 +71,10 @@ from ..routing.execution import grouped_apply
 
 __all__ = [
     "AGENT_OPTIMIZERS",
+    "BALANCE_TERMS",
     "DISPATCH_TARGETS",
     "ONLINE_DISPATCHERS",
+    "ONLINE_TARGETS",
     "ENCODERS",
     "DispatchOutput",
     "LearnedDispatcher",
@@ -69,7 +84,11 @@ __all__ = [
 #: --dispatch values trained jointly with the routed model
 ONLINE_DISPATCHERS = ("basic", "rbae-cbow", "rbae-attn", "rbae-onehot", "rbae-seq")
 #: what a dispatcher learns from: the RL reward (the thesis) or the best agent's index (see the module docstring)
-DISPATCH_TARGETS = ("reward", "best-agent", "meta", "em")
+DISPATCH_TARGETS = ("reward", "best-agent", "meta", "em", "mixture")
+#: targets that train the model on the dispatch (online dispatchers only; K forwards per batch)
+ONLINE_TARGETS = ("em", "mixture")
+#: the balance term weighted by ``balance``: the mutual information, or the marginal entropy only
+BALANCE_TERMS = ("mi", "marginal")
 #: which optimizer trains the dispatcher's agent: the routers' (SGD at the router rate) or the blocks'
 AGENT_OPTIMIZERS = ("routers", "blocks")
 #: the RBAE's reconstruction reward: ``raw`` (the thesis, ``-L_rec``) or ``agent-centered`` (minus the
@@ -235,7 +254,9 @@ class DispatchOutput:
     trajectory: Trajectory  # one-step trajectory of the dispatch decisions
     recon_loss: Tensor | None = None  # [B] with graph (RBAE), else None
     agent_losses: Tensor | None = None  # [B, K] task loss of every agent's path (target="best-agent"), else None
-    target: Tensor | None = None  # [B] the class to predict (target "best-agent" or "meta"), filled by the model
+    #: the class to predict, filled by the model: [B] (targets "best-agent", "em", "meta") or the
+    #: posterior over the classes [B, K] (target "mixture")
+    target: Tensor | None = None
 
     @property
     def actions(self) -> Tensor:
@@ -252,7 +273,12 @@ def em_posterior(values: Tensor, agent_losses: Tensor) -> Tensor:
 def em_posterior_sample(values: Tensor, agent_losses: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``[B]`` one class per sample drawn from :func:`em_posterior` (random numbers from ``generator``,
     a CPU generator, so runs are reproducible on any device)."""
-    q = em_posterior(values, agent_losses)
+    return draw_classes(em_posterior(values, agent_losses), generator)
+
+
+def draw_classes(q: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``[B]`` one class per row of the distributions ``q [B, K]`` (uniform numbers from ``generator``,
+    a CPU generator)."""
     u = torch.rand(q.shape[0], 1, generator=generator).to(q.device)
     return (q.cumsum(1) < u).sum(1).clamp_max(q.shape[1] - 1)
 
@@ -290,8 +316,12 @@ class LearnedDispatcher(nn.Module):
         cbow_pool: str = "mean",
         recon_reward: str = "raw",
         state_norm: bool = False,
+        balance_term: str = "mi",
     ) -> None:
         super().__init__()
+        if balance_term not in BALANCE_TERMS:
+            raise ValueError(f"balance_term must be one of {BALANCE_TERMS}, got {balance_term!r}")
+        self.balance_term = balance_term
         if recon_reward not in RECON_REWARDS:
             raise ValueError(f"recon_reward must be one of {RECON_REWARDS}, got {recon_reward!r}")
         self.recon_reward = recon_reward
@@ -304,9 +334,9 @@ class LearnedDispatcher(nn.Module):
             raise ValueError(f"balance (the mutual-information weight) must be >= 0, got {balance}")
         if target not in DISPATCH_TARGETS:
             raise ValueError(f"target must be one of {DISPATCH_TARGETS}, got {target!r}")
-        if target == "em" and kind == "two-stage":
-            raise ValueError("target 'em' trains the model on the dispatched paths: an online dispatcher, not the "
-                             "two-stage one (its model is frozen; use 'best-agent' there)")
+        if target in ONLINE_TARGETS and kind == "two-stage":
+            raise ValueError(f"target {target!r} trains the model on the dispatched paths: an online dispatcher, not "
+                             "the two-stage one (its model is frozen; use 'best-agent' there)")
         if target == "meta" and kind != "two-stage":
             raise ValueError(f"target 'meta' imitates stage 1's meta labels and needs the two-stage dispatcher, not {kind!r}")
         self.balance = float(balance)
@@ -372,6 +402,7 @@ class LearnedDispatcher(nn.Module):
             **({"cbow_pool": cbow_pool} if cbow_pool != "mean" else {}),  # (folders saved before it: mean)
             **({"recon_reward": recon_reward} if recon_reward != "raw" else {}),  # (saved before it: raw)
             **({"state_norm": True} if state_norm else {}),  # (saved before it: none)
+            **({"balance_term": balance_term} if balance_term != "mi" else {}),  # (saved before it: mi)
             "vocab_map_size": None if vocab_map is None else int(vocab_map.numel()),
             "compact_vocab_size": None if vocab_map is None else int(vocab_map.max()) + 1,
         }
@@ -495,16 +526,26 @@ class LearnedDispatcher(nn.Module):
 
     def mutual_information(self, out: DispatchOutput) -> Tensor:
         """``H(mean pi) - mean H(pi)`` (nats) of the batch's dispatch distributions ``pi = softmax(values)``."""
+        return self.marginal_entropy(out) - self.conditional_entropy(out)
+
+    def marginal_entropy(self, out: DispatchOutput) -> Tensor:
+        """``H(mean pi)`` (nats): the entropy of the batch's mean dispatch distribution."""
+        marginal = F.softmax(out.trajectory.values[:, 0].float(), -1).mean(0)
+        return -(marginal * marginal.clamp_min(1e-12).log()).sum()
+
+    def conditional_entropy(self, out: DispatchOutput) -> Tensor:
+        """``mean H(pi)`` (nats): the mean entropy of the samples' dispatch distributions."""
         logp = F.log_softmax(out.trajectory.values[:, 0].float(), -1)
-        p = logp.exp()
-        marginal = p.mean(0)
-        h_marginal = -(marginal * marginal.clamp_min(1e-12).log()).sum()
-        h_conditional = -(p * logp).sum(1).mean()
-        return h_marginal - h_conditional
+        return -(logp.exp() * logp).sum(1).mean()
+
+    def balance_value(self, out: DispatchOutput) -> Tensor:
+        """The term ``balance`` weighs: the mutual information or (``balance_term="marginal"``) ``H(mean pi)``."""
+        return self.mutual_information(out) if self.balance_term == "mi" else self.marginal_entropy(out)
 
     def loss(self, out: DispatchOutput, task_reward: Tensor) -> Tensor:
         """The agent's loss (the learner's on its rewarded decisions, or the cross-entropy to the best
-        agent), minus ``balance`` times the mutual information, plus the reconstruction loss (RBAE)."""
+        agent, or to the posterior for "mixture"), minus ``balance`` times the balance term (the mutual
+        information, or the marginal entropy), plus the reconstruction loss (RBAE)."""
         if self.dispatch_target != "reward":
             if out.target is None:
                 raise ValueError(f"target={self.dispatch_target!r} needs DispatchOutput.target: the routed model fills it "
@@ -514,7 +555,7 @@ class LearnedDispatcher(nn.Module):
             assign_rewards(out.trajectory, self.dispatch_reward(out, task_reward.detach()))
             total = self.policy.loss(out.trajectory)
         if self.balance > 0.0:
-            total = total - self.balance * self.mutual_information(out)
+            total = total - self.balance * self.balance_value(out)
         if out.recon_loss is not None:
             total = total + out.recon_loss.mean()
         return total

@@ -19,6 +19,7 @@ from .base import RoutedModel, register_model_kind
 from .blocks import ACTIVATIONS, fc_block, routed_fc_stack
 from .cbow import CBOWEncoder
 from .classifier import Classifier
+from .dispatcher import draw_classes, em_posterior
 
 #: "projection": an unrouted (shared) word projection of depth ``wp_depth``, the equal-depth
 #: unrouted counterpart of "wp"
@@ -268,6 +269,8 @@ class NLIRoutingModel(RoutedModel):
         source = self.meta_source
         if source == "learned":  # the dispatcher's class replaces the meta label
             dispatch = self.dispatcher(*inputs)
+            if self.dispatcher.training and labels is not None and self.dispatcher.dispatch_target == "mixture":
+                return self._mixture_forward(inputs, labels, dispatch)
             if self.dispatcher.training and labels is not None:
                 self.dispatcher.fill_target(dispatch, meta, lambda: self.agent_losses(inputs, labels))
             meta = dispatch.meta
@@ -285,6 +288,26 @@ class NLIRoutingModel(RoutedModel):
         p, h, trajs = self.encoder(*inputs, meta)
         logits, cls_trajs = self.classifier(self.pair(self.norm(p), self.norm(h)), meta)
         return logits, trajs + cls_trajs
+
+    def _mixture_forward(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], labels: Tensor, dispatch) -> NLIOutput:
+        """Training with a dispatcher of target "mixture": every sample through all K agents' paths as one
+        batch of K x B rows; the per-sample loss is the posterior-weighted loss ``sum_k q(k) loss_k``
+        (``q ~ pi(k | x) exp(-loss_k)``, detached), the dispatcher's target is ``q``, and the logits and
+        trajectories returned (for the routers' rewards and the metrics) are those of one class per sample
+        drawn from ``q``, which is also the batch's dispatch."""
+        k, b = int(self.config.num_meta), labels.shape[0]
+        wide = tuple(x.repeat(k, *([1] * (x.dim() - 1))) for x in inputs)
+        meta = torch.arange(k, device=labels.device).repeat_interleave(b)
+        logits, trajs = self.logits(wide, meta)
+        losses = F.cross_entropy(logits, labels.repeat(k), reduction="none").view(k, b).t()  # [B, K]
+        values = dispatch.trajectory.values[:, 0]
+        q = em_posterior(values, losses)
+        drawn = draw_classes(q, self.dispatcher.policy.generator)
+        rows = drawn * b + torch.arange(b, device=labels.device)
+        dispatch.meta, dispatch.target, dispatch.agent_losses = drawn, q, losses.detach()
+        per_sample = (q.to(losses.dtype) * losses).sum(1)
+        return NLIOutput(loss=per_sample.mean(), logits=logits[rows], per_sample_loss=per_sample,
+                         trajectories=[t.rows(rows) for t in trajs], dispatch=dispatch, meta=drawn, meta_source="learned")
 
     @torch.no_grad()
     def agent_losses(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], labels: Tensor) -> Tensor:

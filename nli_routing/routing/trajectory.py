@@ -139,3 +139,21 @@ class Trajectory:
             stop_action=self.stop_action,
             num_states=self.num_states,
         )
+
+    def rows(self, index: Tensor) -> "Trajectory":
+        """The trajectory of the samples ``index [n]`` (rows of the batch, in that order; the values keep
+        their autograd graph). Rewards must not be assigned yet."""
+        if self.step_rewards is not None or self.final_reward is not None:
+            raise ValueError("Trajectory.rows: select rows before rewards are assigned")
+        return Trajectory(
+            meta=self.meta[index],
+            actions=self.actions[index],
+            explored=self.explored[index],
+            active=self.active[index],
+            values=self.values[index],
+            state_index=None if self.state_index is None else self.state_index[index],
+            extra={k: v[index] for k, v in self.extra.items()},
+            num_actions=self.num_actions,
+            stop_action=self.stop_action,
+            num_states=self.num_states,
+        )
