@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
             for seed in args.seeds:
                 record(kind, setting, seed, **settings_of(kind, setting))
     oracle = {r["seed"]: r["accuracy"] for r in runs if r["kind"] == "oracle"}
-    lines = [f"{'kind':<12} {'setting':<11} {'accuracy per seed':<24} {'NMI per seed':<24} pass"]
+    lines = [f"{'kind':<12} {'setting':<18} {'accuracy per seed':<24} {'NMI per seed':<24} {'NMI with the label':<24} pass"]
     for kind in ("oracle", "unrouted", "keyword", *args.kinds):
         for setting in (["-"] if kind in ("oracle", "unrouted", "keyword") else args.settings):
             rows = [r for r in runs if r["kind"] == kind and r["setting"] == setting]
@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             acc = " ".join(f"{r['accuracy']:.2f}" for r in rows)
             nmi = " ".join(f"{r['nmi']:.2f}" for r in rows) if "nmi" in rows[0] else "-"
+            nmi_label = " ".join(f"{r['nmi_label']:.2f}" for r in rows) if "nmi_label" in rows[0] else "-"
             ok = "-" if "nmi" not in rows[0] else all(
                 r["nmi"] >= 0.9 and r["accuracy"] >= oracle[r["seed"]] - 0.02 for r in rows)
-            lines.append(f"{kind:<12} {setting:<11} {acc:<24} {nmi:<24} {ok}")
+            lines.append(f"{kind:<12} {setting:<18} {acc:<24} {nmi:<24} {nmi_label:<24} {ok}")
     print("\n".join(lines))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
