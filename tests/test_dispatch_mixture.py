@@ -15,6 +15,7 @@ from nli_routing.models.dispatcher import LearnedDispatcher
 from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
 from nli_routing.routing import Trajectory
 
+from .test_balance import out_with_logits
 from .test_dispatch_learned import embedding, make, two_group_batch
 
 
@@ -110,13 +111,6 @@ def test_trajectory_rows_selects_samples_and_keeps_the_graph():
     t.final_reward = torch.zeros(4)
     with pytest.raises(ValueError, match="before rewards"):
         t.rows(torch.tensor([0]))
-
-
-def out_with_logits(d, logits):
-    ids = torch.ones(logits.shape[0], 2, dtype=torch.long)
-    out = d(ids, torch.ones_like(ids, dtype=torch.bool))
-    out.trajectory.values = logits.unsqueeze(1)
-    return out
 
 
 def test_the_marginal_balance_is_the_entropy_of_the_mean_dispatch():
