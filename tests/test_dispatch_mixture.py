@@ -75,6 +75,18 @@ def test_the_mixture_target_follows_the_gradient_of_the_mixture_likelihood():
     assert out.trajectories[0].actions[:, 0].tolist() == out.meta.tolist()  # route k for class k
 
 
+def test_with_the_mixture_target_the_routers_neg_loss_reward_is_the_drawn_paths_loss():
+    model = mixture_model()
+    model.config.reward = "neg_loss"
+    b = batch()
+    out = model(**b)
+    drawn_loss = out.dispatch.agent_losses[torch.arange(16), out.meta]
+    torch.testing.assert_close(out.reward_loss, drawn_loss)
+    torch.testing.assert_close(out.reward_loss, F.cross_entropy(out.logits, b["labels"], reduction="none").detach())
+    model.router_loss(out, b["labels"])
+    torch.testing.assert_close(out.trajectories[0].final_reward, -drawn_loss)
+
+
 def test_the_mixture_target_draws_classes_in_proportion_to_the_posterior():
     model = mixture_model()
     b = batch(b=4000, seed=3)

@@ -91,7 +91,7 @@ class RoutedModelConfig(PretrainedConfig):
 
     model_type = "nli-routing"
     #: outputs transformers.Trainer leaves out of its predictions (only the logits are stacked)
-    keys_to_ignore_at_inference = ["per_sample_loss", "trajectories", "dispatch", "meta", "meta_source"]
+    keys_to_ignore_at_inference = ["per_sample_loss", "trajectories", "dispatch", "meta", "meta_source", "reward_loss"]
     settings_class: ClassVar[type] = None  # type: ignore[assignment]
     extra_fields: ClassVar[dict[str, Any]] = {}
     #: what a config.json without the field means: folders saved before the field existed were trained
@@ -208,7 +208,9 @@ class RoutedModel(PreTrainedModel):
         if not out.trajectories and dispatch is None:
             return out.logits.new_zeros(())
         correct = out.logits.detach().argmax(-1) == labels
-        reward = final_reward(self.config.reward, correct=correct, per_sample_loss=out.per_sample_loss)
+        reward_loss = getattr(out, "reward_loss", None)  # the path the trajectories took, where it differs
+        reward = final_reward(self.config.reward, correct=correct,
+                              per_sample_loss=out.per_sample_loss if reward_loss is None else reward_loss)
         total = out.logits.new_zeros(())
         if not self.routing_frozen:
             for (_, layer), collab, traj in zip(self._routed, self.collaboration, out.trajectories):

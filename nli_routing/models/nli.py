@@ -134,7 +134,9 @@ class NLIOutput(ModelOutput):
     ``trajectories`` (one per routed layer, in ``routed_layer_names`` order), ``dispatch`` (a learned
     dispatcher's ``DispatchOutput``, None without one), ``meta`` (``[B]`` the meta classes the model
     routed with, None when it reads none) and ``meta_source`` (where they came from: ``"given"``,
-    ``"centroids"``, ``"learned"`` or ``"none"``, :mod:`nli_routing.models.meta`)."""
+    ``"centroids"``, ``"learned"`` or ``"none"``, :mod:`nli_routing.models.meta`). ``reward_loss [B]``:
+    the loss the routers' ``neg_loss`` reward reads where it is not ``per_sample_loss`` (a dispatcher of
+    target "mixture": the drawn class's path), else None."""
 
     loss: Tensor | None = None
     logits: Tensor | None = None
@@ -143,6 +145,7 @@ class NLIOutput(ModelOutput):
     dispatch: Any = None
     meta: Tensor | None = None
     meta_source: str | None = None
+    reward_loss: Tensor | None = None
 
 
 @torch.no_grad()
@@ -307,7 +310,8 @@ class NLIRoutingModel(RoutedModel):
         dispatch.meta, dispatch.target, dispatch.agent_losses = drawn, q, losses.detach()
         per_sample = (q.to(losses.dtype) * losses).sum(1)
         return NLIOutput(loss=per_sample.mean(), logits=logits[rows], per_sample_loss=per_sample,
-                         trajectories=[t.rows(rows) for t in trajs], dispatch=dispatch, meta=drawn, meta_source="learned")
+                         trajectories=[t.rows(rows) for t in trajs], dispatch=dispatch, meta=drawn, meta_source="learned",
+                         reward_loss=losses.detach().gather(1, drawn.unsqueeze(1)).squeeze(1))
 
     @torch.no_grad()
     def agent_losses(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], labels: Tensor) -> Tensor:
