@@ -41,13 +41,19 @@ SETTINGS = {
     "em-mi-adam-norm-enc": {"target": "em", "balance": 1.0, "agent_optimizer": "blocks", "state_norm": True,
                             "detach_state": False},  # online only
 }
-ONLINE_ONLY = ("em", "em-mi-adam", "em-mi-adam-norm-enc", "recipe-mixture", "recipe-mixture-mi")
+ONLINE_ONLY = ("em", "em-mi-adam", "em-mi-adam-norm-enc", "recipe-mixture", "recipe-mixture-mi", "recipe-mixture-nobalance")
 #: "recipe": each kind under what the recipes resolve for it by default (``DispatchArgs().resolved``);
-#: "recipe-mixture": the same with ``--dispatch_target mixture`` (the mutual-information term then off),
-#: "recipe-mixture-mi": with the term at weight 1
+#: "recipe-mixture": the same with ``--dispatch_target mixture`` (its balance: the marginal entropy at 0.1)
 RECIPE = "recipe"
-RECIPE_SETTINGS = {RECIPE: {}, "recipe-mixture": {"dispatch_target": "mixture"},
-                   "recipe-mixture-mi": {"dispatch_target": "mixture", "dispatch_balance": 1.0}}
+RECIPE_SETTINGS = {
+    RECIPE: {},
+    "recipe-mixture": {"dispatch_target": "mixture"},
+    # controls: the mixture with the mutual information as its balance, with no balance; the RL reward with the
+    # marginal balance (at the reward's default weight 1)
+    "recipe-mixture-mi": {"dispatch_target": "mixture", "dispatch_balance_term": "mi"},
+    "recipe-mixture-nobalance": {"dispatch_target": "mixture", "dispatch_balance": 0.0},
+    "recipe-marginal": {"dispatch_balance_term": "marginal"},
+}
 
 
 def settings_of(kind: str, setting: str) -> dict:
@@ -62,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--settings", nargs="+", default=[*SETTINGS, RECIPE], choices=[*SETTINGS, *RECIPE_SETTINGS],
-                    help="trainings to run; 'recipe': each kind at the recipes' own defaults, 'recipe-mixture(-mi)': "
-                         "with --dispatch_target mixture (and the mutual-information term at 1)")
+                    help="trainings to run; 'recipe': each kind at the recipes' own defaults, 'recipe-mixture': "
+                         "with --dispatch_target mixture; the other recipe-* rows are its controls")
     ap.add_argument("--layout", default="premise", choices=toy.LAYOUTS,
                     help="premise: the content word in the premise (a dispatcher can read the label); split: in the "
                          "hypothesis, so the premise carries only the group (nli_routing/experiments/dispatch_toy.py)")
