@@ -181,3 +181,27 @@ def test_the_mixture_target_needs_an_online_dispatcher(method):
         DispatchArgs(dispatch_target="mixture").check_method(method)
     with pytest.raises(ValueError, match="target 'mixture'.*online dispatcher"):
         LearnedDispatcher("two-stage", embedding(), 2, target="mixture")
+
+
+@pytest.mark.parametrize(("flags", "pattern"), [
+    (["--dispatch_balance_term", "MI"], r"dispatch_balance_term must be one of \('mi', 'marginal', 'auto'\), got 'MI'"),
+    (["--dispatch_balance_term", ""], r"dispatch_balance_term must be one of \('mi', 'marginal', 'auto'\), got ''"),
+    (["--dispatch_target", "mixture", "--method", "wp-signature"],
+     r"wp-signature: --dispatch_target mixture trains the model on the dispatched paths: it needs an online dispatcher"),
+    (["--dispatch_target", "Mixture"], r"dispatch_target must be one of .*got 'Mixture'"),
+])
+def test_the_recipe_refuses_bad_mixture_settings_in_one_line(flags, pattern, tmp_path, monkeypatch, capsys):
+    from .test_issue32_flags import test_recipe_flag_refuses_a_bad_value_in_one_line as one_line
+
+    one_line("sci_wp_dispatch.py", flags, pattern, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("argv", [["--layout", "Split"], ["--settings", "recipe-mixtures"]])
+def test_the_toy_benchmark_refuses_bad_layouts_and_settings(argv, capsys):
+    import importlib
+
+    bench = importlib.import_module("benchmarks.dispatch_toy")
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "invalid choice" in err and argv[1] in err and "Traceback" not in err
