@@ -527,17 +527,18 @@ class LearnedDispatcher(nn.Module):
 
     def mutual_information(self, out: DispatchOutput) -> Tensor:
         """``H(mean pi) - mean H(pi)`` (nats) of the batch's dispatch distributions ``pi = softmax(values)``."""
-        return self.marginal_entropy(out) - self.conditional_entropy(out)
+        logp = F.log_softmax(out.trajectory.values[:, 0].float(), -1)
+        p = logp.exp()
+        marginal = p.mean(0)
+        h_marginal = -(marginal * marginal.clamp_min(1e-12).log()).sum()
+        h_conditional = -(p * logp).sum(1).mean()
+        return h_marginal - h_conditional
 
     def marginal_entropy(self, out: DispatchOutput) -> Tensor:
-        """``H(mean pi)`` (nats): the entropy of the batch's mean dispatch distribution."""
+        """``H(mean pi)`` (nats): the entropy of the batch's mean dispatch distribution (the first term of
+        :meth:`mutual_information`, equal up to rounding)."""
         marginal = F.softmax(out.trajectory.values[:, 0].float(), -1).mean(0)
         return -(marginal * marginal.clamp_min(1e-12).log()).sum()
-
-    def conditional_entropy(self, out: DispatchOutput) -> Tensor:
-        """``mean H(pi)`` (nats): the mean entropy of the samples' dispatch distributions."""
-        logp = F.log_softmax(out.trajectory.values[:, 0].float(), -1)
-        return -(logp.exp() * logp).sum(1).mean()
 
     def balance_value(self, out: DispatchOutput) -> Tensor:
         """The term ``balance`` weighs: the mutual information or (``balance_term="marginal"``) ``H(mean pi)``."""
