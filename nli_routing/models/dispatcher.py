@@ -51,7 +51,7 @@ Two additions against collapse (issue 29; both off reproduces the thesis' traini
   routers learn on one class per sample drawn from ``q``. Unlike "em", every path learns from every
   sample in proportion to how well it explains it, so paths can specialise before the dispatcher has
   (issue 29: on the dispatch toy with the group the premise's only content, every online kind
-  recovers the groups with it, 24 of 25 runs, where the RL reward does in 8; on SCI it changes neither
+  recovers the groups with it, 24 of 25 runs, where the RL reward does in 6; on SCI it changes neither
   joint accuracy nor the NMI with the signature, nested is 1-7 points lower, and RBAE-seq collapses).
 * ``target="meta"`` (two-stage only): the dispatcher is trained to predict the meta label the model
   was trained with in stage 1 (the training data has it; the test data need not), cross-entropy on its
