@@ -33,7 +33,7 @@ def mixture_model(seed=0, k=3):
 
 
 def batch(b=16, seed=0):
-    ids, mask, group = two_group_batch(b, seed)
+    ids, mask, _ = two_group_batch(b, seed)
     g = torch.Generator().manual_seed(seed + 1)
     return {"premise_ids": ids, "premise_mask": mask, "hypothesis_ids": ids.flip(1), "hypothesis_mask": mask.flip(1),
             "labels": torch.randint(0, 3, (b,), generator=g)}
@@ -159,7 +159,7 @@ def test_on_the_split_toy_the_mixture_target_recovers_the_groups():
 
 def test_the_split_layout_puts_the_content_word_in_the_hypothesis():
     p, s = toy.make_batch(200, 0), toy.make_batch(200, 0, layout="split")
-    content = lambda ids: ((ids >= toy.CONTENT_START) & (ids < toy.FILLER_START)).sum(1)  # noqa: E731
+    content = lambda ids: ((ids >= toy.CONTENT_START) & (ids < toy.FILLER_START)).sum(1)
     assert content(p["premise_ids"]).tolist() == [1] * 200 and content(p["hypothesis_ids"]).tolist() == [0] * 200
     assert content(s["premise_ids"]).tolist() == [0] * 200 and content(s["hypothesis_ids"]).tolist() == [1] * 200
     assert torch.equal(p["labels"], s["labels"]) and torch.equal(p["meta"], s["meta"])
@@ -191,7 +191,9 @@ def test_the_mixture_target_needs_an_online_dispatcher(method):
     (["--dispatch_target", "Mixture"], r"dispatch_target must be one of .*got 'Mixture'"),
 ])
 def test_the_recipe_refuses_bad_mixture_settings_in_one_line(flags, pattern, tmp_path, monkeypatch, capsys):
-    from .test_issue32_flags import test_recipe_flag_refuses_a_bad_value_in_one_line as one_line
+    from .test_issue32_flags import (
+        test_recipe_flag_refuses_a_bad_value_in_one_line as one_line,
+    )
 
     one_line("sci_wp_dispatch.py", flags, pattern, tmp_path, monkeypatch, capsys)
 

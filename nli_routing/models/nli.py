@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from ..routing import RoutedLayer, RouterConfig, Trajectory
-from ..routing.config import check_at_least
 from ..routing.bank import LinearBank
+from ..routing.config import check_at_least
 from ..routing.rewards import REWARD_KINDS
 from .base import RoutedModel, register_model_kind
 from .blocks import ACTIVATIONS, fc_block, routed_fc_stack
