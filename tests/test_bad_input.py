@@ -679,7 +679,7 @@ RECIPE_CASES = [
     ("sci_wp_dispatch.py", ["--router_balance_rate", "nan"], r"router_balance_rate must be a number >= 0, got nan"),
     ("sci_wp_dispatch.py", ["--dispatch_balance", "-1"], r"dispatch_balance must be >= 0, got -1.0"),
     ("sci_wp_dispatch.py", ["--dispatch_balance", "nan"], r"dispatch_balance must be >= 0, got nan"),
-    ("sci_wp_dispatch.py", ["--dispatch_target", "bogus"], r"dispatch_target must be one of \('reward', 'best-agent', 'meta', 'em', 'auto'\)"),
+    ("sci_wp_dispatch.py", ["--dispatch_target", "bogus"], r"dispatch_target must be one of \('reward', 'best-agent', 'meta', 'em', 'mixture', 'auto'\)"),
     ("sci_wp_dispatch.py", ["--dispatch_target", "meta", "--methods", "wp-basic"], r"wp-basic: --dispatch_target meta .* two-stage"),
     ("sci_wp_dispatch.py", ["--dispatch_agent_optimizer", "adam"], r"dispatch_agent_optimizer must be one of \('routers', 'blocks'\)"),
     ("sci_wp_dispatch.py", ["--dispatch_agent_optimizer", ""], r"dispatch_agent_optimizer must be one of \('routers', 'blocks'\)"),

@@ -107,7 +107,7 @@ def test_run_configs_layers_recipe_defaults_preset_and_the_rows_own_settings():
     assert train.lr == 0.05 and model.router_balance_share == 1.0 and dispatch.dispatch_balance == 0.0
     assert dispatch.dispatch_state_norm is True  # the alias over the preset
     _, _, _, thesis = bench.run_configs("wp-rbae-cbow/thesis", {}, 0, 5, 3)
-    assert thesis.resolved("rbae-cbow") == {"input": "premise", "target": "reward", "balance": 0.0,
+    assert thesis.resolved("rbae-cbow") == {"input": "premise", "target": "reward", "balance": 0.0, "balance_term": "mi",
                                             "state_norm": False, "agent_to_encoder": False}
     base, model, _, _ = bench.run_configs("wp-signature/init0", {}, 0, 5, 3)
     assert base == "wp-signature" and model.router_init == 0.0 and model.router_balance_share == 1.0
