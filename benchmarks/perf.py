@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from nli_routing.experiments.bench import (  # noqa: E402
+    KEEP_CPU_MEMORY,
     StepSetup,
     cbow_batch,
     cbow_cfg,
@@ -72,6 +73,7 @@ from nli_routing.experiments.bench import (  # noqa: E402
     step_profile,
     train_cfg,
 )
+from nli_routing.training.allocator import cpu_memory_kept  # noqa: E402
 
 SECTIONS = ("mlp", "cbow", "scaling", "minilm", "compile", "predict")
 TARGETS = {"ratio": 1.3, "blocks_128_vs_8": 1.2, "minilm": 1.2}
@@ -361,9 +363,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--profile", action="store_true", help="profile every configuration, not only misses")
+    p.add_argument("--no_keep_cpu_memory", action="store_true",
+                   help="leave glibc's allocator at its defaults (the loop's TrainConfig.keep_cpu_memory=False; "
+                        "process-wide, so the whole run)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and one round (a smoke test)")
     p.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "perf"))
     args = p.parse_args(argv)
+    KEEP_CPU_MEMORY["value"] = not args.no_keep_cpu_memory
     if args.quick:
         args.batches, args.blocks, args.tasks = [32], [2, 8], [2, 8]
         args.scaling_batches, args.minilm_batch, args.minilm_length = [64], 2, 8
@@ -401,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "predict" in args.only:
         result["predict"] = predict_section(args, log)
     result["seconds"] = time.perf_counter() - start
+    result["cpu_memory_kept"] = cpu_memory_kept()
     result["verdicts"] = verdicts(result)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -349,3 +349,50 @@ def test_residual_gates_start_at_gate_init():
     assert not torch.allclose(y[:, 0], x) and not torch.allclose(y[:, 0], y[:, 1])
     model = NLIRoutingModel(NLIModelConfig(num_meta=2, wp_gate_init=0.25, classifier_hidden=8), torch.randn(20, 4), 0)
     torch.testing.assert_close(model.routed_layers[0].blocks.gate.detach(), torch.full((4,), 0.25))
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_grouped_mm_over_the_used_blocks_equals_each_row_alone(stopped, monkeypatch):
+    """Many blocks, few used (issue 33): on the CPU grouped_mm runs over the used blocks only
+    (``used_groups``); values and gradients equal the per-row reference and the grouped matmul over
+    every block, stopped rows included, and the unused blocks get zero gradients."""
+    from nli_routing.routing import bank as bank_mod
+
+    torch.manual_seed(0)
+    bank = LinearBank(64, 8, 8, "tanh", residual=True, impl="grouped_mm")
+    with torch.no_grad():
+        bank.gate.normal_()
+    x = torch.randn(30, 8, requires_grad=True)
+    groups = torch.tensor([0, 5, 5, 63, 17] * 6)
+    if stopped:
+        groups[::7] = 64
+    assert bank_mod.used_groups(groups.sort().values.clamp(max=63), 64, x) is not None  # the compact path runs
+    up = torch.randn(30, 8)
+
+    def run(forward):
+        for t in (x, bank.weight, bank.bias, bank.gate):
+            t.grad = None
+        (forward() * up).sum().backward()
+        return [t.grad.clone() for t in (x, bank.weight, bank.bias, bank.gate)]
+
+    got = run(lambda: grouped_apply(x, groups, bank))
+    ref = run(lambda: per_row(bank, x, groups))
+    monkeypatch.setitem(bank_mod.COMPACT_GROUPS, "min_blocks", 10**9)  # every block, as before
+    assert bank_mod.used_groups(groups.sort().values.clamp(max=63), 64, x) is None
+    full = run(lambda: grouped_apply(x, groups, bank))
+    unused = torch.ones(64, dtype=torch.bool)
+    unused[[0, 5, 17, 63]] = False
+    assert torch.all(got[1][unused] == 0)
+    for a, b, c in zip(got, ref, full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
+
+
+def test_used_groups_only_where_few_of_many_blocks_hold_rows():
+    from nli_routing.routing.bank import used_groups
+
+    x = torch.randn(4, 8)
+    used, offs = used_groups(torch.tensor([1, 1, 9, 30]), 32, x)
+    assert used.tolist() == [1, 9, 30] and offs.tolist() == [2, 3, 4] and offs.dtype == torch.int32
+    assert used_groups(torch.tensor([1, 1, 9, 30]), 8, x) is None  # few blocks: every group
+    assert used_groups(torch.arange(20), 32, torch.randn(20, 8)) is None  # most blocks used

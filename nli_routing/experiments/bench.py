@@ -78,12 +78,15 @@ class StepSetup:
     """
 
     def __init__(self, model, batch: dict, cfg, device: str = "cpu") -> None:
+        from nli_routing.training.allocator import keep_freed_cpu_memory
         from nli_routing.training.loop import make_optimizers
 
         self.model = model.to(device).train()
         self.batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
         self.cfg = cfg
         self.device = torch.device(device)
+        if getattr(cfg, "keep_cpu_memory", False) and self.device.type == "cpu":  # as the training loop does
+            keep_freed_cpu_memory()
         self.block_opt, self.router_opt = make_optimizers(self.model, cfg)
         self.steps = 0
 
@@ -253,9 +256,15 @@ def cbow_batch(size: int, vocab: int = 20000, num_meta: int = 8, seed: int = 0) 
     return out
 
 
+#: ``keep_cpu_memory`` of :func:`train_cfg`'s configs (the loop's default; benchmarks' ``--no_keep_cpu_memory``
+#: turns it off for a whole process: the allocator setting is process-wide)
+KEEP_CPU_MEMORY = {"value": True}
+
+
 def train_cfg(**kw):
     from nli_routing.training.loop import TrainConfig
 
+    kw.setdefault("keep_cpu_memory", KEEP_CPU_MEMORY["value"])
     return TrainConfig(cpu=True, progress=False, **kw)
 
 

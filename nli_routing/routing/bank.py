@@ -175,6 +175,25 @@ def _grouped_mm_padded(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
     return y[:, :n] if pad_n else y
 
 
+#: on the CPU, grouped_mm runs over the used blocks only when at most this share of them holds rows
+#: (and the bank has at least ``min_blocks``): torch's CPU grouped matmul loops over every group, empty
+#: ones included (a slice, a host read and a zero-filled weight gradient each)
+COMPACT_GROUPS: dict[str, float] = {"min_blocks": 16, "max_used_share": 0.5}
+
+
+def used_groups(block: Tensor, num_blocks: int, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """For rows sorted by block id ``block [N]`` (in ``[0, G)``) on the CPU: the used blocks ``[U]`` and
+    their ``int32`` end offsets ``[U]``, or None where the grouped matmul should run over all G
+    (an accelerator, few blocks, or most of them used; :data:`COMPACT_GROUPS`). One host read."""
+    if x.device.type != "cpu" or num_blocks < COMPACT_GROUPS["min_blocks"] or torch.compiler.is_compiling():
+        return None
+    counts = torch.bincount(block, minlength=num_blocks)
+    used = counts.nonzero().squeeze(1)
+    if used.numel() > COMPACT_GROUPS["max_used_share"] * num_blocks:
+        return None
+    return used, counts.index_select(0, used).cumsum(0, dtype=torch.int32)
+
+
 class BankBlock:
     """Block ``index`` of a :class:`LinearBank` as a callable (``bank[i](x)``), for code that runs
     one block on a whole input (analysis, tests, per-block loops)."""
@@ -363,8 +382,12 @@ class LinearBank(nn.Module):
             y = gathered_apply(xs, block, [self.weight], self.bias)
         else:
             if impl == "grouped_mm":
-                offs = self.group_offsets(sorted_groups, g) if offsets is None else offsets
-                y = _grouped_mm_padded(xs, self.weight, offs)  # stopped rows are replaced below
+                used = used_groups(block, g, xs)
+                if used is not None:  # many empty blocks on the CPU: the grouped matmul over the used ones
+                    y = _grouped_mm_padded(xs, self.weight.index_select(0, used[0]), used[1])
+                else:
+                    offs = self.group_offsets(sorted_groups, g) if offsets is None else offsets
+                    y = _grouped_mm_padded(xs, self.weight, offs)  # stopped rows are replaced below
             else:
                 sizes = torch.bincount(sorted_groups.clamp(max=g), minlength=g + 1).tolist()
                 ws = self.weight.unbind(0)  # one view per block: the backward stacks their gradients once

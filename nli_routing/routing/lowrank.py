@@ -15,7 +15,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .bank import BANK_IMPLS, DEFAULT_TILE, LinearBank, _grouped_mm_padded, gathered_apply, resolve_bank_impl, tiled_apply, tiled_slots
+from .bank import (
+    BANK_IMPLS,
+    DEFAULT_TILE,
+    LinearBank,
+    _grouped_mm_padded,
+    gathered_apply,
+    resolve_bank_impl,
+    tiled_apply,
+    tiled_slots,
+    used_groups,
+)
 
 __all__ = ["LowRankBank"]
 
@@ -68,8 +78,13 @@ class LowRankBank(nn.Module):
         elif impl == "gather":
             y = gathered_apply(xs, sorted_groups, [self.A, self.B])
         elif impl == "grouped_mm":
-            offs = LinearBank.group_offsets(sorted_groups, g) if offsets is None else offsets
-            y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A, offs), self.B, offs)
+            used = used_groups(sorted_groups, g, xs)
+            if used is not None:  # many empty experts on the CPU: the grouped matmuls over the used ones
+                y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A.index_select(0, used[0]), used[1]),
+                                       self.B.index_select(0, used[0]), used[1])
+            else:
+                offs = LinearBank.group_offsets(sorted_groups, g) if offsets is None else offsets
+                y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A, offs), self.B, offs)
         else:
             sizes = torch.bincount(sorted_groups, minlength=g).tolist()
             parts = [(c @ self.A[k]) @ self.B[k] for k, c in enumerate(xs.split(sizes)) if sizes[k]]

@@ -20,6 +20,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .allocator import keep_freed_cpu_memory
 from .checkpoint import (
     BEST_STATE_FILE,
     CHECKPOINT_DIR,
@@ -73,6 +74,12 @@ class TrainConfig:
         metadata={"help": "use torch's fused optimizer kernels (sgd, adam, adagrad: one kernel per step instead of a loop of "
                           "tensor operations; Adam about 6x faster on a CPU, BENCHMARKS.md issue 33) where the parameters' "
                           "device supports them; the same update up to floating-point rounding"},
+    )
+    keep_cpu_memory: bool = field(
+        default=True,
+        metadata={"help": "on the CPU, let glibc's malloc keep the memory a step frees so the next step reuses it instead "
+                          "of page-faulting it again (process-wide, once; the process keeps its peak heap; "
+                          "nli_routing.training.allocator, BENCHMARKS.md issue 33); no effect on other allocators"},
     )
     explore_kappa: float = field(
         default=0.0,
@@ -439,6 +446,8 @@ def train(
         raise ValueError("log_with is set but the accelerator has no tracker: build it with "
                          "make_accelerator(**train_cfg.accelerator_kwargs(output_dir))")
     set_seed(cfg.seed)
+    if cfg.keep_cpu_memory and accelerator.device.type == "cpu":
+        keep_freed_cpu_memory()
     block_opt, router_opt = make_optimizers(model, cfg)
     model, train_loader = accelerator.prepare(model, train_loader)
     if block_opt is not None:

@@ -33,6 +33,7 @@ from transformers import Trainer, TrainerCallback
 from ..models.base import RoutedModel
 from ..models.transformer.layer import RoutingController, get_controller
 from ..routing import assign_rewards, final_reward
+from .allocator import keep_freed_cpu_memory
 
 __all__ = ["RoutingTrainer"]
 
@@ -86,8 +87,11 @@ class RoutingTrainer(Trainer):
     learning rate, ratio 5 as in the SCI recipes).
     """
 
-    def __init__(self, *args: Any, router_lr: float | None = None, router_lr_ratio: float = 5.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, router_lr: float | None = None, router_lr_ratio: float = 5.0,
+                 keep_cpu_memory: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if keep_cpu_memory and self.args.device.type == "cpu":  # as the library's loop (TrainConfig.keep_cpu_memory)
+            keep_freed_cpu_memory()
         model = self.routed_model
         if isinstance(model, RoutedModel):
             self.routing: RoutedModel | InjectedRouting = model
