@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
         c = step_op_count(setup("routing", impl))
         impls[impl] = {"aten": c["aten"], **{k: c.get(k, 0) for k in ("aten::mm", "aten::bmm", "aten::_grouped_mm",
                                                                        "aten::item")}}
+    objective = objective_counts(args.batch)
     result = {"command": "python benchmarks/op_counts.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine(), "commit": commit(), "args": vars(args), "phases": phases, "impls": impls}
+              "machine": machine(), "commit": commit(), "args": vars(args), "phases": phases, "impls": impls,
+              "objective": objective}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     names = ["forward", "router_loss", "backward", "optimizers"]
@@ -88,7 +90,49 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{'bank impl':<12}{'aten':>7}{'mm':>6}{'bmm':>6}{'grouped':>9}{'item':>6}")
     for impl, c in impls.items():
         print(f"{impl:<12}{c['aten']:>7}{c['aten::mm']:>6}{c['aten::bmm']:>6}{c['aten::_grouped_mm']:>9}{c['aten::item']:>6}")
+    print(f"\n{'model (routed layers)':<36}{'router loss fused':>18}{'per layer':>11}{'step fused':>12}{'per layer':>11}")
+    for name, c in objective.items():
+        print(f"{name:<36}{c['fused']['router_loss']:>18}{c['per_layer']['router_loss']:>11}"
+              f"{sum(c['fused'].values()):>12}{sum(c['per_layer'].values()):>11}")
     return result
+
+
+def objective_counts(batch: int) -> dict[str, dict]:
+    """Step operators by phase with the routing objective fused across routed layers and per layer
+    (``RoutedModel.fuse_routing_objective``), for models with several routed layers: CBOW with a routed
+    word projection and a routed 2-layer classifier (2 layers), and the MNIST-MTL network with routed
+    conv layers 1-3 and the routed FC stack (4 layers)."""
+    import torch
+
+    from nli_routing.experiments.bench import cbow_batch, cbow_model
+    from nli_routing.models.vision import VisionMTLConfig, VisionMTLModel
+
+    def vision() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return VisionMTLModel(VisionMTLConfig(num_meta=8, method="routing", image_size=8, conv_layers=3, conv_channels=8,
+                                              routed_convs="1,2,3", fc_hidden=16, fc_layers=2, fc_width=4,
+                                              exploration="low"))
+
+    def vision_batch() -> dict:
+        g = torch.Generator().manual_seed(0)
+        return {"pixel_values": torch.randn(batch, 1, 8, 8, generator=g),
+                "labels": torch.randint(0, 2, (batch,), generator=g), "meta": torch.randint(0, 8, (batch,), generator=g)}
+
+    def cbow() -> torch.nn.Module:
+        model = cbow_model("wp+classifier", vocab=2000, dim=64)
+        return model
+
+    models = {"cbow wp+classifier (2)": (cbow, lambda: cbow_batch(batch, vocab=2000)),
+              "mnist-mtl conv 1-3 + fc (4)": (vision, vision_batch)}
+    out = {}
+    for name, (make, make_batch) in models.items():
+        counts = {}
+        for fuse in (True, False):
+            model = make()
+            model.fuse_routing_objective = fuse
+            counts["fused" if fuse else "per_layer"] = phase_counts(StepSetup(model, make_batch(), train_cfg()))
+        out[name] = counts
+    return out
 
 
 if __name__ == "__main__":

@@ -363,13 +363,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--profile", action="store_true", help="profile every configuration, not only misses")
-    p.add_argument("--no_keep_cpu_memory", action="store_true",
-                   help="leave glibc's allocator at its defaults (the loop's TrainConfig.keep_cpu_memory=False; "
-                        "process-wide, so the whole run)")
+    p.add_argument("--keep_cpu_memory", action="store_true",
+                   help="let glibc's malloc keep freed memory (the loop's TrainConfig.keep_cpu_memory; process-wide, "
+                        "so the whole run)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and one round (a smoke test)")
     p.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "perf"))
     args = p.parse_args(argv)
-    KEEP_CPU_MEMORY["value"] = not args.no_keep_cpu_memory
+    KEEP_CPU_MEMORY["value"] = args.keep_cpu_memory
     if args.quick:
         args.batches, args.blocks, args.tasks = [32], [2, 8], [2, 8]
         args.scaling_batches, args.minilm_batch, args.minilm_length = [64], 2, 8

@@ -1,5 +1,5 @@
-"""CPU training keeps freed memory in the process (issue 33): glibc's malloc no longer hands a step's
-buffers back to the kernel, so the next step does not page-fault them in again."""
+"""``keep_cpu_memory`` (issue 33, opt-in): glibc's malloc no longer hands a training step's buffers back
+to the kernel, so the next step does not page-fault them in again."""
 
 from __future__ import annotations
 
@@ -37,20 +37,20 @@ def _faults(mode: str) -> dict:
 def test_a_training_step_no_longer_page_faults_its_buffers():
     """The routed MLP of the performance suite with 128 blocks a layer (its gradients alone are 6 MiB),
     the loop's own step: with glibc's defaults every step faults hundreds of pages in again (240-960
-    when measured); with ``keep_cpu_memory`` (the default) 0-75."""
+    when measured); with ``keep_cpu_memory`` 0-75."""
     default, kept = _faults("default"), _faults("keep")
     assert kept["kept"] is True and default["kept"] is False
     assert default["faults"] >= 100, default
     assert kept["faults"] * 5 < default["faults"], (kept, default)
 
 
-def test_the_loop_and_the_trainer_apply_it_on_the_cpu_by_default():
+def test_the_loop_and_the_trainer_apply_it_on_request():
     from transformers import HfArgumentParser
 
     from nli_routing.training.loop import TrainConfig
 
-    (cfg,) = HfArgumentParser(TrainConfig).parse_args_into_dataclasses(["--no_keep_cpu_memory"])
-    assert cfg.keep_cpu_memory is False and TrainConfig().keep_cpu_memory is True
+    (cfg,) = HfArgumentParser(TrainConfig).parse_args_into_dataclasses(["--keep_cpu_memory"])
+    assert cfg.keep_cpu_memory is True and TrainConfig().keep_cpu_memory is False
     assert allocator.keep_freed_cpu_memory() is (allocator._glibc() is not None)
     assert allocator.cpu_memory_kept() is (allocator._glibc() is not None)
 

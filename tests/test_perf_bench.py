@@ -141,3 +141,6 @@ def test_op_counts_split_a_step_by_phase_and_by_bank_implementation(tmp_path):
     assert sum(res["phases"]["routing"].values()) == res["impls"]["auto"]["aten"]
     assert res["phases"]["routing"]["router_loss"] > res["phases"]["shared-bottom"].get("router_loss", 0)
     assert set(res["impls"]) == {"auto", "grouped_mm", "loop", "dense", "tiled", "gather"}
+    for name, counts in res["objective"].items():  # several routed layers: the fused objective dispatches fewer
+        assert counts["fused"]["router_loss"] < counts["per_layer"]["router_loss"], name
+        assert counts["fused"]["forward"] == counts["per_layer"]["forward"], name

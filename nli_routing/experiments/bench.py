@@ -256,9 +256,9 @@ def cbow_batch(size: int, vocab: int = 20000, num_meta: int = 8, seed: int = 0) 
     return out
 
 
-#: ``keep_cpu_memory`` of :func:`train_cfg`'s configs (the loop's default; benchmarks' ``--no_keep_cpu_memory``
-#: turns it off for a whole process: the allocator setting is process-wide)
-KEEP_CPU_MEMORY = {"value": True}
+#: ``keep_cpu_memory`` of :func:`train_cfg`'s configs (off, the loop's default; perf.py's ``--keep_cpu_memory`` turns
+#: it on for a whole process: the allocator setting is process-wide)
+KEEP_CPU_MEMORY = {"value": False}
 
 
 def train_cfg(**kw):

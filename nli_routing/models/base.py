@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from ..routing import CollaborationReward, assign_rewards, final_reward
+from ..routing import CollaborationReward, final_reward
+from ..routing.objective import routing_objective
 from ..serialization import CheckpointError, load_safetensors
 from .dispatcher import LearnedDispatcher
 from .meta import NearestCentroid
@@ -155,6 +156,9 @@ class RoutedModel(PreTrainedModel):
         super().__init__(config)
         self._routed: list[tuple[str, nn.Module]] = []  # registered through their parents (no second key)
         self.routing_frozen = False  # stage 2 of two-stage dispatch: only the dispatcher learns
+        #: compute the router losses of layers that can share one computation as one (routing_objective);
+        #: False: one loss per layer (the reference; same values and gradients)
+        self.fuse_routing_objective = True
         self._unfrozen: list[nn.Parameter] = []
 
     # ------------------------------------------------------------------ routed layers
@@ -212,10 +216,10 @@ class RoutedModel(PreTrainedModel):
         reward = final_reward(self.config.reward, correct=correct,
                               per_sample_loss=out.per_sample_loss if reward_loss is None else reward_loss)
         total = out.logits.new_zeros(())
-        if not self.routing_frozen:
-            for (_, layer), collab, traj in zip(self._routed, self.collaboration, out.trajectories):
-                assign_rewards(traj, reward, collab)
-                total = total + layer.router.loss(traj)
+        if not self.routing_frozen and out.trajectories:
+            parts = [(layer.router, collab, traj)
+                     for (_, layer), collab, traj in zip(self._routed, self.collaboration, out.trajectories)]
+            total = total + routing_objective(parts, reward, fuse=self.fuse_routing_objective)
         if dispatch is not None and self.dispatcher.training:
             total = total + self.dispatcher.loss(dispatch, reward)
         return total

@@ -19,6 +19,7 @@ from .learners import (
     register_learner,
 )
 from .rewards import REWARD_KINDS, CollaborationReward, assign_rewards, final_reward
+from .objective import concat_trajectories, routing_objective
 from .registry import ROUTER_TYPES, ROUTERS, RouterSpec, build_router, check_router_learner, register_router
 from .routers import DispatchedRouter, PerStepRouter, Router, TabularRouter, select_samples
 from .trajectory import Decision, Trajectory
@@ -63,6 +64,8 @@ __all__ = [
     "assign_rewards",
     "build_learner",
     "final_reward",
+    "routing_objective",
+    "concat_trajectories",
     "get_schedule",
     "grouped_apply",
     "mean_state",

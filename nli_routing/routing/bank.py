@@ -7,7 +7,9 @@ the rows sorted by block id; the bank computes every block's group in one call, 
 
 * ``impl="grouped_mm"``: :func:`torch.nn.functional.grouped_mm` over the sorted rows (one call with
   the group offsets as a tensor: no host synchronisation, so it also runs under ``torch.compile``;
-  one kernel on recent GPUs, a loop over the groups inside torch on the CPU);
+  one kernel on recent GPUs, a loop over the groups inside torch on the CPU, empty groups included:
+  there, with many blocks of which at most half hold rows, it runs over the used blocks' weights only,
+  after one host read, :func:`used_groups`);
 * ``impl="loop"``: one matmul per non-empty block (reads the group sizes on the host: one sync);
 * ``impl="dense"``: no sort at all: every block on every row in one matmul, each row's own block
   gathered (G times the arithmetic, a handful of operations per step; :meth:`LinearBank.dense_forward`);

@@ -2,21 +2,23 @@
 
 A training step on the CPU allocates and frees the same buffers every step (activations, gradients,
 temporaries). With glibc's defaults, buffers above the mmap threshold (128 KiB, raised on the fly up
-to the largest buffer freed so far) and the free top of the heap beyond the trim threshold are handed
-back to the kernel when freed, and the next step touches them again page by page: a minor page fault
-and a zero-filled page every 4 KiB. The routed MLP with 128 blocks per layer took about 900-1,300
-page faults a step this way (its gradients alone are 6 MiB), about 2.4 ms of a 3 ms floor of
-gradient, clipping and update work (BENCHMARKS.md, issue 33). PyTorch's tuning guide recommends a
-caching allocator (jemalloc, tcmalloc) through ``LD_PRELOAD`` for the same reason; this module gets
-most of the effect without one, through glibc's own ``mallopt``:
+to the largest buffer freed so far) and the free top of the heap beyond the trim threshold go back to
+the kernel when freed, and the next step touches them again page by page: a minor page fault and a
+zero-filled page every 4 KiB. The routed MLP of the performance suite with 128 blocks per layer (its
+gradients alone are 6 MiB) took about 500-800 page faults a step this way. PyTorch's tuning guide
+recommends a caching allocator (jemalloc, tcmalloc) through ``LD_PRELOAD`` for the same reason; this
+module gets the effect without one, through glibc's own ``mallopt``:
 
 * ``M_MMAP_THRESHOLD`` fixed at 32 MiB (glibc's maximum): buffers below it come from the heap;
 * ``M_TRIM_THRESHOLD`` at 1 GiB: the free top of the heap stays with the process.
 
-The process then keeps its peak heap (as PyTorch's CUDA caching allocator keeps its peak on a GPU).
-The setting is process-wide and lasts to the end of the process; :func:`keep_freed_cpu_memory` sets
-it once and does nothing where the C library is not glibc (musl, macOS, Windows) or under an
-allocator loaded with ``LD_PRELOAD`` (jemalloc, tcmalloc: they already cache).
+Measured on this project's CPU (BENCHMARKS.md, issue 33): the faults fall to about 1 a step, but the
+step times moved within the machine's noise (median ratios 0.93-1.09 over five process pairs), so it is
+opt-in (``TrainConfig.keep_cpu_memory``, ``RoutingTrainer(keep_cpu_memory=True)``). The process then
+keeps its peak heap (as PyTorch's CUDA caching allocator keeps its peak on a GPU). The setting is
+process-wide and lasts to the end of the process; :func:`keep_freed_cpu_memory` sets it once and does
+nothing where the C library is not glibc (musl, macOS, Windows) or under an allocator loaded with
+``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc: they already cache).
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def keep_freed_cpu_memory() -> bool:
     _state["applied"] = ok
     if ok:
         logger.info("CPU training: glibc malloc keeps freed memory (mmap threshold %d MiB, trim threshold %d MiB) so "
-                    "every step reuses its buffers instead of page-faulting them again (keep_cpu_memory=False to leave "
-                    "the allocator alone)", SETTINGS["mmap_threshold"] >> 20, SETTINGS["trim_threshold"] >> 20)
+                    "every step reuses its buffers instead of page-faulting them again (TrainConfig.keep_cpu_memory)",
+                    SETTINGS["mmap_threshold"] >> 20, SETTINGS["trim_threshold"] >> 20)
     return ok
 
 

@@ -76,10 +76,11 @@ class TrainConfig:
                           "device supports them; the same update up to floating-point rounding"},
     )
     keep_cpu_memory: bool = field(
-        default=True,
+        default=False,
         metadata={"help": "on the CPU, let glibc's malloc keep the memory a step frees so the next step reuses it instead "
                           "of page-faulting it again (process-wide, once; the process keeps its peak heap; "
-                          "nli_routing.training.allocator, BENCHMARKS.md issue 33); no effect on other allocators"},
+                          "nli_routing.training.allocator). Removes the page faults of many-block models (about 700 a "
+                          "step to 1); their step time moved within this project's CPU's noise (BENCHMARKS.md issue 33)"},
     )
     explore_kappa: float = field(
         default=0.0,

@@ -88,9 +88,9 @@ class RoutingTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, router_lr: float | None = None, router_lr_ratio: float = 5.0,
-                 keep_cpu_memory: bool = True, **kwargs: Any) -> None:
+                 keep_cpu_memory: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if keep_cpu_memory and self.args.device.type == "cpu":  # as the library's loop (TrainConfig.keep_cpu_memory)
+        if keep_cpu_memory and self.args.device.type == "cpu":  # opt-in, as in the library's loop (TrainConfig.keep_cpu_memory)
             keep_freed_cpu_memory()
         model = self.routed_model
         if isinstance(model, RoutedModel):

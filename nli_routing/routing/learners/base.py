@@ -59,6 +59,11 @@ class Learner(nn.Module):
     def loss(self, trajectory: Trajectory) -> Tensor:
         raise NotImplementedError
 
+    #: optional ``fusion_settings() -> tuple | None``: the settings the loss depends on, for learners whose loss
+    #: over several layers' concatenated trajectories equals the sum of their losses (they then share one
+    #: computation, :mod:`nli_routing.routing.objective`); None (default): every layer alone
+    fusion_settings = None
+
     #: optional ``select_rows(table [R, A], rows [N], epsilon, generator)``: :meth:`select` for
     #: values that are rows of a table (tabular routers use it when the learner defines it)
     select_rows = None

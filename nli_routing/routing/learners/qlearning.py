@@ -64,6 +64,15 @@ class QLearner(EpsilonGreedyLearner):
         self.target = check_choice("Q-learning target", target, Q_TARGETS)
         self.gamma = gamma
 
+    def fusion_settings(self) -> tuple | None:
+        """What the loss depends on besides the trajectory: layers under Q-learners with equal settings
+        share one loss computation (:func:`nli_routing.routing.objective.routing_objective`; the loss is a
+        sum over decisions with per-state weights, and the learner has no parameters). None in
+        subclasses, which must declare it themselves."""
+        if type(self) is not QLearner or any(True for _ in self.parameters()):
+            return None
+        return (self.gamma, self.target, self.batch_mean)
+
     def targets(self, trajectory: Trajectory) -> Tensor:
         if self.target == "td":
             return q_targets(trajectory, self.gamma)
