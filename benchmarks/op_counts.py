@@ -6,8 +6,10 @@ perf.py's FC-only MLP (``--layers`` routed FC layers of ``--dim``, ``--blocks`` 
 ``--batch``: the ``aten::`` operators one step of the training loop dispatches, split by the loop's
 ``step:*`` phases (forward, router loss, backward, optimizers), for the routed model and its unrouted
 shared-bottom twin, then for the routed model with each :class:`~nli_routing.routing.bank.LinearBank`
-implementation forced. Counts are exact and independent of the machine's load (no times are taken).
-Writes ``--out`` (JSON) and prints the tables.
+implementation forced; and, for two models with several routed layers, the counts with the routing
+objective fused across the layers and per layer (:mod:`nli_routing.routing.objective`). Counts are exact
+and independent of the machine's load; ``--time_objective 64 512`` adds a timing of the fused objective
+against the per-layer one (run that on quiet cores). Writes ``--out`` (JSON) and prints the tables.
 """
 
 from __future__ import annotations
@@ -57,8 +59,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--time_objective", nargs="*", type=int, metavar="BATCH",
+                    help="also time one training step with the routing objective fused and per layer (interleaved "
+                         "rounds, the ratio per round; a timing: run it on quiet cores) at these batch sizes")
+    ap.add_argument("--rounds", type=int, default=9, help="with --time_objective: interleaved rounds")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "op_counts_issue33.json"))
     args = ap.parse_args(argv)
+    for size in args.time_objective or []:
+        if size < 1:
+            ap.error(f"--time_objective batch sizes must be >= 1, got {size}")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
     for flag in ("blocks", "tasks", "dim", "layers", "batch"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
@@ -78,9 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
         impls[impl] = {"aten": c["aten"], **{k: c.get(k, 0) for k in ("aten::mm", "aten::bmm", "aten::_grouped_mm",
                                                                        "aten::item")}}
     objective = objective_counts(args.batch)
+    timed = {f"{name} batch {size}": t for size in (args.time_objective or [])
+             for name, t in objective_times(size, args.rounds).items()}
     result = {"command": "python benchmarks/op_counts.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine(), "commit": commit(), "args": vars(args), "phases": phases, "impls": impls,
-              "objective": objective}
+              "objective": objective, "objective_times": timed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     names = ["forward", "router_loss", "backward", "optimizers"]
@@ -94,14 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
     for name, c in objective.items():
         print(f"{name:<36}{c['fused']['router_loss']:>18}{c['per_layer']['router_loss']:>11}"
               f"{sum(c['fused'].values()):>12}{sum(c['per_layer'].values()):>11}")
+    for name, t in timed.items():
+        print(f"{name:<44} fused {t['ms']['fused']:.3f} ms  per layer {t['ms']['per_layer']:.3f} ms  "
+              f"fused / per layer {t['ratio']:.3f} (median of rounds)")
     return result
 
 
-def objective_counts(batch: int) -> dict[str, dict]:
-    """Step operators by phase with the routing objective fused across routed layers and per layer
-    (``RoutedModel.fuse_routing_objective``), for models with several routed layers: CBOW with a routed
-    word projection and a routed 2-layer classifier (2 layers), and the MNIST-MTL network with routed
-    conv layers 1-3 and the routed FC stack (4 layers)."""
+def objective_models(batch: int) -> dict[str, tuple]:
+    """``{name: (make model, batch)}``: the models with several routed layers of :func:`objective_counts`."""
     import torch
 
     from nli_routing.experiments.bench import cbow_batch, cbow_model
@@ -113,26 +126,39 @@ def objective_counts(batch: int) -> dict[str, dict]:
                                               routed_convs="1,2,3", fc_hidden=16, fc_layers=2, fc_width=4,
                                               exploration="low"))
 
-    def vision_batch() -> dict:
-        g = torch.Generator().manual_seed(0)
-        return {"pixel_values": torch.randn(batch, 1, 8, 8, generator=g),
-                "labels": torch.randint(0, 2, (batch,), generator=g), "meta": torch.randint(0, 8, (batch,), generator=g)}
+    g = torch.Generator().manual_seed(0)
+    images = {"pixel_values": torch.randn(batch, 1, 8, 8, generator=g),
+              "labels": torch.randint(0, 2, (batch,), generator=g), "meta": torch.randint(0, 8, (batch,), generator=g)}
+    return {"cbow wp+classifier (2)": (lambda: cbow_model("wp+classifier", vocab=2000, dim=64),
+                                       cbow_batch(batch, vocab=2000)),
+            "mnist-mtl conv 1-3 + fc (4)": (vision, images)}
 
-    def cbow() -> torch.nn.Module:
-        model = cbow_model("wp+classifier", vocab=2000, dim=64)
-        return model
 
-    models = {"cbow wp+classifier (2)": (cbow, lambda: cbow_batch(batch, vocab=2000)),
-              "mnist-mtl conv 1-3 + fc (4)": (vision, vision_batch)}
+def _setup(make, batch: dict, fuse: bool) -> StepSetup:
+    model = make()
+    model.fuse_routing_objective = fuse
+    return StepSetup(model, batch, train_cfg())
+
+
+def objective_times(batch: int, rounds: int) -> dict[str, dict]:
+    """Step time with the routing objective fused and per layer, same model and batch, interleaved rounds."""
+    from nli_routing.experiments.bench import interleaved_step_times, round_ratio
+
     out = {}
-    for name, (make, make_batch) in models.items():
-        counts = {}
-        for fuse in (True, False):
-            model = make()
-            model.fuse_routing_objective = fuse
-            counts["fused" if fuse else "per_layer"] = phase_counts(StepSetup(model, make_batch(), train_cfg()))
-        out[name] = counts
+    for name, (make, data) in objective_models(batch).items():
+        times = interleaved_step_times({"fused": _setup(make, data, True), "per_layer": _setup(make, data, False)},
+                                       rounds=rounds, steps_per_round=5)
+        out[name] = {"ms": times["ms"], "rounds": times["rounds"], "ratio": round_ratio(times, "fused", "per_layer")}
     return out
+
+
+def objective_counts(batch: int) -> dict[str, dict]:
+    """Step operators by phase with the routing objective fused across routed layers and per layer
+    (``RoutedModel.fuse_routing_objective``), for models with several routed layers: CBOW with a routed
+    word projection and a routed 2-layer classifier (2 layers), and the MNIST-MTL network with routed
+    conv layers 1-3 and the routed FC stack (4 layers)."""
+    return {name: {"fused" if fuse else "per_layer": phase_counts(_setup(make, data, fuse)) for fuse in (True, False)}
+            for name, (make, data) in objective_models(batch).items()}
 
 
 if __name__ == "__main__":

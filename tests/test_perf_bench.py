@@ -77,7 +77,18 @@ def test_bank_crossover_compares_every_kernel_it_is_given(tmp_path):
     assert "dense_wins" not in result and sum(len(w) for w in result["wins"].values()) == len(result["rows"])
 
 
-@pytest.mark.parametrize("spec", ["tiled:0", "tiled:x", "gather:4", "sparse", "compiled:8"])
+def test_bank_crossover_grouped_mm_all_runs_every_block():
+    """``grouped_mm_all``: grouped_mm without skipping the empty blocks (the kernel before issue 33's change)."""
+    from nli_routing.routing import LinearBank
+
+    bench = load_bench("bank_crossover")
+    banks = lambda m: [b for b in m.modules() if isinstance(b, LinearBank) and b.num_blocks == 32]  # noqa: E731
+    assert all(not b.skip_empty_blocks and b.impl == "grouped_mm" for b in banks(bench.routed_mlp("grouped_mm_all", 16, 32)))
+    assert all(b.skip_empty_blocks for b in banks(bench.routed_mlp("grouped_mm", 16, 32)))
+    assert banks(bench.routed_mlp("grouped_mm", 16, 32))
+
+
+@pytest.mark.parametrize("spec", ["tiled:0", "tiled:x", "gather:4", "sparse", "compiled:8", "grouped_mm_all:4"])
 def test_bank_crossover_refuses_unknown_kernels(spec, capsys):
     bench = load_bench("bank_crossover")
     with pytest.raises(SystemExit) as e:
@@ -144,3 +155,35 @@ def test_op_counts_split_a_step_by_phase_and_by_bank_implementation(tmp_path):
     for name, counts in res["objective"].items():  # several routed layers: the fused objective dispatches fewer
         assert counts["fused"]["router_loss"] < counts["per_layer"]["router_loss"], name
         assert counts["fused"]["forward"] == counts["per_layer"]["forward"], name
+
+
+@pytest.mark.parametrize("flags,message", [(["--time_objective", "0"], "--time_objective batch sizes must be >= 1, got 0"),
+                                           (["--time_objective", "8", "--rounds", "0"], "--rounds must be >= 1, got 0")])
+def test_op_counts_rejects_bad_timing_flags_in_one_line(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_bench("op_counts").main([*flags, "--out", str(tmp_path / "x.json")])
+    assert message in capsys.readouterr().err.strip().splitlines()[-1] and not (tmp_path / "x.json").exists()
+
+
+def test_op_counts_times_the_fused_objective_against_per_layer(tmp_path):
+    bench = load_bench("op_counts")
+    res = bench.objective_times(8, rounds=1)
+    assert set(res) == set(bench.objective_models(8))
+    for t in res.values():
+        assert set(t["ms"]) == {"fused", "per_layer"} and t["ratio"] > 0
+
+
+@pytest.mark.parametrize("flags,message", [(["--runs", "0"], "--runs must be >= 1, got 0"),
+                                           (["--batches", "512", "-4"], "--batches must be >= 1, got [512, -4]")])
+def test_keep_cpu_memory_bench_rejects_bad_values_in_one_line(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_bench("keep_cpu_memory").main([*flags, "--out", str(tmp_path / "x.jsonl")])
+    assert message in capsys.readouterr().err.strip().splitlines()[-1] and not (tmp_path / "x.jsonl").exists()
+
+
+def test_keep_cpu_memory_bench_pairs_runs_by_index():
+    bench = load_bench("keep_cpu_memory")
+    rows = [{"kind": "routing", "blocks": 128, "batch": 512, "mode": m, "ms": ms, "faults": f}
+            for m, ms, f in (("keep", 2.0, 1.0), ("default", 4.0, 700.0), ("keep", 3.0, 0.0), ("default", 3.0, 600.0))]
+    (line,) = bench.summarise(rows)
+    assert "keep/default median 0.750 (0.500-1.000)" in line and "faults per step keep 0.5 default 650.0" in line

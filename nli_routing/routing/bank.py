@@ -221,6 +221,10 @@ class LinearBank(nn.Module):
     ``impl="tiled"`` (0: :data:`DEFAULT_TILE`).
     """
 
+    #: on the CPU, run grouped_mm over the used blocks only where few of many hold rows (:func:`used_groups`);
+    #: False: over every block (what ``benchmarks/bank_crossover.py`` times as ``grouped_mm_all``)
+    skip_empty_blocks = True
+
     def __init__(
         self,
         num_blocks: int,
@@ -384,7 +388,7 @@ class LinearBank(nn.Module):
             y = gathered_apply(xs, block, [self.weight], self.bias)
         else:
             if impl == "grouped_mm":
-                used = used_groups(block, g, xs)
+                used = used_groups(block, g, xs) if self.skip_empty_blocks else None
                 if used is not None:  # many empty blocks on the CPU: the grouped matmul over the used ones
                     y = _grouped_mm_padded(xs, self.weight.index_select(0, used[0]), used[1])
                 else:

@@ -33,6 +33,10 @@ __all__ = ["LowRankBank"]
 class LowRankBank(nn.Module):
     """``num_experts`` low-rank deltas of a ``in_dim -> out_dim`` linear map, rank ``rank``."""
 
+    #: as :attr:`LinearBank.skip_empty_blocks`: on the CPU, grouped matmuls over the used experts only where
+    #: few of many hold rows
+    skip_empty_blocks = True
+
     def __init__(self, num_experts: int, in_dim: int, out_dim: int, rank: int = 8, alpha: float = 16.0,
                  impl: str = "auto", generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -78,7 +82,7 @@ class LowRankBank(nn.Module):
         elif impl == "gather":
             y = gathered_apply(xs, sorted_groups, [self.A, self.B])
         elif impl == "grouped_mm":
-            used = used_groups(sorted_groups, g, xs)
+            used = used_groups(sorted_groups, g, xs) if self.skip_empty_blocks else None
             if used is not None:  # many empty experts on the CPU: the grouped matmuls over the used ones
                 y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A.index_select(0, used[0]), used[1]),
                                        self.B.index_select(0, used[0]), used[1])
