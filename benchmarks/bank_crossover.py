@@ -15,9 +15,7 @@ A :class:`~nli_routing.routing.bank.LinearBank` can run its routed rows two ways
 
 * ``tiled:T``: every group padded to whole tiles of T rows, each tile's weight gathered, one batched
   matmul (about 10 operators whatever G; padding of up to T - 1 rows per group);
-* ``gather``: each row's own weight gathered into one batched matmul of single rows;
-* ``grouped_mm_all``: ``grouped_mm`` over every block, empty ones included (before issue 33 skipped them on the
-  CPU where few of many blocks hold rows, ``LinearBank.skip_empty_blocks``);
+* ``gather``: each row's own weight gathered into one batched matmul of single rows.
 * ``compiled``: ``grouped_mm`` with the bank's forward compiled by ``torch.compile`` (``dynamic=True``;
   inductor on the CPU; its backward is compiled with it; the compile happens in the warm-up steps).
 
@@ -54,10 +52,9 @@ HERE = Path(__file__).resolve().parent
 def parse_impl(spec: str) -> tuple[str, int]:
     """``"tiled:16"`` -> ``("tiled", 16)``; other names -> ``(name, 0)``."""
     name, _, tile = spec.partition(":")
-    if name not in ("grouped_mm", "grouped_mm_all", "loop", "dense", "tiled", "gather", "compiled") \
-            or (tile and not tile.isdigit()) or (tile and name != "tiled") or (tile and int(tile) < 1):
-        raise ValueError(f"unknown kernel {spec!r}: grouped_mm, grouped_mm_all, loop, dense, gather, compiled or "
-                         "tiled:<rows per tile>")
+    if name not in ("grouped_mm", "loop", "dense", "tiled", "gather", "compiled") or (tile and not tile.isdigit()) \
+            or (tile and name != "tiled") or (tile and int(tile) < 1):
+        raise ValueError(f"unknown kernel {spec!r}: grouped_mm, loop, dense, gather, compiled or tiled:<rows per tile>")
     return name, int(tile or 0)
 
 
@@ -76,8 +73,7 @@ def routed_mlp(impl: str, dim: int, blocks: int, routes: str = "fresh"):
     if not banks:
         raise RuntimeError("the routed MLP has no LinearBank: nothing to compare")
     for bank in banks:
-        bank.impl = "grouped_mm" if name in ("compiled", "grouped_mm_all") else name
-        bank.skip_empty_blocks = name != "grouped_mm_all"  # issue 33: grouped_mm over every block, empty ones too
+        bank.impl = "grouped_mm" if name == "compiled" else name
         bank.tile = tile or bank.tile
         if name == "compiled":  # issue 33: the grouped bank's forward (and so its backward) through torch.compile
             bank.sorted_forward = torch.compile(bank.sorted_forward, dynamic=True)

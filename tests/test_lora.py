@@ -139,28 +139,3 @@ def test_router_finds_the_expert_of_each_task():
         train_step(model, _conflicting_tasks(g), blocks, routers, cfg, step=step)
     assert torch.equal(router.greedy_policy(), oracle)
     assert min(accuracy()) > 0.95
-
-
-def test_low_rank_bank_over_the_used_experts_equals_each_row_alone():
-    """Many experts, few used: the CPU grouped matmuls run over the used experts only (issue 33)."""
-    from nli_routing.routing.bank import used_groups
-
-    torch.manual_seed(0)
-    bank = LowRankBank(40, 12, 10, rank=4, impl="grouped_mm")
-    with torch.no_grad():
-        bank.B.normal_()
-    x = torch.randn(6, 12, requires_grad=True)
-    groups = torch.tensor([39, 0, 7, 39, 0, 7])
-    assert used_groups(groups.sort().values, 40, x) is not None
-    y = execution_for(bank)(bank, x, groups, None, False)
-    for i in range(6):
-        torch.testing.assert_close(y[i], bank.expert_forward(x[i], int(groups[i])))
-    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-    grads = [t.grad.clone() for t in (x, bank.A, bank.B)]
-    for t in (x, bank.A, bank.B):
-        t.grad = None
-    ref = torch.stack([bank.expert_forward(x[i], int(groups[i])) for i in range(6)])
-    (ref * torch.linspace(-1, 1, ref.numel()).view_as(ref)).sum().backward()
-    for a, b in zip(grads, (x.grad, bank.A.grad, bank.B.grad)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert torch.all(grads[1][1:7] == 0) and torch.all(grads[2][8:39] == 0)

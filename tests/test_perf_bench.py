@@ -77,18 +77,7 @@ def test_bank_crossover_compares_every_kernel_it_is_given(tmp_path):
     assert "dense_wins" not in result and sum(len(w) for w in result["wins"].values()) == len(result["rows"])
 
 
-def test_bank_crossover_grouped_mm_all_runs_every_block():
-    """``grouped_mm_all``: grouped_mm without skipping the empty blocks (the kernel before issue 33's change)."""
-    from nli_routing.routing import LinearBank
-
-    bench = load_bench("bank_crossover")
-    banks = lambda m: [b for b in m.modules() if isinstance(b, LinearBank) and b.num_blocks == 32]  # noqa: E731
-    assert all(not b.skip_empty_blocks and b.impl == "grouped_mm" for b in banks(bench.routed_mlp("grouped_mm_all", 16, 32)))
-    assert all(b.skip_empty_blocks for b in banks(bench.routed_mlp("grouped_mm", 16, 32)))
-    assert banks(bench.routed_mlp("grouped_mm", 16, 32))
-
-
-@pytest.mark.parametrize("spec", ["tiled:0", "tiled:x", "gather:4", "sparse", "compiled:8", "grouped_mm_all:4"])
+@pytest.mark.parametrize("spec", ["tiled:0", "tiled:x", "gather:4", "sparse", "compiled:8"])
 def test_bank_crossover_refuses_unknown_kernels(spec, capsys):
     bench = load_bench("bank_crossover")
     with pytest.raises(SystemExit) as e:

@@ -7,9 +7,7 @@ the rows sorted by block id; the bank computes every block's group in one call, 
 
 * ``impl="grouped_mm"``: :func:`torch.nn.functional.grouped_mm` over the sorted rows (one call with
   the group offsets as a tensor: no host synchronisation, so it also runs under ``torch.compile``;
-  one kernel on recent GPUs, a loop over the groups inside torch on the CPU, empty groups included:
-  there, with many blocks of which at most half hold rows, it runs over the used blocks' weights only,
-  after one host read, :func:`used_groups`);
+  one kernel on recent GPUs, a loop over the groups inside torch on the CPU);
 * ``impl="loop"``: one matmul per non-empty block (reads the group sizes on the host: one sync);
 * ``impl="dense"``: no sort at all: every block on every row in one matmul, each row's own block
   gathered (G times the arithmetic, a handful of operations per step; :meth:`LinearBank.dense_forward`);
@@ -177,25 +175,6 @@ def _grouped_mm_padded(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
     return y[:, :n] if pad_n else y
 
 
-#: on the CPU, grouped_mm runs over the used blocks only when at most this share of them holds rows
-#: (and the bank has at least ``min_blocks``): torch's CPU grouped matmul loops over every group, empty
-#: ones included (a slice, a host read and a zero-filled weight gradient each)
-COMPACT_GROUPS: dict[str, float] = {"min_blocks": 16, "max_used_share": 0.5}
-
-
-def used_groups(block: Tensor, num_blocks: int, x: Tensor) -> tuple[Tensor, Tensor] | None:
-    """For rows sorted by block id ``block [N]`` (in ``[0, G)``) on the CPU: the used blocks ``[U]`` and
-    their ``int32`` end offsets ``[U]``, or None where the grouped matmul should run over all G
-    (an accelerator, few blocks, or most of them used; :data:`COMPACT_GROUPS`). One host read."""
-    if x.device.type != "cpu" or num_blocks < COMPACT_GROUPS["min_blocks"] or torch.compiler.is_compiling():
-        return None
-    counts = torch.bincount(block, minlength=num_blocks)
-    used = counts.nonzero().squeeze(1)
-    if used.numel() > COMPACT_GROUPS["max_used_share"] * num_blocks:
-        return None
-    return used, counts.index_select(0, used).cumsum(0, dtype=torch.int32)
-
-
 class BankBlock:
     """Block ``index`` of a :class:`LinearBank` as a callable (``bank[i](x)``), for code that runs
     one block on a whole input (analysis, tests, per-block loops)."""
@@ -220,10 +199,6 @@ class LinearBank(nn.Module):
     ``dropout`` applies after the activation in training mode; ``tile``: rows per tile of
     ``impl="tiled"`` (0: :data:`DEFAULT_TILE`).
     """
-
-    #: on the CPU, run grouped_mm over the used blocks only where few of many hold rows (:func:`used_groups`);
-    #: False: over every block (what ``benchmarks/bank_crossover.py`` times as ``grouped_mm_all``)
-    skip_empty_blocks = True
 
     def __init__(
         self,
@@ -388,12 +363,8 @@ class LinearBank(nn.Module):
             y = gathered_apply(xs, block, [self.weight], self.bias)
         else:
             if impl == "grouped_mm":
-                used = used_groups(block, g, xs) if self.skip_empty_blocks else None
-                if used is not None:  # many empty blocks on the CPU: the grouped matmul over the used ones
-                    y = _grouped_mm_padded(xs, self.weight.index_select(0, used[0]), used[1])
-                else:
-                    offs = self.group_offsets(sorted_groups, g) if offsets is None else offsets
-                    y = _grouped_mm_padded(xs, self.weight, offs)  # stopped rows are replaced below
+                offs = self.group_offsets(sorted_groups, g) if offsets is None else offsets
+                y = _grouped_mm_padded(xs, self.weight, offs)  # stopped rows are replaced below
             else:
                 sizes = torch.bincount(sorted_groups.clamp(max=g), minlength=g + 1).tolist()
                 ws = self.weight.unbind(0)  # one view per block: the backward stacks their gradients once

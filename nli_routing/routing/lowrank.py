@@ -15,27 +15,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .bank import (
-    BANK_IMPLS,
-    DEFAULT_TILE,
-    LinearBank,
-    _grouped_mm_padded,
-    gathered_apply,
-    resolve_bank_impl,
-    tiled_apply,
-    tiled_slots,
-    used_groups,
-)
+from .bank import BANK_IMPLS, DEFAULT_TILE, LinearBank, _grouped_mm_padded, gathered_apply, resolve_bank_impl, tiled_apply, tiled_slots
 
 __all__ = ["LowRankBank"]
 
 
 class LowRankBank(nn.Module):
     """``num_experts`` low-rank deltas of a ``in_dim -> out_dim`` linear map, rank ``rank``."""
-
-    #: as :attr:`LinearBank.skip_empty_blocks`: on the CPU, grouped matmuls over the used experts only where
-    #: few of many hold rows
-    skip_empty_blocks = True
 
     def __init__(self, num_experts: int, in_dim: int, out_dim: int, rank: int = 8, alpha: float = 16.0,
                  impl: str = "auto", generator: torch.Generator | None = None) -> None:
@@ -82,13 +68,8 @@ class LowRankBank(nn.Module):
         elif impl == "gather":
             y = gathered_apply(xs, sorted_groups, [self.A, self.B])
         elif impl == "grouped_mm":
-            used = used_groups(sorted_groups, g, xs) if self.skip_empty_blocks else None
-            if used is not None:  # many empty experts on the CPU: the grouped matmuls over the used ones
-                y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A.index_select(0, used[0]), used[1]),
-                                       self.B.index_select(0, used[0]), used[1])
-            else:
-                offs = LinearBank.group_offsets(sorted_groups, g) if offsets is None else offsets
-                y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A, offs), self.B, offs)
+            offs = LinearBank.group_offsets(sorted_groups, g) if offsets is None else offsets
+            y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A, offs), self.B, offs)
         else:
             sizes = torch.bincount(sorted_groups, minlength=g).tolist()
             parts = [(c @ self.A[k]) @ self.B[k] for k, c in enumerate(xs.split(sizes)) if sizes[k]]
