@@ -41,7 +41,8 @@ SETTINGS = {
     "em-mi-adam-norm-enc": {"target": "em", "balance": 1.0, "agent_optimizer": "blocks", "state_norm": True,
                             "detach_state": False},  # online only
 }
-ONLINE_ONLY = ("em", "em-mi-adam", "em-mi-adam-norm-enc", "recipe-mixture", "recipe-mixture-mi", "recipe-mixture-nobalance")
+ONLINE_ONLY = ("em", "em-mi-adam", "em-mi-adam-norm-enc", "recipe-mixture", "recipe-mixture-mi", "recipe-mixture-nobalance",
+               "recipe-mixture-m0.3", "recipe-mixture-m1")
 #: "recipe": each kind under what the recipes resolve for it by default (``DispatchArgs().resolved``);
 #: "recipe-mixture": the same with ``--dispatch_target mixture`` (its balance: the marginal entropy at 0.1)
 RECIPE = "recipe"
@@ -53,6 +54,9 @@ RECIPE_SETTINGS = {
     "recipe-mixture-mi": {"dispatch_target": "mixture", "dispatch_balance_term": "mi"},
     "recipe-mixture-nobalance": {"dispatch_target": "mixture", "dispatch_balance": 0.0},
     "recipe-marginal": {"dispatch_balance_term": "marginal"},
+    # issue 29: the mixture with a stronger marginal balance (does it keep the SCI dispatchers from collapsing?)
+    "recipe-mixture-m0.3": {"dispatch_target": "mixture", "dispatch_balance": 0.3},
+    "recipe-mixture-m1": {"dispatch_target": "mixture", "dispatch_balance": 1.0},
 }
 
 

@@ -104,6 +104,8 @@ VARIANTS = {
 #: issue 29: dispatcher settings per method alias (DispatchArgs fields); the method is the alias before the "/"
 THESIS_DISPATCH = {"dispatch_balance": 0.0, "dispatch_agent_optimizer": "routers", "dispatch_target": "reward",
                    "dispatch_input": "premise", "dispatch_state_norm": False}
+#: the online (one-stage) dispatcher rows, for the aliases that apply to each of them
+ONLINE_ROWS = ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")
 DISPATCH_VARIANTS = {
     "wp-signature+D/best-agent": {**THESIS_DISPATCH, "dispatch_target": "best-agent"},
     "wp-signature+D/meta": {"dispatch_balance": 0.0, "dispatch_agent_optimizer": "blocks", "dispatch_target": "meta",
@@ -124,8 +126,7 @@ DISPATCH_VARIANTS = {
     **{f"{m}/centered": {"dispatch_recon_reward": "agent-centered"} for m in ("wp-rbae-seq", "wp-rbae-cbow",
                                                                             "wp-rbae-attn", "wp-rbae-onehot")},
     # issue 29: the agent's input standardised (dispatch_state_norm), alone and with the centred reward
-    **{f"{m}/norm": {"dispatch_state_norm": True} for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn",
-                                                           "wp-rbae-onehot", "wp-signature+D")},
+    **{f"{m}/norm": {"dispatch_state_norm": True} for m in (*ONLINE_ROWS, "wp-signature+D")},
     # ... and the agent's loss training the RBAE encoder too (its input no longer saturates)
     **{f"{m}/norm-enc": {"dispatch_state_norm": True, "dispatch_agent_to_encoder": True}
        for m in ("wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
@@ -133,17 +134,13 @@ DISPATCH_VARIANTS = {
        for m in ("wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
     # generalised EM (Kirsch et al. 2018): the class drawn from the posterior, the model trained on its path;
     # alone (the balance resolves to 0 off the reward target) and with the mutual-information term
-    **{f"{m}/em": {"dispatch_target": "em"} for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn",
-                                                       "wp-rbae-onehot")},
-    **{f"{m}/em-mi": {"dispatch_target": "em", "dispatch_balance": 1.0}
-       for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn", "wp-rbae-onehot")},
+    **{f"{m}/em": {"dispatch_target": "em"} for m in ONLINE_ROWS},
+    **{f"{m}/em-mi": {"dispatch_target": "em", "dispatch_balance": 1.0} for m in ONLINE_ROWS},
     # issue 29: the mixture of experts trained as soft EM (every path on every sample, weighted by the posterior;
     # the dispatcher predicts the posterior; the balance resolves to the marginal entropy at 0.1)
-    **{f"{m}/mixture": {"dispatch_target": "mixture"} for m in ("wp-basic", "wp-rbae-seq", "wp-rbae-cbow", "wp-rbae-attn",
-                                                                 "wp-rbae-onehot")},
+    **{f"{m}/mixture": {"dispatch_target": "mixture"} for m in ONLINE_ROWS},
     # the thesis' dispatcher training, whatever the recipe defaults are
-    **{f"{m}/thesis": dict(THESIS_DISPATCH) for m in ("wp-signature+D", "wp-basic", "wp-rbae-cbow", "wp-rbae-attn",
-                                                      "wp-rbae-onehot", "wp-rbae-seq")},
+    **{f"{m}/thesis": dict(THESIS_DISPATCH) for m in ("wp-signature+D", *ONLINE_ROWS)},
 }
 
 

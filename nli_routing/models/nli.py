@@ -307,11 +307,12 @@ class NLIRoutingModel(RoutedModel):
         q = em_posterior(values, losses)
         drawn = draw_classes(q, self.dispatcher.policy.generator)
         rows = drawn * b + torch.arange(b, device=labels.device)
-        dispatch.meta, dispatch.target, dispatch.agent_losses = drawn, q, losses.detach()
+        fixed = losses.detach()
+        dispatch.meta, dispatch.target, dispatch.agent_losses = drawn, q, fixed
         per_sample = (q.to(losses.dtype) * losses).sum(1)
         return NLIOutput(loss=per_sample.mean(), logits=logits[rows], per_sample_loss=per_sample,
                          trajectories=[t.rows(rows) for t in trajs], dispatch=dispatch, meta=drawn, meta_source="learned",
-                         reward_loss=losses.detach().gather(1, drawn.unsqueeze(1)).squeeze(1))
+                         reward_loss=fixed.gather(1, drawn.unsqueeze(1)).squeeze(1))
 
     @torch.no_grad()
     def agent_losses(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], labels: Tensor) -> Tensor:
