@@ -139,6 +139,8 @@ DISPATCH_VARIANTS = {
     # issue 29: the mixture of experts trained as soft EM (every path on every sample, weighted by the posterior;
     # the dispatcher predicts the posterior; the balance resolves to the marginal entropy at 0.1)
     **{f"{m}/mixture": {"dispatch_target": "mixture"} for m in ONLINE_ROWS},
+    # ... with a stronger marginal balance (0.3, 1; the default 0.1 let RBAE-seq collapse on SCI)
+    **{f"{m}/mixture-m{w:g}": {"dispatch_target": "mixture", "dispatch_balance": w} for m in ONLINE_ROWS for w in (0.3, 1.0)},
     # the thesis' dispatcher training, whatever the recipe defaults are
     **{f"{m}/thesis": dict(THESIS_DISPATCH) for m in ("wp-signature+D", *ONLINE_ROWS)},
 }
