@@ -40,9 +40,18 @@ for _ in range(10):
     for _ in range(30):
         s.step()
     chunks.append((time.perf_counter() - t) / 30 * 1e3)
+from nli_routing.training.allocator import cpu_memory_kept
 print(json.dumps({"kind": kind, "blocks": blocks, "batch": batch, "mode": mode, "ms": statistics.median(chunks),
-                  "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 300}))
+                  "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 300, "kept": cpu_memory_kept()}))
 """
+
+
+def run_one(kind: str, blocks: int, batch: int, mode: str) -> dict:
+    """One process: ``kind`` with ``blocks`` blocks at ``batch``, ``mode`` "keep" or "default" (:data:`ONE`)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-c", ONE, kind, str(blocks), str(batch), mode],
+                          capture_output=True, text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def summarise(rows: list[dict]) -> list[str]:
@@ -74,7 +83,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error(f"--runs must be >= 1, got {args.runs}")
     if any(b < 1 for b in args.batches):
         ap.error(f"--batches must be >= 1, got {args.batches}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     rows = []
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
@@ -82,9 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for batch in args.batches:
                 for kind, blocks in CONFIGS:
                     for mode in ("keep", "default"):
-                        done = subprocess.run([sys.executable, "-c", ONE, kind, str(blocks), str(batch), mode],
-                                              capture_output=True, text=True, check=True, env=env)
-                        row = json.loads(done.stdout.strip().splitlines()[-1])
+                        row = run_one(kind, blocks, batch, mode)
                         rows.append(row)
                         f.write(json.dumps(row) + "\n")
                         f.flush()

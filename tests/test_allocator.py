@@ -3,42 +3,20 @@ to the kernel, so the next step does not page-fault them in again."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import importlib
 
 import pytest
 
 from nli_routing.training import allocator
 
-STEPS = """
-import json, resource, sys, torch
-from nli_routing.experiments.bench import StepSetup, mlp_batch, mlp_model, train_cfg
-torch.set_num_threads(1)
-setup = StepSetup(mlp_model("routing", 128, 8), mlp_batch(512, 8), train_cfg(keep_cpu_memory=sys.argv[1] == "keep"))
-for _ in range(5):
-    setup.step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    setup.step()
-from nli_routing.training.allocator import cpu_memory_kept
-print(json.dumps({"kept": cpu_memory_kept(), "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10}))
-"""
-
-
-def _faults(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
 
 @pytest.mark.skipif(allocator._glibc() is None, reason="the process does not run on glibc's malloc")
 def test_a_training_step_no_longer_page_faults_its_buffers():
     """The routed MLP of the performance suite with 128 blocks a layer (its gradients alone are 6 MiB),
-    the loop's own step: with glibc's defaults every step faults hundreds of pages in again (240-960
-    when measured); with ``keep_cpu_memory`` 0-75."""
-    default, kept = _faults("default"), _faults("keep")
+    the loop's own step, 300 steps after 30 (``benchmarks/keep_cpu_memory.py``): with glibc's defaults every step
+    faults hundreds of pages in again (525-696 when measured); with ``keep_cpu_memory`` about 1."""
+    bench = importlib.import_module("benchmarks.keep_cpu_memory")  # its one-model process, as benchmarked
+    default, kept = (bench.run_one("routing", 128, 512, mode) for mode in ("default", "keep"))
     assert kept["kept"] is True and default["kept"] is False
     assert default["faults"] >= 100, default
     assert kept["faults"] * 5 < default["faults"], (kept, default)
