@@ -52,9 +52,9 @@ HERE = Path(__file__).resolve().parent
 def parse_impl(spec: str) -> tuple[str, int]:
     """``"tiled:16"`` -> ``("tiled", 16)``; other names -> ``(name, 0)``."""
     name, _, tile = spec.partition(":")
-    if name not in ("grouped_mm", "loop", "dense", "tiled", "gather", "compiled") or (tile and not tile.isdigit()) \
+    if name not in ("grouped_mm", "loop", "dense", "tiled", "gather", "compiled", "native") or (tile and not tile.isdigit()) \
             or (tile and name != "tiled") or (tile and int(tile) < 1):
-        raise ValueError(f"unknown kernel {spec!r}: grouped_mm, loop, dense, gather, compiled or tiled:<rows per tile>")
+        raise ValueError(f"unknown kernel {spec!r}: grouped_mm, loop, dense, gather, compiled, native or tiled:<rows per tile>")
     return name, int(tile or 0)
 
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--impls", nargs="+", default=["grouped_mm", "dense"],
                    help="kernels to time (grouped_mm is always the reference): grouped_mm, loop, dense, gather, compiled, "
-                        "tiled:T")
+                        "native (the C++ kernel, nli_routing.routing.native; built on first use), tiled:T")
     p.add_argument("--routes", choices=("uniform", "fresh"), default="uniform",
                    help="uniform: ties broken at random (every block used); fresh: the routers' own tie rule")
     p.add_argument("--quick", action="store_true", help="tiny grid and one round (a smoke test)")

@@ -31,6 +31,7 @@ from nli_routing.experiments.bench import (
     train_cfg,
 )
 from nli_routing.routing.bank import BANK_IMPLS, LinearBank
+from nli_routing.routing.native import load_native_kernel, native_kernel_reason
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     phases = {kind: phase_counts(setup(kind)) for kind in ("routing", "shared-bottom")}
     impls = {}
     for impl in BANK_IMPLS:  # auto: what the model picks itself (the phases above)
+        if impl == "native" and load_native_kernel() is None:  # no compiler here: said, not counted
+            print(f"native: not counted ({native_kernel_reason()})")
+            continue
         c = step_op_count(setup("routing", impl))
         impls[impl] = {"aten": c["aten"], **{k: c.get(k, 0) for k in ("aten::mm", "aten::bmm", "aten::_grouped_mm",
                                                                        "aten::item")}}

@@ -58,6 +58,7 @@ from torch import nn
 
 from nli_routing.experiments.bench import (  # noqa: E402
     KEEP_CPU_MEMORY,
+    NATIVE_CPU_KERNELS,
     StepSetup,
     cbow_batch,
     cbow_cfg,
@@ -73,6 +74,7 @@ from nli_routing.experiments.bench import (  # noqa: E402
     step_profile,
     train_cfg,
 )
+from nli_routing.routing.native import native_cpu_kernels_enabled, native_kernel_reason  # noqa: E402
 from nli_routing.training.allocator import cpu_memory_kept  # noqa: E402
 
 SECTIONS = ("mlp", "cbow", "scaling", "minilm", "compile", "predict")
@@ -366,10 +368,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--keep_cpu_memory", action="store_true",
                    help="let glibc's malloc keep freed memory (the loop's TrainConfig.keep_cpu_memory; process-wide, "
                         "so the whole run)")
+    p.add_argument("--native_cpu_kernels", action="store_true",
+                   help="run the routed banks with the library's C++ kernel (the loop's TrainConfig.native_cpu_kernels; "
+                        "process-wide, so the whole run; built on first use)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and one round (a smoke test)")
     p.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "perf"))
     args = p.parse_args(argv)
     KEEP_CPU_MEMORY["value"] = args.keep_cpu_memory
+    NATIVE_CPU_KERNELS["value"] = args.native_cpu_kernels
     if args.quick:
         args.batches, args.blocks, args.tasks = [32], [2, 8], [2, 8]
         args.scaling_batches, args.minilm_batch, args.minilm_length = [64], 2, 8
@@ -408,6 +414,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["predict"] = predict_section(args, log)
     result["seconds"] = time.perf_counter() - start
     result["cpu_memory_kept"] = cpu_memory_kept()
+    result["native_cpu_kernels"] = native_cpu_kernels_enabled() if args.native_cpu_kernels else False
+    if args.native_cpu_kernels and not result["native_cpu_kernels"]:
+        result["native_cpu_kernels_reason"] = native_kernel_reason()
     result["verdicts"] = verdicts(result)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

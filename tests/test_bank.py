@@ -6,9 +6,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nli_routing.models.blocks import routed_fc_stack
-from nli_routing.routing import LinearBank, RoutedLayer, SoftMixtureLayer, TabularRouter, assign_rewards
+from nli_routing.routing import (
+    LinearBank,
+    RoutedLayer,
+    SoftMixtureLayer,
+    TabularRouter,
+    assign_rewards,
+)
 from nli_routing.routing.decision import RoutingPass
 from nli_routing.routing.layer import grouped_apply
+
+from .helpers import require_native_kernel
 
 
 def per_row(bank: LinearBank, x: torch.Tensor, groups: torch.Tensor, scale=None) -> torch.Tensor:
@@ -23,10 +31,12 @@ def per_row(bank: LinearBank, x: torch.Tensor, groups: torch.Tensor, scale=None)
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("impl", ["grouped_mm", "loop", "dense", "tiled", "gather"])
+@pytest.mark.parametrize("impl", ["grouped_mm", "loop", "dense", "tiled", "gather", "native"])
 @pytest.mark.parametrize("activation,residual", [("relu", False), ("tanh", True), ("gelu", False), ("identity", True)])
 @pytest.mark.parametrize("stopped", [False, True])
 def test_bank_matches_per_row_blocks_values_and_gradients(impl, activation, residual, stopped):
+    if impl == "native":
+        require_native_kernel()
     torch.manual_seed(0)
     bank = LinearBank(5, 8, 8, activation, residual=residual, impl=impl)
     if residual:
@@ -300,13 +310,15 @@ def test_float64_banks_fall_back_to_the_loop_kernel():
     torch.testing.assert_close(grouped_apply(x, groups, bank, identity=False), per_row(bank, x, groups))
 
 
-@pytest.mark.parametrize("impl,tile", [("tiled", 1), ("tiled", 3), ("tiled", 32), ("gather", 0)])
+@pytest.mark.parametrize("impl,tile", [("tiled", 1), ("tiled", 3), ("tiled", 32), ("gather", 0), ("native", 0)])
 @pytest.mark.parametrize("allow_stop", [False, True])
 def test_tiled_and_gathered_banks_route_a_stack_exactly_like_grouped_ones(impl, tile, allow_stop):
     """Issue 33's kernels for many small groups: a routed stack decided ahead (tabular, the sorted
     path) gives the values, actions and gradients of grouped_mm, stopped rows included; among 64
     blocks most groups hold one or two rows and many are empty; tiles of 1 (one weight per row), 3
-    (groups split over several tiles) and 32 (one tile per group)."""
+    (groups split over several tiles) and 32 (one tile per group); the native C++ kernel."""
+    if impl == "native":
+        require_native_kernel()
     a = _routed_stack_run("grouped_mm", 64, 6, 45, allow_stop)
     b = _routed_stack_run(impl, 64, 6, 45, allow_stop, tile=tile)
     _assert_same_run(a, b)

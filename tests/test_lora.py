@@ -8,16 +8,25 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from nli_routing.models.transformer import (RoutedLoRALinear, RoutedTransformerConfig, RoutedTransformerForNLI,
-                                            TransformerNLIConfig, count_parameters, inject_routing, routing_context)
+from nli_routing.models.transformer import (
+    RoutedLoRALinear,
+    RoutedTransformerConfig,
+    RoutedTransformerForNLI,
+    TransformerNLIConfig,
+    count_parameters,
+    inject_routing,
+    routing_context,
+)
 from nli_routing.routing.execution import execution_for
 from nli_routing.routing.lowrank import LowRankBank
 
-from .helpers import pair_token_batch, tiny_bert
+from .helpers import pair_token_batch, require_native_kernel, tiny_bert
 
 
-@pytest.mark.parametrize("impl", ["grouped_mm", "loop", "tiled", "gather"])
+@pytest.mark.parametrize("impl", ["grouped_mm", "loop", "tiled", "gather", "native"])
 def test_low_rank_bank_equals_each_row_alone(impl):
+    if impl == "native":
+        require_native_kernel()
     torch.manual_seed(0)
     bank = LowRankBank(3, 12, 10, rank=4, impl=impl)
     with torch.no_grad():

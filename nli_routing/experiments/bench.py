@@ -87,6 +87,10 @@ class StepSetup:
         self.device = torch.device(device)
         if getattr(cfg, "keep_cpu_memory", False) and self.device.type == "cpu":  # as the training loop does
             keep_freed_cpu_memory()
+        if getattr(cfg, "native_cpu_kernels", False) and self.device.type == "cpu":
+            from nli_routing.routing.native import enable_native_cpu_kernels
+
+            enable_native_cpu_kernels()
         self.block_opt, self.router_opt = make_optimizers(self.model, cfg)
         self.steps = 0
 
@@ -259,12 +263,16 @@ def cbow_batch(size: int, vocab: int = 20000, num_meta: int = 8, seed: int = 0) 
 #: ``keep_cpu_memory`` of :func:`train_cfg`'s configs (off, the loop's default; perf.py's ``--keep_cpu_memory`` turns
 #: it on for a whole process: the allocator setting is process-wide)
 KEEP_CPU_MEMORY = {"value": False}
+#: ``native_cpu_kernels`` of :func:`train_cfg`'s configs (off, the loop's default; perf.py's ``--native_cpu_kernels``
+#: turns it on for a whole process: the switch is process-wide)
+NATIVE_CPU_KERNELS = {"value": False}
 
 
 def train_cfg(**kw):
     from nli_routing.training.loop import TrainConfig
 
     kw.setdefault("keep_cpu_memory", KEEP_CPU_MEMORY["value"])
+    kw.setdefault("native_cpu_kernels", NATIVE_CPU_KERNELS["value"])
     return TrainConfig(cpu=True, progress=False, **kw)
 
 

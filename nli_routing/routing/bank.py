@@ -20,7 +20,11 @@ the rows sorted by block id; the bank computes every block's group in one call, 
   of one weight copy per tile;
 * ``impl="gather"``: each row's own weight gathered (``[N, in, out]``) into one batched matmul of
   ``[N, 1, in]`` rows: no padding, no host read, N weight copies of memory traffic;
-* ``impl="auto"`` (default): per shape, by the crossover measured on this project's CPU
+* ``impl="native"``: the opt-in C++ kernel of :mod:`nli_routing.routing.native` (one BLAS call per
+  non-empty group, no per-group operators; float32 CPU rows, other rows as ``auto``); built on first use;
+* ``impl="auto"`` (default): the native kernel for float32 CPU rows where the process switched it on
+  (:func:`~nli_routing.routing.native.enable_native_cpu_kernels`, ``TrainConfig.native_cpu_kernels``),
+  else per shape, by the crossover measured on this project's CPU
   (:data:`AUTO_TILED`, ``benchmarks/bank_crossover.py``): ``tiled`` for many narrow blocks with
   few rows each, else ``grouped_mm`` where this torch build supports it for the
   input (CPU float32/bfloat16/float16, CUDA bfloat16 on compute capability >= 9), else ``loop``. On a
@@ -39,8 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .native import (
+    load_native_kernel,
+    native_cpu_kernels_enabled,
+    native_kernel_reason,
+    native_runs,
+    segment_matmul,
+)
+
 BANK_ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda x: x}
-BANK_IMPLS = ("auto", "grouped_mm", "loop", "dense", "tiled", "gather")
+BANK_IMPLS = ("auto", "grouped_mm", "loop", "dense", "tiled", "gather", "native")
 #: where ``impl="auto"`` tiles on the CPU (else grouped_mm): blocks of input width at most ``max_in_dim``,
 #: at least ``min_blocks`` of them, at most ``max_rows_per_group`` rows per block (``N / G``). Measured by
 #: ``benchmarks/bank_crossover.py --impls grouped_mm dense tiled:8 tiled:32 gather`` on this project's CPU
@@ -53,11 +65,21 @@ DEFAULT_TILE = 32
 
 def resolve_bank_impl(impl: str, x: Tensor, num_blocks: int = 1) -> str:
     """The kernel a bank of ``num_blocks`` blocks runs sorted rows ``x [N, in]`` with: ``impl`` itself,
-    or for ``"auto"`` (and ``"dense"`` rows that arrive sorted) the measured choice: ``"tiled"`` on
-    the CPU in the region of :data:`AUTO_TILED`, else ``"grouped_mm"`` where this torch build runs it
-    for ``x``, else ``"loop"``."""
+    or for ``"auto"`` (and ``"dense"`` rows that arrive sorted) the measured choice: ``"native"`` for
+    float32 CPU rows where the process switched the native kernel on, ``"tiled"`` on the CPU in the
+    region of :data:`AUTO_TILED`, else ``"grouped_mm"`` where this torch build runs it for ``x``, else
+    ``"loop"``. ``"native"`` builds the kernel on first use (a RuntimeError with the reason where it
+    cannot) and runs rows it does not take (other dtypes and devices) as ``"auto"`` without it."""
+    if impl == "native":
+        if load_native_kernel() is None:
+            raise RuntimeError(f"LinearBank(impl='native'): {native_kernel_reason()}")
+        if native_runs(x):
+            return "native"
+        impl = "grouped_mm" if grouped_mm_supported(x) else "loop"
     if impl not in ("auto", "dense"):
         return impl
+    if native_cpu_kernels_enabled() and native_runs(x):
+        return "native"
     if (x.device.type == "cpu" and x.shape[-1] <= AUTO_TILED["max_in_dim"] and num_blocks >= AUTO_TILED["min_blocks"]
             and x.shape[0] <= num_blocks * AUTO_TILED["max_rows_per_group"]):
         return "tiled"
@@ -362,9 +384,10 @@ class LinearBank(nn.Module):
         elif impl == "gather":
             y = gathered_apply(xs, block, [self.weight], self.bias)
         else:
-            if impl == "grouped_mm":
+            if impl in ("grouped_mm", "native"):
                 offs = self.group_offsets(sorted_groups, g) if offsets is None else offsets
-                y = _grouped_mm_padded(xs, self.weight, offs)  # stopped rows are replaced below
+                # stopped rows (counted with the last block) are replaced below
+                y = segment_matmul(xs, self.weight, offs) if impl == "native" else _grouped_mm_padded(xs, self.weight, offs)
             else:
                 sizes = torch.bincount(sorted_groups.clamp(max=g), minlength=g + 1).tolist()
                 ws = self.weight.unbind(0)  # one view per block: the backward stacks their gradients once

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .bank import BANK_IMPLS, DEFAULT_TILE, LinearBank, _grouped_mm_padded, gathered_apply, resolve_bank_impl, tiled_apply, tiled_slots
+from .native import segment_matmul
 
 __all__ = ["LowRankBank"]
 
@@ -67,9 +68,10 @@ class LowRankBank(nn.Module):
             y = tiled_apply(xs, slot, tile_block, DEFAULT_TILE, [self.A, self.B])
         elif impl == "gather":
             y = gathered_apply(xs, sorted_groups, [self.A, self.B])
-        elif impl == "grouped_mm":
+        elif impl in ("grouped_mm", "native"):
             offs = LinearBank.group_offsets(sorted_groups, g) if offsets is None else offsets
-            y = _grouped_mm_padded(_grouped_mm_padded(xs, self.A, offs), self.B, offs)
+            mm = segment_matmul if impl == "native" else _grouped_mm_padded
+            y = mm(mm(xs, self.A, offs), self.B, offs)
         else:
             sizes = torch.bincount(sorted_groups, minlength=g).tolist()
             parts = [(c @ self.A[k]) @ self.B[k] for k, c in enumerate(xs.split(sizes)) if sizes[k]]

@@ -35,6 +35,7 @@ from .checkpoint import (
 )
 from ..models.base import RoutedModel
 from ..routing.config import check_at_least
+from ..routing.native import enable_native_cpu_kernels
 from ..serialization import CheckpointError, load_checkpoint
 from .distributed import make_accelerator
 from .evaluation import collect_record, evaluate, record_metrics
@@ -81,6 +82,13 @@ class TrainConfig:
                           "of page-faulting it again (process-wide, once; the process keeps its peak heap; "
                           "nli_routing.training.allocator). Removes the page faults of many-block models (about 700 a "
                           "step to 1); their step time moved within this project's CPU's noise (BENCHMARKS.md issue 33)"},
+    )
+    native_cpu_kernels: bool = field(
+        default=False,
+        metadata={"help": "on the CPU, run routed banks' grouped matmuls (float32) with the library's C++ kernel, one BLAS call "
+                          "per non-empty block instead of torch's per-group loop (process-wide; built once per machine, "
+                          "about 30 s, needs a C++ compiler and ninja; a failed build warns and keeps grouped_mm; "
+                          "nli_routing.routing.native, BENCHMARKS.md issue 33)"},
     )
     explore_kappa: float = field(
         default=0.0,
@@ -449,6 +457,8 @@ def train(
     set_seed(cfg.seed)
     if cfg.keep_cpu_memory and accelerator.device.type == "cpu":
         keep_freed_cpu_memory()
+    if cfg.native_cpu_kernels and accelerator.device.type == "cpu":
+        enable_native_cpu_kernels()
     block_opt, router_opt = make_optimizers(model, cfg)
     model, train_loader = accelerator.prepare(model, train_loader)
     if block_opt is not None:

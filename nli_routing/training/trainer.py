@@ -33,6 +33,7 @@ from transformers import Trainer, TrainerCallback
 from ..models.base import RoutedModel
 from ..models.transformer.layer import RoutingController, get_controller
 from ..routing import assign_rewards, final_reward
+from ..routing.native import enable_native_cpu_kernels
 from .allocator import keep_freed_cpu_memory
 
 __all__ = ["RoutingTrainer"]
@@ -84,14 +85,17 @@ class RoutingTrainer(Trainer):
     """A ``Trainer`` whose routers learn (see the module docstring).
 
     ``router_lr``: the router optimizer's learning rate (default: ``router_lr_ratio`` x the block
-    learning rate, ratio 5 as in the SCI recipes).
+    learning rate, ratio 5 as in the SCI recipes). ``keep_cpu_memory`` and ``native_cpu_kernels``: as the
+    library loop's :class:`~nli_routing.training.loop.TrainConfig` fields of those names (CPU only).
     """
 
     def __init__(self, *args: Any, router_lr: float | None = None, router_lr_ratio: float = 5.0,
-                 keep_cpu_memory: bool = False, **kwargs: Any) -> None:
+                 keep_cpu_memory: bool = False, native_cpu_kernels: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if keep_cpu_memory and self.args.device.type == "cpu":  # opt-in, as in the library's loop (TrainConfig.keep_cpu_memory)
             keep_freed_cpu_memory()
+        if native_cpu_kernels and self.args.device.type == "cpu":  # opt-in (TrainConfig.native_cpu_kernels)
+            enable_native_cpu_kernels()
         model = self.routed_model
         if isinstance(model, RoutedModel):
             self.routing: RoutedModel | InjectedRouting = model

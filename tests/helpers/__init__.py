@@ -153,3 +153,19 @@ def build_model(kind: str, part: str, router: str = "tabular", learner: str = "q
 def select(batch: dict, rows: slice) -> dict:
     """The rows ``rows`` of every tensor of a batch."""
     return {k: v[rows] for k, v in batch.items()}
+
+
+def require_native_kernel() -> None:
+    """Skip where the native CPU kernel cannot be built for want of a C++ compiler; fail where a compiler
+    exists but the build or its self-check does not work (the kernel must build where it can)."""
+    import shutil
+
+    import pytest
+
+    from nli_routing.routing.native import load_native_kernel, native_kernel_reason
+
+    if load_native_kernel() is not None:
+        return
+    if not (shutil.which("c++") or shutil.which("g++")) or not shutil.which("ninja"):
+        pytest.skip(f"no C++ compiler or ninja: {native_kernel_reason()}")
+    pytest.fail(native_kernel_reason())

@@ -1,0 +1,152 @@
+"""The opt-in native CPU kernel of routed banks (``nli_routing.routing.native``, issue 33): its three
+products against torch's matmuls (empty groups, rows past the last offset, strided inputs), the bad
+offsets it refuses, the process switch and what ``impl="auto"`` then picks, a build that fails, and the
+operators a training step no longer dispatches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nli_routing.experiments.bench import (
+    StepSetup,
+    mlp_batch,
+    mlp_model,
+    step_op_count,
+    train_cfg,
+)
+from nli_routing.routing import LinearBank, native
+
+from .helpers import require_native_kernel
+
+
+@pytest.fixture(autouse=True)
+def _switch_off_after():
+    yield
+    native.disable_native_cpu_kernels()
+
+
+def _reference(x, w, ends, trans=False):
+    out, start = [], 0
+    for g, end in enumerate(ends):
+        wg = w[g].t() if trans else w[g]
+        out.append(x[start:end] @ wg)
+        start = end
+    y = torch.cat(out)
+    return torch.cat([y, y.new_zeros(x.shape[0] - start, y.shape[1])])
+
+
+@pytest.mark.parametrize("ends", [[0, 4, 4, 9, 13], [13, 13, 13, 13, 13], [2, 2, 5, 5, 10]])
+def test_the_three_products_equal_torch_matmuls(ends):
+    """Forward, input gradient and weight gradient per group, empty groups (zero weight gradient) and
+    rows past the last offset (zero output) included; x given as a transposed (strided) view."""
+    require_native_kernel()
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 6, 7, generator=g)
+    x = torch.randn(6, 13, generator=g).t()  # not contiguous
+    gy = torch.randn(13, 7, generator=g)
+    offs = torch.tensor(ends, dtype=torch.int32)
+    mod = native.load_native_kernel()
+    torch.testing.assert_close(mod.segment_mm(x, w, offs, False), _reference(x, w, ends))
+    torch.testing.assert_close(mod.segment_mm(gy, w, offs, True), _reference(gy, w, ends, trans=True))
+    dw = mod.segment_weight_grad(x, gy, offs, 5)
+    start = 0
+    for k, end in enumerate(ends):
+        torch.testing.assert_close(dw[k], x[start:end].t() @ gy[start:end])
+        start = end
+
+
+def test_autograd_gives_torch_gradients_and_skips_what_is_not_needed():
+    require_native_kernel()
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 8, 3, generator=g, requires_grad=True)
+    x = torch.randn(20, 8, generator=g)  # an input without gradient: no input-gradient product
+    offs = torch.tensor([5, 5, 12, 20], dtype=torch.int32)
+    up = torch.randn(20, 3, generator=g)
+    (native.segment_matmul(x, w, offs) * up).sum().backward()
+    got = w.grad.clone()
+    w.grad = None
+    (_reference(x, w, [5, 5, 12, 20]) * up).sum().backward()
+    torch.testing.assert_close(got, w.grad)
+    assert torch.equal(got[1], torch.zeros(8, 3))
+
+
+@pytest.mark.parametrize("offs,message", [([3, 2, 9], "rise"), ([3, 5, 99], "at most 9"), ([3, 9], "int32 \\[groups\\]")])
+def test_bad_offsets_are_refused_with_a_message(offs, message):
+    require_native_kernel()
+    mod = native.load_native_kernel()
+    with pytest.raises(RuntimeError, match=message):
+        mod.segment_mm(torch.randn(9, 4), torch.randn(3, 4, 2), torch.tensor(offs, dtype=torch.int32), False)
+    with pytest.raises(RuntimeError, match="float32"):
+        mod.segment_mm(torch.randn(9, 4, dtype=torch.float64), torch.randn(3, 4, 2), torch.tensor([3, 5, 9], dtype=torch.int32), False)
+
+
+def test_the_switch_makes_auto_banks_native_for_float32_cpu_rows_only():
+    require_native_kernel()
+    bank = LinearBank(8, 16, 16)
+    x = torch.randn(64, 16)
+    assert bank.resolve_impl(x) != "native"
+    assert native.enable_native_cpu_kernels() and native.native_cpu_kernels_enabled()
+    assert bank.resolve_impl(x) == "native"
+    assert bank.resolve_impl(x.double()) in ("loop", "tiled")  # other dtypes keep torch's kernels
+    assert LinearBank(8, 16, 16, impl="grouped_mm").resolve_impl(x) == "grouped_mm"  # an explicit choice stays
+    native.disable_native_cpu_kernels()
+    assert bank.resolve_impl(x) != "native"
+    assert LinearBank(8, 16, 16, impl="native").resolve_impl(x) == "native"  # asked for by the bank itself
+
+
+def test_the_loop_config_and_the_trainer_take_the_flag():
+    from transformers import HfArgumentParser
+
+    from nli_routing.training.loop import TrainConfig
+
+    (cfg,) = HfArgumentParser(TrainConfig).parse_args_into_dataclasses(["--native_cpu_kernels"])
+    assert cfg.native_cpu_kernels is True and TrainConfig().native_cpu_kernels is False
+    with pytest.raises(SystemExit):
+        HfArgumentParser(TrainConfig).parse_args_into_dataclasses(["--native_cpu_kernels", "maybe"])
+
+
+def test_a_failed_build_warns_once_and_keeps_grouped_mm(monkeypatch):
+    """No compiler (or a torch without the BLAS symbol): the switch warns with the reason and the banks
+    keep torch's kernels; a bank that asks for ``impl="native"`` gets the reason as an error."""
+    import torch.utils.cpp_extension as cpp
+
+    def broken(*a, **k):
+        raise RuntimeError("Error building extension 'nli_routing_segment_mm'\nc++: not found")
+
+    monkeypatch.setattr(cpp, "load_inline", broken)
+    monkeypatch.setattr(native, "_state", {"module": None, "tried": False, "enabled": False, "reason": "not built yet"})
+    with pytest.warns(RuntimeWarning, match="could not be built or loaded .*Error building extension"):
+        assert native.enable_native_cpu_kernels() is False
+    assert not native.native_cpu_kernels_enabled()
+    assert LinearBank(4, 8, 8).resolve_impl(torch.randn(8, 8)) != "native"
+    with pytest.raises(RuntimeError, match=r"impl='native'.*could not be built"):
+        LinearBank(4, 8, 8, impl="native").resolve_impl(torch.randn(8, 8))
+
+
+def test_a_kernel_that_disagrees_with_torch_is_not_used(monkeypatch):
+    class Wrong:
+        @staticmethod
+        def segment_mm(x, w, offs, trans):
+            return torch.zeros(x.shape[0], w.shape[1] if trans else w.shape[2])
+
+        @staticmethod
+        def segment_weight_grad(x, gy, offs, groups):
+            return torch.zeros(groups, x.shape[1], gy.shape[1])
+
+    assert "forward disagrees with torch.mm" in native._self_check(Wrong())
+
+
+def test_a_training_step_dispatches_no_per_group_matmuls():
+    """The routed MLP with 128 blocks a layer: torch's CPU grouped_mm runs ~1,000 ``mm`` a step (one per
+    group and product, empty groups included); the native kernel none, and far fewer operators."""
+    require_native_kernel()
+    counts = {}
+    for impl in ("grouped_mm", "native"):
+        model = mlp_model("routing", 128, 8, dim=16)
+        for bank in (m for m in model.modules() if isinstance(m, LinearBank)):
+            bank.impl = impl
+        counts[impl] = step_op_count(StepSetup(model, mlp_batch(64, 8, dim=16), train_cfg()))
+    assert counts["grouped_mm"].get("aten::mm", 0) > 3 * 128
+    assert counts["native"].get("aten::mm", 0) < 10
+    assert counts["native"]["aten"] * 2 < counts["grouped_mm"]["aten"]
