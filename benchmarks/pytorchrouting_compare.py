@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gc_steps", type=int, default=6, help="steps per gc enabled/frozen/disabled block (0: skip)")
     p.add_argument("--gc_repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--native_cpu_kernels", action="store_true",
+                   help="our banks on the library's C++ kernel (TrainConfig.native_cpu_kernels; built on first use)")
     p.add_argument("--quick", action="store_true", help="batch 64, 2 rounds (a smoke test; numbers meaningless)")
     p.add_argument("--output", default=str(HERE / "results" / "pytorchrouting_compare"))
     args = p.parse_args(argv)
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.check_steps, args.gc_steps, args.gc_repeats = 5, 1, 1
     torch.set_num_threads(args.threads)
     from nli_routing.experiments import bench as perf  # the routed MLP of benchmarks/perf.py
+    perf.NATIVE_CPU_KERNELS["value"] = args.native_cpu_kernels
     start = time.perf_counter()
 
     def log(msg: str) -> None:

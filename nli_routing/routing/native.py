@@ -8,8 +8,8 @@ module compiles a small C++ extension whose loop calls the BLAS ``sgemm`` that P
 (MKL or OpenBLAS) directly, once per non-empty group, for the three products of a bank (forward,
 input gradient, weight gradient), and skips empty groups.
 
-It is opt-in because it needs a C++ compiler and ``ninja`` and takes about half a minute to build the
-first time (PyTorch's extension cache, ``TORCH_EXTENSIONS_DIR``, keeps it afterwards):
+It is opt-in because it needs a C++ compiler and ``ninja`` (``pip install nli_routing[native]``) and takes
+about half a minute to build the first time (PyTorch's extension cache, ``TORCH_EXTENSIONS_DIR``, keeps it afterwards):
 ``TrainConfig.native_cpu_kernels`` / ``--native_cpu_kernels``, ``RoutingTrainer(native_cpu_kernels=True)``
 or :func:`enable_native_cpu_kernels` switch it on for the process; ``LinearBank(impl="native")`` asks for it
 for one bank. Once on, ``impl="auto"`` banks use it for float32 CPU rows; other dtypes, devices and
