@@ -389,8 +389,6 @@ def train_step(
         loss = task_loss(out.per_sample_loss, out.trajectories, cfg.explore_kappa)
     with record_function("step:router_loss"):
         router_loss = unwrapped.router_loss(out, batch["labels"])
-    router_only = is_router_batch(step, cfg.router_data_fraction)
-    blocks_only = cfg.router_data_fraction > 0 and not router_only
     with record_function("step:backward"):
         for opt in (block_opt, router_opt):
             if opt is not None:
@@ -401,24 +399,42 @@ def train_step(
         else:
             total.backward()
     with record_function("step:optimizers"):
-        groups = {
-            "blocks": optimizer_params(block_opt) if not router_only else [],
-            "routers": optimizer_params(router_opt) if not blocks_only else [],
-        }
-        norms: dict[str, torch.Tensor | None] = {}
-        if cfg.check_finite:
-            # with a gradient scaler (fp16), inf/NaN gradients are expected: the scaler skips the step
-            scaled = accelerator is not None and getattr(accelerator, "scaler", None) is not None
-            norms = check_finite_step(
-                unwrapped, {"task loss": loss, "router loss": router_loss}, groups, step, check_grads=not scaled
-            )
-        clip_group(groups["blocks"], cfg.block_clip_norm, accelerator, norms.get("blocks"))
-        clip_group(groups["routers"], cfg.router_clip_norm, accelerator, norms.get("routers"))
-        if block_opt is not None and not router_only:
-            block_opt.step()
-        if router_opt is not None and not blocks_only:
-            router_opt.step()
+        optimizer_phase(unwrapped, loss, router_loss, block_opt, router_opt, cfg, accelerator, step)
     return loss.detach(), router_loss.detach()
+
+
+def optimizer_phase(
+    unwrapped: nn.Module,
+    loss: torch.Tensor,
+    router_loss: torch.Tensor,
+    block_opt: torch.optim.Optimizer | None,
+    router_opt: torch.optim.Optimizer | None,
+    cfg: TrainConfig,
+    accelerator: Accelerator | None = None,
+    step: int = 0,
+) -> None:
+    """The optimizer phase of :func:`train_step` on the gradients the backward pass left: the finite
+    check, clipping and both optimizer steps (the work that grows with the parameters that got a
+    gradient; ``benchmarks/blocks_floor.py`` times it alone)."""
+    router_only = is_router_batch(step, cfg.router_data_fraction)
+    blocks_only = cfg.router_data_fraction > 0 and not router_only
+    groups = {
+        "blocks": optimizer_params(block_opt) if not router_only else [],
+        "routers": optimizer_params(router_opt) if not blocks_only else [],
+    }
+    norms: dict[str, torch.Tensor | None] = {}
+    if cfg.check_finite:
+        # with a gradient scaler (fp16), inf/NaN gradients are expected: the scaler skips the step
+        scaled = accelerator is not None and getattr(accelerator, "scaler", None) is not None
+        norms = check_finite_step(
+            unwrapped, {"task loss": loss, "router loss": router_loss}, groups, step, check_grads=not scaled
+        )
+    clip_group(groups["blocks"], cfg.block_clip_norm, accelerator, norms.get("blocks"))
+    clip_group(groups["routers"], cfg.router_clip_norm, accelerator, norms.get("routers"))
+    if block_opt is not None and not router_only:
+        block_opt.step()
+    if router_opt is not None and not blocks_only:
+        router_opt.step()
 
 
 @_flush_denormals
