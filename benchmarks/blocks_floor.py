@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--steps", type=int, default=5, help="steps (and optimizer phases) per round")
     p.add_argument("--native_cpu_kernels", action="store_true", help="the banks on the library's C++ kernel")
+    p.add_argument("--keep_cpu_memory", action="store_true",
+                   help="keep freed CPU memory in the process (TrainConfig.keep_cpu_memory): no page faults on the "
+                        "weight gradients' fresh buffers")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "results" / "blocks_floor.json"))
     args = p.parse_args(argv)
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--batches must be >= 1, got {min(args.batches)}")
     torch.set_num_threads(args.threads)
     bench.NATIVE_CPU_KERNELS["value"] = args.native_cpu_kernels
+    bench.KEEP_CPU_MEMORY["value"] = args.keep_cpu_memory
     rows = []
     for b in args.batches:
         setups = {str(k): StepSetup(mlp_model("routing", k, 8), mlp_batch(b, 8), train_cfg()) for k in (8, args.blocks)}

@@ -178,3 +178,36 @@ def test_keep_cpu_memory_bench_pairs_runs_by_index():
             for m, ms, f in (("keep", 2.0, 1.0), ("default", 4.0, 700.0), ("keep", 3.0, 0.0), ("default", 3.0, 600.0))]
     (line,) = bench.summarise(rows)
     assert "keep/default median 0.750 (0.500-1.000)" in line and "faults per step keep 0.5 default 650.0" in line
+
+
+@pytest.mark.parametrize("flag,value", [("--rounds", "0"), ("--blocks", "0"), ("--batch", "-1"), ("--warmup", "-1")])
+def test_minilm_block_cost_rejects_a_bad_flag_in_one_line(flag, value, tmp_path, capsys):
+    """benchmarks/minilm_block_cost.py refuses before it loads MiniLM and writes nothing."""
+    with pytest.raises(SystemExit):
+        load_bench("minilm_block_cost").main([flag, value, "--out", str(tmp_path / "x.json")])
+    bound = 0 if flag == "--warmup" else 1
+    assert f"{flag} must be >= {bound}, got {value}" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_blocks_floor_times_the_step_and_its_optimizer_phase(tmp_path):
+    """benchmarks/blocks_floor.py: the floor is the 8-block step plus the optimizer phase's growth, round by round."""
+    out = tmp_path / "floor.json"
+    res = load_bench("blocks_floor").main(["--blocks", "16", "--batches", "32", "--rounds", "2", "--steps", "1",
+                                           "--warmup", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == res["rows"]
+    row = res["rows"][0]
+    t = row["rounds_ms"]
+    want = [(s + m - o) / s for s, o, m in zip(t["8"]["step"], t["8"]["optimizer"], t["16"]["optimizer"])]
+    assert row["floor_range"] == [min(want), max(want)]
+    assert all(v > 0 for d in t.values() for series in d.values() for v in series)
+    assert row["params_with_grad"]["16"] > row["params_with_grad"]["8"]  # the blocks that took rows got gradients
+
+
+@pytest.mark.parametrize("flag,value,bound", [("--rounds", "0", 1), ("--blocks", "0", 1), ("--warmup", "-1", 0),
+                                              ("--batches", "0", 1)])
+def test_blocks_floor_rejects_a_bad_flag_in_one_line(flag, value, bound, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_bench("blocks_floor").main([flag, value, "--out", str(tmp_path / "x.json")])
+    assert f"{flag} must be >= {bound}, got {value}" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "x.json").exists()
