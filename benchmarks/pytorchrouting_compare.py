@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--native_cpu_kernels", action="store_true",
                    help="our banks on the library's C++ kernel (TrainConfig.native_cpu_kernels; built on first use)")
+    p.add_argument("--keep_cpu_memory", action="store_true",
+                   help="our steps with freed CPU memory kept (TrainConfig.keep_cpu_memory; process-wide, both libraries)")
     p.add_argument("--quick", action="store_true", help="batch 64, 2 rounds (a smoke test; numbers meaningless)")
     p.add_argument("--output", default=str(HERE / "results" / "pytorchrouting_compare"))
     args = p.parse_args(argv)
@@ -278,6 +280,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     from nli_routing.experiments import bench as perf  # the routed MLP of benchmarks/perf.py
     perf.NATIVE_CPU_KERNELS["value"] = args.native_cpu_kernels
+    perf.KEEP_CPU_MEMORY["value"] = args.keep_cpu_memory
+    if args.keep_cpu_memory:  # process-wide from here on: PytorchRouting's steps run under it too
+        from nli_routing.training.allocator import keep_freed_cpu_memory
+
+        keep_freed_cpu_memory()
     start = time.perf_counter()
 
     def log(msg: str) -> None:
