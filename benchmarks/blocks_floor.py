@@ -27,7 +27,14 @@ from pathlib import Path
 import torch
 
 from nli_routing.experiments import bench
-from nli_routing.experiments.bench import StepSetup, commit, machine, mlp_batch, mlp_model, train_cfg
+from nli_routing.experiments.bench import (
+    StepSetup,
+    commit,
+    machine,
+    mlp_batch,
+    mlp_model,
+    train_cfg,
+)
 
 HERE = Path(__file__).resolve().parent
 

@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--length", type=int, default=32)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--keep_cpu_memory", action="store_true",
+                   help="keep freed CPU memory (TrainConfig.keep_cpu_memory): the copies' fresh gradient buffers "
+                        "are not page-faulted in again every step")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--out", default=str(HERE / "results" / "minilm_block_cost.json"))
     args = p.parse_args(argv)
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     data = batch(args.batch, args.length)
     kinds = ("none", "block", "block_pinned", "block_spread")
-    setups = {k: StepSetup(build(k, args.blocks), data, train_cfg(**TRAIN_DEFAULTS)) for k in kinds}
+    cfg = train_cfg(**TRAIN_DEFAULTS, keep_cpu_memory=args.keep_cpu_memory)
+    setups = {k: StepSetup(build(k, args.blocks), data, cfg) for k in kinds}
     times = interleaved_step_times(setups, warmup=args.warmup, rounds=args.rounds, steps_per_round=1)
     rows = {}
     for k, s in setups.items():
