@@ -67,6 +67,14 @@ def timed_rounds(setups: dict[str, StepSetup], warmup: int, rounds: int, steps: 
     return out
 
 
+def used_groups(setup: StepSetup) -> dict[str, list[int]]:
+    """Per routed depth, after the timed steps: the blocks holding at least one row, and the rows of the fullest."""
+    with torch.no_grad():
+        actions = setup.model(**setup.batch).trajectories[0].actions
+    counts = [torch.bincount(actions[:, d]) for d in range(actions.shape[1])]
+    return {"non_empty": [int((c > 0).sum()) for c in counts], "largest": [int(c.max()) for c in counts]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--blocks", type=int, default=128, help="blocks a layer, compared with 8")
@@ -103,12 +111,13 @@ def main(argv: list[str] | None = None) -> dict:
                "floor_range": [min(floor), max(floor)], "ratio_range": [min(ratio), max(ratio)],
                "params_with_grad": {n: sum(q.numel() for q in s.model.parameters() if q.grad is not None)
                                     for n, s in setups.items()},
-               "rounds_ms": t}
+               "groups_used": {n: used_groups(s) for n, s in setups.items()}, "rounds_ms": t}
         rows.append(row)
         print(f"batch {b:>5}: step {row['ms']['8']['step']:6.2f} / {row['ms'][str(args.blocks)]['step']:6.2f} ms, "
               f"optimizer phase {row['ms']['8']['optimizer']:5.2f} / {row['ms'][str(args.blocks)]['optimizer']:5.2f} ms "
               f"(8 / {args.blocks} blocks); {args.blocks} vs 8: {row['ratio']:.2f}x, floor {row['floor']:.2f}x "
-              f"({row['floor_range'][0]:.2f}-{row['floor_range'][1]:.2f})", flush=True)
+              f"({row['floor_range'][0]:.2f}-{row['floor_range'][1]:.2f}); non-empty groups per depth "
+              f"{row['groups_used']['8']['non_empty']} / {row['groups_used'][str(args.blocks)]['non_empty']}", flush=True)
     result = {"command": "python -m benchmarks.blocks_floor " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine(), "commit": commit(), "args": vars(args), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -203,6 +203,8 @@ def test_blocks_floor_times_the_step_and_its_optimizer_phase(tmp_path):
     assert row["floor_range"] == [min(want), max(want)]
     assert all(v > 0 for d in t.values() for series in d.values() for v in series)
     assert row["params_with_grad"]["16"] > row["params_with_grad"]["8"]  # the blocks that took rows got gradients
+    for n, used in row["groups_used"].items():
+        assert all(1 <= k <= int(n) for k in used["non_empty"]) and all(1 <= m <= 32 for m in used["largest"])
 
 
 @pytest.mark.parametrize("flag,value,bound", [("--rounds", "0", 1), ("--blocks", "0", 1), ("--warmup", "-1", 0),
