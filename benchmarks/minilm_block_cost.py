@@ -17,14 +17,18 @@ recipe's optimizer) for four models in the same interleaved rounds:
 For each: the median step time and its ratio to ``none`` round by round, the copies' groups per routed
 position in the timed steps, the parameters that received a gradient in the last step (what the optimizer
 updates), and the phases of one profiled step (forward, backward, optimizers) with its ``mm``/``addmm``
-call counts. Writes ``--out`` (JSON) and prints a table.
+call counts. Then one encoder layer's forward and backward alone, on the whole batch and split into the spread
+route's group sizes of the first layer, through one module and through the copies: what a split costs without any
+routing. Writes ``--out`` (JSON) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -84,6 +88,44 @@ def groups_per_position(setup: StepSetup) -> list[list[int]]:
     return [torch.bincount(actions[:, d], minlength=ctrl.width).tolist() for d in range(actions.shape[1])]
 
 
+def layer_split(setup: StepSetup, sizes: list[int], rounds: int) -> dict[str, float]:
+    """One encoder layer's forward + backward on the batch's hidden states (random, ``[B, T, d]``): whole, split
+    into groups of ``sizes`` samples through the same module, and split through the route's copies (median ms of
+    ``rounds`` interleaved calls): what a split costs without any routing."""
+    from nli_routing.models.transformer.layer import RoutedModule
+
+    routed = next(m for m in setup.model.modules() if isinstance(m, RoutedModule))
+    copies = list(routed.copies)
+    ids = setup.batch["input_ids"]
+    hidden = torch.randn(ids.shape[0], ids.shape[1], copies[0].attention.self.query.in_features,
+                         generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(hidden.shape[0], generator=torch.Generator().manual_seed(1))
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    def split(modules):
+        parts, start = [], 0
+        for module, n in zip(modules, sizes):
+            if n:
+                parts.append(first(module(hidden.index_select(0, perm[start:start + n]))))
+            start += n
+        return torch.cat(parts)
+
+    cases = {"whole": lambda: first(copies[0](hidden)), "split_one_module": lambda: split([copies[0]] * len(sizes)),
+             "split_copies": lambda: split(copies)}
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for r in range(rounds + 2):
+        for k, f in cases.items():
+            for q in (q for c in copies for q in c.parameters()):
+                q.grad = None
+            t0 = time.perf_counter()
+            f().sum().backward()
+            if r >= 2:  # two warm-up rounds
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from nli_routing.experiments.transformer import TRAIN_DEFAULTS
 
@@ -126,8 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
                    "groups_per_position": None if k == "none" else groups_per_position(s),
                    "params_with_grad": sum(q.numel() for q in s.model.parameters() if q.grad is not None),
                    "phases_ms": prof["phases_ms"], "matmul_calls": counts}
+    sizes = rows["block_spread"]["groups_per_position"][0]
+    split = layer_split(setups["block_spread"], sizes, args.rounds)
+    split_row = {"group_sizes": sizes, "ms": split,
+                 "split_one_module_over_whole": split["split_one_module"] / split["whole"],
+                 "split_copies_over_whole": split["split_copies"] / split["whole"]}
     result = {"command": "python -m benchmarks.minilm_block_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine(), "commit": commit(), "args": vars(args), "rows": rows, "rounds": times["rounds"]}
+              "machine": machine(), "commit": commit(), "args": vars(args), "rows": rows, "rounds": times["rounds"], "layer_split": split_row}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"{'model':<14}{'ms':>8}{'ratio':>7}{'range':>13}{'params w/ grad':>16}{'fwd':>7}{'bwd':>7}{'opt':>6}{'mm+addmm':>10}")
@@ -138,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{ph.get('optimizers', 0):6.0f}{sum(r['matmul_calls'].values()):>10}")
         if r["groups_per_position"] is not None:
             print(f"{'':<14}groups per position (last step): {r['groups_per_position']}")
+    print(f"one encoder layer, forward + backward, groups {sizes}: whole {split['whole']:.1f} ms, split through one "
+          f"module {split_row['split_one_module_over_whole']:.3f}x, through the copies {split_row['split_copies_over_whole']:.3f}x")
     return result
 
 
