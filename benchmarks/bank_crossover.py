@@ -41,8 +41,17 @@ from pathlib import Path
 
 import torch
 
-from nli_routing.experiments.bench import (StepSetup, commit, interleaved_step_times, machine, mlp_batch, mlp_model,
-                                          round_ratio, train_cfg)
+from nli_routing.experiments.bench import (
+    StepSetup,
+    check_bounds,
+    commit,
+    interleaved_step_times,
+    machine,
+    mlp_batch,
+    mlp_model,
+    round_ratio,
+    train_cfg,
+)
 from nli_routing.routing.bank import LinearBank
 from nli_routing.routing.layer import RoutedLayer
 
@@ -103,12 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, value in quick.items():
             if getattr(args, name) == p.get_default(name):
                 setattr(args, name, value)
-    for name in ("dims", "blocks", "batches", "rounds", "steps_per_round"):
-        values = getattr(args, name)
-        if min(values if isinstance(values, list) else [values]) < 1:
-            p.error(f"--{name} must be >= 1, got {values}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    check_bounds(p, args, {"dims": 1, "blocks": 1, "batches": 1, "rounds": 1, "steps_per_round": 1, "warmup": 0})
     try:
         for spec in args.impls:
             parse_impl(spec)

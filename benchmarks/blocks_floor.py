@@ -29,6 +29,7 @@ import torch
 from nli_routing.experiments import bench
 from nli_routing.experiments.bench import (
     StepSetup,
+    check_bounds,
     commit,
     machine,
     mlp_batch,
@@ -89,13 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "results" / "blocks_floor.json"))
     args = p.parse_args(argv)
-    for name in ("blocks", "rounds", "steps", "threads"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, got {args.warmup}")
-    if min(args.batches) < 1:
-        p.error(f"--batches must be >= 1, got {min(args.batches)}")
+    check_bounds(p, args, {"blocks": 1, "batches": 1, "rounds": 1, "steps": 1, "threads": 1, "warmup": 0})
     torch.set_num_threads(args.threads)
     bench.NATIVE_CPU_KERNELS["value"] = args.native_cpu_kernels
     bench.KEEP_CPU_MEMORY["value"] = args.keep_cpu_memory

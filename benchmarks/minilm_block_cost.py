@@ -36,6 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from nli_routing.experiments.bench import (
     StepSetup,
+    check_bounds,
     commit,
     interleaved_step_times,
     machine,
@@ -141,11 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--out", default=str(HERE / "results" / "minilm_block_cost.json"))
     args = p.parse_args(argv)
-    for name in ("blocks", "batch", "length", "rounds"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    check_bounds(p, args, {"blocks": 1, "batch": 1, "length": 1, "rounds": 1, "warmup": 0})
     if args.threads:
         torch.set_num_threads(args.threads)
     data = batch(args.batch, args.length)

@@ -108,6 +108,15 @@ class StepSetup:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
 
+def check_bounds(parser, args, bounds: dict[str, int]) -> None:
+    """``parser.error`` (one line, exit 2) for the first flag below its bound: ``bounds`` maps a flag's dest to
+    the least value it takes; a list flag (``nargs``) is checked element by element."""
+    for name, least in bounds.items():
+        value = getattr(args, name)
+        if min(value if isinstance(value, list) else [value]) < least:
+            parser.error(f"--{name} must be >= {least}, got {value}")
+
+
 def interleaved_step_times(
     setups: dict[str, StepSetup], warmup: int = 2, rounds: int = 5, steps_per_round: int = 3
 ) -> dict[str, Any]:
