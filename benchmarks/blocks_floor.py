@@ -36,6 +36,7 @@ from nli_routing.experiments.bench import (
     mlp_model,
     train_cfg,
 )
+from nli_routing.routing.native import native_cpu_kernels_enabled, native_kernel_reason
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,26 +78,34 @@ def used_groups(setup: StepSetup) -> dict[str, list[int]]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="floor: what the many-block step would cost relative to the 8-block step if only its optimizer phase "
+               "grew, (step_8 + optimizer_many - optimizer_8) / step_8, median over rounds (range in brackets)")
     p.add_argument("--blocks", type=int, default=128, help="blocks a layer, compared with 8")
-    p.add_argument("--batches", type=int, nargs="+", default=[512, 2048])
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--batches", type=int, nargs="+", default=[512, 2048], help="batch sizes, one model pair each")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps of each model first")
+    p.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds")
     p.add_argument("--steps", type=int, default=5, help="steps (and optimizer phases) per round")
     p.add_argument("--native_cpu_kernels", action="store_true", help="the banks on the library's C++ kernel")
     p.add_argument("--keep_cpu_memory", action="store_true",
                    help="keep freed CPU memory in the process (TrainConfig.keep_cpu_memory): no page faults on the "
                         "weight gradients' fresh buffers")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(HERE / "results" / "blocks_floor.json"))
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--out", default=str(HERE / "results" / "blocks_floor.json"), help="the JSON written")
     args = p.parse_args(argv)
     check_bounds(p, args, {"blocks": 1, "batches": 1, "rounds": 1, "steps": 1, "threads": 1, "warmup": 0})
     torch.set_num_threads(args.threads)
     bench.NATIVE_CPU_KERNELS["value"] = args.native_cpu_kernels
     bench.KEEP_CPU_MEMORY["value"] = args.keep_cpu_memory
     rows = []
+    native = "off"
     for b in args.batches:
         setups = {str(k): StepSetup(mlp_model("routing", k, 8), mlp_batch(b, 8), train_cfg()) for k in (8, args.blocks)}
+        if args.native_cpu_kernels:  # asked for; said whether it runs (a failed build keeps grouped_mm)
+            native = "on" if native_cpu_kernels_enabled() else f"asked for, not running: {native_kernel_reason()}"
+            if b == args.batches[0]:
+                print(f"native CPU kernel: {native}", flush=True)
         t = timed_rounds(setups, args.warmup, args.rounds, args.steps)
         few, many = t["8"], t[str(args.blocks)]
         ratio = [m / f for m, f in zip(many["step"], few["step"])]
@@ -114,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"({row['floor_range'][0]:.2f}-{row['floor_range'][1]:.2f}); non-empty groups per depth "
               f"{row['groups_used']['8']['non_empty']} / {row['groups_used'][str(args.blocks)]['non_empty']}", flush=True)
     result = {"command": "python -m benchmarks.blocks_floor " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine(), "commit": commit(), "args": vars(args), "rows": rows}
+              "machine": machine(), "commit": commit(), "args": vars(args), "native_cpu_kernels": native,
+              "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     return result

@@ -712,6 +712,7 @@ RECIPE_CASES = [
     ('sci_wp_dispatch.py', ['--num_meta', '2'], r'--num_meta 2: the number of meta classes is set from the data'),
     ('sci_wp_dispatch.py', ['--nested_dir', '/nonexistent/nested'], r'--nested_dir /nonexistent/nested: not a folder'),
     ('sci_wp_dispatch.py', ['--data_dir', '/nonexistent/sci'], r'--data_dir /nonexistent/sci: does not exist'),
+    ('sci_wp_dispatch.py', ['--data_dir', 'nonexistent/sci'], r'--data_dir nonexistent/sci: does not exist \(relative to /'),
     ('sci_wp_dispatch.py', ['--methods', 'bogus'], r"unknown method 'bogus'; choose from \['cbow'"),
     ('sci_wp_dispatch.py', ['--router', 'bogus'], r"router must be one of \('tabular', "),
     ('sci_wp_dispatch.py', ['--learner', 'bogus'], r"unknown learner 'bogus'; registered learners: \["),

@@ -92,6 +92,29 @@ def test_a_vision_method_without_learned_routes_does_not_warn_of_collapse(method
         VisionMTLConfig(num_meta=4, method="routing")
 
 
+def test_the_collapse_warning_names_the_callers_line_once_per_model():
+    """Issue 33's newcomer walk: the warning named ``<string>:33`` and came again when the model was built."""
+    import inspect
+
+    from nli_routing.models.vision import (
+        VisionMTLConfig,
+        VisionMTLModel,
+        VisionMTLModelConfig,
+    )
+
+    small = {"num_meta": 4, "method": "routing", "in_channels": 8, "image_size": 1, "conv_layers": 0,
+             "fc_hidden": 8, "fc_layers": 2}
+    for build in (VisionMTLConfig, VisionMTLModelConfig):  # the settings dataclass and the Hugging Face config
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            line = inspect.currentframe().f_lineno + 1
+            config = build(**small)
+            model = VisionMTLModel(config)
+            model.config.settings  # noqa: B018 -- re-validation does not warn again
+        hits = [w for w in seen if issubclass(w.category, RoutingCollapseWarning)]
+        assert [(w.filename, w.lineno) for w in hits] == [(__file__, line)], build
+
+
 def dispatcher(**kw):
     emb = nn.Embedding(10, 4)
     return LearnedDispatcher("two-stage", emb, 2, encoder="cbow", hidden=4, projection=4, **kw)

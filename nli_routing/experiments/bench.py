@@ -109,12 +109,12 @@ class StepSetup:
 
 
 def check_bounds(parser, args, bounds: dict[str, int]) -> None:
-    """``parser.error`` (one line, exit 2) for the first flag below its bound: ``bounds`` maps a flag's dest to
-    the least value it takes; a list flag (``nargs``) is checked element by element."""
+    """Exit (status 2, as argparse) with one line naming the first flag below its bound: ``bounds`` maps a flag's
+    dest to the least value it takes; a list flag (``nargs``) is checked element by element."""
     for name, least in bounds.items():
         value = getattr(args, name)
         if min(value if isinstance(value, list) else [value]) < least:
-            parser.error(f"--{name} must be >= {least}, got {value}")
+            parser.exit(2, f"{parser.prog}: error: --{name} must be >= {least}, got {value}\n")
 
 
 def interleaved_step_times(

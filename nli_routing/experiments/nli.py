@@ -123,7 +123,8 @@ def check_data_paths(args: Any) -> None:
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None and not Path(data_dir).is_dir():
         kind = "a file, not a folder" if Path(data_dir).exists() else "does not exist"
-        raise ValueError(f"--data_dir {data_dir}: {kind}")
+        where = "" if Path(data_dir).is_absolute() else f" (relative to {Path.cwd()})"
+        raise ValueError(f"--data_dir {data_dir}: {kind}{where}")
     variant = getattr(args, "variant", None)
     if variant is not None and variant not in SCI_VARIANTS:
         raise ValueError(f"--variant must be one of {SCI_VARIANTS}, got {variant!r}")

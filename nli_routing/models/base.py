@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..routing import CollaborationReward, final_reward
+from ..routing.config import revalidating
 from ..routing.objective import routing_objective
 from ..serialization import CheckpointError, load_safetensors
 from .dispatcher import LearnedDispatcher
@@ -127,12 +128,15 @@ class RoutedModelConfig(PretrainedConfig):
         """The config of a settings dataclass instance (plus ``extra_fields`` values)."""
         if not isinstance(settings, cls.settings_class):
             raise TypeError(f"{cls.__name__} holds a {cls.settings_class.__name__}, got {type(settings).__name__}")
-        return cls(**dataclasses.asdict(settings), **extra)
+        with revalidating():  # the settings instance was validated (and warned about) when it was built
+            return cls(**dataclasses.asdict(settings), **extra)
 
     @property
     def settings(self) -> Any:
-        """The settings dataclass of these fields (validated again: a field set to a bad value fails here)."""
-        return self.settings_class(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self.settings_class)})
+        """The settings dataclass of these fields (validated again: a field set to a bad value fails here; the
+        collapse warning was given when the config was built)."""
+        with revalidating():
+            return self.settings_class(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self.settings_class)})
 
     def router_kwargs(self, seed_offset: int = 0) -> dict[str, Any]:
         return self.settings.router_kwargs(seed_offset)

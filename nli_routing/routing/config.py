@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .exploration import get_schedule
 from .registry import ROUTER_TYPES, check_router_learner
 
 __all__ = ["RouterConfig", "RoutingCollapseWarning", "parse_learner_args"]
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
+#: True while the library re-validates settings it already checked (no second collapse warning)
+_REVALIDATING: contextvars.ContextVar[bool] = contextvars.ContextVar("nli_routing_revalidating", default=False)
+
+
+@contextlib.contextmanager
+def revalidating() -> Iterator[None]:
+    """Settings built inside this block were validated (and warned about) before: no collapse warning again."""
+    token = _REVALIDATING.set(True)
+    try:
+        yield
+    finally:
+        _REVALIDATING.reset(token)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning name the first line outside this library (the user's script,
+    recipe or test that built the config) instead of a dataclass-generated ``__init__`` (``<string>``)."""
+    level, frame = 2, sys._getframe(2)  # level 1: the warn call's frame, 2: the one above it
+    while frame is not None and (frame.f_code.co_filename == "<string>"
+                                 or frame.f_code.co_filename.startswith(_PACKAGE_DIR)):
+        level, frame = level + 1, frame.f_back
+    return level if frame is not None else 2
 
 
 class RoutingCollapseWarning(UserWarning):
@@ -93,14 +123,14 @@ class RouterConfig:
         # fail early, when the flags are parsed: a malformed spec, an unknown option or value, a pair that cannot train
         check_router_learner(self.router, self.learner, parse_learner_args(self.learner_args))
         if (self.router in ("tabular", "dispatched") and self.num_meta > 1 and self.router_balance_share >= 1.0
-                and self.learns_tabular_routes()):
+                and not _REVALIDATING.get() and self.learns_tabular_routes()):
             warnings.warn(
                 f"{type(self).__name__}: tabular agents for {self.num_meta} meta classes without the capacity balance "
                 "(router_balance_share=1) are known to keep every class on one block when the classes conflict "
                 "(the routing-helps toy and SCI, BENCHMARKS.md issue 29); set router_balance_share=0.5 unless "
                 "routing is irrelevant to the task",
                 RoutingCollapseWarning,
-                stacklevel=3,
+                stacklevel=_caller_level(),
             )
 
     def learns_tabular_routes(self) -> bool:
