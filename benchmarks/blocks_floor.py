@@ -36,7 +36,7 @@ from nli_routing.experiments.bench import (
     mlp_model,
     train_cfg,
 )
-from nli_routing.routing.native import native_cpu_kernels_enabled, native_kernel_reason
+from nli_routing.routing.native import native_kernel_state
 
 HERE = Path(__file__).resolve().parent
 
@@ -98,14 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     bench.NATIVE_CPU_KERNELS["value"] = args.native_cpu_kernels
     bench.KEEP_CPU_MEMORY["value"] = args.keep_cpu_memory
-    rows = []
-    native = "off"
+    rows, native = [], "off"
     for b in args.batches:
         setups = {str(k): StepSetup(mlp_model("routing", k, 8), mlp_batch(b, 8), train_cfg()) for k in (8, args.blocks)}
-        if args.native_cpu_kernels:  # asked for; said whether it runs (a failed build keeps grouped_mm)
-            native = "on" if native_cpu_kernels_enabled() else f"asked for, not running: {native_kernel_reason()}"
-            if b == args.batches[0]:
-                print(f"native CPU kernel: {native}", flush=True)
+        native = native_kernel_state(args.native_cpu_kernels)  # the setups built (or failed to build) it
+        if args.native_cpu_kernels and b == args.batches[0]:
+            print(f"native CPU kernel: {native}", flush=True)
         t = timed_rounds(setups, args.warmup, args.rounds, args.steps)
         few, many = t["8"], t[str(args.blocks)]
         ratio = [m / f for m, f in zip(many["step"], few["step"])]

@@ -23,6 +23,7 @@ from pathlib import Path
 from nli_routing.experiments.bench import (
     PHASES,
     StepSetup,
+    check_bounds,
     commit,
     machine,
     mlp_batch,
@@ -68,12 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     for size in args.time_objective or []:
         if size < 1:
-            ap.error(f"--time_objective batch sizes must be >= 1, got {size}")
-    if args.rounds < 1:
-        ap.error(f"--rounds must be >= 1, got {args.rounds}")
-    for flag in ("blocks", "tasks", "dim", "layers", "batch"):
-        if getattr(args, flag) < 1:
-            ap.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+            ap.exit(2, f"{ap.prog}: error: --time_objective batch sizes must be >= 1, got {size}\n")
+    check_bounds(ap, args, {"rounds": 1, "blocks": 1, "tasks": 1, "dim": 1, "layers": 1, "batch": 1})
     cfg = train_cfg()  # perf.py's
 
     def setup(kind: str, impl: str | None = None) -> StepSetup:

@@ -337,10 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"batch {b:>5} theirs/ours {row['theirs_over_ours']:6.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})"
             f"   ours routed/unrouted {row['routed_over_unrouted']:5.2f}")
         del setups
-    if args.native_cpu_kernels:  # asked for; whether it ran (a failed build keeps grouped_mm)
-        from nli_routing.routing.native import native_cpu_kernels_enabled, native_kernel_reason
+    from nli_routing.routing.native import native_kernel_state
 
-        result["native_cpu_kernels_ran"] = native_cpu_kernels_enabled() or native_kernel_reason()
+    result["native_cpu_kernels"] = native_kernel_state(args.native_cpu_kernels)  # asked for vs what ran
     result["seconds"] = time.perf_counter() - start
     out = Path(args.output).with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)

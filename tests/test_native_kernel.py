@@ -87,6 +87,7 @@ def test_the_switch_makes_auto_banks_native_for_float32_cpu_rows_only():
     x = torch.randn(64, 16)
     assert bank.resolve_impl(x) != "native"
     assert native.enable_native_cpu_kernels() and native.native_cpu_kernels_enabled()
+    assert native.native_kernel_state(True) == "on"
     assert bank.resolve_impl(x) == "native"
     assert bank.resolve_impl(x.double()) in ("loop", "tiled")  # other dtypes keep torch's kernels
     assert LinearBank(8, 16, 16, impl="grouped_mm").resolve_impl(x) == "grouped_mm"  # an explicit choice stays
@@ -122,6 +123,8 @@ def test_a_failed_build_warns_once_and_keeps_grouped_mm(monkeypatch):
     assert LinearBank(4, 8, 8).resolve_impl(torch.randn(8, 8)) != "native"
     with pytest.raises(RuntimeError, match=r"impl='native'.*could not be built"):
         LinearBank(4, 8, 8, impl="native").resolve_impl(torch.randn(8, 8))
+    assert native.native_kernel_state(False) == "off"  # what a benchmark records
+    assert native.native_kernel_state(True).startswith("asked for, not running: the native CPU kernel could not")
 
 
 def test_a_kernel_that_disagrees_with_torch_is_not_used(monkeypatch):

@@ -9,6 +9,7 @@ import platform
 import statistics
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -230,11 +231,14 @@ def mlp_model(method: str, blocks: int, tasks: int, dim: int = 64, layers: int =
     """The FC-only 'Base' network: ``layers`` FC layers of ``dim`` (routed, soft mixture, cross-stitch
     or shared) and one head per task, on ``dim``-dimensional inputs."""
     from nli_routing.models.vision import VisionMTLConfig, VisionMTLModel
+    from nli_routing.routing.config import RoutingCollapseWarning
 
     torch.manual_seed(0)
-    return VisionMTLModel(VisionMTLConfig(
-        num_meta=tasks, method=method, num_classes=classes, in_channels=dim, image_size=1, conv_layers=0,
-        fc_hidden=dim, fc_layers=layers, fc_width=blocks, exploration="low"))
+    with warnings.catch_warnings():  # a timed model, never trained to accuracy: where its routes go is not the point
+        warnings.simplefilter("ignore", RoutingCollapseWarning)
+        return VisionMTLModel(VisionMTLConfig(
+            num_meta=tasks, method=method, num_classes=classes, in_channels=dim, image_size=1, conv_layers=0,
+            fc_hidden=dim, fc_layers=layers, fc_width=blocks, exploration="low"))
 
 
 def mlp_batch(size: int, tasks: int, dim: int = 64, classes: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -186,6 +186,14 @@ def native_cpu_kernels_enabled() -> bool:
     return bool(_state["enabled"])
 
 
+def native_kernel_state(asked: bool) -> str:
+    """What a run that ``asked`` for the kernel got, for its records: "off", "on", or "asked for, not running:
+    <reason>" (a failed build leaves the banks on ``grouped_mm``)."""
+    if not asked:
+        return "off"
+    return "on" if native_cpu_kernels_enabled() else f"asked for, not running: {native_kernel_reason()}"
+
+
 def native_kernel_reason() -> str:
     """Why the kernel is not available ("ready" when it is)."""
     return str(_state["reason"])
