@@ -33,7 +33,6 @@ BENCHMARKS.md ("Issue 19: dense or grouped").
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 import torch
 
 from nli_routing.experiments.bench import (
+    BenchParser,
     StepSetup,
     check_bounds,
     commit,
@@ -90,7 +90,7 @@ def routed_mlp(impl: str, dim: int, blocks: int, routes: str = "fresh"):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = BenchParser(description=__doc__.split("\n")[0])
     p.add_argument("--dims", nargs="+", type=int, default=[16, 64])
     p.add_argument("--blocks", nargs="+", type=int, default=[2, 4, 8])
     p.add_argument("--batches", nargs="+", type=int, default=[512, 2048])

@@ -28,8 +28,10 @@ import torch
 
 from nli_routing.experiments import bench
 from nli_routing.experiments.bench import (
+    BenchParser,
     StepSetup,
     check_bounds,
+    check_output,
     commit,
     machine,
     mlp_batch,
@@ -78,7 +80,7 @@ def used_groups(setup: StepSetup) -> dict[str, list[int]]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(
+    p = BenchParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="floor: what the many-block step would cost relative to the 8-block step if only its optimizer phase "
                "grew, (step_8 + optimizer_many - optimizer_8) / step_8, median over rounds (range in brackets)")
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(HERE / "results" / "blocks_floor.json"), help="the JSON written")
     args = p.parse_args(argv)
     check_bounds(p, args, {"blocks": 1, "batches": 1, "rounds": 1, "steps": 1, "threads": 1, "warmup": 0})
+    check_output(p, "--out", args.out)
     torch.set_num_threads(args.threads)
     bench.NATIVE_CPU_KERNELS["value"] = args.native_cpu_kernels
     bench.KEEP_CPU_MEMORY["value"] = args.keep_cpu_memory

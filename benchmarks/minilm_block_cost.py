@@ -24,7 +24,6 @@ routing. Writes ``--out`` (JSON) and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -35,8 +34,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from nli_routing.experiments.bench import (
+    BenchParser,
     StepSetup,
     check_bounds,
+    check_output,
     commit,
     interleaved_step_times,
     machine,
@@ -130,7 +131,7 @@ def layer_split(setup: StepSetup, sizes: list[int], rounds: int) -> dict[str, fl
 def main(argv: list[str] | None = None) -> dict:
     from nli_routing.experiments.transformer import TRAIN_DEFAULTS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = BenchParser(description=__doc__.split("\n")[0])
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=32)
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(HERE / "results" / "minilm_block_cost.json"))
     args = p.parse_args(argv)
     check_bounds(p, args, {"blocks": 1, "batch": 1, "length": 1, "rounds": 1, "warmup": 0})
+    check_output(p, "--out", args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     data = batch(args.batch, args.length)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from nli_routing.experiments.bench import (
     PHASES,
+    BenchParser,
     StepSetup,
     check_bounds,
     commit,
@@ -55,7 +56,7 @@ def phase_counts(setup: StepSetup) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, default=8)
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--dim", type=int, default=64)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     for size in args.time_objective or []:
         if size < 1:
-            ap.exit(2, f"{ap.prog}: error: --time_objective batch sizes must be >= 1, got {size}\n")
+            ap.error(f"--time_objective batch sizes must be >= 1, got {size}")
     check_bounds(ap, args, {"rounds": 1, "blocks": 1, "tasks": 1, "dim": 1, "layers": 1, "batch": 1})
     cfg = train_cfg()  # perf.py's
 

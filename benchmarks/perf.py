@@ -45,7 +45,6 @@ of the routed step (time per phase and the top operators).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -57,6 +56,7 @@ import torch
 from torch import nn
 
 from nli_routing.experiments.bench import (  # noqa: E402
+    BenchParser,
     KEEP_CPU_MEMORY,
     NATIVE_CPU_KERNELS,
     StepSetup,
@@ -350,7 +350,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = BenchParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--batches", nargs="+", type=int, default=[64, 512, 2048])
     p.add_argument("--blocks", nargs="+", type=int, default=[2, 8, 32, 128])

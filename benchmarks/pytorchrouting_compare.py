@@ -23,7 +23,6 @@ conditions still work but warn; only those two warnings are silenced (their code
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.util
 import json
@@ -38,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nli_routing.experiments.bench import StepSetup, commit, interleaved_step_times, machine
+from nli_routing.experiments.bench import BenchParser, StepSetup, commit, interleaved_step_times, machine
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -254,7 +253,7 @@ def per_round_ratio(rounds: dict, num: str, den: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = BenchParser(description=__doc__.split("\n")[0])
     p.add_argument("--pytorchrouting", default=os.environ.get("PYTORCHROUTING_PATH"),
                    help="root of a cle-ros/RoutingNetworks checkout (default: $PYTORCHROUTING_PATH)")
     p.add_argument("--pytorchrouting_commit", default=None, help="the checkout's commit (default: its git HEAD)")

@@ -218,3 +218,15 @@ def test_blocks_floor_rejects_a_bad_flag_in_one_line(flag, value, message, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("bench", ["blocks_floor", "minilm_block_cost"])
+def test_new_benchmarks_refuse_an_output_they_cannot_write_before_timing(bench, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out, message in ((tmp_path, "is a folder; give the JSON file's name"),
+                         (blocker / "x.json", "cannot make its folder")):
+        with pytest.raises(SystemExit):
+            load_bench(bench).main(["--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--out {out}: {message}" in err[0], err

@@ -3,6 +3,7 @@ the training-step timing the ratio benchmarks share (interleaved rounds, profile
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -109,13 +110,35 @@ class StepSetup:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
 
+class BenchParser(argparse.ArgumentParser):
+    """The benchmarks' argument parser: a bad flag exits (status 2, as argparse) with one line naming it, without
+    the usage block (``--help`` shows that)."""
+
+    def error(self, message: str):  # argparse's hook
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def check_output(parser, flag: str, path: str) -> None:
+    """``parser.error`` before any work when the JSON ``path`` given by ``flag`` cannot be written: a folder, or a
+    folder that cannot be made or written to (the run would otherwise end in a traceback after its timings)."""
+    out = Path(path)
+    if out.is_dir():
+        parser.error(f"{flag} {path}: is a folder; give the JSON file's name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"{flag} {path}: cannot make its folder ({e.strerror or e})")
+    if not os.access(out.parent, os.W_OK):
+        parser.error(f"{flag} {path}: its folder is not writable")
+
+
 def check_bounds(parser, args, bounds: dict[str, int]) -> None:
-    """Exit (status 2, as argparse) with one line naming the first flag below its bound: ``bounds`` maps a flag's
-    dest to the least value it takes; a list flag (``nargs``) is checked element by element."""
+    """``parser.error`` for the first flag below its bound: ``bounds`` maps a flag's dest to the least value it
+    takes; a list flag (``nargs``) is checked element by element."""
     for name, least in bounds.items():
         value = getattr(args, name)
         if min(value if isinstance(value, list) else [value]) < least:
-            parser.exit(2, f"{parser.prog}: error: --{name} must be >= {least}, got {value}\n")
+            parser.error(f"--{name} must be >= {least}, got {value}")
 
 
 def interleaved_step_times(
