@@ -153,3 +153,108 @@ def test_a_training_step_dispatches_no_per_group_matmuls():
     assert counts["grouped_mm"].get("aten::mm", 0) > 3 * 128
     assert counts["native"].get("aten::mm", 0) < 10
     assert counts["native"]["aten"] * 2 < counts["grouped_mm"]["aten"]
+
+
+# ---------------------------------------------------------------------- the routed path as one native operator
+def _path_run(native_on, dims, width, activation="relu", recursive=False, n=37, packed=False, **kw):
+    """Output, actions and every gradient of a routed stack decided ahead (tabular routers, exploring),
+    with the native switch on (the fused path) or off (grouped_mm, the sorted path)."""
+    from nli_routing.models.blocks import routed_fc_stack
+
+    native.disable_native_cpu_kernels()
+    if native_on:
+        assert native.enable_native_cpu_kernels()
+    torch.manual_seed(0)
+    layer = routed_fc_stack(dims, width, 4, activation=activation, recursive=recursive, exploration="high", **kw)
+    meta = torch.randint(0, 4, (n,))
+    torch.manual_seed(1)
+    if packed:  # token rows of every sample, made by forward_rows (the CBOW word projection's call)
+        seg = torch.randint(0, n, (3 * n,)).sort().values
+        x = torch.randn(seg.shape[0], dims[0], requires_grad=True)
+        y, perm, traj = layer.forward_rows(lambda idx: x if idx is None else x.index_select(0, idx), meta, seg)
+        if perm is not None:  # the sorted path returns rows in its last step's order
+            y = torch.empty_like(y).index_copy(0, perm, y)
+    else:
+        x = torch.randn(n, dims[0], requires_grad=True)
+        y, traj = layer(x, meta)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return y.detach(), traj.actions, x.grad, [p.grad for p in layer.parameters() if p.grad is not None]
+
+
+def _assert_same(a, b):
+    assert torch.equal(a[1], b[1]) and len(a[3]) == len(b[3])
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
+    for ga, gb in zip(a[3], b[3]):
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
+
+
+def _count_fused(monkeypatch):
+    calls = []
+    real = native._RoutedPath.apply
+    monkeypatch.setattr(native._RoutedPath, "apply", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("activation", ["relu", "identity", "tanh"])
+@pytest.mark.parametrize("dims,width,recursive", [([8, 8, 8, 8], 5, False), ([6, 9, 4], 3, False),
+                                                  ([8, 8, 8, 8], 7, True)])
+def test_the_fused_path_equals_the_sorted_path(monkeypatch, activation, dims, width, recursive):
+    """Values, actions and the gradients of the input, every weight and every bias: the fused operator
+    against the sorted path, per-step banks of changing widths, one bank reused at every step, blocks
+    no row takes (7 blocks, 4 agents: zero gradients) and every activation the kernel computes."""
+    require_native_kernel()
+    calls = _count_fused(monkeypatch)
+    fused = _path_run(True, dims, width, activation, recursive)
+    assert calls == [1]
+    _assert_same(fused, _path_run(False, dims, width, activation, recursive))
+    assert calls == [1]  # switched off: the sorted path
+
+
+def test_the_fused_path_takes_packed_rows_in_input_order(monkeypatch):
+    """forward_rows (packed token rows, the CBOW word projection): the rows are made once in input order,
+    no permutation comes back, and the values and gradients are the sorted path's."""
+    require_native_kernel()
+    calls = _count_fused(monkeypatch)
+    fused = _path_run(True, [8, 8, 8], 4, packed=True)
+    assert calls == [1]
+    _assert_same(fused, _path_run(False, [8, 8, 8], 4, packed=True))
+
+
+@pytest.mark.parametrize("kw", [dict(residual=True, gate_init=0.5), dict(allow_stop=True, recursive=True)])
+def test_what_the_kernel_does_not_compute_keeps_the_sorted_path(monkeypatch, kw):
+    """A residual gate or a stop action: the switch is on but the fused operator is not used, and the
+    results are the sorted path's."""
+    require_native_kernel()
+    calls = _count_fused(monkeypatch)
+    on = _path_run(True, [8, 8, 8, 8], 4, **kw)
+    assert calls == []
+    _assert_same(on, _path_run(False, [8, 8, 8, 8], 4, **kw))
+
+
+def test_the_path_kernel_refuses_blocks_out_of_range_and_bad_shapes():
+    require_native_kernel()
+    mod = native.load_native_kernel()
+    x, w, b = torch.randn(5, 4), torch.randn(3, 4, 2), torch.randn(3, 2)
+    with pytest.raises(RuntimeError, match="step 0 sends a row to block 3 of 3"):
+        mod.routed_path_forward(x, torch.tensor([[0], [1], [3], [0], [2]]), [w], [b], [1])
+    with pytest.raises(RuntimeError, match="int64 \\[rows, steps\\]"):
+        mod.routed_path_forward(x, torch.zeros(5, 2, dtype=torch.long), [w], [b], [1])
+    with pytest.raises(RuntimeError, match="step 1 takes 4 columns, gets 2"):
+        mod.routed_path_forward(x, torch.zeros(5, 2, dtype=torch.long), [w, w], [b, b], [1, 1])
+
+
+def test_a_training_step_of_the_routed_mlp_sorts_nothing():
+    """With the switch on, the routed MLP's forward and backward run its three routed steps inside one
+    operator: no sort of the path, no group offsets, no row gathers between the steps."""
+    require_native_kernel()
+    counts = {}
+    for on in (False, True):
+        native.disable_native_cpu_kernels()
+        if on:
+            native.enable_native_cpu_kernels()
+        counts[on] = step_op_count(StepSetup(mlp_model("routing", 8, 8), mlp_batch(64, 8), train_cfg()))
+    # the path's one batched sort goes (the task heads' grouping and the decision's argsort stay)
+    assert counts[True].get("aten::sort", 0) == counts[False].get("aten::sort", 0) - 1
+    assert counts[True].get("aten::searchsorted", 0) == counts[False].get("aten::searchsorted", 0) - 1
+    assert counts[True]["aten"] < counts[False]["aten"] - 100

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .native import (
+    PATH_ACTIVATIONS,
     load_native_kernel,
     native_cpu_kernels_enabled,
     native_kernel_reason,
@@ -321,6 +322,13 @@ class LinearBank(nn.Module):
 
     def resolve_impl(self, x: Tensor) -> str:
         return resolve_bank_impl(self.impl, x, self.num_blocks)
+
+    def runs_native_path(self, x: Tensor) -> bool:
+        """Whether rows ``x`` can go through this bank inside the native kernel's fused path
+        (:func:`~nli_routing.routing.native.routed_path`): the bank resolves to ``"native"`` for them, 2-D
+        rows, no residual gate, no dropout in training, an activation the kernel computes."""
+        return (x.dim() == 2 and self.gate is None and not (self.dropout > 0 and self.training)
+                and self.activation in PATH_ACTIVATIONS and self.resolve_impl(x) == "native")
 
     def uses_dense(self) -> bool:
         """Whether routed rows run as one dense matmul over every block (:meth:`dense_forward`): only

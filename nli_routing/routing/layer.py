@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .bank import LinearBank
 from .decision import RoutingPass, chosen_weight, mean_state, segment_mean
 from .execution import grouped_apply, per_sample, sorted_apply
+from .native import routed_path
 from .routers import Router
 from .trajectory import Decision, Trajectory
 
@@ -240,6 +241,18 @@ class RoutedLayer(nn.Module):
             if make_rows is not None:
                 return x, None, rp.path_trajectory(path, active)
             return x, rp.path_trajectory(path, active)
+        banks = [self.step_blocks(t) for t in range(depth)]
+        if (row_scale is None and not self.keeps_rows and all(isinstance(b, LinearBank) for b in banks)
+                and all(b.runs_native_path(x if x is not None else b.weight[0]) for b in banks)):
+            rows = make_rows(None) if make_rows is not None else x
+            if all(b.runs_native_path(rows) for b in banks):  # the whole path as one native operator
+                x = routed_path(rows, groups, banks)
+                if make_rows is not None:
+                    return x, None, rp.path_trajectory(path, active)
+                return x, rp.path_trajectory(path, active)
+            if make_rows is not None:  # rows of another dtype than the banks': the sorted path, rows made once
+                made = rows
+                make_rows = lambda index: made if index is None else made.index_select(0, index)  # noqa: E731
         # every step's order at once: order[t] lists the input rows sorted by step t's block (input
         # order within a block), inv[t] is each input row's position in it
         sorted_g, order = torch.sort(groups.t().contiguous(), dim=1, stable=True)

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 _SOURCE = r"""
 #include <torch/extension.h>
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 
 // The Fortran BLAS entry point PyTorch's CPU build links (MKL's LP64 interface or OpenBLAS).
@@ -111,9 +113,163 @@ torch::Tensor segment_weight_grad(torch::Tensor x, torch::Tensor gy, torch::Tens
   }
   return dw;
 }
+
+// ---------------------------------------------------------------- a routed layer's whole path, one op
+// Rows stay in input order between the op's calls; inside, every step groups its rows by block with a
+// counting sort (stable: input order within a block), gathers them, runs one sgemm per non-empty block,
+// adds the bias, applies the activation (0 identity, 1 relu, 2 tanh) and writes each row back to its
+// input position. No operator is dispatched per step or per group.
+
+static void check_groups(const torch::Tensor& groups, int64_t n, int64_t depth) {
+  TORCH_CHECK(groups.device().is_cpu() && groups.scalar_type() == torch::kInt64 && groups.dim() == 2 &&
+              groups.size(0) == n && groups.size(1) == depth, "routed_path: groups must be int64 [rows, steps] on the CPU");
+}
+
+// stable counting sort of column t of groups [n, depth]: perm (sorted position -> row), ends per block
+static void group_rows(const int64_t* g, int64_t n, int64_t depth, int64_t t, int64_t blocks,
+                       std::vector<int64_t>& perm, std::vector<int64_t>& ends) {
+  ends.assign(blocks, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = g[i * depth + t];
+    TORCH_CHECK(k >= 0 && k < blocks, "routed_path: step ", t, " sends a row to block ", k, " of ", blocks);
+    ++ends[k];
+  }
+  std::vector<int64_t> next(blocks);
+  int64_t run = 0;
+  for (int64_t k = 0; k < blocks; ++k) { next[k] = run; run += ends[k]; ends[k] = run; }
+  perm.resize(n);
+  for (int64_t i = 0; i < n; ++i) perm[next[g[i * depth + t]]++] = i;
+}
+
+static void check_step(const torch::Tensor& w, const torch::Tensor& b, int64_t in, int64_t t) {
+  check(w, 3, "a weight"); check(b, 2, "a bias");
+  TORCH_CHECK(w.size(1) == in, "routed_path: step ", t, " takes ", w.size(1), " columns, gets ", in);
+  TORCH_CHECK(b.size(0) == w.size(0) && b.size(1) == w.size(2), "routed_path: step ", t, "'s bias does not match its weight");
+}
+
+// dst = src where o > 0, else 0, without a branch per element (half the rows of a relu are zero, at
+// random: a branch mispredicts every other element)
+static void relu_mask(float* dst, const float* src, const float* o, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t bits;
+    std::memcpy(&bits, src + j, sizeof(bits));
+    bits &= 0u - (uint32_t)(o[j] > 0.f);
+    std::memcpy(dst + j, &bits, sizeof(bits));
+  }
+}
+
+// x [N, in]; every step t: x <- act_t(x_i @ W_t[g[i, t]] + b_t[g[i, t]]). Returns every step's output.
+std::vector<torch::Tensor> routed_path_forward(torch::Tensor x, torch::Tensor groups, std::vector<torch::Tensor> ws,
+                                               std::vector<torch::Tensor> bs, std::vector<int64_t> acts) {
+  const int64_t depth = (int64_t)ws.size(), n = x.size(0);
+  TORCH_CHECK(depth > 0 && (int64_t)bs.size() == depth && (int64_t)acts.size() == depth, "routed_path: one weight, bias and activation per step");
+  check(x, 2, "x"); check_groups(groups, n, depth);
+  auto gc = groups.contiguous();
+  const int64_t* g = gc.data_ptr<int64_t>();
+  std::vector<torch::Tensor> outs;
+  std::vector<int64_t> perm, ends;
+  std::vector<float> xs, ys;
+  torch::Tensor cur = x.contiguous();
+  for (int64_t t = 0; t < depth; ++t) {
+    auto w = ws[t].contiguous(); auto b = bs[t].contiguous();
+    const int64_t in = cur.size(1);
+    check_step(w, b, in, t);
+    const int64_t blocks = w.size(0), out = w.size(2);
+    group_rows(g, n, depth, t, blocks, perm, ends);
+    const float* cp = cur.data_ptr<float>();
+    xs.resize(n * in); ys.resize(n * out);
+    for (int64_t i = 0; i < n; ++i) std::memcpy(xs.data() + i * in, cp + perm[i] * in, sizeof(float) * in);
+    const float* wp = w.data_ptr<float>(); const float* bp = b.data_ptr<float>();
+    auto y = torch::empty({n, out}, x.options());
+    float* yp = y.data_ptr<float>();
+    int64_t start = 0;
+    for (int64_t k = 0; k < blocks; ++k) {
+      const int64_t rows = ends[k] - start;
+      if (rows > 0 && out > 0) {
+        if (in == 0) std::memset(ys.data() + start * out, 0, sizeof(float) * rows * out);
+        else gemm('N', 'N', out, rows, in, wp + k * in * out, out, xs.data() + start * in, in, ys.data() + start * out, out);
+        for (int64_t i = start; i < ends[k]; ++i) {
+          const float* src = ys.data() + i * out; const float* bias = bp + k * out;
+          float* dst = yp + perm[i] * out;
+          if (acts[t] == 1) for (int64_t j = 0; j < out; ++j) dst[j] = std::max(src[j] + bias[j], 0.f);  // branch-free
+          else if (acts[t] == 2) for (int64_t j = 0; j < out; ++j) dst[j] = std::tanh(src[j] + bias[j]);
+          else for (int64_t j = 0; j < out; ++j) dst[j] = src[j] + bias[j];
+        }
+      }
+      start = ends[k];
+    }
+    outs.push_back(y);
+    cur = y;
+  }
+  return outs;
+}
+
+// The gradients of routed_path_forward: [grad_x (undefined unless need_x), grad_w_0.., grad_b_0..].
+std::vector<torch::Tensor> routed_path_backward(torch::Tensor grad, torch::Tensor x, std::vector<torch::Tensor> outs,
+                                                torch::Tensor groups, std::vector<torch::Tensor> ws,
+                                                std::vector<int64_t> acts, bool need_x) {
+  const int64_t depth = (int64_t)ws.size(), n = x.size(0);
+  TORCH_CHECK((int64_t)outs.size() == depth && (int64_t)acts.size() == depth, "routed_path: one output and activation per step");
+  check_groups(groups, n, depth);
+  auto gc = groups.contiguous();
+  const int64_t* g = gc.data_ptr<int64_t>();
+  std::vector<torch::Tensor> gws(depth), gbs(depth);
+  std::vector<int64_t> perm, ends;
+  std::vector<float> gs, xs, gxs;
+  torch::Tensor gy = grad.contiguous();
+  torch::Tensor gx;
+  for (int64_t t = depth - 1; t >= 0; --t) {
+    auto w = ws[t].contiguous();
+    auto in_t = (t == 0 ? x : outs[t - 1]).contiguous();
+    auto out_t = outs[t].contiguous();
+    const int64_t blocks = w.size(0), in = w.size(1), out = w.size(2);
+    group_rows(g, n, depth, t, blocks, perm, ends);
+    const float* gp = gy.data_ptr<float>(); const float* op = out_t.data_ptr<float>(); const float* ip = in_t.data_ptr<float>();
+    gs.resize(n * out); xs.resize(n * in);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* src = gp + perm[i] * out; const float* o = op + perm[i] * out; float* dst = gs.data() + i * out;
+      if (acts[t] == 1) relu_mask(dst, src, o, out);
+      else if (acts[t] == 2) for (int64_t j = 0; j < out; ++j) dst[j] = src[j] * (1.f - o[j] * o[j]);
+      else std::memcpy(dst, src, sizeof(float) * out);
+      std::memcpy(xs.data() + i * in, ip + perm[i] * in, sizeof(float) * in);
+    }
+    auto gw = torch::empty({blocks, in, out}, x.options());
+    auto gb = torch::zeros({blocks, out}, x.options());
+    float* gwp = gw.data_ptr<float>(); float* gbp = gb.data_ptr<float>();
+    const bool down = t > 0 || need_x;
+    torch::Tensor gin;
+    float* ginp = nullptr;
+    if (down) { gin = torch::empty({n, in}, x.options()); ginp = gin.data_ptr<float>(); gxs.resize(n * in); }
+    const float* wp = w.data_ptr<float>();
+    int64_t start = 0;
+    for (int64_t k = 0; k < blocks; ++k) {
+      const int64_t rows = ends[k] - start;
+      float* d = gwp + k * in * out;
+      if (rows > 0 && in > 0 && out > 0) gemm('N', 'T', out, in, rows, gs.data() + start * out, out, xs.data() + start * in, in, d, out);
+      else std::fill(d, d + in * out, 0.f);
+      for (int64_t i = start; i < ends[k]; ++i) {
+        const float* src = gs.data() + i * out; float* bsum = gbp + k * out;
+        for (int64_t j = 0; j < out; ++j) bsum[j] += src[j];
+      }
+      if (down && rows > 0 && in > 0) {
+        if (out == 0) std::memset(gxs.data() + start * in, 0, sizeof(float) * rows * in);
+        else gemm('T', 'N', in, rows, out, wp + k * in * out, out, gs.data() + start * out, out, gxs.data() + start * in, in);
+      }
+      start = ends[k];
+    }
+    if (down) for (int64_t i = 0; i < n; ++i) std::memcpy(ginp + perm[i] * in, gxs.data() + i * in, sizeof(float) * in);
+    gws[t] = gw; gbs[t] = gb;
+    if (t > 0) gy = gin; else gx = gin;
+  }
+  std::vector<torch::Tensor> result;
+  result.push_back(gx);
+  for (auto& t : gws) result.push_back(t);
+  for (auto& t : gbs) result.push_back(t);
+  return result;
+}
 """
 
-_FUNCTIONS = ["segment_mm", "segment_weight_grad"]
+_FUNCTIONS = ["segment_mm", "segment_weight_grad", "routed_path_forward", "routed_path_backward"]
 #: the extension's module name (load_inline rebuilds it when the source changes)
 EXTENSION_NAME = "nli_routing_segment_mm"
 
@@ -134,6 +290,23 @@ def _self_check(module) -> str | None:
     for name, a, b in zip(("forward", "input gradient", "weight gradient"), got, (want_y, want_dx, want_dw)):
         if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
             return f"its {name} disagrees with torch.mm (max difference {float((a - b).abs().max()):.3g})"
+    # the routed path: two steps (relu, then identity), block 1 of the first step unused
+    w1, b1 = torch.randn(3, 5, 4, generator=g), torch.randn(3, 4, generator=g)
+    w2, b2 = torch.randn(2, 4, 3, generator=g), torch.randn(2, 3, generator=g)
+    groups = torch.tensor([[2, 0], [0, 1], [2, 1], [0, 0], [2, 0], [0, 1], [2, 1]])
+    h = torch.relu(torch.einsum("ni,nio->no", x, w1[groups[:, 0]]) + b1[groups[:, 0]])
+    want = torch.einsum("ni,nio->no", h, w2[groups[:, 1]]) + b2[groups[:, 1]]
+    outs = module.routed_path_forward(x, groups, [w1, w2], [b1, b2], [1, 0])
+    if not torch.allclose(outs[-1], want, rtol=1e-4, atol=1e-5):
+        return f"its routed path disagrees with torch (max difference {float((outs[-1] - want).abs().max()):.3g})"
+    gy2 = torch.randn(7, 3, generator=g)
+    grads = module.routed_path_backward(gy2, x, outs, groups, [w1, w2], [1, 0], True)
+    ref = [t.clone().requires_grad_() for t in (x, w1, w2, b1, b2)]
+    hr = torch.relu(torch.einsum("ni,nio->no", ref[0], ref[1][groups[:, 0]]) + ref[3][groups[:, 0]])
+    (torch.einsum("ni,nio->no", hr, ref[2][groups[:, 1]]) + ref[4][groups[:, 1]]).backward(gy2)
+    for name, a, r in zip(("input", "first weight", "second weight", "first bias", "second bias"), grads, ref):
+        if not torch.allclose(a, r.grad, rtol=1e-4, atol=1e-5):
+            return f"its routed path's {name} gradient disagrees with torch (max difference {float((a - r.grad).abs().max()):.3g})"
     return None
 
 
@@ -149,7 +322,7 @@ def load_native_kernel():
 
         logger.info("loading the native CPU segment-matmul kernel (from PyTorch's extension cache, or built: "
                     "about 20-30 s the first time on a machine)")
-        module = load_inline(EXTENSION_NAME, cpp_sources=_SOURCE, functions=_FUNCTIONS, extra_cflags=["-O2"])
+        module = load_inline(EXTENSION_NAME, cpp_sources=_SOURCE, functions=_FUNCTIONS, extra_cflags=["-O3"])
     except Exception as e:  # noqa: BLE001 -- a missing compiler / ninja, a failed build, a BLAS symbol this torch lacks
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         _state["reason"] = f"the native CPU kernel could not be built or loaded ({type(e).__name__}: {first[:200]})"
@@ -227,3 +400,41 @@ def segment_matmul(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
     if _state["module"] is None:
         raise RuntimeError(f"segment_matmul: {native_kernel_reason()}")
     return _SegmentMatmul.apply(x, weight, offs)
+
+
+#: the bank activations the fused path computes itself (:func:`routed_path`), as the kernel's codes
+PATH_ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2}
+
+
+class _RoutedPath(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, groups: Tensor, acts: list[int], *params: Tensor) -> Tensor:
+        depth = len(acts)
+        ws, bs = list(params[:depth]), list(params[depth:])
+        outs = _state["module"].routed_path_forward(x, groups, ws, bs, acts)
+        ctx.acts = acts
+        ctx.save_for_backward(x, groups, *ws, *outs)
+        return outs[-1]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        depth = len(ctx.acts)
+        saved = ctx.saved_tensors
+        x, groups, ws, outs = saved[0], saved[1], list(saved[2:2 + depth]), list(saved[2 + depth:])
+        got = _state["module"].routed_path_backward(grad, x, outs, groups, ws, ctx.acts, ctx.needs_input_grad[0])
+        needs = ctx.needs_input_grad[3:]
+        return (got[0] if ctx.needs_input_grad[0] else None, None, None,
+                *(g if need else None for g, need in zip(got[1:], needs)))
+
+
+def routed_path(x: Tensor, groups: Tensor, banks: list) -> Tensor:
+    """Rows ``x [N, in]`` (input order) through one block of every bank in turn, block ``groups[i, t]`` of
+    ``banks[t]`` for row i at step t, as one operator (forward and backward): the native kernel groups the
+    rows of every step itself (a counting sort), runs one BLAS call per non-empty block, adds the bias and
+    applies the bank's activation, and keeps the rows in input order. Banks: :class:`LinearBank` s without
+    residual gate or dropout, activations of :data:`PATH_ACTIVATIONS` (:func:`path_runs`). Values and gradients
+    equal the sorted path's (tested)."""
+    if _state["module"] is None:
+        raise RuntimeError(f"routed_path: {native_kernel_reason()}")
+    acts = [PATH_ACTIVATIONS[b.activation] for b in banks]
+    return _RoutedPath.apply(x, groups, acts, *(b.weight for b in banks), *(b.bias for b in banks))
