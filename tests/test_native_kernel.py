@@ -244,9 +244,10 @@ def test_the_path_kernel_refuses_blocks_out_of_range_and_bad_shapes():
         mod.routed_path_forward(x, torch.zeros(5, 2, dtype=torch.long), [w, w], [b, b], [1, 1])
 
 
-def test_a_training_step_of_the_routed_mlp_sorts_nothing():
+def test_a_training_step_of_the_routed_mlp_sorts_only_for_its_heads():
     """With the switch on, the routed MLP's forward and backward run its three routed steps inside one
-    operator: no sort of the path, no group offsets, no row gathers between the steps."""
+    operator (no sort of the path, no group offsets, no row gathers between the steps) and the decision
+    finds each table row's maxima without an argsort."""
     require_native_kernel()
     counts = {}
     for on in (False, True):
@@ -254,7 +255,107 @@ def test_a_training_step_of_the_routed_mlp_sorts_nothing():
         if on:
             native.enable_native_cpu_kernels()
         counts[on] = step_op_count(StepSetup(mlp_model("routing", 8, 8), mlp_batch(64, 8), train_cfg()))
-    # the path's one batched sort goes (the task heads' grouping and the decision's argsort stay)
-    assert counts[True].get("aten::sort", 0) == counts[False].get("aten::sort", 0) - 1
+    # the path's batched sort and the decision's argsort go; the task heads' grouping stays
+    assert counts[True].get("aten::sort", 0) == counts[False].get("aten::sort", 0) - 2 == 1
     assert counts[True].get("aten::searchsorted", 0) == counts[False].get("aten::searchsorted", 0) - 1
     assert counts[True]["aten"] < counts[False]["aten"] - 100
+
+
+# ---------------------------------------------------------------------- the tabular Q-learning loss as one operator
+def _random_trajectory(seed, b=40, d=3, a=5, num_meta=4):
+    from nli_routing.routing.trajectory import Trajectory
+
+    g = torch.Generator().manual_seed(seed)
+    meta = torch.randint(0, num_meta, (b,), generator=g)
+    stop = torch.randint(1, d + 1, (b,), generator=g)  # samples decide 1..d steps (a prefix)
+    active = torch.arange(d).unsqueeze(0) < stop.unsqueeze(1)
+    actions = torch.randint(0, a, (b, d), generator=g).masked_fill(~active, -1)
+    table = torch.randn(num_meta * d, a, generator=g, requires_grad=True)
+    state_index = meta.unsqueeze(1) * d + torch.arange(d)
+    traj = Trajectory(meta=meta, actions=actions, explored=torch.zeros(b, d, dtype=torch.bool), active=active,
+                      values=table.index_select(0, state_index.flatten()).view(b, d, a), state_index=state_index,
+                      num_actions=a, num_states=num_meta * d)
+    traj.final_reward = torch.randn(b, generator=g)
+    traj.step_rewards = torch.randn(b, d, generator=g) * active  # collaboration-like step rewards
+    return traj, table
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+@pytest.mark.parametrize("batch_mean", ["state", "state-action"])
+@pytest.mark.parametrize("d", [1, 3])
+def test_the_native_q_loss_equals_the_learners_loss(gamma, batch_mean, d):
+    """QLearner(target="return"): the native operator's loss and its gradient on the table against the
+    learner's torch computation, with stopped samples (inactive steps), step rewards and both batch means."""
+    require_native_kernel()
+    from nli_routing.routing.learners.qlearning import QLearner
+
+    learner = QLearner(gamma=gamma, batch_mean=batch_mean)
+    got = {}
+    for on in (False, True):
+        native.disable_native_cpu_kernels()
+        if on:
+            assert native.enable_native_cpu_kernels()
+        traj, table = _random_trajectory(3, d=d)
+        assert native.qlearning_native_runs(traj) is on
+        loss = learner.loss(traj)
+        loss.backward()
+        got[on] = (loss.detach(), table.grad)
+    torch.testing.assert_close(got[True][0], got[False][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[True][1], got[False][1], rtol=1e-5, atol=1e-6)
+    assert got[True][1].abs().sum() > 0
+
+
+def test_the_native_q_loss_is_not_used_where_it_does_not_apply():
+    """TD targets, a trajectory without tabular states and float64 values keep the torch computation."""
+    require_native_kernel()
+    from dataclasses import replace
+
+    from nli_routing.routing.learners.qlearning import QLearner
+
+    assert native.enable_native_cpu_kernels()
+    traj, _ = _random_trajectory(0)
+    assert native.qlearning_native_runs(traj)
+    assert not native.qlearning_native_runs(replace(traj, state_index=None))
+    assert not native.qlearning_native_runs(replace(traj, values=traj.values.double()))
+    calls = []
+    real = native._QLearningReturnLoss.apply
+    try:
+        native._QLearningReturnLoss.apply = lambda *a: calls.append(1) or real(*a)
+        QLearner(target="td").loss(traj)
+        assert calls == []
+        QLearner().loss(traj)
+        assert calls == [1]
+    finally:
+        native._QLearningReturnLoss.apply = real
+    with pytest.raises(RuntimeError, match="state 99 outside the 12 states"):
+        native.load_native_kernel().qlearning_return_loss(
+            traj.values.detach(), traj.actions, traj.active, traj.state_index.masked_fill(traj.active, 99),
+            traj.step_rewards, traj.final_reward, 1.0, False, 12)
+
+
+# ---------------------------------------------------------------------- epsilon-greedy over table rows as one operator
+@pytest.mark.parametrize("ties", ["lowest", "random"])
+@pytest.mark.parametrize("epsilon", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("a", [1, 2, 5])
+def test_the_native_epsilon_greedy_takes_the_same_actions_for_the_same_draws(ties, epsilon, a):
+    """Tables with ties (small integers), every tie rule and exploration rate, one action: the native decision
+    and the torch one, each from a generator at the same seed, take the same actions and mark the same ones
+    explored; the generator is left in the same state."""
+    require_native_kernel()
+    from nli_routing.routing.learners.base import epsilon_greedy_rows
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randint(0, 3, (12, a), generator=g).float()
+    rows = torch.randint(0, 12, (500,), generator=g)
+    got = {}
+    for on in (False, True):
+        native.disable_native_cpu_kernels()
+        if on:
+            assert native.enable_native_cpu_kernels()
+        assert native.greedy_rows_native_runs(table, rows) is on
+        gen = torch.Generator().manual_seed(7)
+        got[on] = (*epsilon_greedy_rows(table, rows, epsilon, gen, ties), gen.get_state())
+    assert torch.equal(got[True][0], got[False][0]) and torch.equal(got[True][1], got[False][1])
+    assert torch.equal(got[True][2], got[False][2])
+    if a > 1 and epsilon == 1.0:
+        assert bool(got[True][1].all())

@@ -267,9 +267,112 @@ std::vector<torch::Tensor> routed_path_backward(torch::Tensor grad, torch::Tenso
   for (auto& t : gbs) result.push_back(t);
   return result;
 }
+
+// ---------------------------------------------------------------- the tabular Q-learning loss, one op
+// Q-learning with return targets (QLearner(target="return")) over a tabular trajectory: the targets
+// G_t = sum_{k >= t} gamma^(k - t) r_k + R_final on the active steps, the batch-mean weights 1 / n(key)
+// (key: the state, or the state-action pair), loss = 0.5 sum w (Q(s_t, a_t) - G_t)^2. Returns the loss
+// and its gradient with respect to the values [B, d, A] (non-zero only at the taken actions).
+std::vector<torch::Tensor> qlearning_return_loss(torch::Tensor values, torch::Tensor actions, torch::Tensor active,
+                                                 torch::Tensor state_index, torch::Tensor step_rewards,
+                                                 torch::Tensor final_reward, double gamma, bool per_state_action,
+                                                 int64_t num_states) {
+  check(values, 3, "values");
+  const int64_t b = values.size(0), d = values.size(1), a = values.size(2);
+  auto same = [&](const torch::Tensor& t, torch::ScalarType type, const char* name) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == type && t.dim() == 2 && t.size(0) == b && t.size(1) == d,
+                "qlearning_loss: ", name, " must be [", b, ", ", d, "] of the right type on the CPU");
+  };
+  same(actions, torch::kInt64, "actions"); same(active, torch::kBool, "active");
+  same(state_index, torch::kInt64, "state_index"); same(step_rewards, torch::kFloat32, "step_rewards");
+  TORCH_CHECK(final_reward.device().is_cpu() && final_reward.scalar_type() == torch::kFloat32 && final_reward.dim() == 1 &&
+              final_reward.size(0) == b, "qlearning_loss: final_reward must be float32 [", b, "] on the CPU");
+  TORCH_CHECK(num_states > 0, "qlearning_loss: needs the number of states");
+  auto v = values.contiguous(); auto ac = actions.contiguous(); auto av = active.contiguous();
+  auto si = state_index.contiguous(); auto r = step_rewards.contiguous(); auto fr = final_reward.contiguous();
+  const float* vp = v.data_ptr<float>(); const int64_t* ap = ac.data_ptr<int64_t>(); const bool* act = av.data_ptr<bool>();
+  const int64_t* sp = si.data_ptr<int64_t>(); const float* rp = r.data_ptr<float>(); const float* fp = fr.data_ptr<float>();
+  const int64_t bins = per_state_action ? num_states * a : num_states;
+  std::vector<int64_t> keys(b * d, -1);
+  std::vector<float> counts(bins, 0.f);
+  for (int64_t i = 0; i < b * d; ++i) {
+    if (!act[i]) continue;
+    const int64_t s = sp[i], k = std::max<int64_t>(ap[i], 0);
+    TORCH_CHECK(s >= 0 && s < num_states, "qlearning_loss: state ", s, " outside the ", num_states, " states");
+    TORCH_CHECK(k < a, "qlearning_loss: action ", k, " outside the ", a, " actions");
+    keys[i] = per_state_action ? s * a + k : s;
+    counts[keys[i]] += 1.f;
+  }
+  auto grad = torch::zeros({b, d, a}, values.options());
+  float* gp = grad.data_ptr<float>();
+  double loss = 0.0;
+  for (int64_t i = 0; i < b; ++i) {
+    double later = 0.0;  // sum_{k > t} gamma^(k - t - 1)... built backwards: G_t - R_final
+    for (int64_t t = d - 1; t >= 0; --t) {
+      const int64_t j = i * d + t;
+      later = (act[j] ? (double)rp[j] : 0.0) + gamma * later;
+      if (!act[j]) continue;
+      const float target = (float)(later + (double)fp[i]);
+      const int64_t k = std::max<int64_t>(ap[j], 0);
+      const float w = 1.f / counts[keys[j]];
+      const float diff = vp[j * a + k] - target;
+      loss += 0.5 * (double)w * (double)diff * (double)diff;
+      gp[j * a + k] = w * diff;
+    }
+  }
+  return {torch::full({}, (float)loss, values.options()), grad};
+}
+
+// ---------------------------------------------------------------- epsilon-greedy over table rows, one op
+// learners.base.epsilon_greedy_rows after its random draws u [3, N] (tie pick, explore?, which other
+// action): the greedy action of each decision's row (ties: the lowest maximum, or the (u0 * n_max)-th),
+// replaced with probability epsilon by one of the other actions. Float32 products truncated as torch does.
+std::vector<torch::Tensor> epsilon_greedy_rows(torch::Tensor table, torch::Tensor rows, torch::Tensor u,
+                                               double epsilon, bool random_ties) {
+  check(table, 2, "table");
+  const int64_t r = table.size(0), a = table.size(1), n = rows.size(0);
+  TORCH_CHECK(a > 0, "epsilon_greedy_rows: a table without actions");
+  TORCH_CHECK(rows.device().is_cpu() && rows.scalar_type() == torch::kInt64 && rows.dim() == 1,
+              "epsilon_greedy_rows: rows must be int64 [N] on the CPU");
+  TORCH_CHECK(u.device().is_cpu() && u.scalar_type() == torch::kFloat32 && u.dim() == 2 && u.size(0) == 3 && u.size(1) == n,
+              "epsilon_greedy_rows: u must be float32 [3, N] on the CPU");
+  auto tc = table.contiguous(); auto rc = rows.contiguous(); auto uc = u.contiguous();
+  const float* tp = tc.data_ptr<float>(); const int64_t* rp = rc.data_ptr<int64_t>(); const float* up = uc.data_ptr<float>();
+  std::vector<int64_t> maxima(r * a), n_max(r);  // each row's maximal actions in order, and how many
+  for (int64_t i = 0; i < r; ++i) {
+    const float* row = tp + i * a;
+    float best = row[0];
+    for (int64_t j = 1; j < a; ++j) best = std::max(best, row[j]);
+    int64_t c = 0;
+    for (int64_t j = 0; j < a; ++j) if (row[j] >= best) maxima[i * a + c++] = j;
+    n_max[i] = c;
+  }
+  auto actions = torch::empty({n}, rows.options());
+  auto explored = torch::zeros({n}, rows.options().dtype(torch::kBool));
+  int64_t* act = actions.data_ptr<int64_t>(); bool* ex = explored.data_ptr<bool>();
+  const bool explore = epsilon > 0.0 && a >= 2;
+  const float eps = (float)epsilon;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t row = rp[i];
+    TORCH_CHECK(row >= 0 && row < r, "epsilon_greedy_rows: row ", row, " outside the table's ", r);
+    const int64_t k = n_max[row];
+    int64_t pick = 0;
+    if (random_ties && k > 0) pick = std::min<int64_t>((int64_t)(up[i] * (float)k), k - 1);
+    const int64_t greedy = k > 0 ? maxima[row * a + pick] : 0;
+    act[i] = greedy;
+    if (explore && up[n + i] < eps) {
+      int64_t other = std::min<int64_t>((int64_t)(up[2 * n + i] * (float)(a - 1)), a - 2);
+      other += other >= greedy;
+      act[i] = other;
+      ex[i] = true;
+    }
+  }
+  return {actions, explored};
+}
 """
 
-_FUNCTIONS = ["segment_mm", "segment_weight_grad", "routed_path_forward", "routed_path_backward"]
+_FUNCTIONS = ["segment_mm", "segment_weight_grad", "routed_path_forward", "routed_path_backward",
+              "qlearning_return_loss", "epsilon_greedy_rows"]
 #: the extension's module name (load_inline rebuilds it when the source changes)
 EXTENSION_NAME = "nli_routing_segment_mm"
 
@@ -438,3 +541,53 @@ def routed_path(x: Tensor, groups: Tensor, banks: list) -> Tensor:
         raise RuntimeError(f"routed_path: {native_kernel_reason()}")
     acts = [PATH_ACTIVATIONS[b.activation] for b in banks]
     return _RoutedPath.apply(x, groups, acts, *(b.weight for b in banks), *(b.bias for b in banks))
+
+
+class _QLearningReturnLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: Tensor, actions: Tensor, active: Tensor, state_index: Tensor, step_rewards: Tensor,
+                final_reward: Tensor, gamma: float, per_state_action: bool, num_states: int) -> Tensor:
+        loss, grad = _state["module"].qlearning_return_loss(values, actions, active, state_index, step_rewards,
+                                                            final_reward, gamma, per_state_action, num_states)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, up: Tensor):
+        (grad,) = ctx.saved_tensors
+        return (grad * up, *([None] * 8))
+
+
+def qlearning_native_runs(trajectory) -> bool:
+    """Whether :func:`qlearning_return_loss` computes this trajectory's loss: the switch is on, tabular states
+    (``state_index`` and ``num_states``), rewards assigned, float32 CPU values, not under ``torch.compile``."""
+    return (native_cpu_kernels_enabled() and trajectory.state_index is not None and trajectory.num_states > 0
+            and trajectory.step_rewards is not None and trajectory.final_reward is not None
+            and native_runs(trajectory.values))
+
+
+def qlearning_return_loss(trajectory, gamma: float, batch_mean: str) -> Tensor:
+    """The loss of :class:`~nli_routing.routing.learners.qlearning.QLearner` with return targets as one
+    operator: ``0.5 * sum(w * (Q(s_t, a_t) - G_t) ** 2)`` with ``G_t`` the return from step t and ``w`` the batch
+    mean's ``1 / n(state)`` (``batch_mean="state"``) or ``1 / n(state, action)``; the gradient reaches the
+    trajectory's values at the taken actions. Same value and gradient as the learner's own loss (tested)."""
+    if _state["module"] is None:
+        raise RuntimeError(f"qlearning_return_loss: {native_kernel_reason()}")
+    t = trajectory
+    return _QLearningReturnLoss.apply(t.values, t.actions.long(), t.active, t.state_index.long(),
+                                      t.step_rewards.float(), t.final_reward.float(), float(gamma),
+                                      batch_mean == "state-action", int(t.num_states))
+
+
+def greedy_rows_native_runs(table: Tensor, rows: Tensor) -> bool:
+    """Whether :func:`epsilon_greedy_rows` decides for this table (the switch on, float32 CPU rows)."""
+    return native_cpu_kernels_enabled() and native_runs(table) and rows.dtype == torch.int64 and rows.device.type == "cpu"
+
+
+def epsilon_greedy_rows(table: Tensor, rows: Tensor, u: Tensor, epsilon: float, ties: str) -> tuple[Tensor, Tensor]:
+    """:func:`nli_routing.routing.learners.base.epsilon_greedy_rows` after its random draws ``u [3, N]``, as one
+    operator: the same actions and exploration flags for the same draws (tested)."""
+    if _state["module"] is None:
+        raise RuntimeError(f"epsilon_greedy_rows: {native_kernel_reason()}")
+    actions, explored = _state["module"].epsilon_greedy_rows(table.detach(), rows, u, float(epsilon), ties == "random")
+    return actions, explored

@@ -7,6 +7,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..native import epsilon_greedy_rows as native_epsilon_greedy_rows
+from ..native import greedy_rows_native_runs
 from ..trajectory import Trajectory
 
 LEARNERS: dict[str, type["Learner"]] = {}
@@ -132,6 +134,8 @@ def epsilon_greedy_rows(
     n = rows.shape[0]
     a = table.shape[1]
     device = table.device
+    if greedy_rows_native_runs(table, rows):  # the same draws, the rest as one native operator
+        return native_epsilon_greedy_rows(table, rows, torch.rand(3, n, generator=generator), epsilon, ties)
     v = table.detach()
     is_max = v >= v.max(-1, keepdim=True).values  # [R, A]
     n_max = is_max.sum(-1)

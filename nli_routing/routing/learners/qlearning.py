@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..native import qlearning_native_runs, qlearning_return_loss
 from ..trajectory import Trajectory
 from .base import EpsilonGreedyLearner, check_choice, register_learner, state_action_weights
 from .critics import discounted_returns, group_weights
@@ -79,6 +80,8 @@ class QLearner(EpsilonGreedyLearner):
         return discounted_returns(trajectory, self.gamma)
 
     def loss(self, trajectory: Trajectory) -> Tensor:
+        if self.target == "return" and qlearning_native_runs(trajectory):  # the same loss as one native operator
+            return qlearning_return_loss(trajectory, self.gamma, self.batch_mean)
         y = self.targets(trajectory)
         q = trajectory.values.gather(-1, trajectory.actions.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         w = state_action_weights(trajectory) if self.batch_mean == "state-action" else group_weights(trajectory)
