@@ -245,7 +245,8 @@ class RoutedLayer(nn.Module):
         if (row_scale is None and not self.keeps_rows and all(isinstance(b, LinearBank) for b in banks)
                 and all(b.runs_native_path(x if x is not None else b.weight[0]) for b in banks)):
             rows = make_rows(None) if make_rows is not None else x
-            if all(b.runs_native_path(rows) for b in banks):  # the whole path as one native operator
+            # the whole path as one native operator (rows made here: checked again, they may differ from the weights)
+            if make_rows is None or all(b.runs_native_path(rows) for b in banks):
                 x = routed_path(rows, groups, banks)
                 if make_rows is not None:
                     return x, None, rp.path_trajectory(path, active)
