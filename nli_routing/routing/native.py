@@ -8,6 +8,22 @@ module compiles a small C++ extension whose loop calls the BLAS ``sgemm`` that P
 (MKL or OpenBLAS) directly, once per non-empty group, for the three products of a bank (forward,
 input gradient, weight gradient), and skips empty groups.
 
+Three more operators of the same extension take the per-step bookkeeping of a routed training step out of
+Python (each one operator where torch dispatched ten to a few dozen; values, gradients and actions equal the
+torch computations, tested):
+
+* :func:`routed_path`: a routed layer's whole path through :class:`LinearBank` s decided ahead (tabular routers,
+  fixed routes), forward and backward: every step groups its rows with a counting sort, runs one BLAS call per
+  non-empty block, adds the bias and applies the activation (identity, relu, tanh), and writes the rows back in
+  input order (no sort, group offsets, row gathers or bias gathers between the steps).
+  :meth:`RoutedLayer.forward_path <nli_routing.routing.layer.RoutedLayer.forward_path>` uses it when every bank
+  resolves to ``"native"`` and nothing else is asked of the path (no residual gate, dropout, stop or PASS action,
+  relaxed weights); otherwise the sorted path runs as before;
+* :func:`qlearning_return_loss`: the tabular Q-learning loss with return targets (``QLearner(target="return")``,
+  either batch mean), used by the learner where the switch is on;
+* :func:`epsilon_greedy_rows`: epsilon-greedy over table rows after the same random draws (tabular routers'
+  path decisions).
+
 It is opt-in because it needs a C++ compiler and ``ninja`` (``pip install nli_routing[native]``) and takes
 20-30 s to build the first time (PyTorch's extension cache, ``TORCH_EXTENSIONS_DIR``, keeps it afterwards):
 ``TrainConfig.native_cpu_kernels`` / ``--native_cpu_kernels``, ``RoutingTrainer(native_cpu_kernels=True)``
