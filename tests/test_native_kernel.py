@@ -191,8 +191,8 @@ def _assert_same(a, b):
 
 def _count_fused(monkeypatch):
     calls = []
-    real = native._RoutedPath.apply
-    monkeypatch.setattr(native._RoutedPath, "apply", lambda *a: calls.append(1) or real(*a))
+    real = native._apply_routed_path
+    monkeypatch.setattr(native, "_apply_routed_path", lambda *a: calls.append(1) or real(*a))
     return calls
 
 
@@ -318,15 +318,15 @@ def test_the_native_q_loss_is_not_used_where_it_does_not_apply():
     assert not native.qlearning_native_runs(replace(traj, state_index=None))
     assert not native.qlearning_native_runs(replace(traj, values=traj.values.double()))
     calls = []
-    real = native._QLearningReturnLoss.apply
+    real = native._apply_qlearning_loss
     try:
-        native._QLearningReturnLoss.apply = lambda *a: calls.append(1) or real(*a)
+        native._apply_qlearning_loss = lambda *a: calls.append(1) or real(*a)
         QLearner(target="td").loss(traj)
         assert calls == []
         QLearner().loss(traj)
         assert calls == [1]
     finally:
-        native._QLearningReturnLoss.apply = real
+        native._apply_qlearning_loss = real
     with pytest.raises(RuntimeError, match="state 99 outside the 12 states"):
         native.load_native_kernel().qlearning_return_loss(
             traj.values.detach(), traj.actions, traj.active, traj.state_index.masked_fill(traj.active, 99),

@@ -136,13 +136,14 @@ class RoutingPass:
             int(self.router.num_states),
         )
 
-    def path_trajectory(self, path: Decision, active: Tensor) -> Trajectory:
-        """The trajectory of a path decided at once (:meth:`decide_path`); ``active [B, depth]``."""
+    def path_trajectory(self, path: Decision, active: Tensor, masked: bool = True) -> Trajectory:
+        """The trajectory of a path decided at once (:meth:`decide_path`); ``active [B, depth]``.
+        ``masked=False`` promises that every step is active (no stop action): nothing to mask."""
         actions = path.actions
         return Trajectory(
             meta=self._meta(actions.shape[0], actions.device),
-            actions=actions.masked_fill(~active, -1),
-            explored=path.explored & active,
+            actions=actions.masked_fill(~active, -1) if masked else actions,
+            explored=path.explored & active if masked else path.explored,
             active=active,
             values=path.values,
             state_index=path.state_index,

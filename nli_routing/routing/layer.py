@@ -222,9 +222,11 @@ class RoutedLayer(nn.Module):
         if self.allow_stop:  # a sample is active until the step after its stop action
             stop = (actions == self.width).to(torch.int32)
             active = (stop.cumsum(1) - stop) == 0
-        else:
+            groups = actions.masked_fill(~active, self.width)
+        else:  # every step taken: nothing to mask
             active = torch.ones_like(actions, dtype=torch.bool)
-        groups = self.identity_groups(actions.masked_fill(~active, self.width), actions)
+            groups = actions
+        groups = self.identity_groups(groups, actions)
         scale = rp.scale(path)
         row_scale = scale  # per row of x (packed input: per token)
         if segments is not None:
@@ -239,8 +241,8 @@ class RoutedLayer(nn.Module):
             if scale is not None and self.allow_stop:
                 x = self.scale_stopped(x, actions, active, scale, segments)
             if make_rows is not None:
-                return x, None, rp.path_trajectory(path, active)
-            return x, rp.path_trajectory(path, active)
+                return x, None, rp.path_trajectory(path, active, masked=self.allow_stop)
+            return x, rp.path_trajectory(path, active, masked=self.allow_stop)
         banks = [self.step_blocks(t) for t in range(depth)]
         if (row_scale is None and not self.keeps_rows and all(isinstance(b, LinearBank) for b in banks)
                 and all(b.runs_native_path(x if x is not None else b.weight[0]) for b in banks)):
@@ -249,8 +251,8 @@ class RoutedLayer(nn.Module):
             if make_rows is None or all(b.runs_native_path(rows) for b in banks):
                 x = routed_path(rows, groups, banks)
                 if make_rows is not None:
-                    return x, None, rp.path_trajectory(path, active)
-                return x, rp.path_trajectory(path, active)
+                    return x, None, rp.path_trajectory(path, active, masked=self.allow_stop)
+                return x, rp.path_trajectory(path, active, masked=self.allow_stop)
             if make_rows is not None:  # rows of another dtype than the banks': the sorted path, rows made once
                 made = rows
                 make_rows = lambda index: made if index is None else made.index_select(0, index)  # noqa: E731
@@ -284,8 +286,8 @@ class RoutedLayer(nn.Module):
             if scale is not None and self.allow_stop:
                 rows = perm if segments is None else segments.index_select(0, perm)
                 x = self.scale_stopped(x, actions, active, scale, rows)
-            return x, perm, rp.path_trajectory(path, active)
+            return x, perm, rp.path_trajectory(path, active, masked=self.allow_stop)
         x = x.index_select(0, inv[-1])
         if scale is not None and self.allow_stop:
             x = self.scale_stopped(x, actions, active, scale, segments)
-        return x, rp.path_trajectory(path, active)
+        return x, rp.path_trajectory(path, active, masked=self.allow_stop)

@@ -339,6 +339,68 @@ std::vector<torch::Tensor> qlearning_return_loss(torch::Tensor values, torch::Te
   return {torch::full({}, (float)loss, values.options()), grad};
 }
 
+// ---------------------------------------------------------------- autograd functions in C++
+// The two fused operators above as autograd nodes whose forward and backward run without Python (a
+// Python torch.autograd.Function costs about 0.1 ms a call and its backward on this project's CPU).
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct RoutedPathFunction : public torch::autograd::Function<RoutedPathFunction> {
+  // params: the depth weights, then the depth biases
+  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor groups, std::vector<int64_t> acts,
+                               at::TensorList params) {
+    const int64_t depth = (int64_t)acts.size();
+    TORCH_CHECK((int64_t)params.size() == 2 * depth, "routed_path: one weight and one bias per step");
+    std::vector<torch::Tensor> ws(params.begin(), params.begin() + depth), bs(params.begin() + depth, params.end());
+    auto outs = routed_path_forward(x, groups, ws, bs, acts);
+    variable_list saved{x, groups};
+    for (auto& w : ws) saved.push_back(w);
+    for (auto& o : outs) saved.push_back(o);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["acts"] = acts;
+    ctx->saved_data["x_grad"] = x.requires_grad();
+    return outs.back();
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto acts = ctx->saved_data["acts"].toIntVector();
+    const int64_t depth = (int64_t)acts.size();
+    std::vector<torch::Tensor> ws(saved.begin() + 2, saved.begin() + 2 + depth), outs(saved.begin() + 2 + depth, saved.end());
+    auto got = routed_path_backward(grads[0], saved[0], outs, saved[1], ws, acts, ctx->saved_data["x_grad"].toBool());
+    variable_list result{got[0], torch::Tensor(), torch::Tensor()};  // x, groups, acts
+    for (size_t i = 1; i < got.size(); ++i) result.push_back(got[i]);
+    return result;
+  }
+};
+
+torch::Tensor routed_path(torch::Tensor x, torch::Tensor groups, std::vector<int64_t> acts, std::vector<torch::Tensor> params) {
+  return RoutedPathFunction::apply(x, groups, acts, at::TensorList(params));
+}
+
+struct QLearningReturnLossFunction : public torch::autograd::Function<QLearningReturnLossFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor values, torch::Tensor actions, torch::Tensor active,
+                               torch::Tensor state_index, torch::Tensor step_rewards, torch::Tensor final_reward,
+                               double gamma, bool per_state_action, int64_t num_states) {
+    auto got = qlearning_return_loss(values, actions, active, state_index, step_rewards, final_reward, gamma,
+                                     per_state_action, num_states);
+    ctx->save_for_backward({got[1]});
+    return got[0];
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto grad = ctx->get_saved_variables()[0];
+    variable_list result{grad * grads[0]};
+    for (int i = 0; i < 8; ++i) result.push_back(torch::Tensor());
+    return result;
+  }
+};
+
+torch::Tensor qlearning_loss(torch::Tensor values, torch::Tensor actions, torch::Tensor active, torch::Tensor state_index,
+                             torch::Tensor step_rewards, torch::Tensor final_reward, double gamma, bool per_state_action,
+                             int64_t num_states) {
+  return QLearningReturnLossFunction::apply(values, actions, active, state_index, step_rewards, final_reward, gamma,
+                                            per_state_action, num_states);
+}
+
 // ---------------------------------------------------------------- epsilon-greedy over table rows, one op
 // learners.base.epsilon_greedy_rows after its random draws u [3, N] (tie pick, explore?, which other
 // action): the greedy action of each decision's row (ties: the lowest maximum, or the (u0 * n_max)-th),
@@ -388,7 +450,8 @@ std::vector<torch::Tensor> epsilon_greedy_rows(torch::Tensor table, torch::Tenso
 """
 
 _FUNCTIONS = ["segment_mm", "segment_weight_grad", "routed_path_forward", "routed_path_backward",
-              "qlearning_return_loss", "epsilon_greedy_rows"]
+              "qlearning_return_loss", "epsilon_greedy_rows",
+              "routed_path", "qlearning_loss"]
 #: the extension's module name (load_inline rebuilds it when the source changes)
 EXTENSION_NAME = "nli_routing_segment_mm"
 
@@ -525,25 +588,9 @@ def segment_matmul(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
 PATH_ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2}
 
 
-class _RoutedPath(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, groups: Tensor, acts: list[int], *params: Tensor) -> Tensor:
-        depth = len(acts)
-        ws, bs = list(params[:depth]), list(params[depth:])
-        outs = _state["module"].routed_path_forward(x, groups, ws, bs, acts)
-        ctx.acts = acts
-        ctx.save_for_backward(x, groups, *ws, *outs)
-        return outs[-1]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        depth = len(ctx.acts)
-        saved = ctx.saved_tensors
-        x, groups, ws, outs = saved[0], saved[1], list(saved[2:2 + depth]), list(saved[2 + depth:])
-        got = _state["module"].routed_path_backward(grad, x, outs, groups, ws, ctx.acts, ctx.needs_input_grad[0])
-        needs = ctx.needs_input_grad[3:]
-        return (got[0] if ctx.needs_input_grad[0] else None, None, None,
-                *(g if need else None for g, need in zip(got[1:], needs)))
+def _apply_routed_path(x: Tensor, groups: Tensor, acts: list[int], params: list[Tensor]) -> Tensor:
+    """The kernel's autograd node (C++ forward and backward; one place for tests to watch)."""
+    return _state["module"].routed_path(x, groups, acts, params)
 
 
 def routed_path(x: Tensor, groups: Tensor, banks: list) -> Tensor:
@@ -556,22 +603,12 @@ def routed_path(x: Tensor, groups: Tensor, banks: list) -> Tensor:
     if _state["module"] is None:
         raise RuntimeError(f"routed_path: {native_kernel_reason()}")
     acts = [PATH_ACTIVATIONS[b.activation] for b in banks]
-    return _RoutedPath.apply(x, groups, acts, *(b.weight for b in banks), *(b.bias for b in banks))
+    return _apply_routed_path(x, groups, acts, [*(b.weight for b in banks), *(b.bias for b in banks)])
 
 
-class _QLearningReturnLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values: Tensor, actions: Tensor, active: Tensor, state_index: Tensor, step_rewards: Tensor,
-                final_reward: Tensor, gamma: float, per_state_action: bool, num_states: int) -> Tensor:
-        loss, grad = _state["module"].qlearning_return_loss(values, actions, active, state_index, step_rewards,
-                                                            final_reward, gamma, per_state_action, num_states)
-        ctx.save_for_backward(grad)
-        return loss
-
-    @staticmethod
-    def backward(ctx, up: Tensor):
-        (grad,) = ctx.saved_tensors
-        return (grad * up, *([None] * 8))
+def _apply_qlearning_loss(*args) -> Tensor:
+    """The kernel's autograd node for the loss (C++ forward and backward; one place for tests to watch)."""
+    return _state["module"].qlearning_loss(*args)
 
 
 def qlearning_native_runs(trajectory) -> bool:
@@ -590,9 +627,8 @@ def qlearning_return_loss(trajectory, gamma: float, batch_mean: str) -> Tensor:
     if _state["module"] is None:
         raise RuntimeError(f"qlearning_return_loss: {native_kernel_reason()}")
     t = trajectory
-    return _QLearningReturnLoss.apply(t.values, t.actions.long(), t.active, t.state_index.long(),
-                                      t.step_rewards.float(), t.final_reward.float(), float(gamma),
-                                      batch_mean == "state-action", int(t.num_states))
+    return _apply_qlearning_loss(t.values, t.actions.long(), t.active, t.state_index.long(), t.step_rewards.float(),
+                                 t.final_reward.float(), float(gamma), batch_mean == "state-action", int(t.num_states))
 
 
 def greedy_rows_native_runs(table: Tensor, rows: Tensor) -> bool:

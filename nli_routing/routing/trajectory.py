@@ -15,11 +15,15 @@ def check_range(values: Tensor, size: int, what: str, where: str, hint: str = ""
     ``torch.compile``, it is an asynchronous assertion instead, so the hot path never waits for the
     device and the graph does not break (the error then names the range, not the values).
     """
-    bad = (values < 0) | (values >= size)
     if values.device.type != "cpu" or torch.compiler.is_compiling():
+        bad = (values < 0) | (values >= size)
         torch._assert_async(~bad.any(), f"{what} outside {where} (valid: 0..{size - 1}){hint}")
         return
-    if bool(bad.any()):
+    if values.numel() == 0:
+        return
+    lo, hi = torch.aminmax(values)  # one operator and two host reads on the good path
+    if lo.item() < 0 or hi.item() >= size:
+        bad = (values < 0) | (values >= size)
         vals = sorted(set(values[bad].tolist()))
         raise ValueError(f"{what} {vals} are outside {where} (valid: 0..{size - 1}){hint}")
 
