@@ -33,7 +33,12 @@ from nli_routing.experiments.bench import (
     train_cfg,
 )
 from nli_routing.routing.bank import BANK_IMPLS, LinearBank
-from nli_routing.routing.native import load_native_kernel, native_kernel_reason
+from nli_routing.routing.native import (
+    enable_native_cpu_kernels,
+    load_native_kernel,
+    native_kernel_reason,
+    native_kernel_state,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,6 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also time one training step with the routing objective fused and per layer (interleaved "
                          "rounds, the ratio per round; a timing: run it on quiet cores) at these batch sizes")
     ap.add_argument("--rounds", type=int, default=9, help="with --time_objective: interleaved rounds")
+    ap.add_argument("--native_cpu_kernels", action="store_true",
+                    help="switch the library's C++ kernel on for the whole process (the fused path, Q-learning loss and "
+                         "decision where they apply; a failed build is said and counted without)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "op_counts_issue33.json"))
     args = ap.parse_args(argv)
     for size in args.time_objective or []:
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"--time_objective batch sizes must be >= 1, got {size}")
     check_bounds(ap, args, {"rounds": 1, "blocks": 1, "tasks": 1, "dim": 1, "layers": 1, "batch": 1})
     cfg = train_cfg()  # perf.py's
+    if args.native_cpu_kernels:
+        enable_native_cpu_kernels()  # a failed build warns and the counts are torch's
 
     def setup(kind: str, impl: str | None = None) -> StepSetup:
         model = mlp_model(kind, args.blocks, args.tasks, dim=args.dim, layers=args.layers)
@@ -94,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     timed = {f"{name} batch {size}": t for size in (args.time_objective or [])
              for name, t in objective_times(size, args.rounds).items()}
     result = {"command": "python benchmarks/op_counts.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine(), "commit": commit(), "args": vars(args), "phases": phases, "impls": impls,
+              "machine": machine(), "commit": commit(), "args": vars(args),
+              "native_kernel": native_kernel_state(args.native_cpu_kernels), "phases": phases, "impls": impls,
               "objective": objective, "objective_times": timed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

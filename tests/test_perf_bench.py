@@ -230,3 +230,26 @@ def test_new_benchmarks_refuse_an_output_they_cannot_write_before_timing(bench, 
             load_bench(bench).main(["--out", str(out)])
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"--out {out}: {message}" in err[0], err
+
+
+def test_op_counts_with_the_native_kernel_count_fewer_operators(tmp_path):
+    """``--native_cpu_kernels``: the routed step's count falls (the path, the Q-learning loss and the decision are
+    one operator each) and the run records the kernel's state; the switch is process-wide, so it is put back."""
+    from nli_routing.routing import native
+
+    from .helpers import require_native_kernel
+
+    require_native_kernel()
+    bench = load_bench("op_counts")
+    flags = ["--blocks", "4", "--tasks", "4", "--dim", "16", "--layers", "2", "--batch", "32"]
+    try:
+        off = bench.main([*flags, "--out", str(tmp_path / "off.json")])
+        on = bench.main([*flags, "--native_cpu_kernels", "--out", str(tmp_path / "on.json")])
+    finally:
+        native.disable_native_cpu_kernels()
+    assert off["native_kernel"] == "off" and on["native_kernel"] == "on"
+    routed = {name: sum(r["phases"]["routing"].values()) for name, r in (("off", off), ("on", on))}
+    assert routed["on"] < routed["off"] - 50
+    assert on["phases"]["routing"]["router_loss"] < off["phases"]["routing"]["router_loss"]
+    # the unrouted twin's per-task heads are a bank too (the kernel's grouped matmul): never more operators
+    assert sum(on["phases"]["shared-bottom"].values()) <= sum(off["phases"]["shared-bottom"].values())
