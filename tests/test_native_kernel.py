@@ -359,3 +359,39 @@ def test_the_native_epsilon_greedy_takes_the_same_actions_for_the_same_draws(tie
     assert torch.equal(got[True][2], got[False][2])
     if a > 1 and epsilon == 1.0:
         assert bool(got[True][1].all())
+
+
+def test_with_the_native_q_loss_every_layer_keeps_its_own_one_operator_loss():
+    """CBOW with a routed word projection and a routed classifier, the switch on: each layer's Q-learning loss is
+    one native operator, so the layers are not concatenated (that would dispatch more operators than it saves);
+    the router loss and the table gradients equal the torch computation's, fused across the layers."""
+    require_native_kernel()
+    from nli_routing.models.nli import NLIModelConfig, NLIRoutingModel
+    from nli_routing.routing.objective import fusion_key
+
+    cfg = NLIModelConfig(num_meta=4, route="wp+classifier", wp_width=4, classifier_width=4, classifier_layers=2,
+                         exploration="high")
+    g = torch.Generator().manual_seed(1)
+    batch = {"premise_ids": torch.randint(1, 50, (16, 6), generator=g), "premise_mask": torch.ones(16, 6, dtype=torch.bool),
+             "hypothesis_ids": torch.randint(1, 50, (16, 5), generator=g),
+             "hypothesis_mask": torch.ones(16, 5, dtype=torch.bool),
+             "meta": torch.randint(0, 4, (16,), generator=g)}
+    labels = torch.randint(0, 3, (16,), generator=g)
+    results = {}
+    for on in (False, True):
+        native.disable_native_cpu_kernels()
+        if on:
+            assert native.enable_native_cpu_kernels()
+        torch.manual_seed(0)  # the same model (and routers' exploration streams) both times
+        model = NLIRoutingModel(cfg, torch.randn(50, 16), pad_id=0).train()
+        out = model(**batch)
+        keys = [fusion_key(layer.router, None, t) for (_, layer), t in zip(model._routed, out.trajectories)]
+        assert all(k is None for k in keys) if on else all(k is not None for k in keys)
+        model.zero_grad(set_to_none=True)
+        loss = model.router_loss(out, labels)
+        loss.backward()
+        results[on] = (loss.detach(), [r.table.grad.clone() for r in model.routers()], out.logits.detach())
+    torch.testing.assert_close(results[True][2], results[False][2], rtol=1e-5, atol=1e-5)  # the same forward
+    torch.testing.assert_close(results[True][0], results[False][0])
+    for a, b in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(a, b)

@@ -21,7 +21,9 @@ the rows sorted by block id; the bank computes every block's group in one call, 
 * ``impl="gather"``: each row's own weight gathered (``[N, in, out]``) into one batched matmul of
   ``[N, 1, in]`` rows: no padding, no host read, N weight copies of memory traffic;
 * ``impl="native"``: the opt-in C++ kernel of :mod:`nli_routing.routing.native` (one BLAS call per
-  non-empty group, no per-group operators; float32 CPU rows, other rows as ``auto``); built on first use;
+  non-empty group, no per-group operators; float32 CPU rows, other rows as ``auto``); built on first use.
+  A routed layer whose banks all run it (and that needs no residual gate, dropout, stop or PASS action or
+  relaxed weights) runs its whole path decided ahead as one operator (:meth:`runs_native_path`);
 * ``impl="auto"`` (default): the native kernel for float32 CPU rows where the process switched it on
   (:func:`~nli_routing.routing.native.enable_native_cpu_kernels`, ``TrainConfig.native_cpu_kernels``),
   else per shape, by the crossover measured on this project's CPU

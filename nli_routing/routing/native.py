@@ -611,11 +611,12 @@ def _apply_qlearning_loss(*args) -> Tensor:
     return _state["module"].qlearning_loss(*args)
 
 
-def qlearning_native_runs(trajectory) -> bool:
+def qlearning_native_runs(trajectory, rewards: bool = True) -> bool:
     """Whether :func:`qlearning_return_loss` computes this trajectory's loss: the switch is on, tabular states
-    (``state_index`` and ``num_states``), rewards assigned, float32 CPU values, not under ``torch.compile``."""
+    (``state_index`` and ``num_states``), float32 CPU values, not under ``torch.compile``, and (``rewards``) its
+    rewards assigned; ``rewards=False`` asks before they are."""
     return (native_cpu_kernels_enabled() and trajectory.state_index is not None and trajectory.num_states > 0
-            and trajectory.step_rewards is not None and trajectory.final_reward is not None
+            and (not rewards or (trajectory.step_rewards is not None and trajectory.final_reward is not None))
             and native_runs(trajectory.values))
 
 

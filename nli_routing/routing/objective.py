@@ -28,7 +28,8 @@ def fusion_key(router: nn.Module, collaboration: CollaborationReward | None, tra
     must stay alone: a router whose loss is its learner's (``Router.loss`` not overridden), a learner
     with ``fusion_settings()`` (its loss a sum over decisions with per-state weights, no parameters of
     its own), tabular states (``state_index`` and ``num_states``), no collaboration reward, no rewards
-    assigned yet."""
+    assigned yet, and a loss that is not already one operator (``learner.loss_is_one_operator``: the native
+    kernel's Q-learning loss, where concatenating the trajectories would dispatch more than it saves)."""
     learner = getattr(router, "learner", None)
     settings = getattr(learner, "fusion_settings", None)
     if (not isinstance(router, Router) or type(router).loss is not Router.loss or settings is None
@@ -37,6 +38,9 @@ def fusion_key(router: nn.Module, collaboration: CollaborationReward | None, tra
         return None
     found = settings()
     if found is None:
+        return None
+    one_op = getattr(learner, "loss_is_one_operator", None)
+    if one_op is not None and one_op(trajectory):  # concatenating would cost more operators than it saves
         return None
     return (type(learner), found, trajectory.num_actions, trajectory.stop_action,
             tuple(sorted(trajectory.extra)), trajectory.values.dtype, trajectory.values.device)

@@ -74,6 +74,12 @@ class QLearner(EpsilonGreedyLearner):
             return None
         return (self.gamma, self.target, self.batch_mean)
 
+    def loss_is_one_operator(self, trajectory: Trajectory) -> bool:
+        """Whether :meth:`loss` runs as the native kernel's single operator for this trajectory once its rewards
+        are assigned (the switch on, return targets, tabular states): then fusing layers' trajectories saves
+        nothing (:func:`~nli_routing.routing.objective.fusion_key`)."""
+        return self.target == "return" and qlearning_native_runs(trajectory, rewards=False)
+
     def targets(self, trajectory: Trajectory) -> Tensor:
         if self.target == "td":
             return q_targets(trajectory, self.gamma)
