@@ -253,3 +253,34 @@ def test_op_counts_with_the_native_kernel_count_fewer_operators(tmp_path):
     assert on["phases"]["routing"]["router_loss"] < off["phases"]["routing"]["router_loss"]
     # the unrouted twin's per-task heads are a bank too (the kernel's grouped matmul): never more operators
     assert sum(on["phases"]["shared-bottom"].values()) <= sum(off["phases"]["shared-bottom"].values())
+
+
+def test_fused_path_bench_times_both_paths_and_the_phases(tmp_path):
+    """benchmarks/fused_path.py (issue 33): a tiny run writes both parts; the kernel's state is recorded."""
+    from nli_routing.experiments import bench as bench_mod
+    from nli_routing.routing import native
+
+    out = tmp_path / "fp.json"
+    try:
+        res = load_bench("fused_path").main(["--batches", "16", "--blocks", "4", "--warmup", "0", "--rounds", "2",
+                                             "--steps", "1", "--out", str(out)])
+    finally:
+        native.disable_native_cpu_kernels()
+        bench_mod.NATIVE_CPU_KERNELS["value"] = False
+    assert json.loads(out.read_text())["ab"] == res["ab"]
+    assert [(r["batch"], r["blocks"]) for r in res["ab"]] == [(16, 4)] and res["ab"][0]["fused_over_sorted"] > 0
+    row = res["phases"][0]
+    assert set(row["ms"]) == {"routing", "shared-bottom"} and row["ratio"] > 0
+    assert abs(sum(row["extra_ms"][p] for p in ("forward", "router_loss", "backward", "optimizer"))
+               - (sum(row["ms"]["routing"][p] for p in ("forward", "router_loss", "backward", "optimizer"))
+                  - sum(row["ms"]["shared-bottom"][p] for p in ("forward", "router_loss", "backward", "optimizer")))) < 1e-9
+    assert res["native_kernel"].startswith(("on", "asked for"))
+
+
+@pytest.mark.parametrize("flags,message", [(["--rounds", "0"], "--rounds must be >= 1, got 0"),
+                                           (["--only", "nothing"], "argument --only: invalid choice")])
+def test_fused_path_bench_rejects_bad_flags_in_one_line(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_bench("fused_path").main([*flags, "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not (tmp_path / "x.json").exists()
