@@ -1,6 +1,6 @@
 """Operator counts of one training step, by phase and by block-bank implementation (issue 33).
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/op_counts.py
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python -m benchmarks.op_counts
 
 perf.py's FC-only MLP (``--layers`` routed FC layers of ``--dim``, ``--blocks`` blocks, ``--tasks`` tasks) at
 ``--batch``: the ``aten::`` operators one step of the training loop dispatches, split by the loop's
@@ -60,6 +60,25 @@ def phase_counts(setup: StepSetup) -> dict[str, int]:
     return dict(counts)
 
 
+def top_level_counts(setup: StepSetup) -> dict[str, dict[str, int]]:
+    """``{phase: {operator: count}}`` of the operators Python dispatched itself in one step (``aten::`` operators
+    not called by another ``aten::`` operator): the op-by-op view of what a phase does."""
+    from torch.profiler import ProfilerActivity, profile
+
+    setup.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        setup.step()
+    events = prof.events()
+    ranges = [(e.name, e.time_range.start, e.time_range.end) for e in events if e.name in PHASES]
+    out: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for e in events:
+        parent = e.cpu_parent
+        if e.name.startswith("aten::") and not (parent is not None and parent.name.startswith("aten::")):
+            phase = next((n for n, a, b in ranges if a <= e.time_range.start and e.time_range.end <= b), "other")
+            out[phase.removeprefix("step:")][e.name] += 1
+    return {phase: dict(sorted(c.items())) for phase, c in out.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = BenchParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, default=8)
@@ -92,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         return StepSetup(model, mlp_batch(args.batch, args.tasks, dim=args.dim), cfg)
 
     phases = {kind: phase_counts(setup(kind)) for kind in ("routing", "shared-bottom")}
+    top = {kind: top_level_counts(setup(kind)) for kind in ("routing", "shared-bottom")}
     impls = {}
     for impl in BANK_IMPLS:  # auto: what the model picks itself (the phases above)
         if impl == "native" and load_native_kernel() is None:  # no compiler here: said, not counted
@@ -105,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
              for name, t in objective_times(size, args.rounds).items()}
     result = {"command": "python benchmarks/op_counts.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine(), "commit": commit(), "args": vars(args),
-              "native_kernel": native_kernel_state(args.native_cpu_kernels), "phases": phases, "impls": impls,
+              "native_kernel": native_kernel_state(args.native_cpu_kernels), "phases": phases, "top_level": top,
+              "impls": impls,
               "objective": objective, "objective_times": timed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -113,6 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'model':<16}" + "".join(f"{n:>13}" for n in names) + f"{'total':>9}")
     for kind, c in phases.items():
         print(f"{kind:<16}" + "".join(f"{c.get(n, 0):>13}" for n in names) + f"{sum(c.values()):>9}")
+    print("\noperators Python dispatched itself, where the routed step differs from the unrouted (routed / unrouted):")
+    for phase in names:
+        r, u = top["routing"].get(phase, {}), top["shared-bottom"].get(phase, {})
+        diff = [f"{op.removeprefix('aten::')} {r.get(op, 0)}/{u.get(op, 0)}" for op in sorted(set(r) | set(u))
+                if r.get(op, 0) != u.get(op, 0)]
+        print(f"  {phase:<12} {sum(r.values()):>4} / {sum(u.values()):<4} " + ", ".join(diff))
     print(f"\n{'bank impl':<12}{'aten':>7}{'mm':>6}{'bmm':>6}{'grouped':>9}{'item':>6}")
     for impl, c in impls.items():
         print(f"{impl:<12}{c['aten']:>7}{c['aten::mm']:>6}{c['aten::bmm']:>6}{c['aten::_grouped_mm']:>9}{c['aten::item']:>6}")
@@ -134,10 +161,16 @@ def objective_models(batch: int) -> dict[str, tuple]:
     from nli_routing.models.vision import VisionMTLConfig, VisionMTLModel
 
     def vision() -> torch.nn.Module:
+        import warnings
+
+        from nli_routing.routing.config import RoutingCollapseWarning
+
         torch.manual_seed(0)
-        return VisionMTLModel(VisionMTLConfig(num_meta=8, method="routing", image_size=8, conv_layers=3, conv_channels=8,
-                                              routed_convs="1,2,3", fc_hidden=16, fc_layers=2, fc_width=4,
-                                              exploration="low"))
+        with warnings.catch_warnings():  # a counted model, never trained: where its routes go is not the point
+            warnings.simplefilter("ignore", RoutingCollapseWarning)
+            return VisionMTLModel(VisionMTLConfig(num_meta=8, method="routing", image_size=8, conv_layers=3,
+                                                  conv_channels=8, routed_convs="1,2,3", fc_hidden=16, fc_layers=2,
+                                                  fc_width=4, exploration="low"))
 
     g = torch.Generator().manual_seed(0)
     images = {"pixel_values": torch.randn(batch, 1, 8, 8, generator=g),
