@@ -16,7 +16,7 @@ from nli_routing.routing import (
 from nli_routing.routing.decision import RoutingPass
 from nli_routing.routing.layer import grouped_apply
 
-from .helpers import require_native_kernel
+from .helpers import assert_same_run, require_native_kernel
 
 
 def per_row(bank: LinearBank, x: torch.Tensor, groups: torch.Tensor, scale=None) -> torch.Tensor:
@@ -166,14 +166,6 @@ def _routed_stack_run(impl, width, num_meta, n, allow_stop, token_level=False, t
     return y.detach(), traj.actions, x.grad, [p.grad for p in layer.parameters() if p.grad is not None]
 
 
-def _assert_same_run(a, b):
-    assert torch.equal(a[1], b[1]) and len(a[3]) == len(b[3])
-    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
-    for ga, gb in zip(a[3], b[3]):
-        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("allow_stop", [False, True])
 @pytest.mark.parametrize("token_level", [False, True])
 def test_dense_banks_route_a_stack_exactly_like_grouped_ones(allow_stop, token_level):
@@ -181,7 +173,7 @@ def test_dense_banks_route_a_stack_exactly_like_grouped_ones(allow_stop, token_l
     gradients of the grouped path, decided ahead (tabular) or step by step, token rows included."""
     a = _routed_stack_run("grouped_mm", 5, 4, 37, allow_stop, token_level)
     b = _routed_stack_run("dense", 5, 4, 37, allow_stop, token_level)
-    _assert_same_run(a, b)
+    assert_same_run(a, b)
 
 
 def test_dense_path_makes_rows_in_input_order():
@@ -321,7 +313,7 @@ def test_tiled_and_gathered_banks_route_a_stack_exactly_like_grouped_ones(impl, 
         require_native_kernel()
     a = _routed_stack_run("grouped_mm", 64, 6, 45, allow_stop)
     b = _routed_stack_run(impl, 64, 6, 45, allow_stop, tile=tile)
-    _assert_same_run(a, b)
+    assert_same_run(a, b)
 
 
 def test_tiled_slots_pad_every_group_to_whole_tiles_in_order():

@@ -17,7 +17,7 @@ from nli_routing.experiments.bench import (
 )
 from nli_routing.routing import LinearBank, native
 
-from .helpers import require_native_kernel
+from .helpers import assert_same_run, require_native_kernel
 
 
 @pytest.fixture(autouse=True)
@@ -181,14 +181,6 @@ def _path_run(native_on, dims, width, activation="relu", recursive=False, n=37, 
     return y.detach(), traj.actions, x.grad, [p.grad for p in layer.parameters() if p.grad is not None]
 
 
-def _assert_same(a, b):
-    assert torch.equal(a[1], b[1]) and len(a[3]) == len(b[3])
-    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
-    for ga, gb in zip(a[3], b[3]):
-        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
-
-
 def _count_fused(monkeypatch):
     calls = []
     real = native._apply_routed_path
@@ -207,7 +199,7 @@ def test_the_fused_path_equals_the_sorted_path(monkeypatch, activation, dims, wi
     calls = _count_fused(monkeypatch)
     fused = _path_run(True, dims, width, activation, recursive)
     assert calls == [1]
-    _assert_same(fused, _path_run(False, dims, width, activation, recursive))
+    assert_same_run(fused, _path_run(False, dims, width, activation, recursive))
     assert calls == [1]  # switched off: the sorted path
 
 
@@ -218,7 +210,7 @@ def test_the_fused_path_takes_packed_rows_in_input_order(monkeypatch):
     calls = _count_fused(monkeypatch)
     fused = _path_run(True, [8, 8, 8], 4, packed=True)
     assert calls == [1]
-    _assert_same(fused, _path_run(False, [8, 8, 8], 4, packed=True))
+    assert_same_run(fused, _path_run(False, [8, 8, 8], 4, packed=True))
 
 
 @pytest.mark.parametrize("kw", [dict(residual=True, gate_init=0.5), dict(allow_stop=True, recursive=True)])
@@ -229,7 +221,7 @@ def test_what_the_kernel_does_not_compute_keeps_the_sorted_path(monkeypatch, kw)
     calls = _count_fused(monkeypatch)
     on = _path_run(True, [8, 8, 8, 8], 4, **kw)
     assert calls == []
-    _assert_same(on, _path_run(False, [8, 8, 8, 8], 4, **kw))
+    assert_same_run(on, _path_run(False, [8, 8, 8, 8], 4, **kw))
 
 
 def test_the_path_kernel_refuses_blocks_out_of_range_and_bad_shapes():

@@ -169,3 +169,13 @@ def require_native_kernel() -> None:
     if not (shutil.which("c++") or shutil.which("g++")) or not shutil.which("ninja"):
         pytest.skip(f"no C++ compiler or ninja: {native_kernel_reason()}")
     pytest.fail(native_kernel_reason())
+
+
+def assert_same_run(a, b, tol: float = 1e-5) -> None:
+    """Two runs of a routed layer, each ``(output, actions, input gradient, parameter gradients)``: the same
+    actions, the same number of parameter gradients, and values and gradients equal within ``tol``."""
+    assert torch.equal(a[1], b[1]) and len(a[3]) == len(b[3])
+    torch.testing.assert_close(a[0], b[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(a[2], b[2], rtol=tol, atol=tol)
+    for ga, gb in zip(a[3], b[3]):
+        torch.testing.assert_close(ga, gb, rtol=tol, atol=tol)
