@@ -598,7 +598,8 @@ def routed_path(x: Tensor, groups: Tensor, banks: list) -> Tensor:
     ``banks[t]`` for row i at step t, as one operator (forward and backward): the native kernel groups the
     rows of every step itself (a counting sort), runs one BLAS call per non-empty block, adds the bias and
     applies the bank's activation, and keeps the rows in input order. Banks: :class:`LinearBank` s without
-    residual gate or dropout, activations of :data:`PATH_ACTIVATIONS` (:func:`path_runs`). Values and gradients
+    residual gate or dropout, activations of :data:`PATH_ACTIVATIONS` (:meth:`LinearBank.runs_native_path
+    <nli_routing.routing.bank.LinearBank.runs_native_path>`). Values and gradients
     equal the sorted path's (tested)."""
     if _state["module"] is None:
         raise RuntimeError(f"routed_path: {native_kernel_reason()}")
