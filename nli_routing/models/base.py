@@ -219,14 +219,15 @@ class RoutedModel(PreTrainedModel):
         reward_loss = getattr(out, "reward_loss", None)  # the path the trajectories took, where it differs
         reward = final_reward(self.config.reward, correct=correct,
                               per_sample_loss=out.per_sample_loss if reward_loss is None else reward_loss)
-        total = out.logits.new_zeros(())
+        total = None
         if not self.routing_frozen and out.trajectories:
             parts = [(layer.router, collab, traj)
                      for (_, layer), collab, traj in zip(self._routed, self.collaboration, out.trajectories)]
-            total = total + routing_objective(parts, reward, fuse=self.fuse_routing_objective)
+            total = routing_objective(parts, reward, fuse=self.fuse_routing_objective)
         if dispatch is not None and self.dispatcher.training:
-            total = total + self.dispatcher.loss(dispatch, reward)
-        return total
+            loss = self.dispatcher.loss(dispatch, reward)
+            total = loss if total is None else total + loss
+        return out.logits.new_zeros(()) if total is None else total
 
     # ------------------------------------------------------------------ the meta source
     @property

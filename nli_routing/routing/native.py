@@ -629,8 +629,13 @@ def qlearning_return_loss(trajectory, gamma: float, batch_mean: str) -> Tensor:
     if _state["module"] is None:
         raise RuntimeError(f"qlearning_return_loss: {native_kernel_reason()}")
     t = trajectory
-    return _apply_qlearning_loss(t.values, t.actions.long(), t.active, t.state_index.long(), t.step_rewards.float(),
-                                 t.final_reward.float(), float(gamma), batch_mean == "state-action", int(t.num_states))
+
+    def as_type(x: Tensor, dtype: torch.dtype) -> Tensor:  # no dispatch when it already is
+        return x if x.dtype == dtype else x.to(dtype)
+
+    return _apply_qlearning_loss(t.values, as_type(t.actions, torch.int64), t.active, as_type(t.state_index, torch.int64),
+                                 as_type(t.step_rewards, torch.float32), as_type(t.final_reward, torch.float32),
+                                 float(gamma), batch_mean == "state-action", int(t.num_states))
 
 
 def greedy_rows_native_runs(table: Tensor, rows: Tensor) -> bool:
