@@ -127,8 +127,8 @@ def phase_rows(batches: list[int], warmup: int, rounds: int, steps: int, log) ->
                 for _ in range(steps):
                     got[m].append(_phased(setups[m]))
         med = {m: {p: statistics.median(x[i] for x in v) for i, p in enumerate(PHASE_NAMES)} for m, v in got.items()}
-        for m in med:
-            med[m]["step"] = statistics.median(sum(x) for x in got[m])
+        for m, phases in med.items():
+            phases["step"] = statistics.median(sum(x) for x in got[m])
         extra = {p: med["routing"][p] - med["shared-bottom"][p] for p in (*PHASE_NAMES, "step")}
         row = {"batch": b, "ms": med, "extra_ms": extra, "ratio": med["routing"]["step"] / med["shared-bottom"]["step"]}
         log(f"batch {b:5d}  " + "  ".join(f"{p} {med['routing'][p]:.3f}/{med['shared-bottom'][p]:.3f} (+{extra[p]:.3f})"

@@ -213,7 +213,7 @@ def test_the_fused_path_takes_packed_rows_in_input_order(monkeypatch):
     assert_same_run(fused, _path_run(False, [8, 8, 8], 4, packed=True))
 
 
-@pytest.mark.parametrize("kw", [dict(residual=True, gate_init=0.5), dict(allow_stop=True, recursive=True)])
+@pytest.mark.parametrize("kw", [{"residual": True, "gate_init": 0.5}, {"allow_stop": True, "recursive": True}])
 def test_what_the_kernel_does_not_compute_keeps_the_sorted_path(monkeypatch, kw):
     """A residual gate or a stop action: the switch is on but the fused operator is not used, and the
     results are the sorted path's."""

@@ -255,7 +255,7 @@ class RoutedLayer(nn.Module):
                 return x, rp.path_trajectory(path, active, masked=self.allow_stop)
             if make_rows is not None:  # rows of another dtype than the banks': the sorted path, rows made once
                 made = rows
-                make_rows = lambda index: made if index is None else made.index_select(0, index)  # noqa: E731
+                make_rows = lambda index: made if index is None else made.index_select(0, index)
         # every step's order at once: order[t] lists the input rows sorted by step t's block (input
         # order within a block), inv[t] is each input row's position in it
         sorted_g, order = torch.sort(groups.t().contiguous(), dim=1, stable=True)

@@ -21,7 +21,12 @@ from torch import Tensor
 
 from ..native import qlearning_native_runs, qlearning_return_loss
 from ..trajectory import Trajectory
-from .base import EpsilonGreedyLearner, check_choice, register_learner, state_action_weights
+from .base import (
+    EpsilonGreedyLearner,
+    check_choice,
+    register_learner,
+    state_action_weights,
+)
 from .critics import discounted_returns, group_weights
 
 Q_TARGETS = ("return", "td")
