@@ -227,6 +227,7 @@ class RoutedLayer(nn.Module):
             active = torch.ones_like(actions, dtype=torch.bool)
             groups = actions
         groups = self.identity_groups(groups, actions)
+        traj = rp.path_trajectory(path, active, masked=self.allow_stop)
         scale = rp.scale(path)
         row_scale = scale  # per row of x (packed input: per token)
         if segments is not None:
@@ -241,8 +242,8 @@ class RoutedLayer(nn.Module):
             if scale is not None and self.allow_stop:
                 x = self.scale_stopped(x, actions, active, scale, segments)
             if make_rows is not None:
-                return x, None, rp.path_trajectory(path, active, masked=self.allow_stop)
-            return x, rp.path_trajectory(path, active, masked=self.allow_stop)
+                return x, None, traj
+            return x, traj
         banks = [self.step_blocks(t) for t in range(depth)]
         if (row_scale is None and not self.keeps_rows and all(isinstance(b, LinearBank) for b in banks)
                 and all(b.runs_native_path(x if x is not None else b.weight[0]) for b in banks)):
@@ -251,8 +252,8 @@ class RoutedLayer(nn.Module):
             if make_rows is None or all(b.runs_native_path(rows) for b in banks):
                 x = routed_path(rows, groups, banks)
                 if make_rows is not None:
-                    return x, None, rp.path_trajectory(path, active, masked=self.allow_stop)
-                return x, rp.path_trajectory(path, active, masked=self.allow_stop)
+                    return x, None, traj
+                return x, traj
             if make_rows is not None:  # rows of another dtype than the banks': the sorted path, rows made once
                 made = rows
                 make_rows = lambda index: made if index is None else made.index_select(0, index)
@@ -286,8 +287,8 @@ class RoutedLayer(nn.Module):
             if scale is not None and self.allow_stop:
                 rows = perm if segments is None else segments.index_select(0, perm)
                 x = self.scale_stopped(x, actions, active, scale, rows)
-            return x, perm, rp.path_trajectory(path, active, masked=self.allow_stop)
+            return x, perm, traj
         x = x.index_select(0, inv[-1])
         if scale is not None and self.allow_stop:
             x = self.scale_stopped(x, actions, active, scale, segments)
-        return x, rp.path_trajectory(path, active, masked=self.allow_stop)
+        return x, traj

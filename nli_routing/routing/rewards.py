@@ -15,7 +15,9 @@ def final_reward(kind: str, correct: Tensor | None = None, per_sample_loss: Tens
     if kind == "correct":
         if correct is None:
             raise ValueError("reward 'correct' needs the per-sample correctness")
-        return torch.where(correct, 1.0, -1.0)  # one operator; float32 +1 / -1
+        if correct.dtype == torch.bool:
+            return torch.where(correct, 1.0, -1.0)  # one operator; float32 +1 / -1
+        return correct.float() * 2.0 - 1.0  # a 0/1 tensor of another dtype, as before
     if kind == "neg_loss":
         if per_sample_loss is None:
             raise ValueError("reward 'neg_loss' needs the per-sample task loss")
