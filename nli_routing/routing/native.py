@@ -14,8 +14,9 @@ torch computations, tested):
 
 * :func:`routed_path`: a routed layer's whole path through :class:`LinearBank` s decided ahead (tabular routers,
   fixed routes), forward and backward: every step groups its rows with a counting sort, runs one BLAS call per
-  non-empty block, adds the bias and applies the activation (identity, relu, tanh), and writes the rows back in
-  input order (no sort, group offsets, row gathers or bias gathers between the steps).
+  non-empty block, adds the bias and applies the activation (identity, relu, tanh); the rows go from one step's
+  block order straight to the next's and back to input order once at the end, and the backward reads the sorted
+  rows the forward kept (no operator between the steps).
   :meth:`RoutedLayer.forward_path <nli_routing.routing.layer.RoutedLayer.forward_path>` uses it when every bank
   resolves to ``"native"`` and nothing else is asked of the path (no residual gate, dropout, stop or PASS action,
   relaxed weights); otherwise the sorted path runs as before;
@@ -131,10 +132,10 @@ torch::Tensor segment_weight_grad(torch::Tensor x, torch::Tensor gy, torch::Tens
 }
 
 // ---------------------------------------------------------------- a routed layer's whole path, one op
-// Rows stay in input order between the op's calls; inside, every step groups its rows by block with a
-// counting sort (stable: input order within a block), gathers them, runs one sgemm per non-empty block,
-// adds the bias, applies the activation (0 identity, 1 relu, 2 tanh) and writes each row back to its
-// input position. No operator is dispatched per step or per group.
+// Rows are in input order at the op's boundaries; inside, every step groups its rows by block with a
+// counting sort (stable: input order within a block), gathers them from the previous step's order, runs
+// one sgemm per non-empty block, adds the bias and applies the activation (0 identity, 1 relu, 2 tanh) in
+// that order. No operator is dispatched per step or per group.
 
 static void check_groups(const torch::Tensor& groups, int64_t n, int64_t depth) {
   TORCH_CHECK(groups.device().is_cpu() && groups.scalar_type() == torch::kInt64 && groups.dim() == 2 &&
@@ -174,7 +175,11 @@ static void relu_mask(float* dst, const float* src, const float* o, int64_t n) {
   }
 }
 
-// x [N, in]; every step t: x <- act_t(x_i @ W_t[g[i, t]] + b_t[g[i, t]]). Returns every step's output.
+// x [N, in]; every step t: x <- act_t(x_i @ W_t[g[i, t]] + b_t[g[i, t]]).
+// Returns 1 + 3 * depth tensors: the path's output [N, out] (input order), then what the backward reads, each
+// step in its own block order: the step's inputs xs_t [N, in], its outputs ys_t [N, out] (after the activation),
+// and idx_t int64 [N + blocks] (the input row at each sorted position, then every block's end). Between the
+// steps the rows go from one step's order straight to the next's: no input-order copy in between.
 std::vector<torch::Tensor> routed_path_forward(torch::Tensor x, torch::Tensor groups, std::vector<torch::Tensor> ws,
                                                std::vector<torch::Tensor> bs, std::vector<int64_t> acts) {
   const int64_t depth = (int64_t)ws.size(), n = x.size(0);
@@ -182,86 +187,100 @@ std::vector<torch::Tensor> routed_path_forward(torch::Tensor x, torch::Tensor gr
   check(x, 2, "x"); check_groups(groups, n, depth);
   auto gc = groups.contiguous();
   const int64_t* g = gc.data_ptr<int64_t>();
-  std::vector<torch::Tensor> outs;
-  std::vector<int64_t> perm, ends;
-  std::vector<float> xs, ys;
-  torch::Tensor cur = x.contiguous();
+  std::vector<torch::Tensor> xss, yss, idxs;
+  std::vector<int64_t> perm, ends, pos(n);
+  auto xc = x.contiguous();
+  int64_t in = x.size(1);
   for (int64_t t = 0; t < depth; ++t) {
     auto w = ws[t].contiguous(); auto b = bs[t].contiguous();
-    const int64_t in = cur.size(1);
     check_step(w, b, in, t);
     const int64_t blocks = w.size(0), out = w.size(2);
     group_rows(g, n, depth, t, blocks, perm, ends);
-    const float* cp = cur.data_ptr<float>();
-    xs.resize(n * in); ys.resize(n * out);
-    for (int64_t i = 0; i < n; ++i) std::memcpy(xs.data() + i * in, cp + perm[i] * in, sizeof(float) * in);
+    auto xs = torch::empty({n, in}, x.options());
+    float* xp = xs.data_ptr<float>();
+    if (t == 0) {
+      const float* src = xc.data_ptr<float>();
+      for (int64_t i = 0; i < n; ++i) std::memcpy(xp + i * in, src + perm[i] * in, sizeof(float) * in);
+    } else {  // row perm[i] sits at position pos[perm[i]] of the previous step's order
+      const float* src = yss.back().data_ptr<float>();
+      for (int64_t i = 0; i < n; ++i) std::memcpy(xp + i * in, src + pos[perm[i]] * in, sizeof(float) * in);
+    }
+    auto ys = torch::empty({n, out}, x.options());
+    float* yp = ys.data_ptr<float>();
     const float* wp = w.data_ptr<float>(); const float* bp = b.data_ptr<float>();
-    auto y = torch::empty({n, out}, x.options());
-    float* yp = y.data_ptr<float>();
     int64_t start = 0;
     for (int64_t k = 0; k < blocks; ++k) {
       const int64_t rows = ends[k] - start;
       if (rows > 0 && out > 0) {
-        if (in == 0) std::memset(ys.data() + start * out, 0, sizeof(float) * rows * out);
-        else gemm('N', 'N', out, rows, in, wp + k * in * out, out, xs.data() + start * in, in, ys.data() + start * out, out);
+        if (in == 0) std::memset(yp + start * out, 0, sizeof(float) * rows * out);
+        else gemm('N', 'N', out, rows, in, wp + k * in * out, out, xp + start * in, in, yp + start * out, out);
+        const float* bias = bp + k * out;
         for (int64_t i = start; i < ends[k]; ++i) {
-          const float* src = ys.data() + i * out; const float* bias = bp + k * out;
-          float* dst = yp + perm[i] * out;
-          if (acts[t] == 1) for (int64_t j = 0; j < out; ++j) dst[j] = std::max(src[j] + bias[j], 0.f);  // branch-free
-          else if (acts[t] == 2) for (int64_t j = 0; j < out; ++j) dst[j] = std::tanh(src[j] + bias[j]);
-          else for (int64_t j = 0; j < out; ++j) dst[j] = src[j] + bias[j];
+          float* row = yp + i * out;
+          if (acts[t] == 1) for (int64_t j = 0; j < out; ++j) row[j] = std::max(row[j] + bias[j], 0.f);  // branch-free
+          else if (acts[t] == 2) for (int64_t j = 0; j < out; ++j) row[j] = std::tanh(row[j] + bias[j]);
+          else for (int64_t j = 0; j < out; ++j) row[j] += bias[j];
         }
       }
       start = ends[k];
     }
-    outs.push_back(y);
-    cur = y;
+    auto idx = torch::empty({n + blocks}, gc.options());
+    int64_t* ip = idx.data_ptr<int64_t>();
+    std::memcpy(ip, perm.data(), sizeof(int64_t) * n);
+    std::memcpy(ip + n, ends.data(), sizeof(int64_t) * blocks);
+    for (int64_t i = 0; i < n; ++i) pos[perm[i]] = i;
+    xss.push_back(xs); yss.push_back(ys); idxs.push_back(idx);
+    in = out;
   }
-  return outs;
+  auto y = torch::empty({n, in}, x.options());
+  float* yp = y.data_ptr<float>();
+  const float* last = yss.back().data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) std::memcpy(yp + perm[i] * in, last + i * in, sizeof(float) * in);
+  std::vector<torch::Tensor> result{y};
+  for (auto* v : {&xss, &yss, &idxs}) for (auto& t : *v) result.push_back(t);
+  return result;
 }
 
-// The gradients of routed_path_forward: [grad_x (undefined unless need_x), grad_w_0.., grad_b_0..].
-std::vector<torch::Tensor> routed_path_backward(torch::Tensor grad, torch::Tensor x, std::vector<torch::Tensor> outs,
-                                                torch::Tensor groups, std::vector<torch::Tensor> ws,
-                                                std::vector<int64_t> acts, bool need_x) {
-  const int64_t depth = (int64_t)ws.size(), n = x.size(0);
-  TORCH_CHECK((int64_t)outs.size() == depth && (int64_t)acts.size() == depth, "routed_path: one output and activation per step");
-  check_groups(groups, n, depth);
-  auto gc = groups.contiguous();
-  const int64_t* g = gc.data_ptr<int64_t>();
+// The gradients of routed_path_forward from its saved tensors (xs, ys, idx per step, as it returns them):
+// [grad_x (undefined unless need_x), grad_w_0.., grad_b_0..].
+std::vector<torch::Tensor> routed_path_backward(torch::Tensor grad, std::vector<torch::Tensor> xss,
+                                                std::vector<torch::Tensor> yss, std::vector<torch::Tensor> idxs,
+                                                std::vector<torch::Tensor> ws, std::vector<int64_t> acts, bool need_x) {
+  const int64_t depth = (int64_t)ws.size();
+  TORCH_CHECK(depth > 0 && (int64_t)xss.size() == depth && (int64_t)yss.size() == depth && (int64_t)idxs.size() == depth &&
+              (int64_t)acts.size() == depth, "routed_path: the saved inputs, outputs and orders of every step");
+  const int64_t n = xss[0].size(0);
   std::vector<torch::Tensor> gws(depth), gbs(depth);
-  std::vector<int64_t> perm, ends;
-  std::vector<float> gs, xs, gxs;
-  torch::Tensor gy = grad.contiguous();
+  std::vector<int64_t> pos(n);     // position of each input row in the later step's order
+  std::vector<float> gs, gxs, prev;  // prev: the gradient of the later step's sorted inputs
+  auto gy = grad.contiguous();
+  TORCH_CHECK(gy.dim() == 2 && gy.size(0) == n, "routed_path: the gradient must have one row per input row");
   torch::Tensor gx;
   for (int64_t t = depth - 1; t >= 0; --t) {
     auto w = ws[t].contiguous();
-    auto in_t = (t == 0 ? x : outs[t - 1]).contiguous();
-    auto out_t = outs[t].contiguous();
     const int64_t blocks = w.size(0), in = w.size(1), out = w.size(2);
-    group_rows(g, n, depth, t, blocks, perm, ends);
-    const float* gp = gy.data_ptr<float>(); const float* op = out_t.data_ptr<float>(); const float* ip = in_t.data_ptr<float>();
-    gs.resize(n * out); xs.resize(n * in);
+    const float* xp = xss[t].data_ptr<float>(); const float* op = yss[t].data_ptr<float>();
+    const int64_t* perm = idxs[t].data_ptr<int64_t>(); const int64_t* ends = perm + n;
+    gs.resize(n * out);
+    const float* gsrc = t == depth - 1 ? gy.data_ptr<float>() : prev.data();
     for (int64_t i = 0; i < n; ++i) {
-      const float* src = gp + perm[i] * out; const float* o = op + perm[i] * out; float* dst = gs.data() + i * out;
+      const float* src = gsrc + (t == depth - 1 ? perm[i] : pos[perm[i]]) * out;
+      const float* o = op + i * out; float* dst = gs.data() + i * out;
       if (acts[t] == 1) relu_mask(dst, src, o, out);
       else if (acts[t] == 2) for (int64_t j = 0; j < out; ++j) dst[j] = src[j] * (1.f - o[j] * o[j]);
       else std::memcpy(dst, src, sizeof(float) * out);
-      std::memcpy(xs.data() + i * in, ip + perm[i] * in, sizeof(float) * in);
     }
-    auto gw = torch::empty({blocks, in, out}, x.options());
-    auto gb = torch::zeros({blocks, out}, x.options());
+    auto gw = torch::empty({blocks, in, out}, w.options());
+    auto gb = torch::zeros({blocks, out}, w.options());
     float* gwp = gw.data_ptr<float>(); float* gbp = gb.data_ptr<float>();
     const bool down = t > 0 || need_x;
-    torch::Tensor gin;
-    float* ginp = nullptr;
-    if (down) { gin = torch::empty({n, in}, x.options()); ginp = gin.data_ptr<float>(); gxs.resize(n * in); }
+    if (down) gxs.resize(n * in);
     const float* wp = w.data_ptr<float>();
     int64_t start = 0;
     for (int64_t k = 0; k < blocks; ++k) {
       const int64_t rows = ends[k] - start;
       float* d = gwp + k * in * out;
-      if (rows > 0 && in > 0 && out > 0) gemm('N', 'T', out, in, rows, gs.data() + start * out, out, xs.data() + start * in, in, d, out);
+      if (rows > 0 && in > 0 && out > 0) gemm('N', 'T', out, in, rows, gs.data() + start * out, out, xp + start * in, in, d, out);
       else std::fill(d, d + in * out, 0.f);
       for (int64_t i = start; i < ends[k]; ++i) {
         const float* src = gs.data() + i * out; float* bsum = gbp + k * out;
@@ -273,9 +292,15 @@ std::vector<torch::Tensor> routed_path_backward(torch::Tensor grad, torch::Tenso
       }
       start = ends[k];
     }
-    if (down) for (int64_t i = 0; i < n; ++i) std::memcpy(ginp + perm[i] * in, gxs.data() + i * in, sizeof(float) * in);
     gws[t] = gw; gbs[t] = gb;
-    if (t > 0) gy = gin; else gx = gin;
+    if (t > 0) {  // this step's order, for the earlier step to read its rows from
+      for (int64_t i = 0; i < n; ++i) pos[perm[i]] = i;
+      prev.swap(gxs);
+    } else if (need_x) {
+      gx = torch::empty({n, in}, gy.options());
+      float* gp = gx.data_ptr<float>();
+      for (int64_t i = 0; i < n; ++i) std::memcpy(gp + perm[i] * in, gxs.data() + i * in, sizeof(float) * in);
+    }
   }
   std::vector<torch::Tensor> result;
   result.push_back(gx);
@@ -352,21 +377,20 @@ struct RoutedPathFunction : public torch::autograd::Function<RoutedPathFunction>
     const int64_t depth = (int64_t)acts.size();
     TORCH_CHECK((int64_t)params.size() == 2 * depth, "routed_path: one weight and one bias per step");
     std::vector<torch::Tensor> ws(params.begin(), params.begin() + depth), bs(params.begin() + depth, params.end());
-    auto outs = routed_path_forward(x, groups, ws, bs, acts);
-    variable_list saved{x, groups};
-    for (auto& w : ws) saved.push_back(w);
-    for (auto& o : outs) saved.push_back(o);
+    auto got = routed_path_forward(x, groups, ws, bs, acts);
+    variable_list saved(ws.begin(), ws.end());
+    saved.insert(saved.end(), got.begin() + 1, got.end());  // every step's sorted inputs, outputs and order
     ctx->save_for_backward(saved);
     ctx->saved_data["acts"] = acts;
     ctx->saved_data["x_grad"] = x.requires_grad();
-    return outs.back();
+    return got[0];
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     auto acts = ctx->saved_data["acts"].toIntVector();
-    const int64_t depth = (int64_t)acts.size();
-    std::vector<torch::Tensor> ws(saved.begin() + 2, saved.begin() + 2 + depth), outs(saved.begin() + 2 + depth, saved.end());
-    auto got = routed_path_backward(grads[0], saved[0], outs, saved[1], ws, acts, ctx->saved_data["x_grad"].toBool());
+    const int64_t d = (int64_t)acts.size();
+    auto part = [&](int64_t k) { return std::vector<torch::Tensor>(saved.begin() + k * d, saved.begin() + (k + 1) * d); };
+    auto got = routed_path_backward(grads[0], part(1), part(2), part(3), part(0), acts, ctx->saved_data["x_grad"].toBool());
     variable_list result{got[0], torch::Tensor(), torch::Tensor()};  // x, groups, acts
     for (size_t i = 1; i < got.size(); ++i) result.push_back(got[i]);
     return result;
@@ -478,11 +502,11 @@ def _self_check(module) -> str | None:
     groups = torch.tensor([[2, 0], [0, 1], [2, 1], [0, 0], [2, 0], [0, 1], [2, 1]])
     h = torch.relu(torch.einsum("ni,nio->no", x, w1[groups[:, 0]]) + b1[groups[:, 0]])
     want = torch.einsum("ni,nio->no", h, w2[groups[:, 1]]) + b2[groups[:, 1]]
-    outs = module.routed_path_forward(x, groups, [w1, w2], [b1, b2], [1, 0])
-    if not torch.allclose(outs[-1], want, rtol=1e-4, atol=1e-5):
-        return f"its routed path disagrees with torch (max difference {float((outs[-1] - want).abs().max()):.3g})"
+    got = module.routed_path_forward(x, groups, [w1, w2], [b1, b2], [1, 0])
+    if not torch.allclose(got[0], want, rtol=1e-4, atol=1e-5):
+        return f"its routed path disagrees with torch (max difference {float((got[0] - want).abs().max()):.3g})"
     gy2 = torch.randn(7, 3, generator=g)
-    grads = module.routed_path_backward(gy2, x, outs, groups, [w1, w2], [1, 0], True)
+    grads = module.routed_path_backward(gy2, got[1:3], got[3:5], got[5:7], [w1, w2], [1, 0], True)
     ref = [t.clone().requires_grad_() for t in (x, w1, w2, b1, b2)]
     hr = torch.relu(torch.einsum("ni,nio->no", ref[0], ref[1][groups[:, 0]]) + ref[3][groups[:, 0]])
     (torch.einsum("ni,nio->no", hr, ref[2][groups[:, 1]]) + ref[4][groups[:, 1]]).backward(gy2)
