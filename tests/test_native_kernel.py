@@ -272,12 +272,15 @@ def _random_trajectory(seed, b=40, d=3, a=5, num_meta=4):
     return traj, table
 
 
+@pytest.mark.parametrize("from_table", [False, True], ids=["values", "table"])
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
 @pytest.mark.parametrize("batch_mean", ["state", "state-action"])
 @pytest.mark.parametrize("d", [1, 3])
-def test_the_native_q_loss_equals_the_learners_loss(gamma, batch_mean, d):
+def test_the_native_q_loss_equals_the_learners_loss(gamma, batch_mean, d, from_table):
     """QLearner(target="return"): the native operator's loss and its gradient on the table against the
-    learner's torch computation, with stopped samples (inactive steps), step rewards and both batch means."""
+    learner's torch computation, with stopped samples (inactive steps), step rewards and both batch means;
+    reading the trajectory's values, or the table they came from (``Trajectory.table``, as a tabular router's
+    path sets it: the gradient is accumulated on the table's rows, several decisions per row)."""
     require_native_kernel()
     from nli_routing.routing.learners.qlearning import QLearner
 
@@ -288,10 +291,77 @@ def test_the_native_q_loss_equals_the_learners_loss(gamma, batch_mean, d):
         if on:
             assert native.enable_native_cpu_kernels()
         traj, table = _random_trajectory(3, d=d)
+        if from_table:
+            traj.table, traj.table_version = table, table._version
         assert native.qlearning_native_runs(traj) is on
-        loss = learner.loss(traj)
+        calls = []
+        real = native._apply_qlearning_loss
+        native._apply_qlearning_loss = lambda *a, calls=calls, real=real: calls.append(a[-1]) or real(*a)
+        try:
+            loss = learner.loss(traj)
+        finally:
+            native._apply_qlearning_loss = real
+        assert calls == ([from_table] if on else [])
         loss.backward()
         got[on] = (loss.detach(), table.grad)
+    torch.testing.assert_close(got[True][0], got[False][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[True][1], got[False][1], rtol=1e-5, atol=1e-6)
+    assert got[True][1].abs().sum() > 0
+
+
+def test_the_native_q_loss_reads_the_values_once_the_table_has_changed():
+    """A table updated in place after the decisions (its version moved) is not read: the loss is the one of the
+    values the decisions saw, as the torch computation's."""
+    require_native_kernel()
+    from nli_routing.routing.learners.qlearning import QLearner
+
+    native.disable_native_cpu_kernels()
+    traj, table = _random_trajectory(5)
+    want = QLearner().loss(traj).detach()
+    assert native.enable_native_cpu_kernels()
+    traj, table = _random_trajectory(5)
+    traj.table, traj.table_version = table, table._version
+    with torch.no_grad():
+        table.add_(1.0)  # e.g. an optimizer step between the forward pass and the router loss
+    assert not traj.table_unchanged()
+    calls = []
+    real = native._apply_qlearning_loss
+    native._apply_qlearning_loss = lambda *a: calls.append(a[-1]) or real(*a)
+    try:
+        got = QLearner().loss(traj)
+    finally:
+        native._apply_qlearning_loss = real
+    assert calls == [False]
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tabular_routers_path_loss_reads_its_table_with_the_same_gradient():
+    """A routed layer with a tabular router (whole path decided at once): its trajectory carries the table, the
+    native loss reads it, and the router's table gradient and loss equal the torch computation's."""
+    require_native_kernel()
+    from nli_routing.routing.layer import RoutedLayer
+    from nli_routing.routing.rewards import final_reward
+    from nli_routing.routing.routers import TabularRouter
+
+    got = {}
+    for on in (False, True):
+        native.disable_native_cpu_kernels()
+        if on:
+            assert native.enable_native_cpu_kernels()
+        torch.manual_seed(0)
+        router = TabularRouter(num_actions=4, num_meta=3, depth=3, exploration="high", seed=1)
+        with torch.no_grad():
+            router.table.normal_()
+        layer = RoutedLayer([torch.nn.Linear(6, 6) for _ in range(4)], router, depth=3)
+        meta = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2])
+        _, traj = layer(torch.randn(10, 6), meta)
+        assert traj.table_unchanged()
+        traj.final_reward = final_reward("correct", correct=torch.arange(10) % 3 == 0)
+        traj.step_rewards = torch.zeros(10, 3)
+        loss = router.loss(traj)
+        loss.backward()
+        got[on] = (loss.detach(), router.table.grad.clone(), traj.actions)
+    torch.testing.assert_close(got[True][2], got[False][2])
     torch.testing.assert_close(got[True][0], got[False][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got[True][1], got[False][1], rtol=1e-5, atol=1e-6)
     assert got[True][1].abs().sum() > 0
@@ -323,6 +393,10 @@ def test_the_native_q_loss_is_not_used_where_it_does_not_apply():
         native.load_native_kernel().qlearning_return_loss(
             traj.values.detach(), traj.actions, traj.active, traj.state_index.masked_fill(traj.active, 99),
             traj.step_rewards, traj.final_reward, 1.0, False, 12)
+    with pytest.raises(RuntimeError, match=r"state \d+ outside the 8 states"):  # a table with fewer rows than states
+        native.load_native_kernel().qlearning_table_return_loss(
+            torch.zeros(8, 5), traj.actions, traj.active, traj.state_index, traj.step_rewards, traj.final_reward,
+            1.0, False, 12)
 
 
 # ---------------------------------------------------------------------- epsilon-greedy over table rows as one operator

@@ -270,3 +270,14 @@ def test_block_and_router_clipping_each_clip_only_their_own_group(learner):
     assert (cfg.block_clip_norm, cfg.router_clip_norm) == (1.0, 5.0)
     with pytest.raises(ValueError, match="block_max_grad_norm"):
         TrainConfig(block_max_grad_norm=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shapes", [[(24, 8)], [(3, 64, 64)], [(5,), (2, 3)]], ids=["table", "bank", "two"])
+def test_the_finite_checks_group_norm_is_torchs_total_norm_bit_for_bit(dtype, shapes):
+    """The finite check's norm of a group (reused for clipping): one tensor's is computed as one norm, several
+    go through get_total_norm; either way the same bits as torch.nn.utils.get_total_norm."""
+    g = torch.Generator().manual_seed(0)
+    grads = [(torch.randn(s, generator=g) * 3).to(dtype) for s in shapes]
+    got, want = numerics._total_norm(grads), torch.nn.utils.get_total_norm(grads)
+    assert got.dtype == want.dtype and torch.equal(got, want)

@@ -151,4 +151,6 @@ class RoutingPass:
             num_actions=int(path.values.shape[-1]),
             stop_action=self.stop_action,
             num_states=int(self.router.num_states) if path.state_index is not None else 0,
+            table=path.table if path.state_index is not None else None,
+            table_version=path.table_version,
         )

@@ -314,12 +314,17 @@ std::vector<torch::Tensor> routed_path_backward(torch::Tensor grad, std::vector<
 // G_t = sum_{k >= t} gamma^(k - t) r_k + R_final on the active steps, the batch-mean weights 1 / n(key)
 // (key: the state, or the state-action pair), loss = 0.5 sum w (Q(s_t, a_t) - G_t)^2. Returns the loss
 // and its gradient with respect to the values [B, d, A] (non-zero only at the taken actions).
-std::vector<torch::Tensor> qlearning_return_loss(torch::Tensor values, torch::Tensor actions, torch::Tensor active,
-                                                 torch::Tensor state_index, torch::Tensor step_rewards,
-                                                 torch::Tensor final_reward, double gamma, bool per_state_action,
-                                                 int64_t num_states) {
-  check(values, 3, "values");
-  const int64_t b = values.size(0), d = values.size(1), a = values.size(2);
+// values [B, d, A] (from_table false) or the router's table [S, A] whose row state_index[i, t] holds the
+// values of decision (i, t) (from_table true); the gradient has the shape of that input.
+static std::vector<torch::Tensor> qlearning_return_core(torch::Tensor values, bool from_table, torch::Tensor actions,
+                                                        torch::Tensor active, torch::Tensor state_index,
+                                                        torch::Tensor step_rewards, torch::Tensor final_reward,
+                                                        double gamma, bool per_state_action, int64_t num_states) {
+  check(values, from_table ? 2 : 3, from_table ? "table" : "values");
+  TORCH_CHECK(actions.dim() == 2, "qlearning_loss: actions must be [batch, depth]");
+  const int64_t b = actions.size(0), d = actions.size(1), a = values.size(from_table ? 1 : 2);
+  TORCH_CHECK(from_table || (values.size(0) == b && values.size(1) == d), "qlearning_loss: values must be [", b, ", ", d, ", A]");
+  const int64_t rows = from_table ? values.size(0) : num_states;
   auto same = [&](const torch::Tensor& t, torch::ScalarType type, const char* name) {
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == type && t.dim() == 2 && t.size(0) == b && t.size(1) == d,
                 "qlearning_loss: ", name, " must be [", b, ", ", d, "] of the right type on the CPU");
@@ -339,12 +344,12 @@ std::vector<torch::Tensor> qlearning_return_loss(torch::Tensor values, torch::Te
   for (int64_t i = 0; i < b * d; ++i) {
     if (!act[i]) continue;
     const int64_t s = sp[i], k = std::max<int64_t>(ap[i], 0);
-    TORCH_CHECK(s >= 0 && s < num_states, "qlearning_loss: state ", s, " outside the ", num_states, " states");
+    TORCH_CHECK(s >= 0 && s < num_states && s < rows, "qlearning_loss: state ", s, " outside the ", std::min(num_states, rows), " states");
     TORCH_CHECK(k < a, "qlearning_loss: action ", k, " outside the ", a, " actions");
     keys[i] = per_state_action ? s * a + k : s;
     counts[keys[i]] += 1.f;
   }
-  auto grad = torch::zeros({b, d, a}, values.options());
+  auto grad = torch::zeros(v.sizes(), values.options());
   float* gp = grad.data_ptr<float>();
   double loss = 0.0;
   for (int64_t i = 0; i < b; ++i) {
@@ -354,14 +359,30 @@ std::vector<torch::Tensor> qlearning_return_loss(torch::Tensor values, torch::Te
       later = (act[j] ? (double)rp[j] : 0.0) + gamma * later;
       if (!act[j]) continue;
       const float target = (float)(later + (double)fp[i]);
-      const int64_t k = std::max<int64_t>(ap[j], 0);
+      const int64_t at = (from_table ? sp[j] : j) * a + std::max<int64_t>(ap[j], 0);
       const float w = 1.f / counts[keys[j]];
-      const float diff = vp[j * a + k] - target;
+      const float diff = vp[at] - target;
       loss += 0.5 * (double)w * (double)diff * (double)diff;
-      gp[j * a + k] = w * diff;
+      gp[at] += w * diff;
     }
   }
   return {torch::full({}, (float)loss, values.options()), grad};
+}
+
+std::vector<torch::Tensor> qlearning_return_loss(torch::Tensor values, torch::Tensor actions, torch::Tensor active,
+                                                 torch::Tensor state_index, torch::Tensor step_rewards,
+                                                 torch::Tensor final_reward, double gamma, bool per_state_action,
+                                                 int64_t num_states) {
+  return qlearning_return_core(values, false, actions, active, state_index, step_rewards, final_reward, gamma,
+                               per_state_action, num_states);
+}
+
+std::vector<torch::Tensor> qlearning_table_return_loss(torch::Tensor table, torch::Tensor actions, torch::Tensor active,
+                                                       torch::Tensor state_index, torch::Tensor step_rewards,
+                                                       torch::Tensor final_reward, double gamma, bool per_state_action,
+                                                       int64_t num_states) {
+  return qlearning_return_core(table, true, actions, active, state_index, step_rewards, final_reward, gamma,
+                               per_state_action, num_states);
 }
 
 // ---------------------------------------------------------------- autograd functions in C++
@@ -402,10 +423,11 @@ torch::Tensor routed_path(torch::Tensor x, torch::Tensor groups, std::vector<int
 }
 
 struct QLearningReturnLossFunction : public torch::autograd::Function<QLearningReturnLossFunction> {
+  // values: the trajectory's values [B, d, A], or (from_table) the router's table [S, A] they were read from
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor values, torch::Tensor actions, torch::Tensor active,
                                torch::Tensor state_index, torch::Tensor step_rewards, torch::Tensor final_reward,
-                               double gamma, bool per_state_action, int64_t num_states) {
-    auto got = qlearning_return_loss(values, actions, active, state_index, step_rewards, final_reward, gamma,
+                               double gamma, bool per_state_action, int64_t num_states, bool from_table) {
+    auto got = qlearning_return_core(values, from_table, actions, active, state_index, step_rewards, final_reward, gamma,
                                      per_state_action, num_states);
     ctx->save_for_backward({got[1]});
     return got[0];
@@ -413,16 +435,16 @@ struct QLearningReturnLossFunction : public torch::autograd::Function<QLearningR
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto grad = ctx->get_saved_variables()[0];
     variable_list result{grad * grads[0]};
-    for (int i = 0; i < 8; ++i) result.push_back(torch::Tensor());
+    for (int i = 0; i < 9; ++i) result.push_back(torch::Tensor());
     return result;
   }
 };
 
 torch::Tensor qlearning_loss(torch::Tensor values, torch::Tensor actions, torch::Tensor active, torch::Tensor state_index,
                              torch::Tensor step_rewards, torch::Tensor final_reward, double gamma, bool per_state_action,
-                             int64_t num_states) {
+                             int64_t num_states, bool from_table) {
   return QLearningReturnLossFunction::apply(values, actions, active, state_index, step_rewards, final_reward, gamma,
-                                            per_state_action, num_states);
+                                            per_state_action, num_states, from_table);
 }
 
 // ---------------------------------------------------------------- epsilon-greedy over table rows, one op
@@ -474,7 +496,7 @@ std::vector<torch::Tensor> epsilon_greedy_rows(torch::Tensor table, torch::Tenso
 """
 
 _FUNCTIONS = ["segment_mm", "segment_weight_grad", "routed_path_forward", "routed_path_backward",
-              "qlearning_return_loss", "epsilon_greedy_rows",
+              "qlearning_return_loss", "qlearning_table_return_loss", "epsilon_greedy_rows",
               "routed_path", "qlearning_loss"]
 #: the extension's module name (load_inline rebuilds it when the source changes)
 EXTENSION_NAME = "nli_routing_segment_mm"
@@ -649,7 +671,10 @@ def qlearning_return_loss(trajectory, gamma: float, batch_mean: str) -> Tensor:
     """The loss of :class:`~nli_routing.routing.learners.qlearning.QLearner` with return targets as one
     operator: ``0.5 * sum(w * (Q(s_t, a_t) - G_t) ** 2)`` with ``G_t`` the return from step t and ``w`` the batch
     mean's ``1 / n(state)`` (``batch_mean="state"``) or ``1 / n(state, action)``; the gradient reaches the
-    trajectory's values at the taken actions. Same value and gradient as the learner's own loss (tested)."""
+    trajectory's values at the taken actions, or, where the trajectory carries the router's table unchanged since
+    the decisions (:meth:`Trajectory.table_unchanged <nli_routing.routing.trajectory.Trajectory.table_unchanged>`),
+    the table's rows directly (no ``[B, d, A]`` gradient and no row gather's backward). Same value and gradient as
+    the learner's own loss (tested)."""
     if _state["module"] is None:
         raise RuntimeError(f"qlearning_return_loss: {native_kernel_reason()}")
     t = trajectory
@@ -657,9 +682,13 @@ def qlearning_return_loss(trajectory, gamma: float, batch_mean: str) -> Tensor:
     def as_type(x: Tensor, dtype: torch.dtype) -> Tensor:  # no dispatch when it already is
         return x if x.dtype == dtype else x.to(dtype)
 
-    return _apply_qlearning_loss(t.values, as_type(t.actions, torch.int64), t.active, as_type(t.state_index, torch.int64),
-                                 as_type(t.step_rewards, torch.float32), as_type(t.final_reward, torch.float32),
-                                 float(gamma), batch_mean == "state-action", int(t.num_states))
+    # the table the values were read from, while it is unchanged: the gradient lands on its [S, A] rows directly
+    # (no [B, d, A] gradient, no row gather's backward)
+    from_table = t.table is not None and t.table.dtype == torch.float32 and t.table_unchanged()
+    return _apply_qlearning_loss(t.table if from_table else t.values, as_type(t.actions, torch.int64), t.active,
+                                 as_type(t.state_index, torch.int64), as_type(t.step_rewards, torch.float32),
+                                 as_type(t.final_reward, torch.float32), float(gamma), batch_mean == "state-action",
+                                 int(t.num_states), from_table)
 
 
 def greedy_rows_native_runs(table: Tensor, rows: Tensor) -> bool:

@@ -262,6 +262,8 @@ class TabularRouter(Router):
             values=values.view(b, depth, self.num_actions),
             state_index=state_index,
             extra={k: v.reshape(b, depth, *v.shape[1:]) for k, v in extra.items()},
+            table=flat,
+            table_version=flat._version,
         )
 
     def greedy_policy(self) -> Tensor:

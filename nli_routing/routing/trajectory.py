@@ -37,6 +37,8 @@ class Decision:
     (Q-values, logits, ...) with their autograd graph to the router's parameters;
     ``state_index [B]`` a flat id of the decision state for tabular routers (``None`` otherwise).
     ``extra`` holds learner-specific tensors (log-probabilities, baselines, relaxed samples).
+    ``table`` (optional): the router's value table as ``[states, A]`` rows, with ``values == table[state_index]``
+    (set by tabular routers deciding a whole path); ``table_version`` its version counter when the values were read.
     """
 
     actions: Tensor
@@ -44,6 +46,8 @@ class Decision:
     values: Tensor
     state_index: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
+    table: Tensor | None = None
+    table_version: int = -1
 
 
 @dataclass
@@ -70,6 +74,16 @@ class Trajectory:
     #: number of distinct ``state_index`` values the router can produce (0: unknown); lets batch
     #: statistics count per state in a fixed-size buffer instead of sorting
     num_states: int = 0
+    #: the router's value table ``[states, A]`` with ``values == table[state_index]`` (tabular routers deciding
+    #: a whole path; None otherwise) and its version counter when the values were read: a learner may read the
+    #: table instead of ``values`` while it is unchanged (:meth:`table_unchanged`)
+    table: Tensor | None = None
+    table_version: int = -1
+
+    def table_unchanged(self) -> bool:
+        """Whether :attr:`table` is set and unchanged since the decisions read it (then ``table[state_index]`` is
+        ``values``, with the gradient reaching the same parameter)."""
+        return self.table is not None and self.table._version == self.table_version
 
     @property
     def batch_size(self) -> int:
@@ -142,6 +156,8 @@ class Trajectory:
             num_actions=self.num_actions,
             stop_action=self.stop_action,
             num_states=self.num_states,
+            table=None if self.table is None else self.table.detach(),
+            table_version=self.table_version,
         )
 
     def rows(self, index: Tensor) -> "Trajectory":
@@ -160,4 +176,6 @@ class Trajectory:
             num_actions=self.num_actions,
             stop_action=self.stop_action,
             num_states=self.num_states,
+            table=self.table,
+            table_version=self.table_version,
         )

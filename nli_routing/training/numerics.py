@@ -86,6 +86,15 @@ def _describe_nonfinite(
     )
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The total 2-norm of ``grads`` (``torch.nn.utils.get_total_norm``); one tensor's is its own norm, the value
+    ``get_total_norm`` gives (its per-tensor norm, then the norm of that one number) in one operator: a
+    tabular router's group is often its one table."""
+    if len(grads) == 1:
+        return torch.linalg.vector_norm(grads[0], 2.0)
+    return torch.nn.utils.get_total_norm(grads)
+
+
 def check_finite_step(
     model: nn.Module,
     losses: dict[str, torch.Tensor],
@@ -104,7 +113,7 @@ def check_finite_step(
     values = [torch.as_tensor(v).detach().float().reshape(()) for v in losses.values()]
     for name, params in groups.items():
         grads = _grads(params) if check_grads else []
-        norms[name] = torch.nn.utils.get_total_norm(grads) if grads else None
+        norms[name] = _total_norm(grads) if grads else None
         if norms[name] is not None:
             values.append(norms[name].float().reshape(()))
     if not values:
