@@ -275,6 +275,28 @@ def test_fused_path_bench_times_both_paths_and_the_phases(tmp_path):
                - (sum(row["ms"]["routing"][p] for p in ("forward", "router_loss", "backward", "optimizer"))
                   - sum(row["ms"]["shared-bottom"][p] for p in ("forward", "router_loss", "backward", "optimizer")))) < 1e-9
     assert res["native_kernel"].startswith(("on", "asked for"))
+    (blocks,) = res["blocks"]  # one block count: the fewest and the most are the same model size
+    assert blocks["blocks"] == [4, 4] and blocks["ratio"] > 0 and set(blocks["ms"]) == {"4"}
+
+
+def test_fused_path_bench_blocks_part_compares_the_fewest_and_the_most_blocks(tmp_path):
+    """The blocks part: the routed step phase by phase with 2 and 6 blocks a layer, the extra time of each phase
+    and the parameter bytes of both models (the one with more blocks has more)."""
+    from nli_routing.experiments import bench as bench_mod
+    from nli_routing.routing import native
+
+    try:
+        res = load_bench("fused_path").main(["--only", "blocks", "--batches", "16", "--blocks", "6", "2", "--warmup", "0",
+                                             "--rounds", "2", "--steps", "1", "--out", str(tmp_path / "b.json")])
+    finally:
+        native.disable_native_cpu_kernels()
+        bench_mod.NATIVE_CPU_KERNELS["value"] = False
+    assert set(res) >= {"blocks"} and "ab" not in res and "phases" not in res
+    (row,) = res["blocks"]
+    assert row["blocks"] == [2, 6] and set(row["ms"]) == {"2", "6"}
+    assert row["parameter_bytes"]["6"] > row["parameter_bytes"]["2"]
+    for p in ("forward", "router_loss", "backward", "optimizer", "step"):
+        assert abs(row["extra_ms"][p] - (row["ms"]["6"][p] - row["ms"]["2"][p])) < 1e-9
 
 
 @pytest.mark.parametrize("flags,message", [(["--rounds", "0"], "--rounds must be >= 1, got 0"),
