@@ -392,11 +392,11 @@ def test_the_native_q_loss_is_not_used_where_it_does_not_apply():
     with pytest.raises(RuntimeError, match="state 99 outside the 12 states"):
         native.load_native_kernel().qlearning_return_loss(
             traj.values.detach(), traj.actions, traj.active, traj.state_index.masked_fill(traj.active, 99),
-            traj.step_rewards, traj.final_reward, 1.0, False, 12)
+            traj.step_rewards, traj.final_reward, 1.0, False, 12, False)
     with pytest.raises(RuntimeError, match=r"state \d+ outside the 8 states"):  # a table with fewer rows than states
-        native.load_native_kernel().qlearning_table_return_loss(
+        native.load_native_kernel().qlearning_return_loss(
             torch.zeros(8, 5), traj.actions, traj.active, traj.state_index, traj.step_rewards, traj.final_reward,
-            1.0, False, 12)
+            1.0, False, 12, True)
 
 
 # ---------------------------------------------------------------------- epsilon-greedy over table rows as one operator

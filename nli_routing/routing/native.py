@@ -369,19 +369,12 @@ static std::vector<torch::Tensor> qlearning_return_core(torch::Tensor values, bo
   return {torch::full({}, (float)loss, values.options()), grad};
 }
 
+// the core's loss and gradient, without autograd (tests and the self-check call it directly)
 std::vector<torch::Tensor> qlearning_return_loss(torch::Tensor values, torch::Tensor actions, torch::Tensor active,
                                                  torch::Tensor state_index, torch::Tensor step_rewards,
                                                  torch::Tensor final_reward, double gamma, bool per_state_action,
-                                                 int64_t num_states) {
-  return qlearning_return_core(values, false, actions, active, state_index, step_rewards, final_reward, gamma,
-                               per_state_action, num_states);
-}
-
-std::vector<torch::Tensor> qlearning_table_return_loss(torch::Tensor table, torch::Tensor actions, torch::Tensor active,
-                                                       torch::Tensor state_index, torch::Tensor step_rewards,
-                                                       torch::Tensor final_reward, double gamma, bool per_state_action,
-                                                       int64_t num_states) {
-  return qlearning_return_core(table, true, actions, active, state_index, step_rewards, final_reward, gamma,
+                                                 int64_t num_states, bool from_table) {
+  return qlearning_return_core(values, from_table, actions, active, state_index, step_rewards, final_reward, gamma,
                                per_state_action, num_states);
 }
 
@@ -496,7 +489,7 @@ std::vector<torch::Tensor> epsilon_greedy_rows(torch::Tensor table, torch::Tenso
 """
 
 _FUNCTIONS = ["segment_mm", "segment_weight_grad", "routed_path_forward", "routed_path_backward",
-              "qlearning_return_loss", "qlearning_table_return_loss", "epsilon_greedy_rows",
+              "qlearning_return_loss", "epsilon_greedy_rows",
               "routed_path", "qlearning_loss"]
 #: the extension's module name (load_inline rebuilds it when the source changes)
 EXTENSION_NAME = "nli_routing_segment_mm"
