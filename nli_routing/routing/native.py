@@ -26,7 +26,7 @@ torch computations, tested):
   path decisions).
 
 It is opt-in because it needs a C++ compiler and ``ninja`` (``pip install nli_routing[native]``) and takes
-20-35 s to build the first time (PyTorch's extension cache, ``TORCH_EXTENSIONS_DIR``, keeps it afterwards):
+20-40 s to build the first time (PyTorch's extension cache, ``TORCH_EXTENSIONS_DIR``, keeps it afterwards):
 ``TrainConfig.native_cpu_kernels`` / ``--native_cpu_kernels``, ``RoutingTrainer(native_cpu_kernels=True)``
 or :func:`enable_native_cpu_kernels` switch it on for the process; ``LinearBank(impl="native")`` asks for it
 for one bank. Once on, ``impl="auto"`` banks use it for float32 CPU rows; other dtypes, devices and
@@ -542,7 +542,7 @@ def load_native_kernel():
         from torch.utils.cpp_extension import load_inline
 
         logger.info("loading the native CPU segment-matmul kernel (from PyTorch's extension cache, or built: "
-                    "about 20-35 s the first time in an environment)")
+                    "about 20-40 s the first time)")
         module = load_inline(EXTENSION_NAME, cpp_sources=_SOURCE, functions=_FUNCTIONS, extra_cflags=["-O3"])
     except Exception as e:  # noqa: BLE001 -- a missing compiler / ninja, a failed build, a BLAS symbol this torch lacks
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -87,7 +87,7 @@ class TrainConfig:
         default=False,
         metadata={"help": "on the CPU, run routed banks' grouped matmuls (float32) with the library's C++ kernel, one BLAS call "
                           "per non-empty block instead of torch's per-group loop (process-wide; built once per machine, "
-                          "20-35 s, needs a C++ compiler and ninja; a failed build warns and keeps grouped_mm; with many "
+                          "20-40 s, needs a C++ compiler and ninja; a failed build warns and keeps grouped_mm; with many "
                           "blocks a layer combine it with keep_cpu_memory; nli_routing.routing.native, BENCHMARKS.md "
                           "issue 33)"},
     )
