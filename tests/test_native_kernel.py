@@ -26,6 +26,23 @@ def _switch_off_after():
     native.disable_native_cpu_kernels()
 
 
+def switched():
+    """The native kernel off, then on (asserted to load): yields False, then True."""
+    for on in (False, True):
+        native.disable_native_cpu_kernels()
+        if on:
+            assert native.enable_native_cpu_kernels()
+        yield on
+
+
+def watch_q_loss(monkeypatch) -> list:
+    """The ``from_table`` flag of every call of the native Q loss's autograd node from now on."""
+    calls = []
+    real = native._apply_qlearning_loss
+    monkeypatch.setattr(native, "_apply_qlearning_loss", lambda *a: calls.append(a[-1]) or real(*a))
+    return calls
+
+
 def _reference(x, w, ends, trans=False):
     out, start = [], 0
     for g, end in enumerate(ends):
@@ -242,10 +259,7 @@ def test_a_training_step_of_the_routed_mlp_sorts_only_for_its_heads():
     finds each table row's maxima without an argsort."""
     require_native_kernel()
     counts = {}
-    for on in (False, True):
-        native.disable_native_cpu_kernels()
-        if on:
-            native.enable_native_cpu_kernels()
+    for on in switched():
         counts[on] = step_op_count(StepSetup(mlp_model("routing", 8, 8), mlp_batch(64, 8), train_cfg()))
     # the path's batched sort and the decision's argsort go; the task heads' grouping stays
     assert counts[True].get("aten::sort", 0) == counts[False].get("aten::sort", 0) - 2 == 1
@@ -286,21 +300,14 @@ def test_the_native_q_loss_equals_the_learners_loss(gamma, batch_mean, d, from_t
 
     learner = QLearner(gamma=gamma, batch_mean=batch_mean)
     got = {}
-    for on in (False, True):
-        native.disable_native_cpu_kernels()
-        if on:
-            assert native.enable_native_cpu_kernels()
+    for on in switched():
         traj, table = _random_trajectory(3, d=d)
         if from_table:
             traj.table, traj.table_version = table, table._version
         assert native.qlearning_native_runs(traj) is on
-        calls = []
-        real = native._apply_qlearning_loss
-        native._apply_qlearning_loss = lambda *a, calls=calls, real=real: calls.append(a[-1]) or real(*a)
-        try:
+        with pytest.MonkeyPatch.context() as mp:
+            calls = watch_q_loss(mp)
             loss = learner.loss(traj)
-        finally:
-            native._apply_qlearning_loss = real
         assert calls == ([from_table] if on else [])
         loss.backward()
         got[on] = (loss.detach(), table.grad)
@@ -309,7 +316,7 @@ def test_the_native_q_loss_equals_the_learners_loss(gamma, batch_mean, d, from_t
     assert got[True][1].abs().sum() > 0
 
 
-def test_the_native_q_loss_reads_the_values_once_the_table_has_changed():
+def test_the_native_q_loss_reads_the_values_once_the_table_has_changed(monkeypatch):
     """A table updated in place after the decisions (its version moved) is not read: the loss is the one of the
     values the decisions saw, as the torch computation's."""
     require_native_kernel()
@@ -324,13 +331,8 @@ def test_the_native_q_loss_reads_the_values_once_the_table_has_changed():
     with torch.no_grad():
         table.add_(1.0)  # e.g. an optimizer step between the forward pass and the router loss
     assert not traj.table_unchanged()
-    calls = []
-    real = native._apply_qlearning_loss
-    native._apply_qlearning_loss = lambda *a: calls.append(a[-1]) or real(*a)
-    try:
-        got = QLearner().loss(traj)
-    finally:
-        native._apply_qlearning_loss = real
+    calls = watch_q_loss(monkeypatch)
+    got = QLearner().loss(traj)
     assert calls == [False]
     torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
 
@@ -344,10 +346,7 @@ def test_a_tabular_routers_path_loss_reads_its_table_with_the_same_gradient():
     from nli_routing.routing.routers import TabularRouter
 
     got = {}
-    for on in (False, True):
-        native.disable_native_cpu_kernels()
-        if on:
-            assert native.enable_native_cpu_kernels()
+    for on in switched():
         torch.manual_seed(0)
         router = TabularRouter(num_actions=4, num_meta=3, depth=3, exploration="high", seed=1)
         with torch.no_grad():
@@ -414,10 +413,7 @@ def test_the_native_epsilon_greedy_takes_the_same_actions_for_the_same_draws(tie
     table = torch.randint(0, 3, (12, a), generator=g).float()
     rows = torch.randint(0, 12, (500,), generator=g)
     got = {}
-    for on in (False, True):
-        native.disable_native_cpu_kernels()
-        if on:
-            assert native.enable_native_cpu_kernels()
+    for on in switched():
         assert native.greedy_rows_native_runs(table, rows) is on
         gen = torch.Generator().manual_seed(7)
         got[on] = (*epsilon_greedy_rows(table, rows, epsilon, gen, ties), gen.get_state())
@@ -444,10 +440,7 @@ def test_with_the_native_q_loss_every_layer_keeps_its_own_one_operator_loss():
              "meta": torch.randint(0, 4, (16,), generator=g)}
     labels = torch.randint(0, 3, (16,), generator=g)
     results = {}
-    for on in (False, True):
-        native.disable_native_cpu_kernels()
-        if on:
-            assert native.enable_native_cpu_kernels()
+    for on in switched():
         torch.manual_seed(0)  # the same model (and routers' exploration streams) both times
         model = NLIRoutingModel(cfg, torch.randn(50, 16), pad_id=0).train()
         out = model(**batch)
